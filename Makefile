@@ -1,0 +1,42 @@
+# Lockstep: `make demo` runs the main job on the embedded default; `make test` runs the checks.
+# Both set up everything they need (virtual env, installs) on a fresh machine.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test lint typecheck gen-check gen-sync unit stateful clean
+
+$(STAMP): pyproject.toml tools/bootstrap.sh
+	bash tools/bootstrap.sh "$(PYTHON)" "$(VENV)"
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/lockstep demo
+
+lint: install
+	$(PY) -m ruff check coordinator participants tests tools chaos benchmarks
+	$(PY) -m ruff format --check coordinator participants tests tools chaos benchmarks
+
+typecheck: install
+	$(PY) -m mypy
+
+gen-check: install
+	$(PY) tools/gen_sync.py --check
+
+gen-sync: install
+	$(PY) tools/gen_sync.py
+
+test: lint typecheck gen-check
+	$(PY) -m pytest -q --hypothesis-profile=ci
+
+unit: install
+	$(PY) -m pytest -q tests/unit
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

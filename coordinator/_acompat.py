@@ -1,0 +1,127 @@
+"""Paired primitives for the async source and its generated sync twin.
+
+``_async`` modules call the ``a``-prefixed helpers; ``tools/gen_sync.py`` rewrites the
+names to the plain ones when it generates ``_sync``. No other module imports anyio. Each
+pair has the same semantics:
+
+* ``agather``/``gather`` run calls (concurrently, or one after the other), give every call
+  its own timeout, and return each call's result or the ``Exception`` it raised
+  (``TimeoutError`` on timeout). A ``BaseException`` that is not an ``Exception`` (a
+  simulated crash, a cancellation) propagates.
+* ``ablocking``/``blocking`` run a blocking call (off the event loop for async callers).
+* ``asleep``/``sleep`` pause.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import ParamSpec, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from coordinator._core.effects import Effect, Reply
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+AsyncEffectRunner = Callable[[Effect], Awaitable[Reply]]
+EffectRunner = Callable[[Effect], Reply]
+
+Lock = threading.Lock
+ALock = anyio.Lock
+
+# Sync fan-out runs on worker threads. A call abandoned at its timeout keeps its thread
+# until it returns, so the pool is generous and shared.
+_POOL = ThreadPoolExecutor(max_workers=64, thread_name_prefix="lockstep")
+
+
+async def agather(
+    calls: Sequence[Callable[[], Awaitable[T]]],
+    *,
+    timeout: float | None = None,  # noqa: ASYNC109 - per call, via fail_after
+    concurrent: bool = True,
+) -> list[T | Exception]:
+    results: list[T | Exception] = [TimeoutError("not run")] * len(calls)
+
+    async def run(i: int) -> None:
+        try:
+            if timeout is None:
+                results[i] = await calls[i]()
+            else:
+                with anyio.fail_after(timeout):
+                    results[i] = await calls[i]()
+        except Exception as exc:
+            results[i] = exc
+
+    if not concurrent or len(calls) == 1:
+        for i in range(len(calls)):
+            await run(i)
+        return results
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(len(calls)):
+                tg.start_soon(run, i)
+    except BaseExceptionGroup as group:
+        # Only non-Exception errors (crashes, cancellation) escape run(); surface the
+        # first one as itself so callers see what they would see without a task group.
+        raise _first_leaf(group) from None
+    return results
+
+
+def gather(
+    calls: Sequence[Callable[[], T]],
+    *,
+    timeout: float | None = None,
+    concurrent: bool = True,
+) -> list[T | Exception]:
+    results: list[T | Exception] = []
+    if not concurrent or len(calls) == 1:
+        for call in calls:
+            try:
+                results.append(call())
+            except Exception as exc:
+                results.append(exc)
+        return results
+    # Copy the context so spans opened in a call nest under the caller's span.
+    futures = [_POOL.submit(contextvars.copy_context().run, call) for call in calls]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for future in futures:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            results.append(future.result(timeout=remaining))
+        except TimeoutError:  # concurrent.futures.TimeoutError is this builtin since 3.11
+            results.append(TimeoutError(f"call did not finish within {timeout} s"))
+        except Exception as exc:
+            results.append(exc)
+    return results
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_leaf(exc)
+        if not isinstance(exc, anyio.get_cancelled_exc_class()):
+            return exc
+    return group.exceptions[0]
+
+
+async def ablocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+
+def blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    return fn(*args, **kwargs)
+
+
+async def asleep(seconds: float) -> None:
+    await anyio.sleep(seconds)
+
+
+def sleep(seconds: float) -> None:
+    time.sleep(seconds)

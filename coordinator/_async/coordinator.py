@@ -1,0 +1,360 @@
+"""The coordinator's driver: runs the core's effects against real participants and a log.
+
+This module is the source; ``coordinator/_sync/coordinator.py`` is generated from it by
+``tools/gen_sync.py``. Edit this one.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Generator, Mapping, Sequence
+from typing import TypeVar
+
+from coordinator import telemetry
+from coordinator._acompat import AsyncEffectRunner, agather, asleep
+from coordinator._core.effects import (
+    AbortAll,
+    Backoff,
+    BranchesResolved,
+    CommitOnePhase,
+    CommittedOnePhase,
+    DecisionPersisted,
+    DecisionsPersisted,
+    Effect,
+    FinishAll,
+    Finished,
+    InDoubtListed,
+    ListInDoubt,
+    PersistDecision,
+    PersistDecisions,
+    PrepareAll,
+    Prepared,
+    ReadRecords,
+    RecordEnd,
+    RecordsRead,
+    Reply,
+    ResolveBranches,
+)
+from coordinator._core.protocol import commit_protocol
+from coordinator._core.recovery import recovery_plan
+from coordinator.abc import (
+    AsyncDecisionLog,
+    AsyncParticipant,
+    AsyncSupportsOnePhase,
+    Decision,
+    Vote,
+)
+from coordinator.errors import LockstepError, UsageError
+from coordinator.faults import FaultHook, no_faults
+from coordinator.ids import check_participant_name, check_txid, new_txid
+from coordinator.outcomes import Outcome, RecoveryReport
+from coordinator.policy import Policy
+from coordinator.records import DeleteFact, Execute, UpsertFact, Write
+
+logger = logging.getLogger("coordinator")
+
+T = TypeVar("T")
+
+
+class AsyncCoordinator:
+    """Commits writes atomically across participants, and recovers in-doubt branches.
+
+    :param participants: the stores, each with a unique stable ``name``.
+    :param log: the decision log (shared by every process that commits to these stores).
+    :param policy: timeouts, retry bounds and optimisation switches.
+    :param fault_hook: called at every named fault point (see :mod:`coordinator.faults`).
+    :raises UsageError: on duplicate or invalid participant names.
+    """
+
+    def __init__(
+        self,
+        participants: Sequence[AsyncParticipant],
+        log: AsyncDecisionLog,
+        *,
+        policy: Policy | None = None,
+        fault_hook: FaultHook = no_faults,
+    ) -> None:
+        by_name: dict[str, AsyncParticipant] = {}
+        for participant in participants:
+            name = check_participant_name(participant.name)
+            if name in by_name:
+                raise UsageError(f"two participants are named {name!r}; names must be unique")
+            by_name[name] = participant
+        self._participants = by_name
+        self._log = log
+        self._policy = policy or Policy()
+        self._fault = fault_hook
+
+    @property
+    def participants(self) -> Mapping[str, AsyncParticipant]:
+        """The participants by name."""
+        return dict(self._participants)
+
+    @property
+    def log(self) -> AsyncDecisionLog:
+        return self._log
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    async def commit(
+        self, writes: Mapping[str, Sequence[Write]], *, txid: str | None = None
+    ) -> Outcome:
+        """Apply ``writes`` (by participant name) in every participant or in none.
+
+        :param txid: the transaction id to use (a fresh UUIDv7 when omitted).
+        :returns: the :class:`Outcome`; ``outcome.unfinished`` lists branches that
+            recovery will finish.
+        :raises UsageError: unknown participant, malformed writes or txid; nothing staged.
+        :raises TransactionAborted: nothing was committed (``VoteRejected``,
+            ``PrepareTimeout``, ``VersionConflict``).
+        :raises TransactionInDoubt: the log failed at the decision; recovery settles it.
+        """
+        txid = new_txid() if txid is None else check_txid(txid)
+        branches = self._branches(writes)
+        names = tuple(sorted(branches))
+        one_phase = (
+            self._policy.one_phase
+            and len(names) == 1
+            and isinstance(self._participants[names[0]], AsyncSupportsOnePhase)
+        )
+        protocol = commit_protocol(txid, names, self._policy, one_phase=one_phase)
+        with telemetry.transaction_span(txid, names) as span:
+            try:
+                outcome = await self._drive(
+                    protocol, functools.partial(self._run_commit_effect, branches)
+                )
+            except LockstepError as err:
+                span.set_attribute(telemetry.ATTR_OUTCOME, type(err).__name__)
+                telemetry.count_abort(type(err).__name__)
+                raise
+            span.set_attribute(
+                telemetry.ATTR_OUTCOME, "committed" if outcome.complete else "unfinished"
+            )
+        if outcome.unfinished:
+            logger.warning(
+                "transaction %s committed; branches %s not finished yet (recovery will): %s",
+                txid,
+                ", ".join(outcome.unfinished),
+                "; ".join(f"{k}: {v!r}" for k, v in outcome.errors.items()),
+            )
+        return outcome
+
+    async def recover(self) -> RecoveryReport:
+        """Resolve every in-doubt branch of the configured participants (one pass).
+
+        Safe to run while transactions are committing, and from several processes at
+        once. Branches with no decision younger than ``policy.in_doubt_timeout`` are left
+        for a later pass (``report.waiting``).
+        """
+        names = tuple(sorted(self._participants))
+        with telemetry.recovery_span() as span:
+            report = await self._drive(
+                recovery_plan(names, self._policy), self._run_recovery_effect
+            )
+            span.set_attribute("lockstep.recovery.committed", len(report.committed))
+            span.set_attribute("lockstep.recovery.aborted", len(report.aborted))
+        telemetry.count_recovered("commit", len(report.committed))
+        telemetry.count_recovered("abort", len(report.aborted))
+        return report
+
+    async def close(self) -> None:
+        """Close the log and every participant."""
+        for participant in self._participants.values():
+            await participant.close()
+        await self._log.close()
+
+    # -- validation -----------------------------------------------------------------
+
+    def _branches(self, writes: Mapping[str, Sequence[Write]]) -> dict[str, tuple[Write, ...]]:
+        if not isinstance(writes, Mapping):
+            raise UsageError(
+                f"writes must map participant names to lists of writes, got {type(writes)}"
+            )
+        unknown = sorted(str(name) for name in writes if name not in self._participants)
+        if unknown:
+            raise UsageError(
+                f"unknown participant(s) {unknown}; configured: {sorted(self._participants)}"
+            )
+        branches: dict[str, tuple[Write, ...]] = {}
+        for name, items in writes.items():
+            if isinstance(items, str | bytes) or not isinstance(items, Sequence):
+                raise UsageError(f"writes[{name!r}] must be a list of writes, got {type(items)}")
+            seen: set[str] = set()
+            for i, write in enumerate(items):
+                if not isinstance(write, UpsertFact | DeleteFact | Execute):
+                    raise UsageError(
+                        f"writes[{name!r}][{i}] is a {type(write).__name__}; expected "
+                        "UpsertFact, DeleteFact or Execute"
+                    )
+                if isinstance(write, UpsertFact | DeleteFact):
+                    if write.fact_id in seen:
+                        raise UsageError(
+                            f"writes[{name!r}] changes fact {write.fact_id!r} twice; "
+                            "merge the changes into one write"
+                        )
+                    seen.add(write.fact_id)
+            if items:
+                branches[name] = tuple(items)
+        return branches
+
+    # -- effects -------------------------------------------------------------------------
+
+    async def _drive(self, protocol: Generator[Effect, Reply, T], run: AsyncEffectRunner) -> T:
+        reply: Reply = None
+        try:
+            while True:
+                effect = protocol.send(reply)
+                reply = await run(effect)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+
+    async def _run_commit_effect(
+        self, branches: Mapping[str, tuple[Write, ...]], effect: Effect
+    ) -> Reply:
+        match effect:
+            case PrepareAll(txid, names):
+                with telemetry.phase_span("prepare", txid):
+                    votes = await agather(
+                        [functools.partial(self._prepare, txid, n, branches[n]) for n in names],
+                        timeout=self._policy.prepare_timeout,
+                        concurrent=self._policy.concurrent_prepare,
+                    )
+                return Prepared(dict(zip(names, votes, strict=True)))
+            case CommitOnePhase(txid, name):
+                with telemetry.phase_span("commit_one_phase", txid):
+                    self._fault(f"before_one_phase:{name}")
+                    try:
+                        participant = self._participants[name]
+                        assert isinstance(participant, AsyncSupportsOnePhase)
+                        await participant.commit_one_phase(txid, branches[name])
+                    except Exception as exc:
+                        return CommittedOnePhase(exc)
+                    self._fault(f"after_one_phase:{name}")
+                return CommittedOnePhase()
+            case PersistDecision(txid, decision, names):
+                with telemetry.phase_span("decide", txid):
+                    self._fault("before_decision")
+                    try:
+                        won = await self._log.decide(txid, decision, names)
+                    except Exception as exc:
+                        return DecisionPersisted(None, exc)
+                    self._fault("after_decision")
+                return DecisionPersisted(won)
+            case FinishAll(txid, names) | AbortAll(txid, names):
+                return await self._finish(effect, txid, names)
+            case Backoff(seconds):
+                await asleep(seconds)
+                return None
+            case RecordEnd(txids):
+                self._fault("before_end")
+                await self._record_end(txids)
+                return None
+        raise AssertionError(f"the commit protocol yielded an unexpected effect: {effect!r}")
+
+    async def _prepare(self, txid: str, name: str, writes: Sequence[Write]) -> Vote:
+        with telemetry.participant_span("prepare", name):
+            self._fault(f"before_prepare:{name}")
+            vote = await self._participants[name].prepare(txid, writes)
+            self._fault(f"after_prepare:{name}")
+        if not isinstance(vote, Vote):
+            raise UsageError(f"participant {name!r} returned {vote!r} from prepare, not a Vote")
+        return vote
+
+    async def _finish(
+        self, effect: FinishAll | AbortAll, txid: str, names: tuple[str, ...]
+    ) -> Finished:
+        phase = "commit" if isinstance(effect, FinishAll) else "abort"
+        with telemetry.phase_span(phase, txid):
+            results = await agather(
+                [functools.partial(self._finish_one, phase, txid, n) for n in names],
+                timeout=self._policy.prepare_timeout,
+                concurrent=self._policy.concurrent_prepare,
+            )
+        return Finished(
+            {n: r for n, r in zip(names, results, strict=True) if isinstance(r, Exception)}
+        )
+
+    async def _finish_one(self, phase: str, txid: str, name: str) -> None:
+        participant = self._participants[name]
+        with telemetry.participant_span(phase, name):
+            self._fault(f"before_{phase}:{name}")
+            if phase == "commit":
+                await participant.commit(txid)
+            else:
+                await participant.abort(txid)
+            self._fault(f"after_{phase}:{name}")
+
+    async def _record_end(self, txids: Sequence[str]) -> None:
+        try:
+            await self._log.end(txids)
+        except Exception:
+            # END is an optimisation: without it recovery re-drives an idempotent commit.
+            logger.warning("could not record END for %s", txids, exc_info=True)
+
+    async def _run_recovery_effect(self, effect: Effect) -> Reply:
+        match effect:
+            case ListInDoubt(names):
+                # Read the clock before listing, so a branch prepared meanwhile looks
+                # younger rather than older than it is.
+                now = time.time()
+                listed = await agather(
+                    [self._participants[n].recover for n in names],
+                    timeout=self._policy.prepare_timeout,
+                    concurrent=self._policy.concurrent_prepare,
+                )
+                self._fault("recovery_after_list")
+                return InDoubtListed(
+                    now,
+                    {
+                        n: tuple(r)
+                        for n, r in zip(names, listed, strict=True)
+                        if isinstance(r, list)
+                    },
+                    {n: r for n, r in zip(names, listed, strict=True) if isinstance(r, Exception)},
+                )
+            case ReadRecords(txids):
+                records = await self._log.records(txids)
+                unended = await self._log.unended()
+                return RecordsRead(records, tuple(unended))
+            case PersistDecisions(decisions):
+                won = await self._log.decide_many(decisions)
+                self._fault("recovery_after_decide")
+                return DecisionsPersisted(won)
+            case ResolveBranches(commit, abort):
+                return await self._resolve(commit, abort)
+            case RecordEnd(txids):
+                await self._record_end(txids)
+                return None
+        raise AssertionError(f"the recovery plan yielded an unexpected effect: {effect!r}")
+
+    async def _resolve(
+        self, commit: Mapping[str, tuple[str, ...]], abort: Mapping[str, tuple[str, ...]]
+    ) -> BranchesResolved:
+        work = [(n, t, Decision.COMMIT) for n, ts in commit.items() for t in ts]
+        work += [(n, t, Decision.ABORT) for n, ts in abort.items() for t in ts]
+        failed: dict[tuple[str, str], BaseException] = {}
+        step = self._policy.recovery_concurrency
+        for start in range(0, len(work), step):
+            chunk = work[start : start + step]
+            results = await agather(
+                [functools.partial(self._resolve_one, *item) for item in chunk],
+                timeout=self._policy.prepare_timeout,
+            )
+            for (name, txid, _), result in zip(chunk, results, strict=True):
+                if isinstance(result, Exception):
+                    failed[(name, txid)] = result
+        return BranchesResolved(failed)
+
+    async def _resolve_one(self, name: str, txid: str, decision: Decision) -> None:
+        participant = self._participants[name]
+        self._fault(f"recovery_before_resolve:{name}")
+        if decision is Decision.COMMIT:
+            await participant.commit(txid)
+        else:
+            await participant.abort(txid)
+        self._fault(f"recovery_after_resolve:{name}")

@@ -1,0 +1,166 @@
+"""The two-phase commit protocol as a generator of effects (presumed abort).
+
+Rules (each is a promise of DESIGN.md; tests check every one of them at every yield):
+
+Rule 1. No participant is told to commit before the COMMIT decision is durable in the
+        log. The COMMIT insert is the commit point.
+Rule 2. Deciding is insert-if-absent and the first decision wins. A coordinator whose
+        COMMIT insert finds ABORT (recovery fenced it) aborts and raises.
+Rule 3. Presumed abort: aborting needs no log record. Any refusal, error or timeout in
+        phase 1 aborts every participant, including the ones that voted yes.
+Rule 4. After the COMMIT decision nothing undoes it. Phase 2 is retried within a bound;
+        branches still unfinished are reported in the Outcome, never raised as an error.
+Rule 5. The END record is written lazily, only once every branch acknowledged.
+Rule 6. One participant with a one-phase capability commits in one local step and needs
+        no log record; read-only participants leave after phase 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping
+
+from coordinator._core.effects import (
+    AbortAll,
+    Backoff,
+    CommitOnePhase,
+    CommittedOnePhase,
+    DecisionPersisted,
+    Effect,
+    FinishAll,
+    Finished,
+    PersistDecision,
+    PrepareAll,
+    Prepared,
+    RecordEnd,
+    Reply,
+)
+from coordinator.abc import Decision, Vote
+from coordinator.errors import (
+    LockstepError,
+    PrepareTimeout,
+    TransactionAborted,
+    TransactionInDoubt,
+    VersionConflict,
+    VoteRejected,
+)
+from coordinator.outcomes import Outcome
+from coordinator.policy import Policy
+
+CommitProtocol = Generator[Effect, Reply, Outcome]
+
+
+def commit_protocol(
+    txid: str, participants: tuple[str, ...], policy: Policy, *, one_phase: bool = False
+) -> CommitProtocol:
+    """Run one transaction over ``participants`` (names, already validated).
+
+    :param one_phase: the single participant supports one-phase commit and the policy
+        allows it.
+    :returns: the :class:`Outcome` once the transaction committed.
+    :raises TransactionAborted: (or a subclass) when nothing was committed.
+    :raises TransactionInDoubt: when the log failed while recording the decision.
+    """
+    if not participants:
+        return Outcome(txid, Decision.COMMIT, ())
+
+    if one_phase and len(participants) == 1:
+        reply = yield CommitOnePhase(txid, participants[0])
+        assert isinstance(reply, CommittedOnePhase)
+        if reply.error is not None:
+            raise _one_phase_error(txid, participants[0], reply.error)
+        return Outcome(txid, Decision.COMMIT, participants, one_phase=True)
+
+    reply = yield PrepareAll(txid, participants)
+    assert isinstance(reply, Prepared)
+    refusals = {name: v for name, v in reply.votes.items() if isinstance(v, BaseException)}
+    if refusals or set(reply.votes) != set(participants):
+        # Rule 3: abort everywhere, also where the prepare may still land later
+        # (a timed-out call); recovery removes a late arrival after the timeout.
+        yield AbortAll(txid, participants)
+        raise _refusal_error(txid, participants, refusals)
+
+    voters = tuple(name for name in participants if reply.votes[name] is Vote.YES)
+    read_only = tuple(name for name in participants if reply.votes[name] is Vote.READ_ONLY)
+    if not voters:
+        return Outcome(txid, Decision.COMMIT, participants, read_only=read_only)
+
+    # Rule 1: the durable COMMIT record is the commit point.
+    decided = yield PersistDecision(txid, Decision.COMMIT, voters)
+    assert isinstance(decided, DecisionPersisted)
+    if decided.error is not None:
+        raise TransactionInDoubt(
+            "the decision log failed while recording COMMIT; recovery will settle the transaction",
+            txid=txid,
+        ) from decided.error
+    if decided.decision is not Decision.COMMIT:
+        # Rule 2: recovery decided first (we were slower than the in-doubt timeout).
+        yield AbortAll(txid, voters)
+        raise TransactionAborted(
+            "recovery aborted this transaction before its COMMIT was recorded "
+            "(prepare took longer than the in-doubt timeout)",
+            txid=txid,
+        )
+
+    unfinished: tuple[str, ...] = voters
+    errors: Mapping[str, BaseException] = {}
+    for attempt in range(1, policy.finish_attempts + 1):
+        finished = yield FinishAll(txid, unfinished)
+        assert isinstance(finished, Finished)
+        errors = finished.failed
+        unfinished = tuple(name for name in unfinished if name in errors)
+        if not unfinished:
+            break
+        if attempt < policy.finish_attempts:
+            yield Backoff(policy.backoff(attempt))
+
+    if not unfinished:
+        yield RecordEnd((txid,))  # Rule 5
+    return Outcome(
+        txid,
+        Decision.COMMIT,
+        participants,
+        unfinished=unfinished,
+        read_only=read_only,
+        errors=dict(errors),
+    )
+
+
+def _refusal_error(
+    txid: str, participants: tuple[str, ...], refusals: Mapping[str, BaseException]
+) -> TransactionAborted:
+    """The error to raise after an abort in phase 1: the most telling refusal wins."""
+    for name in participants:
+        err = refusals.get(name)
+        if isinstance(err, VersionConflict):
+            return err if err.txid else _with_txid(err, txid, name)
+    for name in participants:
+        err = refusals.get(name)
+        if err is not None and not isinstance(err, TimeoutError):
+            rejected = VoteRejected(
+                f"participant {name!r} refused to prepare: {err}", txid=txid, participant=name
+            )
+            rejected.__cause__ = err
+            return rejected
+    # Only timeouts (or missing votes) are left.
+    late = next((name for name in participants if name in refusals), participants[0])
+    return PrepareTimeout(
+        f"participant {late!r} did not vote within the prepare timeout", txid=txid, participant=late
+    )
+
+
+def _with_txid(err: LockstepError, txid: str, participant: str) -> VersionConflict:
+    conflict = VersionConflict(err.message, txid=txid, participant=err.participant or participant)
+    conflict.__cause__ = err
+    return conflict
+
+
+def _one_phase_error(txid: str, participant: str, err: BaseException) -> LockstepError:
+    if isinstance(err, TransactionInDoubt | TransactionAborted):
+        return err
+    rejected = VoteRejected(
+        f"participant {participant!r} refused the one-phase commit: {err}",
+        txid=txid,
+        participant=participant,
+    )
+    rejected.__cause__ = err
+    return rejected

@@ -1,0 +1,158 @@
+"""The contracts the coordinator depends on and others implement.
+
+Participants (``participants.*``) and decision logs implement these Protocols; the
+coordinator never imports them, so dependencies point one way: participants -> coordinator.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from coordinator.records import Write
+
+
+class Vote(enum.StrEnum):
+    """A participant's answer to ``prepare``."""
+
+    YES = "yes"
+    """Staged durably; the participant can commit or abort it later, even after a crash."""
+    READ_ONLY = "read_only"
+    """Nothing to commit; the participant leaves phase 2."""
+
+
+class Decision(enum.StrEnum):
+    """The outcome recorded in the decision log. No record means ABORT (presumed abort)."""
+
+    COMMIT = "commit"
+    ABORT = "abort"
+
+
+@runtime_checkable
+class AsyncParticipant(Protocol):
+    """A store that can stage writes durably, then commit or abort them by ``txid``.
+
+    Obligations:
+
+    * ``prepare`` returns only once the staged writes survive a crash of every process.
+      It refuses by raising (``VersionConflict`` when a fact's committed version is not the
+      expected one or another transaction holds it staged). Preparing a txid twice is fine.
+    * ``commit`` must succeed after a YES vote, is idempotent, and treats an unknown txid
+      as already committed (the decision log, not the participant, knows the outcome).
+    * ``abort`` is idempotent; an unknown txid is fine.
+    * ``recover`` lists the txids prepared here and not yet committed or aborted.
+    * All four may be called from another process than the one that prepared.
+    """
+
+    @property
+    def name(self) -> str:
+        """Stable name of this participant: recorded in the decision log, used in branch ids."""
+        ...
+
+    async def prepare(self, txid: str, writes: Sequence[Write]) -> Vote: ...
+
+    async def commit(self, txid: str) -> None: ...
+
+    async def abort(self, txid: str) -> None: ...
+
+    async def recover(self) -> list[str]: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Participant(Protocol):
+    """The synchronous twin of :class:`AsyncParticipant`: same names, same obligations."""
+
+    @property
+    def name(self) -> str: ...
+
+    def prepare(self, txid: str, writes: Sequence[Write]) -> Vote: ...
+
+    def commit(self, txid: str) -> None: ...
+
+    def abort(self, txid: str) -> None: ...
+
+    def recover(self) -> list[str]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class AsyncSupportsOnePhase(Protocol):
+    """A participant that can apply writes in one local atomic step.
+
+    ``commit_one_phase`` either commits everything and returns, or commits nothing and
+    raises (``VersionConflict`` on a version conflict). If it cannot know which
+    (a connection cut during a remote commit), it raises ``TransactionInDoubt``.
+    """
+
+    async def commit_one_phase(self, txid: str, writes: Sequence[Write]) -> None: ...
+
+
+@runtime_checkable
+class SupportsOnePhase(Protocol):
+    """The synchronous twin of :class:`AsyncSupportsOnePhase`."""
+
+    def commit_one_phase(self, txid: str, writes: Sequence[Write]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """One row of the decision log.
+
+    :ivar participants: the participants that voted YES (for COMMIT) or were found holding
+        the branch (for an ABORT written by recovery).
+    :ivar decided_at: Unix time of the decision.
+    :ivar ended: every listed participant acknowledged phase 2 (written lazily).
+    """
+
+    txid: str
+    decision: Decision
+    participants: tuple[str, ...]
+    decided_at: float
+    ended: bool = False
+
+
+class DecisionLog(Protocol):
+    """Durable, decide-once storage of transaction outcomes (synchronous, thread-safe).
+
+    Deciding is an insert-if-absent: the first decision for a txid wins and every later
+    call returns it. ``decide`` returns only once the winning decision is durable.
+    """
+
+    def decide(self, txid: str, decision: Decision, participants: Sequence[str]) -> Decision: ...
+
+    def decide_many(
+        self, decisions: Sequence[tuple[str, Decision, Sequence[str]]]
+    ) -> dict[str, Decision]: ...
+
+    def records(self, txids: Iterable[str]) -> dict[str, DecisionRecord]: ...
+
+    def unended(self) -> list[DecisionRecord]: ...
+
+    def end(self, txids: Iterable[str]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class AsyncDecisionLog(Protocol):
+    """The asynchronous twin of :class:`DecisionLog`: same names, awaited."""
+
+    async def decide(
+        self, txid: str, decision: Decision, participants: Sequence[str]
+    ) -> Decision: ...
+
+    async def decide_many(
+        self, decisions: Sequence[tuple[str, Decision, Sequence[str]]]
+    ) -> dict[str, Decision]: ...
+
+    async def records(self, txids: Iterable[str]) -> dict[str, DecisionRecord]: ...
+
+    async def unended(self) -> list[DecisionRecord]: ...
+
+    async def end(self, txids: Iterable[str]) -> None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,41 @@
+"""Named fault points of the protocol, for crash tests and chaos runs.
+
+The drivers call the fault hook at every point below (``{p}`` is a participant name).
+A hook may raise (a simulated crash is a ``BaseException`` that is not an ``Exception``,
+so nothing in the driver cleans up after it) or kill the process.
+
+Commit: ``before_prepare:{p}``, ``after_prepare:{p}``, ``before_decision``,
+``after_decision``, ``before_commit:{p}``, ``after_commit:{p}``, ``before_abort:{p}``,
+``before_one_phase:{p}``, ``after_one_phase:{p}``, ``before_end``.
+Recovery: ``recovery_after_list``, ``recovery_after_decide``, ``recovery_before_resolve:{p}``,
+``recovery_after_resolve:{p}``.
+
+Setting ``LOCKSTEP_KILL_AT`` to a point name (``before_commit:*`` matches any participant)
+makes :func:`hook_from_environment` SIGKILL the process when that point is first reached.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import signal
+from collections.abc import Callable
+
+FaultHook = Callable[[str], None]
+
+
+def no_faults(point: str) -> None:
+    """The default hook: every point passes."""
+
+
+def hook_from_environment() -> FaultHook:
+    """The hook chaos runs use: ``LOCKSTEP_KILL_AT=<pattern>`` kills this process there."""
+    pattern = os.environ.get("LOCKSTEP_KILL_AT")
+    if not pattern:
+        return no_faults
+
+    def kill_at(point: str) -> None:
+        if fnmatch.fnmatchcase(point, pattern):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return kill_at

@@ -1,0 +1,321 @@
+"""The default decision log: one SQLite file, WAL mode, ``synchronous=FULL``.
+
+Theory of operation:
+
+* Deciding is ``INSERT OR IGNORE`` followed by reading the row back, inside one
+  ``BEGIN IMMEDIATE`` transaction: the first decision for a txid wins, whichever process
+  made it, and every caller learns the winner. SQLite's file lock serialises processes.
+* ``synchronous=FULL`` in WAL mode fsyncs the WAL at every commit, so a decision is
+  durable when ``decide`` returns.
+* Group commit: callers that arrive while a write is in flight queue up; the next writer
+  takes the whole queue and commits it in one transaction, so concurrent transactions
+  share one fsync.
+* END marks are lazy: they are kept in memory and ride along with the next decision
+  write, or are flushed without fsync (``synchronous=OFF`` for that write). Losing them in
+  a crash only makes recovery re-drive an idempotent commit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from coordinator.abc import Decision, DecisionRecord
+from coordinator.errors import DecisionLogError, UsageError
+from coordinator.log._adapter import AsyncDecisionLogAdapter
+
+SCHEMA_VERSION = 1
+_CHUNK = 500  # stays under SQLite's limit on bound parameters
+_LAZY_END_LIMIT = 256
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS lockstep_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS lockstep_decisions (
+    txid TEXT PRIMARY KEY,
+    decision TEXT NOT NULL CHECK (decision IN ('commit', 'abort')),
+    participants TEXT NOT NULL,
+    decided_at REAL NOT NULL,
+    ended INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS lockstep_decisions_unended
+    ON lockstep_decisions (decided_at) WHERE ended = 0;
+"""
+
+
+@dataclass
+class _Request:
+    items: Sequence[tuple[str, Decision, Sequence[str]]]
+    result: dict[str, Decision] = field(default_factory=dict)
+    error: BaseException | None = None
+    done: bool = False
+
+
+class SQLiteDecisionLog:
+    """Decide-once decision records in a SQLite file; thread- and process-safe.
+
+    :param path: the database file (created if missing; its directory must exist).
+    :param group_commit: let concurrent decisions share one fsync.
+    :param busy_timeout: seconds to wait for another process's write lock.
+    :raises DecisionLogError: the file cannot be opened or has a newer schema.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, group_commit: bool = True, busy_timeout: float = 30.0
+    ) -> None:
+        self.path = os.fspath(path)
+        self.group_commit = group_commit
+        self.flushes = 0
+        """Forced write transactions so far (a measure of group commit)."""
+        self._conn_lock = threading.RLock()
+        self._cond = threading.Condition()
+        self._queue: list[_Request] = []
+        self._flushing = False
+        self._lazy_ends: set[str] = set()
+        self._closed = False
+        try:
+            self._conn = sqlite3.connect(
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            with self._transaction():
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._conn.execute(statement)
+                row = self._conn.execute(
+                    "SELECT value FROM lockstep_meta WHERE key = 'schema_version'"
+                ).fetchone()
+                if row is None:
+                    self._conn.execute(
+                        "INSERT INTO lockstep_meta VALUES ('schema_version', ?)",
+                        (str(SCHEMA_VERSION),),
+                    )
+                elif int(row[0]) > SCHEMA_VERSION:
+                    raise DecisionLogError(
+                        f"decision log {self.path} has schema {row[0]}; this version of "
+                        f"Lockstep reads schema {SCHEMA_VERSION}"
+                    )
+        except sqlite3.Error as exc:
+            raise DecisionLogError(f"cannot open decision log {self.path}: {exc}") from exc
+
+    # -- deciding -----------------------------------------------------------------------
+
+    def decide(self, txid: str, decision: Decision, participants: Sequence[str]) -> Decision:
+        """Record ``decision`` unless one exists; return the one that holds (durable)."""
+        return self.decide_many([(txid, decision, participants)])[txid]
+
+    def decide_many(
+        self, decisions: Sequence[tuple[str, Decision, Sequence[str]]]
+    ) -> dict[str, Decision]:
+        """Insert-if-absent several decisions in one forced write; return the winners."""
+        for txid, decision, _ in decisions:
+            if not isinstance(txid, str) or Decision(decision) not in Decision:
+                raise UsageError(f"bad decision {decision!r} for txid {txid!r}")
+        request = _Request(decisions)
+        if not self.group_commit:
+            with self._conn_lock:
+                self._write([request])
+        else:
+            self._submit(request)
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+    def _submit(self, request: _Request) -> None:
+        with self._cond:
+            self._queue.append(request)
+            while not request.done:
+                if self._flushing:
+                    self._cond.wait()
+                    continue
+                # Become the leader: write everything queued so far in one transaction.
+                self._flushing = True
+                batch, self._queue = self._queue, []
+                self._cond.release()
+                try:
+                    with self._conn_lock:
+                        self._write(batch)
+                finally:
+                    self._cond.acquire()
+                    self._flushing = False
+                    for queued in batch:
+                        queued.done = True
+                    self._cond.notify_all()
+
+    def _write(self, batch: list[_Request]) -> None:
+        now = time.time()
+        try:
+            self._check_open()
+            with self._transaction():
+                rows = [
+                    (txid, Decision(decision).value, json.dumps(list(parts)), now)
+                    for request in batch
+                    for txid, decision, parts in request.items
+                ]
+                self._conn.executemany(
+                    "INSERT OR IGNORE INTO lockstep_decisions "
+                    "(txid, decision, participants, decided_at) VALUES (?, ?, ?, ?)",
+                    rows,
+                )
+                self._mark_ended(self._lazy_ends)
+                winners = self._winners([row[0] for row in rows])
+            self._lazy_ends.clear()
+            self.flushes += 1
+        except BaseException as exc:
+            error = exc if isinstance(exc, DecisionLogError) else _wrap(exc, self.path)
+            for request in batch:
+                request.error = error
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for request in batch:
+            request.result = {txid: winners[txid] for txid, _, _ in request.items}
+
+    def _winners(self, txids: list[str]) -> dict[str, Decision]:
+        winners: dict[str, Decision] = {}
+        for start in range(0, len(txids), _CHUNK):
+            chunk = txids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for txid, decision in self._conn.execute(
+                f"SELECT txid, decision FROM lockstep_decisions WHERE txid IN ({marks})", chunk
+            ):
+                winners[txid] = Decision(decision)
+        return winners
+
+    # -- reading ------------------------------------------------------------------------
+
+    def records(self, txids: Iterable[str]) -> dict[str, DecisionRecord]:
+        """The records of those ``txids`` that have one."""
+        wanted = list(txids)
+        found: dict[str, DecisionRecord] = {}
+        with self._conn_lock, _translated(self.path):
+            self._check_open()
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for row in self._conn.execute(
+                    "SELECT txid, decision, participants, decided_at, ended "
+                    f"FROM lockstep_decisions WHERE txid IN ({marks})",
+                    chunk,
+                ):
+                    found[row[0]] = _record(row, row[0] in self._lazy_ends)
+        return found
+
+    def unended(self) -> list[DecisionRecord]:
+        """Every record without END (oldest first)."""
+        with self._conn_lock, _translated(self.path):
+            self._check_open()
+            rows = self._conn.execute(
+                "SELECT txid, decision, participants, decided_at, ended "
+                "FROM lockstep_decisions WHERE ended = 0 ORDER BY decided_at"
+            ).fetchall()
+            return [_record(row) for row in rows if row[0] not in self._lazy_ends]
+
+    # -- END ----------------------------------------------------------------------------
+
+    def end(self, txids: Iterable[str]) -> None:
+        """Mark transactions finished, lazily (no fsync; may be lost in a crash)."""
+        with self._conn_lock:
+            self._lazy_ends.update(txids)
+            if len(self._lazy_ends) >= _LAZY_END_LIMIT:
+                self._flush_ends()
+
+    def _flush_ends(self) -> None:
+        if not self._lazy_ends or self._closed:
+            return
+        with _translated(self.path):
+            self._conn.execute("PRAGMA synchronous=OFF")
+            try:
+                with self._transaction():
+                    self._mark_ended(self._lazy_ends)
+            finally:
+                self._conn.execute("PRAGMA synchronous=FULL")
+        self._lazy_ends.clear()
+
+    def _mark_ended(self, txids: Iterable[str]) -> None:
+        ids = list(txids)
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            self._conn.execute(
+                f"UPDATE lockstep_decisions SET ended = 1 WHERE txid IN ({marks})", chunk
+            )
+
+    def close(self) -> None:
+        """Flush pending END marks and close the file. Idempotent."""
+        with self._conn_lock:
+            if self._closed:
+                return
+            try:
+                self._flush_ends()
+            finally:
+                self._closed = True
+                self._conn.close()
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DecisionLogError(f"decision log {self.path} is closed")
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._conn)
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self._conn.execute("COMMIT")
+        else:
+            self._conn.execute("ROLLBACK")
+
+
+@contextmanager
+def _translated(path: str) -> Iterator[None]:
+    """Turn sqlite3 errors into :class:`DecisionLogError` (cause chained)."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise _wrap(exc, path) from exc
+
+
+def _wrap(exc: BaseException, path: str) -> DecisionLogError:
+    err = DecisionLogError(f"decision log {path} failed: {exc}")
+    err.__cause__ = exc
+    return err
+
+
+def _record(row: tuple[str, str, str, float, int], lazily_ended: bool = False) -> DecisionRecord:
+    txid, decision, participants, decided_at, ended = row
+    return DecisionRecord(
+        txid,
+        Decision(decision),
+        tuple(json.loads(participants)),
+        decided_at,
+        bool(ended) or lazily_ended,
+    )
+
+
+class AsyncSQLiteDecisionLog(AsyncDecisionLogAdapter):
+    """:class:`SQLiteDecisionLog` with an async face (calls run on worker threads)."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, group_commit: bool = True, busy_timeout: float = 30.0
+    ) -> None:
+        super().__init__(
+            SQLiteDecisionLog(path, group_commit=group_commit, busy_timeout=busy_timeout)
+        )

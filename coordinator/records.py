@@ -1,0 +1,101 @@
+"""What a transaction writes: fact records and the typed intents participants stage.
+
+These are plain frozen dataclasses, shared by the pure core, the drivers and every
+participant. The memory API builds them; participants stage and apply them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+JSONValue: TypeAlias = Any
+"""A value that survives ``json.dumps``/``json.loads`` unchanged."""
+
+
+@dataclass(frozen=True, slots=True)
+class FactRecord:
+    """One committed (or staged) version of a fact.
+
+    ``version`` starts at 1 and grows by one with every committed change.
+    """
+
+    id: str
+    type: str
+    payload: Mapping[str, JSONValue]
+    version: int
+    session_id: str | None = None
+    source: str | None = None
+    actor: str | None = None
+    reason: str | None = None
+    ts: float = 0.0
+    txid: str | None = None
+
+    def to_json(self) -> str:
+        """Serialise to a JSON object (stable key order)."""
+        return json.dumps(
+            {
+                "id": self.id,
+                "type": self.type,
+                "payload": self.payload,
+                "version": self.version,
+                "session_id": self.session_id,
+                "source": self.source,
+                "actor": self.actor,
+                "reason": self.reason,
+                "ts": self.ts,
+                "txid": self.txid,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> FactRecord:
+        """Parse what :meth:`to_json` wrote."""
+        data = json.loads(text)
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertFact:
+    """Write ``fact`` as the fact's next version.
+
+    The participant refuses (votes no with :class:`~coordinator.errors.VersionConflict`)
+    unless the fact's committed version is ``expected_version`` (0: the fact must not exist)
+    and no other transaction holds it staged.
+    """
+
+    fact: FactRecord
+    expected_version: int
+
+    @property
+    def fact_id(self) -> str:
+        return self.fact.id
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteFact:
+    """Delete the fact whose committed version is ``expected_version``.
+
+    ``tombstone`` describes the deletion (actor, reason, txid, version = expected + 1) so
+    that history keeps it.
+    """
+
+    fact_id: str
+    expected_version: int
+    tombstone: FactRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Execute:
+    """The caller's own SQL statement, run inside the participant's branch."""
+
+    sql: str
+    params: Sequence[JSONValue] | Mapping[str, JSONValue] = field(default_factory=tuple)
+
+
+Write: TypeAlias = UpsertFact | DeleteFact | Execute
+"""A typed intent staged by a participant at prepare and applied at commit."""

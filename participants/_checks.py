@@ -1,0 +1,53 @@
+"""Checks every fact-storing participant makes at prepare, with their error messages."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from coordinator.errors import UsageError, VersionConflict
+from coordinator.records import DeleteFact, Execute, UpsertFact, Write
+
+FactWrite = UpsertFact | DeleteFact
+
+
+def fact_writes(participant: str, writes: Sequence[Write]) -> list[FactWrite]:
+    """The writes as fact writes; ``Execute`` is refused by stores without SQL."""
+    out: list[FactWrite] = []
+    for i, write in enumerate(writes):
+        if isinstance(write, Execute):
+            raise UsageError(
+                f"participant {participant!r} cannot run SQL (writes[{i}] is an Execute); "
+                "send SQL to a SQL participant",
+                participant=participant,
+            )
+        if isinstance(write, UpsertFact):
+            if write.fact.version != write.expected_version + 1:
+                raise UsageError(
+                    f"writes[{i}]: fact {write.fact.id!r} has version {write.fact.version} but "
+                    f"replaces version {write.expected_version}; expected version "
+                    f"{write.expected_version + 1}",
+                    participant=participant,
+                )
+        elif not isinstance(write, DeleteFact):
+            raise UsageError(f"writes[{i}] is not a write: {write!r}", participant=participant)
+        out.append(write)
+    return out
+
+
+def version_conflict(
+    participant: str, txid: str, fact_id: str, expected: int, actual: int
+) -> VersionConflict:
+    state = "does not exist" if actual == 0 else f"is at version {actual}"
+    return VersionConflict(
+        f"fact {fact_id!r} {state}; the write expected version {expected}",
+        txid=txid,
+        participant=participant,
+    )
+
+
+def locked_conflict(participant: str, txid: str, fact_id: str) -> VersionConflict:
+    return VersionConflict(
+        f"fact {fact_id!r} is staged by another transaction that has not finished",
+        txid=txid,
+        participant=participant,
+    )
