@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from coordinator.errors import UsageError, VersionConflict
@@ -21,6 +22,13 @@ def fact_writes(participant: str, writes: Sequence[Write]) -> list[FactWrite]:
                 participant=participant,
             )
         if isinstance(write, UpsertFact):
+            try:
+                json.dumps(write.fact.payload)
+            except (TypeError, ValueError) as exc:
+                raise UsageError(
+                    f"writes[{i}]: fact {write.fact.id!r} payload is not JSON-serialisable: {exc}",
+                    participant=participant,
+                ) from exc
             if write.fact.version != write.expected_version + 1:
                 raise UsageError(
                     f"writes[{i}]: fact {write.fact.id!r} has version {write.fact.version} but "

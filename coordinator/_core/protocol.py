@@ -40,6 +40,8 @@ from coordinator.errors import (
     PrepareTimeout,
     TransactionAborted,
     TransactionInDoubt,
+    UsageError,
+    ValidationFailed,
     VersionConflict,
     VoteRejected,
 )
@@ -72,8 +74,12 @@ def commit_protocol(
 
     reply = yield PrepareAll(txid, participants)
     assert isinstance(reply, Prepared)
-    refusals = {name: v for name, v in reply.votes.items() if isinstance(v, BaseException)}
-    if refusals or set(reply.votes) != set(participants):
+    refusals = {
+        name: vote
+        for name in participants
+        if isinstance(vote := reply.votes.get(name, TimeoutError("no vote")), BaseException)
+    }
+    if refusals:
         # Rule 3: abort everywhere, also where the prepare may still land later
         # (a timed-out call); recovery removes a late arrival after the timeout.
         yield AbortAll(txid, participants)
@@ -127,12 +133,19 @@ def commit_protocol(
 
 def _refusal_error(
     txid: str, participants: tuple[str, ...], refusals: Mapping[str, BaseException]
-) -> TransactionAborted:
+) -> LockstepError:
     """The error to raise after an abort in phase 1: the most telling refusal wins."""
     for name in participants:
         err = refusals.get(name)
         if isinstance(err, VersionConflict):
             return err if err.txid else _with_txid(err, txid, name)
+    for name in participants:
+        err = refusals.get(name)
+        if isinstance(err, UsageError | ValidationFailed):
+            # A programming mistake, not a refusal: raise it as itself.
+            if err.txid is None:
+                err.txid = txid
+            return err
     for name in participants:
         err = refusals.get(name)
         if err is not None and not isinstance(err, TimeoutError):
@@ -141,8 +154,8 @@ def _refusal_error(
             )
             rejected.__cause__ = err
             return rejected
-    # Only timeouts (or missing votes) are left.
-    late = next((name for name in participants if name in refusals), participants[0])
+    # Only timeouts (and missing votes, counted as timeouts) are left.
+    late = next(name for name in participants if name in refusals)
     return PrepareTimeout(
         f"participant {late!r} did not vote within the prepare timeout", txid=txid, participant=late
     )
@@ -155,7 +168,7 @@ def _with_txid(err: LockstepError, txid: str, participant: str) -> VersionConfli
 
 
 def _one_phase_error(txid: str, participant: str, err: BaseException) -> LockstepError:
-    if isinstance(err, TransactionInDoubt | TransactionAborted):
+    if isinstance(err, TransactionInDoubt | TransactionAborted | UsageError | ValidationFailed):
         return err
     rejected = VoteRejected(
         f"participant {participant!r} refused the one-phase commit: {err}",

@@ -1,0 +1,177 @@
+"""The participant contract (DESIGN.md section 3), run against every participant.
+
+Source of the generated sync twin. Each test says one obligation; assertions read the
+store's committed contents through a fresh participant object where durability matters.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from coordinator import (
+    DeleteFact,
+    Execute,
+    FactRecord,
+    UpsertFact,
+    UsageError,
+    VersionConflict,
+    Vote,
+    new_txid,
+)
+from participants.memory import AsyncInMemoryStorage, MemoryBackend
+from participants.sqlite import AsyncSQLiteStorage
+from tests.helpers import fact, upsert
+
+pytestmark = pytest.mark.anyio
+
+Store = AsyncInMemoryStorage | AsyncSQLiteStorage
+Opener = Callable[[], Store]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    """Open the same store again, as a new process would after a crash."""
+    if request.param == "memory":
+        backend = MemoryBackend()
+        return lambda: AsyncInMemoryStorage("store", backend)
+    path = tmp_path / "facts.db"
+    return lambda: AsyncSQLiteStorage(path, name="store")
+
+
+async def test_prepare_stages_invisibly_and_commit_applies(open_store: Opener) -> None:
+    store = open_store()
+    txid = new_txid()
+    assert await store.prepare(txid, [upsert("a", 1, text="hello")]) is Vote.YES
+    assert await store.get("a") is None
+    assert await store.recover() == [txid]
+    await store.commit(txid)
+    assert await store.get("a") == fact("a", 1, text="hello")
+    assert await store.recover() == []
+
+
+async def test_prepared_branch_survives_reopen_and_commits_from_new_client(
+    open_store: Opener,
+) -> None:
+    txid = new_txid()
+    first = open_store()
+    await first.prepare(txid, [upsert("a", 1, text="durable")])
+    # The preparing client is gone; another one finishes the branch.
+    second = open_store()
+    assert await second.recover() == [txid]
+    await second.commit(txid)
+    assert await open_store().get("a") == fact("a", 1, text="durable")
+
+
+async def test_abort_discards_staged_writes_and_releases_locks(open_store: Opener) -> None:
+    store = open_store()
+    txid = new_txid()
+    await store.prepare(txid, [upsert("a", 1, text="never")])
+    await store.abort(txid)
+    assert await store.get("a") is None
+    assert await store.recover() == []
+    other = new_txid()
+    await store.prepare(other, [upsert("a", 1, text="second try")])
+    await store.commit(other)
+    assert await store.get("a") == fact("a", 1, text="second try")
+
+
+async def test_commit_abort_and_prepare_are_idempotent(open_store: Opener) -> None:
+    store = open_store()
+    txid = new_txid()
+    writes = [upsert("a", 1, text="once")]
+    assert await store.prepare(txid, writes) is Vote.YES
+    assert await store.prepare(txid, writes) is Vote.YES
+    await store.commit(txid)
+    await store.commit(txid)
+    await store.abort(txid)  # after commit: a no-op, the commit stands
+    assert await store.get("a") == fact("a", 1, text="once")
+    assert await store.recover() == []
+
+
+async def test_unknown_txid_commit_and_abort_are_no_ops(open_store: Opener) -> None:
+    store = open_store()
+    await store.commit(new_txid())
+    await store.abort(new_txid())
+    assert await store.recover() == []
+    assert await store.all_facts() == []
+
+
+async def test_prepare_refuses_a_stale_expected_version(open_store: Opener) -> None:
+    store = open_store()
+    first = new_txid()
+    await store.prepare(first, [upsert("a", 1, text="v1")])
+    await store.commit(first)
+    stale = new_txid()
+    with pytest.raises(VersionConflict) as caught:
+        await store.prepare(stale, [upsert("a", 1, text="lost update")])
+    assert "version 1" in str(caught.value)
+    assert await store.recover() == []
+    assert await store.get("a") == fact("a", 1, text="v1")
+
+
+async def test_prepare_refuses_a_fact_staged_by_another_branch(open_store: Opener) -> None:
+    store = open_store()
+    holder = new_txid()
+    await store.prepare(holder, [upsert("a", 1, text="holder")])
+    with pytest.raises(VersionConflict, match="staged by another transaction"):
+        await store.prepare(new_txid(), [upsert("a", 1, text="intruder")])
+    assert await store.recover() == [holder]
+    await store.commit(holder)
+    assert await store.get("a") == fact("a", 1, text="holder")
+
+
+async def test_delete_applies_at_commit_only(open_store: Opener) -> None:
+    store = open_store()
+    first = new_txid()
+    await store.prepare(first, [upsert("a", 1, text="doomed")])
+    await store.commit(first)
+    delete = new_txid()
+    tombstone = FactRecord("a", "note", {}, 2, txid=delete)
+    await store.prepare(delete, [DeleteFact("a", 1, tombstone)])
+    assert await store.get("a") == fact("a", 1, text="doomed")
+    await store.commit(delete)
+    assert await store.get("a") is None
+
+
+async def test_one_phase_commit_applies_or_refuses_atomically(open_store: Opener) -> None:
+    store = open_store()
+    await store.commit_one_phase(new_txid(), [upsert("a", 1, text="x"), upsert("b", 1)])
+    with pytest.raises(VersionConflict):
+        # "b" is fine, "a" is stale: neither may change.
+        await store.commit_one_phase(new_txid(), [upsert("b", 2, n=2), upsert("a", 1, text="y")])
+    assert await store.get("a") == fact("a", 1, text="x")
+    assert await store.get("b") == fact("b", 1)
+    assert await store.recover() == []
+
+
+async def test_bad_input_is_refused_and_nothing_is_staged(open_store: Opener) -> None:
+    store = open_store()
+    with pytest.raises(UsageError, match="cannot run SQL"):
+        await store.prepare(new_txid(), [upsert("a", 1), Execute("DELETE FROM x")])
+    with pytest.raises(UsageError, match="expected version 1"):
+        await store.prepare(new_txid(), [UpsertFact(fact("a", 5), 0)])
+    assert await store.recover() == []
+    assert await store.all_facts() == []
+
+
+async def test_non_json_payload_is_refused_and_nothing_is_staged(open_store: Opener) -> None:
+    store = open_store()
+    with pytest.raises(UsageError, match="JSON"):
+        await store.prepare(new_txid(), [UpsertFact(fact("a", 1, when=object()), 0)])
+    assert await store.recover() == []
+
+
+async def test_errors_from_the_contract_pickle(open_store: Opener) -> None:
+    store = open_store()
+    txid = new_txid()
+    await store.prepare(txid, [upsert("a", 1)])
+    with pytest.raises(VersionConflict) as caught:
+        await store.prepare(new_txid(), [upsert("a", 1)])
+    copy = pickle.loads(pickle.dumps(caught.value))
+    assert isinstance(copy, VersionConflict)
+    assert copy.participant == "store"
+    assert str(copy) == str(caught.value)
