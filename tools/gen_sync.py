@@ -24,6 +24,7 @@ HEADER = (
     "# Do not edit: change the async source and run `python tools/gen_sync.py`.\n"
 )
 REPLACEMENTS = {
+    "_async": "_sync",
     "agather": "gather",
     "asleep": "sleep",
     "ablocking": "blocking",

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import coordinator.errors as errors
-from coordinator import Policy, UsageError, new_txid
+from coordinator import Policy, UsageError, errors, new_txid
 from coordinator.ids import check_participant_name, check_txid, txid_time
 
 
@@ -43,7 +42,12 @@ def test_bad_txids_are_refused_with_the_reason(bad: object, message: str) -> Non
 
 @pytest.mark.parametrize(
     ("bad", "message"),
-    [("p" * 65, "XA branch limit is 64"), ("", "letters, digits"), ("a b", "letters"), (None, "str")],
+    [
+        ("p" * 65, "XA branch limit is 64"),
+        ("", "letters, digits"),
+        ("a b", "letters"),
+        (None, "str"),
+    ],
 )
 def test_bad_participant_names_are_refused(bad: object, message: str) -> None:
     with pytest.raises(UsageError, match=message):
@@ -75,11 +79,16 @@ def test_every_error_pickles_with_its_attributes(name: str) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("prepare_timeout", 0), ("in_doubt_timeout", -1), ("finish_attempts", 0), ("finish_backoff", -1)],
+    [
+        ("prepare_timeout", 0),
+        ("in_doubt_timeout", -1),
+        ("finish_attempts", 0),
+        ("finish_backoff", -1),
+    ],
 )
 def test_policy_refuses_nonsense(field: str, value: float) -> None:
     with pytest.raises(UsageError, match=field):
-        Policy(**{field: value})
+        Policy(**{field: value})  # type: ignore[arg-type]
 
 
 def test_backoff_doubles_up_to_its_cap() -> None:

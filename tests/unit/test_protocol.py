@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -26,11 +25,11 @@ from coordinator._core.effects import (
     CommittedOnePhase,
     DecisionPersisted,
     Effect,
-    Finished,
     FinishAll,
+    Finished,
     PersistDecision,
-    Prepared,
     PrepareAll,
+    Prepared,
     RecordEnd,
     Reply,
 )
@@ -249,7 +248,9 @@ def test_no_branch_is_committed_unless_commit_was_decided_first(
         if isinstance(effect, PersistDecision):
             return DecisionPersisted(decision, None if decision else OSError("log down"))
         if isinstance(effect, FinishAll):
-            return Finished({n: RuntimeError() for n in effect.participants if next(failures, False)})
+            return Finished(
+                {n: RuntimeError() for n in effect.participants if next(failures, False)}
+            )
         if isinstance(effect, AbortAll):
             return Finished()
         return None

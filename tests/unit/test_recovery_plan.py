@@ -46,7 +46,11 @@ class World:
             case ListInDoubt(names):
                 return InDoubtListed(
                     NOW,
-                    {n: tuple(self.branches.get(n, [])) for n in names if n not in self.listing_fails},
+                    {
+                        n: tuple(self.branches.get(n, []))
+                        for n in names
+                        if n not in self.listing_fails
+                    },
                     {n: OSError("down") for n in names if n in self.listing_fails},
                 )
             case ReadRecords(txids):

@@ -24,7 +24,7 @@ from coordinator import (
 )
 from participants.memory import AsyncInMemoryStorage, MemoryBackend
 from participants.sqlite import AsyncSQLiteStorage
-from tests.helpers import fact, upsert
+from tests.support.crash import fact, upsert
 
 pytestmark = pytest.mark.anyio
 

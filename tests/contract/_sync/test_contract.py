@@ -26,7 +26,7 @@ from coordinator import (
 )
 from participants.memory import InMemoryStorage, MemoryBackend
 from participants.sqlite import SQLiteStorage
-from tests.helpers import fact, upsert
+from tests.support.crash import fact, upsert
 
 pytestmark = pytest.mark.anyio
 
