@@ -41,7 +41,9 @@ class AsyncParticipant(Protocol):
       expected one or another transaction holds it staged). Preparing a txid twice is fine.
     * ``commit`` must succeed after a YES vote, is idempotent, and treats an unknown txid
       as already committed (the decision log, not the participant, knows the outcome).
-    * ``abort`` is idempotent; an unknown txid is fine.
+    * ``abort`` is idempotent; an unknown txid is fine. It also fences the txid: a
+      ``prepare`` of it arriving later (a call the coordinator gave up on) is refused, so
+      no branch is left holding locks until recovery's timeout.
     * ``recover`` lists the txids prepared here and not yet committed or aborted.
     * All four may be called from another process than the one that prepared.
     """

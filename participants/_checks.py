@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from coordinator.errors import UsageError, VersionConflict
+from coordinator.errors import TransactionAborted, UsageError, VersionConflict
 from coordinator.records import DeleteFact, Execute, UpsertFact, Write
 
 FactWrite = UpsertFact | DeleteFact
@@ -56,6 +56,14 @@ def version_conflict(
 def locked_conflict(participant: str, txid: str, fact_id: str) -> VersionConflict:
     return VersionConflict(
         f"fact {fact_id!r} is staged by another transaction that has not finished",
+        txid=txid,
+        participant=participant,
+    )
+
+
+def already_aborted(participant: str, txid: str) -> TransactionAborted:
+    return TransactionAborted(
+        "this transaction was already aborted here; a late prepare is refused",
         txid=txid,
         participant=participant,
     )

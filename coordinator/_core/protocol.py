@@ -150,7 +150,9 @@ def _refusal_error(
         err = refusals.get(name)
         if err is not None and not isinstance(err, TimeoutError):
             rejected = VoteRejected(
-                f"participant {name!r} refused to prepare: {err}", txid=txid, participant=name
+                f"participant {name!r} refused to prepare: {_reason(err)}",
+                txid=txid,
+                participant=name,
             )
             rejected.__cause__ = err
             return rejected
@@ -171,9 +173,13 @@ def _one_phase_error(txid: str, participant: str, err: BaseException) -> Lockste
     if isinstance(err, TransactionInDoubt | TransactionAborted | UsageError | ValidationFailed):
         return err
     rejected = VoteRejected(
-        f"participant {participant!r} refused the one-phase commit: {err}",
+        f"participant {participant!r} refused the one-phase commit: {_reason(err)}",
         txid=txid,
         participant=participant,
     )
     rejected.__cause__ = err
     return rejected
+
+
+def _reason(err: BaseException) -> str:
+    return err.message if isinstance(err, LockstepError) else f"{type(err).__name__}: {err}"

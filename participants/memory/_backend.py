@@ -7,7 +7,13 @@ from collections.abc import Sequence
 
 from coordinator.abc import Vote
 from coordinator.records import DeleteFact, FactRecord, UpsertFact, Write
-from participants._checks import FactWrite, fact_writes, locked_conflict, version_conflict
+from participants._checks import (
+    FactWrite,
+    already_aborted,
+    fact_writes,
+    locked_conflict,
+    version_conflict,
+)
 
 
 class MemoryBackend:
@@ -24,12 +30,15 @@ class MemoryBackend:
         self.history: dict[str, list[FactRecord]] = {}
         self.staged: dict[str, tuple[FactWrite, ...]] = {}
         self.locks: dict[str, str] = {}
+        self.aborted: set[str] = set()
 
     def prepare(self, name: str, txid: str, writes: Sequence[Write]) -> Vote:
         checked = fact_writes(name, writes)
         with self._lock:
             if txid in self.staged:
                 return Vote.YES
+            if txid in self.aborted:
+                raise already_aborted(name, txid)
             self._check(name, txid, checked)
             self.staged[txid] = tuple(checked)
             for write in checked:
@@ -45,6 +54,7 @@ class MemoryBackend:
 
     def abort(self, txid: str) -> None:
         with self._lock:
+            self.aborted.add(txid)  # fences out a prepare that arrives late
             for write in self.staged.pop(txid, ()):
                 self.locks.pop(write.fact_id, None)
 

@@ -8,7 +8,8 @@ Theory of operation:
   transactions (in any process sharing the file) off those facts until the branch ends.
 * ``commit`` applies the staged rows, appends them to history and deletes the staging,
   in one local transaction; a txid with no ``prepared`` row was already finished.
-* ``abort`` deletes the staging and the locks. ``recover`` lists ``prepared`` rows.
+* ``abort`` deletes the staging and the locks, and leaves a tombstone that refuses a
+  prepare of the same txid arriving later. ``recover`` lists ``prepared`` rows.
 * ``commit_one_phase`` checks and applies in one local transaction, with no staging.
 """
 
@@ -24,7 +25,13 @@ from contextlib import contextmanager
 from coordinator.abc import Vote
 from coordinator.errors import LockstepError, ParticipantError, UsageError
 from coordinator.records import DeleteFact, FactRecord, UpsertFact, Write
-from participants._checks import FactWrite, fact_writes, locked_conflict, version_conflict
+from participants._checks import (
+    FactWrite,
+    already_aborted,
+    fact_writes,
+    locked_conflict,
+    version_conflict,
+)
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS lockstep_facts (
@@ -42,7 +49,12 @@ _SCHEMA = (
         fact_id TEXT PRIMARY KEY, txid TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS lockstep_prepared (
         txid TEXT PRIMARY KEY, prepared_at REAL NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS lockstep_aborted (
+        txid TEXT PRIMARY KEY, aborted_at REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS lockstep_aborted_at ON lockstep_aborted (aborted_at)",
 )
+ABORT_FENCE_SECONDS = 24 * 3600.0
+"""How long an abort keeps refusing a late prepare of the same txid."""
 
 
 class SQLiteStore:
@@ -72,6 +84,10 @@ class SQLiteStore:
                 "SELECT 1 FROM lockstep_prepared WHERE txid = ?", (txid,)
             ).fetchone():
                 return Vote.YES
+            if self._conn.execute(
+                "SELECT 1 FROM lockstep_aborted WHERE txid = ?", (txid,)
+            ).fetchone():
+                raise already_aborted(self.name, txid)
             self._check(txid, checked)
             self._conn.executemany("INSERT INTO lockstep_staged VALUES (?, ?, ?, ?, ?, ?)", rows)
             self._conn.executemany(
@@ -95,8 +111,15 @@ class SQLiteStore:
             self._forget(txid)
 
     def abort(self, txid: str) -> None:
+        now = time.time()
         with self._lock, self._translated(txid), self._transaction():
             self._forget(txid)
+            # The tombstone fences out a prepare that arrives after the abort (a call the
+            # coordinator gave up on at its timeout); old ones are pruned as we go.
+            self._conn.execute("INSERT OR IGNORE INTO lockstep_aborted VALUES (?, ?)", (txid, now))
+            self._conn.execute(
+                "DELETE FROM lockstep_aborted WHERE aborted_at < ?", (now - ABORT_FENCE_SECONDS,)
+            )
 
     def recover(self) -> list[str]:
         with self._lock, self._translated():

@@ -16,6 +16,7 @@ from coordinator import (
     DeleteFact,
     Execute,
     FactRecord,
+    TransactionAborted,
     UpsertFact,
     UsageError,
     VersionConflict,
@@ -77,6 +78,16 @@ async def test_abort_discards_staged_writes_and_releases_locks(open_store: Opene
     await store.prepare(other, [upsert("a", 1, text="second try")])
     await store.commit(other)
     assert await store.get("a") == fact("a", 1, text="second try")
+
+
+async def test_a_prepare_arriving_after_the_abort_is_refused(open_store: Opener) -> None:
+    store = open_store()
+    txid = new_txid()
+    await store.abort(txid)  # the coordinator gave up on this prepare and aborted
+    with pytest.raises(TransactionAborted, match="already aborted"):
+        await store.prepare(txid, [upsert("a", 1)])
+    assert await store.recover() == []
+    assert await store.get("a") is None
 
 
 async def test_commit_abort_and_prepare_are_idempotent(open_store: Opener) -> None:

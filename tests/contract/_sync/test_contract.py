@@ -18,6 +18,7 @@ from coordinator import (
     DeleteFact,
     Execute,
     FactRecord,
+    TransactionAborted,
     UpsertFact,
     UsageError,
     VersionConflict,
@@ -79,6 +80,16 @@ def test_abort_discards_staged_writes_and_releases_locks(open_store: Opener) -> 
     store.prepare(other, [upsert("a", 1, text="second try")])
     store.commit(other)
     assert store.get("a") == fact("a", 1, text="second try")
+
+
+def test_a_prepare_arriving_after_the_abort_is_refused(open_store: Opener) -> None:
+    store = open_store()
+    txid = new_txid()
+    store.abort(txid)  # the coordinator gave up on this prepare and aborted
+    with pytest.raises(TransactionAborted, match="already aborted"):
+        store.prepare(txid, [upsert("a", 1)])
+    assert store.recover() == []
+    assert store.get("a") is None
 
 
 def test_commit_abort_and_prepare_are_idempotent(open_store: Opener) -> None:

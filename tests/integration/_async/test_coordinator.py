@@ -12,6 +12,7 @@ import pytest
 
 from coordinator import (
     AsyncCoordinator,
+    Decision,
     DeleteFact,
     Policy,
     PrepareTimeout,
@@ -164,16 +165,15 @@ async def test_a_log_failure_at_the_decision_is_in_doubt_then_settled_by_recover
     assert await stores.staged() == ([], [])
 
 
-async def test_recovery_fences_a_slow_coordinator_out(tmp_path: Path) -> None:
+async def test_a_stalled_coordinator_cannot_revive_a_fenced_transaction(tmp_path: Path) -> None:
     stores = Stores(tmp_path)
-    txid = new_txid(now=1.0)  # prepared "long ago"
-
-    # Prepare by hand, as a coordinator that then stalls would have.
+    txid = new_txid(now=1.0)  # prepared "long ago" by a coordinator that then stalled
     await stores.sqlite.prepare(txid, [upsert("a", 1)])
     await stores.mirror.prepare(txid, [upsert("a", 1)])
     report = await stores.recoverer().recover()
     assert report.fenced == (txid,)
-    with pytest.raises(TransactionAborted, match="recovery aborted"):
+    assert (await stores.log.records([txid]))[txid].decision is Decision.ABORT
+    with pytest.raises(TransactionAborted, match="already aborted"):
         await stores.coordinator.commit(
             {"facts": [upsert("a", 1)], "mirror": [upsert("a", 1)]}, txid=txid
         )

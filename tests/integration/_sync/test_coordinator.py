@@ -14,6 +14,7 @@ import pytest
 
 from coordinator import (
     Coordinator,
+    Decision,
     DeleteFact,
     Policy,
     PrepareTimeout,
@@ -162,16 +163,15 @@ def test_a_log_failure_at_the_decision_is_in_doubt_then_settled_by_recovery(
     assert stores.staged() == ([], [])
 
 
-def test_recovery_fences_a_slow_coordinator_out(tmp_path: Path) -> None:
+def test_a_stalled_coordinator_cannot_revive_a_fenced_transaction(tmp_path: Path) -> None:
     stores = Stores(tmp_path)
-    txid = new_txid(now=1.0)  # prepared "long ago"
-
-    # Prepare by hand, as a coordinator that then stalls would have.
+    txid = new_txid(now=1.0)  # prepared "long ago" by a coordinator that then stalled
     stores.sqlite.prepare(txid, [upsert("a", 1)])
     stores.mirror.prepare(txid, [upsert("a", 1)])
     report = stores.recoverer().recover()
     assert report.fenced == (txid,)
-    with pytest.raises(TransactionAborted, match="recovery aborted"):
+    assert (stores.log.records([txid]))[txid].decision is Decision.ABORT
+    with pytest.raises(TransactionAborted, match="already aborted"):
         stores.coordinator.commit(
             {"facts": [upsert("a", 1)], "mirror": [upsert("a", 1)]}, txid=txid
         )
