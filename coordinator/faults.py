@@ -11,7 +11,8 @@ Recovery: ``recovery_after_list``, ``recovery_after_decide``, ``recovery_before_
 ``recovery_after_resolve:{p}``.
 
 Setting ``LOCKSTEP_KILL_AT`` to a point name (``before_commit:*`` matches any participant)
-makes :func:`hook_from_environment` SIGKILL the process when that point is first reached.
+makes :func:`hook_from_environment` SIGKILL the process when that point is reached, after
+letting ``LOCKSTEP_KILL_SKIP`` (default 0) earlier matches pass.
 """
 
 from __future__ import annotations
@@ -33,9 +34,12 @@ def hook_from_environment() -> FaultHook:
     pattern = os.environ.get("LOCKSTEP_KILL_AT")
     if not pattern:
         return no_faults
+    skip = [int(os.environ.get("LOCKSTEP_KILL_SKIP", "0"))]
 
     def kill_at(point: str) -> None:
         if fnmatch.fnmatchcase(point, pattern):
-            os.kill(os.getpid(), signal.SIGKILL)
+            if skip[0] <= 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+            skip[0] -= 1
 
     return kill_at

@@ -1,0 +1,100 @@
+"""Participants and decision logs from URLs, resolved through package entry points.
+
+A participant backend registers a factory in the ``lockstep.participants`` entry-point
+group under its URL scheme (``sqlite``, ``memory``, ...). The factory is called as
+``factory(url, name=..., asynchronous=...)`` and returns a participant. So the CLI, the
+recovery daemon and ``MemoryStore.open`` never import a backend by name, and a third-party
+backend plugs in the same way as ours.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Literal, overload
+from urllib.parse import unquote, urlsplit
+
+from coordinator.abc import AsyncDecisionLog, AsyncParticipant, DecisionLog, Participant
+from coordinator.errors import ConfigurationError
+
+PARTICIPANTS_GROUP = "lockstep.participants"
+
+ParticipantFactory = Callable[..., Participant | AsyncParticipant]
+
+
+def scheme_of(url: str) -> str:
+    """The URL's scheme (``sqlite``, ``qdrant+local``, ...), or raise ConfigurationError."""
+    if "://" not in url:
+        raise ConfigurationError(
+            f"{url!r} is not a store URL; expected scheme://..., e.g. sqlite:///agent.db"
+        )
+    return url.split("://", 1)[0].lower()
+
+
+def path_of(url: str) -> str:
+    """The filesystem path of a ``scheme:///path`` URL (relative paths: ``scheme://rel``)."""
+    parts = urlsplit(url)
+    path = unquote(parts.netloc + parts.path)
+    if not path:
+        raise ConfigurationError(f"{url!r} names no path")
+    return os.path.expanduser(path)
+
+
+def available_schemes() -> list[str]:
+    return sorted(ep.name for ep in entry_points(group=PARTICIPANTS_GROUP))
+
+
+@overload
+def open_participant(
+    url: str, *, name: str | None = None, asynchronous: Literal[False] = False
+) -> Participant: ...
+
+
+@overload
+def open_participant(
+    url: str, *, name: str | None = None, asynchronous: Literal[True]
+) -> AsyncParticipant: ...
+
+
+def open_participant(
+    url: str, *, name: str | None = None, asynchronous: bool = False
+) -> Participant | AsyncParticipant:
+    """Open the participant a URL names, through its backend's entry point.
+
+    :raises ConfigurationError: unknown scheme (the message lists the installed ones), or
+        a backend whose extra is not installed.
+    """
+    scheme = scheme_of(url)
+    found = [ep for ep in entry_points(group=PARTICIPANTS_GROUP) if ep.name == scheme]
+    if not found:
+        raise ConfigurationError(
+            f"no participant backend for {scheme}:// (installed: {', '.join(available_schemes())})"
+        )
+    try:
+        factory: ParticipantFactory = found[0].load()
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"the {scheme}:// backend is not installed ({exc}); install its extra, "
+            f"e.g. pip install 'lockstep[{scheme.split('+')[0]}]'"
+        ) from exc
+    return factory(url, name=name, asynchronous=asynchronous)
+
+
+def open_decision_log(url: str, *, asynchronous: bool = False) -> DecisionLog | AsyncDecisionLog:
+    """Open a decision log: ``sqlite:///path/decisions.db`` or ``memory://``."""
+    from coordinator.log import (
+        AsyncDecisionLogAdapter,
+        MemoryDecisionLog,
+        SQLiteDecisionLog,
+    )
+
+    scheme = scheme_of(url)
+    log: DecisionLog
+    if scheme == "sqlite":
+        log = SQLiteDecisionLog(path_of(url))
+    elif scheme == "memory":
+        log = MemoryDecisionLog()
+    else:
+        raise ConfigurationError(f"no decision log for {scheme}:// (known: sqlite, memory)")
+    return AsyncDecisionLogAdapter(log) if asynchronous else log
