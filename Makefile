@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint typecheck gen-check gen-sync unit stateful clean
+.PHONY: install demo test lint typecheck gen-check gen-sync unit chaos chaos-long bench bench-quick clean
 
 $(STAMP): pyproject.toml tools/bootstrap.sh
 	bash tools/bootstrap.sh "$(PYTHON)" "$(VENV)"
@@ -33,7 +33,21 @@ gen-sync: install
 	$(PY) tools/gen_sync.py
 
 test: lint typecheck gen-check
-	$(PY) -m pytest -q --hypothesis-profile=ci
+	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q
+	$(MAKE) --no-print-directory chaos
+
+# A campaign sized for CI: every fault point, real processes killed with SIGKILL.
+chaos: install
+	$(PY) -m chaos.engine_kill --runs 2
+
+chaos-long: install
+	$(PY) -m chaos.engine_kill --runs 50
+
+bench: install
+	$(PY) -m benchmarks.engine
+
+bench-quick: install
+	$(PY) -m benchmarks.engine --quick
 
 unit: install
 	$(PY) -m pytest -q tests/unit

@@ -11,6 +11,7 @@ from typing import cast
 from coordinator._sync.coordinator import Coordinator
 from coordinator.abc import DecisionLog, Participant
 from coordinator.errors import LockstepError
+from coordinator.faults import hook_from_environment
 from coordinator.plugins import open_decision_log, open_participant
 from coordinator.policy import Policy
 
@@ -24,7 +25,9 @@ def _recover(args: argparse.Namespace) -> int:
         participants.append(open_participant(url, name=name))
     log = cast(DecisionLog, open_decision_log(args.log))
     policy = Policy(in_doubt_timeout=args.in_doubt_timeout)
-    report = Coordinator(participants, log, policy=policy).recover()
+    report = Coordinator(
+        participants, log, policy=policy, fault_hook=hook_from_environment()
+    ).recover()
     summary = {
         "committed": [list(b) for b in report.committed],
         "aborted": [list(b) for b in report.aborted],

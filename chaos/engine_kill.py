@@ -1,0 +1,133 @@
+"""Chaos: SIGKILL the writer at every named fault point, and recovery at each of its own.
+
+For every point, several runs: a writer process commits memories to two SQLite stores
+through the coordinator (10% of index writes fail) and is killed with SIGKILL the n-th time
+it reaches the point. For recovery points, a `lockstep recover` process is then killed at
+that point too. A final recovery runs and the stores are compared fact by fact.
+
+    python -m chaos.engine_kill [--runs 3] [--json]
+
+Prints one row per point: runs, kills, transactions committed before the kill, drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from coordinator import Coordinator, Policy
+from coordinator._demo import _drift, _stores
+from coordinator.plugins import open_decision_log
+
+COMMIT_POINTS = [
+    *(f"{w}_prepare:{p}" for w in ("before", "after") for p in ("facts", "index")),
+    "before_decision",
+    "after_decision",
+    *(f"{w}_commit:{p}" for w in ("before", "after") for p in ("facts", "index")),
+    "before_end",
+]
+RECOVERY_POINTS = [
+    "recovery_after_list",
+    "recovery_after_decide",
+    *(f"recovery_{w}_resolve:{p}" for w in ("before", "after") for p in ("facts", "index")),
+]
+OPS = 30
+
+
+def _kill_writer(directory: Path, point: str, rng: random.Random) -> tuple[bool, int]:
+    env = dict(os.environ, LOCKSTEP_KILL_AT=point, LOCKSTEP_KILL_SKIP=str(rng.randrange(OPS // 3)))
+    args = [sys.executable, "-m", "coordinator._demo", "--worker", "lockstep"]
+    args += ["--dir", str(directory), "--seed", str(rng.randrange(10**6)), "--ops", str(OPS)]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, check=False)
+    return done.returncode == -signal.SIGKILL, done.stdout.split().count("committed")
+
+
+def _kill_recovery(directory: Path, point: str) -> bool:
+    env = dict(os.environ, LOCKSTEP_KILL_AT=point)
+    args = [sys.executable, "-m", "coordinator.cli", "recover", "--in-doubt-timeout", "0.001"]
+    args += ["--store", f"facts=sqlite:///{directory / 'facts.db'}"]
+    args += ["--store", f"index=sqlite:///{directory / 'index.db'}"]
+    args += ["--log", f"sqlite:///{directory / 'decisions.db'}"]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, check=False)
+    return done.returncode == -signal.SIGKILL
+
+
+def _recover(directory: Path) -> None:
+    facts, index = _stores(directory)
+    log = open_decision_log(f"sqlite:///{directory / 'decisions.db'}")
+    policy = Policy(in_doubt_timeout=0.001, redrive_after=0)
+    Coordinator([facts, index], log, policy=policy).recover()  # type: ignore[arg-type]
+    facts.close()
+    index.close()
+    log.close()
+
+
+@dataclass
+class PointTally:
+    point: str
+    runs: int = 0
+    kills: int = 0
+    committed: int = 0
+    drifted_facts: int = 0
+    left_staged: int = 0
+
+
+def campaign(runs: int, seed: int) -> list[PointTally]:
+    rng = random.Random(seed)
+    tallies = []
+    for point in COMMIT_POINTS + RECOVERY_POINTS:
+        tally = PointTally(point)
+        for _ in range(runs):
+            with tempfile.TemporaryDirectory(prefix="lockstep-chaos-") as tmp:
+                directory = Path(tmp)
+                if point in RECOVERY_POINTS:
+                    # Leave work for recovery, then kill recovery itself at the point.
+                    _, committed = _kill_writer(directory, rng.choice(COMMIT_POINTS[:6]), rng)
+                    killed = _kill_recovery(directory, point)
+                else:
+                    killed, committed = _kill_writer(directory, point, rng)
+                _recover(directory)
+                _, _, drifted, staged = _drift(directory)
+            tally.runs += 1
+            tally.kills += killed
+            tally.committed += committed
+            tally.drifted_facts += drifted
+            tally.left_staged += staged
+        print(f"  {point}: {tally.kills}/{tally.runs} killed", file=sys.stderr, flush=True)
+        tallies.append(tally)
+    return tallies
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3, help="runs per fault point")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    tallies = campaign(args.runs, args.seed)
+    rows = [asdict(t) for t in tallies]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        keys = list(rows[0])
+        widths = [max(len(k), *(len(str(r[k])) for r in rows)) for k in keys]
+        print(" | ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True)))
+        print("-+-".join("-" * w for w in widths))
+        for r in rows:
+            print(" | ".join(str(r[k]).ljust(w) for k, w in zip(keys, widths, strict=True)))
+        drift = sum(t.drifted_facts + t.left_staged for t in tallies)
+        kills = sum(t.kills for t in tallies)
+        print(f"\nfault points: {len(tallies)}, kills: {kills}, drift: {drift}")
+    return 0 if all(t.drifted_facts == 0 and t.left_staged == 0 for t in tallies) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
