@@ -193,9 +193,13 @@ class EngineMachine(RuleBasedStateMachine):
             assert txid in reports[0].fenced, "recovery must fence an undecided stale branch"
             assert self.model == before, "a fenced coordinator must not commit"
 
+    def heal(self) -> None:
+        self.script.commit_always_fails = False
+        self.script.commit_failures = 0
+
     @rule(concurrent=st.booleans())
     def recover(self, concurrent: bool) -> None:
-        self.script.commit_always_fails = False
+        self.heal()
         if concurrent:
             reports: list[RecoveryReport] = []
             threads = [
@@ -219,11 +223,12 @@ class EngineMachine(RuleBasedStateMachine):
 
     @rule(point=st.sampled_from(RECOVERY_POINTS))
     def crash_mid_recovery(self, point: str) -> None:
-        self.script.commit_always_fails = False
+        self.heal()
         try:
-            self.coordinator(RECOVER_NOW, fault_hook=CrashAt(point)).recover()
+            report = self.coordinator(RECOVER_NOW, fault_hook=CrashAt(point)).recover()
         except SimulatedCrash:
             return  # the next recovery must finish the job
+        assert report.clean, report  # healed stores and no crash: one pass settles all
         self.settle_unknown()
 
     def settle_unknown(self) -> None:
