@@ -25,20 +25,14 @@ from pathlib import Path
 
 from coordinator import Coordinator, Policy
 from coordinator._demo import _drift, _stores
+from coordinator._tables import text_table
+from coordinator.faults import commit_points, recovery_points
 from coordinator.plugins import open_decision_log
 
-COMMIT_POINTS = [
-    *(f"{w}_prepare:{p}" for w in ("before", "after") for p in ("facts", "index")),
-    "before_decision",
-    "after_decision",
-    *(f"{w}_commit:{p}" for w in ("before", "after") for p in ("facts", "index")),
-    "before_end",
-]
-RECOVERY_POINTS = [
-    "recovery_after_list",
-    "recovery_after_decide",
-    *(f"recovery_{w}_resolve:{p}" for w in ("before", "after") for p in ("facts", "index")),
-]
+COMMIT_POINTS = commit_points(["facts", "index"])
+RECOVERY_POINTS = recovery_points(["facts", "index"])
+# Writer kill points that leave a branch for recovery (after some prepare, before the end).
+LEAVES_WORK = COMMIT_POINTS[COMMIT_POINTS.index("after_prepare:facts") : -2]
 OPS = 30
 
 
@@ -89,8 +83,11 @@ def campaign(runs: int, seed: int) -> list[PointTally]:
             with tempfile.TemporaryDirectory(prefix="lockstep-chaos-") as tmp:
                 directory = Path(tmp)
                 if point in RECOVERY_POINTS:
-                    # Leave work for recovery, then kill recovery itself at the point.
-                    _, committed = _kill_writer(directory, rng.choice(COMMIT_POINTS[:6]), rng)
+                    # Leave work for recovery (an undecided branch where recovery must decide),
+                    # then kill recovery itself at the point.
+                    leave = "before_decision" if point == "recovery_after_decide" else None
+                    leave = leave or rng.choice(LEAVES_WORK)
+                    _, committed = _kill_writer(directory, leave, rng)
                     killed = _kill_recovery(directory, point)
                 else:
                     killed, committed = _kill_writer(directory, point, rng)
@@ -117,12 +114,7 @@ def main() -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        keys = list(rows[0])
-        widths = [max(len(k), *(len(str(r[k])) for r in rows)) for k in keys]
-        print(" | ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True)))
-        print("-+-".join("-" * w for w in widths))
-        for r in rows:
-            print(" | ".join(str(r[k]).ljust(w) for k, w in zip(keys, widths, strict=True)))
+        print(text_table(rows))
         drift = sum(t.drifted_facts + t.left_staged for t in tallies)
         kills = sum(t.kills for t in tallies)
         print(f"\nfault points: {len(tallies)}, kills: {kills}, drift: {drift}")

@@ -26,22 +26,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from coordinator._sync.coordinator import Coordinator
+from coordinator._tables import text_table
 from coordinator.abc import Participant, SupportsOnePhase, Vote
 from coordinator.errors import LockstepError, ParticipantError
-from coordinator.faults import hook_from_environment
+from coordinator.faults import commit_points, hook_from_environment
 from coordinator.ids import new_txid
 from coordinator.plugins import open_decision_log, open_participant
 from coordinator.policy import Policy
 from coordinator.records import DeleteFact, FactRecord, UpsertFact, Write
 
-NAMED_POINTS = [
-    "after_prepare:facts",
-    "after_prepare:index",
-    "before_decision",
-    "after_decision",
-    "after_commit:facts",
-    "after_commit:index",
-]
+NAMED_POINTS = commit_points(["facts", "index"])[:-1]  # up to the (lazy) END
 
 
 class _FailingIndex:
@@ -235,36 +229,22 @@ def demo(runs: int, ops: int, fail_rate: float, as_json: bool) -> int:
 
 
 def _table(tallies: list[Tally]) -> str:
-    head = (
-        "approach",
-        "runs",
-        "writes",
-        "committed",
-        "killed",
-        "facts",
-        "index",
-        "drifted facts",
-        "runs with drift",
+    return text_table(
+        [
+            {
+                "approach": t.approach,
+                "runs": t.runs,
+                "writes": t.writes,
+                "committed": t.committed,
+                "killed": t.kills,
+                "facts": t.facts,
+                "index": t.index_records,
+                "drifted facts": t.drifted_facts,
+                "runs with drift": t.drifted_runs,
+            }
+            for t in tallies
+        ]
     )
-    rows = [
-        (
-            t.approach,
-            t.runs,
-            t.writes,
-            t.committed,
-            t.kills,
-            t.facts,
-            t.index_records,
-            t.drifted_facts,
-            t.drifted_runs,
-        )
-        for t in tallies
-    ]
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    lines = [" | ".join(str(c).ljust(w) for c, w in zip(head, widths, strict=True))]
-    lines.append("-+-".join("-" * w for w in widths))
-    lines += [" | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 FaultHook = Callable[[str], None]
 
@@ -43,3 +43,26 @@ def hook_from_environment() -> FaultHook:
             skip[0] -= 1
 
     return kill_at
+
+
+def commit_points(participants: Sequence[str]) -> list[str]:
+    """Every point a two-phase commit over ``participants`` passes, in order."""
+    return [
+        *(f"before_prepare:{p}" for p in participants),
+        *(f"after_prepare:{p}" for p in participants),
+        "before_decision",
+        "after_decision",
+        *(f"before_commit:{p}" for p in participants),
+        *(f"after_commit:{p}" for p in participants),
+        "before_end",
+    ]
+
+
+def recovery_points(participants: Sequence[str]) -> list[str]:
+    """Every point a recovery pass over ``participants`` may pass."""
+    return [
+        "recovery_after_list",
+        "recovery_after_decide",
+        *(f"recovery_before_resolve:{p}" for p in participants),
+        *(f"recovery_after_resolve:{p}" for p in participants),
+    ]

@@ -40,6 +40,7 @@ from coordinator import (
     new_txid,
 )
 from coordinator.abc import Decision
+from coordinator.faults import commit_points, recovery_points
 from coordinator.log import SQLiteDecisionLog
 from participants.memory import InMemoryStorage
 from participants.sqlite import SQLiteStorage
@@ -48,18 +49,8 @@ from tests.support.crash import CrashAt, SimulatedCrash
 
 FACT_IDS = ["f0", "f1", "f2", "f3"]
 PARTICIPANTS = ("facts", "index", "mirror")
-COMMIT_POINTS = [
-    *(f"{when}_prepare:{p}" for when in ("before", "after") for p in PARTICIPANTS),
-    "before_decision",
-    "after_decision",
-    *(f"{when}_commit:{p}" for when in ("before", "after") for p in PARTICIPANTS),
-    "before_end",
-]
-RECOVERY_POINTS = [
-    "recovery_after_list",
-    "recovery_after_decide",
-    *(f"recovery_{when}_resolve:{p}" for when in ("before", "after") for p in PARTICIPANTS),
-]
+COMMIT_POINTS = commit_points(PARTICIPANTS)
+RECOVERY_POINTS = recovery_points(PARTICIPANTS)
 FAULTS = ["none", "vote_no", "slow_prepare", "commit_transient", "commit_stuck", "log_down"]
 POLICY = Policy(prepare_timeout=0.05, finish_attempts=2, finish_backoff=0.0)
 RECOVER_NOW = Policy(in_doubt_timeout=0.001, redrive_after=0.0)
