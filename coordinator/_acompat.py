@@ -6,7 +6,9 @@ pair has the same semantics:
 
 * ``agather``/``gather`` run calls (concurrently, or one after the other), give every call
   its own timeout, and return each call's result or the ``Exception`` it raised
-  (``TimeoutError`` on timeout). A ``BaseException`` that is not an ``Exception`` (a
+  (``TimeoutError`` on timeout). The sync twin cannot interrupt a call running on the
+  caller's own thread, so its sequential form (one call, or ``concurrent=False``) has no
+  timeout. A ``BaseException`` that is not an ``Exception`` (a
   simulated crash, a cancellation) propagates.
 * ``ablocking``/``blocking`` run a blocking call (off the event loop for async callers).
 * ``asleep``/``sleep`` pause.
@@ -112,7 +114,11 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 async def ablocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+    # On timeout the caller moves on and the thread finishes on its own, as in the sync
+    # twin; participants fence a prepare that lands after its abort.
+    return await anyio.to_thread.run_sync(
+        functools.partial(fn, *args, **kwargs), abandon_on_cancel=True
+    )
 
 
 def blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

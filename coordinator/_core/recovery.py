@@ -87,7 +87,7 @@ def recovery_plan(participants: tuple[str, ...], policy: Policy) -> RecoveryPlan
         names = holders.get(txid, set()) | set(record.participants)
         missing = names - configured
         if missing:
-            failed[f"{txid}"] = ConfigurationError(
+            failed[txid] = ConfigurationError(
                 f"decision names participants not configured here: {sorted(missing)}",
                 txid=txid,
             )

@@ -115,7 +115,7 @@ class SQLiteDecisionLog:
     ) -> dict[str, Decision]:
         """Insert-if-absent several decisions in one forced write; return the winners."""
         for txid, decision, _ in decisions:
-            if not isinstance(txid, str) or Decision(decision) not in Decision:
+            if not isinstance(txid, str) or decision not in ("commit", "abort"):
                 raise UsageError(f"bad decision {decision!r} for txid {txid!r}")
         request = _Request(decisions)
         if not self.group_commit:
