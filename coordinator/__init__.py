@@ -51,6 +51,7 @@ from coordinator.records import (
     DeleteFact,
     Execute,
     FactRecord,
+    TransactionMeta,
     UpsertFact,
     Write,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "RecoveryReport",
     "TransactionAborted",
     "TransactionInDoubt",
+    "TransactionMeta",
     "UpsertFact",
     "UsageError",
     "ValidationFailed",

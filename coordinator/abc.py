@@ -7,11 +7,11 @@ coordinator never imports them, so dependencies point one way: participants -> c
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from coordinator.records import Write
+from coordinator.records import FactRecord, JSONValue, Write
 
 
 class Vote(enum.StrEnum):
@@ -158,3 +158,140 @@ class AsyncDecisionLog(Protocol):
     async def end(self, txids: Iterable[str]) -> None: ...
 
     async def close(self) -> None: ...
+
+
+# -- what the memory API reads ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionEntry:
+    """One committed transaction as a storage recorded it (newest has the highest seq)."""
+
+    seq: int
+    txid: str
+    session_id: str | None
+    kind: str
+    undoes: tuple[str, ...]
+    rolled_back_by: str | None
+    committed_at: float
+    actor: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A vector index's answer: the point's fact, the version it embeds, its similarity."""
+
+    fact_id: str
+    version: int
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class IndexContents:
+    """What an index holds: committed ``fact_id -> version``, and txids still pending."""
+
+    committed: Mapping[str, int]
+    pending: tuple[str, ...]
+
+
+class Embedder(Protocol):
+    """Turns texts into vectors of ``dim`` floats (deterministic for a given input).
+
+    ``embed_query`` embeds a search query; models trained with separate query and passage
+    prefixes (e5) use it; others return ``embed([text])[0]``.
+    """
+
+    @property
+    def dim(self) -> int: ...
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+    def embed_query(self, text: str) -> list[float]: ...
+
+
+@runtime_checkable
+class AsyncStorage(AsyncParticipant, Protocol):
+    """A participant that is the source of truth for facts, and what the memory API reads.
+
+    Reads return committed data only (G3): never a staged or aborted version.
+    """
+
+    async def get(self, fact_id: str) -> FactRecord | None: ...
+
+    async def get_many(self, fact_ids: Sequence[str]) -> dict[str, FactRecord]: ...
+
+    async def query(
+        self,
+        typename: str | None,
+        filters: Mapping[str, JSONValue],
+        session_id: str | None,
+    ) -> list[FactRecord]: ...
+
+    async def history(self, fact_id: str) -> list[FactRecord]: ...
+
+    async def written_by(self, txids: Sequence[str]) -> list[FactRecord]: ...
+
+    async def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]: ...
+
+    async def all_facts(self) -> list[FactRecord]: ...
+
+
+@runtime_checkable
+class Storage(Participant, Protocol):
+    """The synchronous twin of :class:`AsyncStorage`."""
+
+    def get(self, fact_id: str) -> FactRecord | None: ...
+
+    def get_many(self, fact_ids: Sequence[str]) -> dict[str, FactRecord]: ...
+
+    def query(
+        self,
+        typename: str | None,
+        filters: Mapping[str, JSONValue],
+        session_id: str | None,
+    ) -> list[FactRecord]: ...
+
+    def history(self, fact_id: str) -> list[FactRecord]: ...
+
+    def written_by(self, txids: Sequence[str]) -> list[FactRecord]: ...
+
+    def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]: ...
+
+    def all_facts(self) -> list[FactRecord]: ...
+
+
+@runtime_checkable
+class AsyncIndex(AsyncParticipant, Protocol):
+    """A participant derived from the facts: a vector index the memory API searches.
+
+    ``text_of`` says what text of a fact the index embeds (``None``: the index does not
+    hold this fact). ``search`` returns committed points only, at most one per fact.
+    """
+
+    @property
+    def embedder(self) -> Embedder: ...
+
+    def text_of(self, fact: FactRecord) -> str | None: ...
+
+    async def search(
+        self, vector: Sequence[float], k: int, where: Mapping[str, JSONValue]
+    ) -> list[Hit]: ...
+
+    async def contents(self) -> IndexContents: ...
+
+
+@runtime_checkable
+class Index(Participant, Protocol):
+    """The synchronous twin of :class:`AsyncIndex`."""
+
+    @property
+    def embedder(self) -> Embedder: ...
+
+    def text_of(self, fact: FactRecord) -> str | None: ...
+
+    def search(
+        self, vector: Sequence[float], k: int, where: Mapping[str, JSONValue]
+    ) -> list[Hit]: ...
+
+    def contents(self) -> IndexContents: ...

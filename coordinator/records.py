@@ -32,6 +32,8 @@ class FactRecord:
     reason: str | None = None
     ts: float = 0.0
     txid: str | None = None
+    deleted: bool = False
+    """True for the tombstone version a delete leaves in history."""
 
     def to_json(self) -> str:
         """Serialise to a JSON object (stable key order)."""
@@ -47,6 +49,7 @@ class FactRecord:
                 "reason": self.reason,
                 "ts": self.ts,
                 "txid": self.txid,
+                "deleted": self.deleted,
             },
             sort_keys=True,
             separators=(",", ":"),
@@ -66,10 +69,17 @@ class UpsertFact:
     The participant refuses (votes no with :class:`~coordinator.errors.VersionConflict`)
     unless the fact's committed version is ``expected_version`` (0: the fact must not exist)
     and no other transaction holds it staged.
+
+    :ivar embedding: the vector an index stores for this version (computed before prepare,
+        outside any lock); storages ignore it.
+    :ivar claim: a uniqueness claim (a singleton key) that no other fact may hold; a storage
+        refuses the write with ``VersionConflict`` when another fact holds or stages it.
     """
 
     fact: FactRecord
     expected_version: int
+    embedding: tuple[float, ...] | None = None
+    claim: str | None = None
 
     @property
     def fact_id(self) -> str:
@@ -90,6 +100,22 @@ class DeleteFact:
 
 
 @dataclass(frozen=True, slots=True)
+class TransactionMeta:
+    """What a storage records about the transaction itself, for history and rollback.
+
+    :ivar session_id: the session the change was made in.
+    :ivar kind: ``"write"`` for ordinary changes, ``"rollback"`` for a compensation.
+    :ivar undoes: the txids a rollback compensates; the storage marks them rolled back.
+    """
+
+    session_id: str | None = None
+    kind: str = "write"
+    undoes: tuple[str, ...] = ()
+    actor: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Execute:
     """The caller's own SQL statement, run inside the participant's branch."""
 
@@ -97,5 +123,12 @@ class Execute:
     params: Sequence[JSONValue] | Mapping[str, JSONValue] = field(default_factory=tuple)
 
 
-Write: TypeAlias = UpsertFact | DeleteFact | Execute
+Write: TypeAlias = UpsertFact | DeleteFact | TransactionMeta | Execute
 """A typed intent staged by a participant at prepare and applied at commit."""
+
+CLAIM_SEPARATOR = "\x1f"
+
+
+def singleton_claim(typename: str, key: str, value: JSONValue) -> str:
+    """The claim an :class:`UpsertFact` makes for a singleton key: unique per store."""
+    return CLAIM_SEPARATOR.join((typename, key, json.dumps(value, sort_keys=True)))

@@ -6,15 +6,24 @@ import json
 from collections.abc import Sequence
 
 from coordinator.errors import TransactionAborted, UsageError, VersionConflict
-from coordinator.records import DeleteFact, Execute, UpsertFact, Write
+from coordinator.records import (
+    CLAIM_SEPARATOR,
+    DeleteFact,
+    Execute,
+    TransactionMeta,
+    UpsertFact,
+    Write,
+)
 
 FactWrite = UpsertFact | DeleteFact
 
 
 def fact_writes(participant: str, writes: Sequence[Write]) -> list[FactWrite]:
-    """The writes as fact writes; ``Execute`` is refused by stores without SQL."""
+    """The fact writes among ``writes``; ``Execute`` is refused by stores without SQL."""
     out: list[FactWrite] = []
     for i, write in enumerate(writes):
+        if isinstance(write, TransactionMeta):
+            continue
         if isinstance(write, Execute):
             raise UsageError(
                 f"participant {participant!r} cannot run SQL (writes[{i}] is an Execute); "
@@ -40,6 +49,22 @@ def fact_writes(participant: str, writes: Sequence[Write]) -> list[FactWrite]:
             raise UsageError(f"writes[{i}] is not a write: {write!r}", participant=participant)
         out.append(write)
     return out
+
+
+def transaction_meta(writes: Sequence[Write]) -> TransactionMeta:
+    """The transaction's metadata (a default one when the writes carry none)."""
+    metas = [w for w in writes if isinstance(w, TransactionMeta)]
+    return metas[-1] if metas else TransactionMeta()
+
+
+def claim_conflict(participant: str, txid: str, claim: str, holder: str) -> VersionConflict:
+    key = claim.split(CLAIM_SEPARATOR)
+    shown = f"{key[1]}={key[2]} of type {key[0]!r}" if len(key) == 3 else repr(claim)
+    return VersionConflict(
+        f"{shown} already belongs to fact {holder!r} (a singleton key is unique)",
+        txid=txid,
+        participant=participant,
+    )
 
 
 def version_conflict(

@@ -53,7 +53,7 @@ from coordinator.faults import FaultHook, no_faults
 from coordinator.ids import check_participant_name, check_txid, new_txid
 from coordinator.outcomes import Outcome, RecoveryReport
 from coordinator.policy import Policy
-from coordinator.records import DeleteFact, Execute, UpsertFact, Write
+from coordinator.records import DeleteFact, Execute, TransactionMeta, UpsertFact, Write
 
 logger = logging.getLogger("coordinator")
 
@@ -183,10 +183,10 @@ class Coordinator:
                 raise UsageError(f"writes[{name!r}] must be a list of writes, got {type(items)}")
             seen: set[str] = set()
             for i, write in enumerate(items):
-                if not isinstance(write, UpsertFact | DeleteFact | Execute):
+                if not isinstance(write, UpsertFact | DeleteFact | TransactionMeta | Execute):
                     raise UsageError(
                         f"writes[{name!r}][{i}] is a {type(write).__name__}; expected "
-                        "UpsertFact, DeleteFact or Execute"
+                        "UpsertFact, DeleteFact, TransactionMeta or Execute"
                     )
                 if isinstance(write, UpsertFact | DeleteFact):
                     if write.fact_id in seen:

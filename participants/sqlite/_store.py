@@ -2,12 +2,15 @@
 
 Theory of operation:
 
-* ``prepare`` runs one ``BEGIN IMMEDIATE`` transaction that checks versions, writes the
-  staged rows, a lock row per fact and a ``prepared`` row, then commits with
-  ``synchronous=FULL``: on return the vote survives a crash, and the lock rows keep other
-  transactions (in any process sharing the file) off those facts until the branch ends.
-* ``commit`` applies the staged rows, appends them to history and deletes the staging,
-  in one local transaction; a txid with no ``prepared`` row was already finished.
+* ``prepare`` runs one ``BEGIN IMMEDIATE`` transaction that checks versions and singleton
+  claims, writes the staged rows, a lock row per fact (and per claim) and a ``prepared``
+  row, then commits with ``synchronous=FULL``: on return the vote survives a crash, and the
+  lock rows keep other transactions (in any process sharing the file) off those facts
+  until the branch ends. SQLite's write lock serialises every prepare across processes, so
+  the checks and the locks they take are one atomic step.
+* ``commit`` applies the staged rows, appends them to history, records the transaction in
+  the transaction log and deletes the staging, in one local transaction; a txid with no
+  ``prepared`` row was already finished.
 * ``abort`` deletes the staging and the locks, and leaves a tombstone that refuses a
   prepare of the same txid arriving later. ``recover`` lists ``prepared`` rows.
 * ``commit_one_phase`` checks and applies in one local transaction, with no staging.
@@ -15,50 +18,74 @@ Theory of operation:
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
-from coordinator.abc import Vote
+from coordinator.abc import TransactionEntry, Vote
 from coordinator.errors import LockstepError, ParticipantError, UsageError
-from coordinator.records import DeleteFact, FactRecord, UpsertFact, Write
+from coordinator.filters import check_filters
+from coordinator.records import (
+    DeleteFact,
+    FactRecord,
+    JSONValue,
+    TransactionMeta,
+    UpsertFact,
+    Write,
+)
 from participants._checks import (
     FactWrite,
     already_aborted,
+    claim_conflict,
     fact_writes,
     locked_conflict,
+    transaction_meta,
     version_conflict,
 )
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS lockstep_facts (
         id TEXT PRIMARY KEY, type TEXT NOT NULL, session_id TEXT,
-        version INTEGER NOT NULL, record TEXT NOT NULL)""",
+        version INTEGER NOT NULL, ts REAL NOT NULL, record TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS lockstep_facts_type ON lockstep_facts (type)",
     "CREATE INDEX IF NOT EXISTS lockstep_facts_session ON lockstep_facts (session_id)",
     """CREATE TABLE IF NOT EXISTS lockstep_fact_history (
         id TEXT NOT NULL, version INTEGER NOT NULL, deleted INTEGER NOT NULL,
-        record TEXT NOT NULL, PRIMARY KEY (id, version))""",
+        txid TEXT, record TEXT NOT NULL, PRIMARY KEY (id, version))""",
+    "CREATE INDEX IF NOT EXISTS lockstep_fact_history_txid ON lockstep_fact_history (txid)",
+    """CREATE TABLE IF NOT EXISTS lockstep_transactions (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, txid TEXT NOT NULL UNIQUE, session_id TEXT,
+        kind TEXT NOT NULL, undoes TEXT NOT NULL, rolled_back_by TEXT,
+        committed_at REAL NOT NULL, actor TEXT, reason TEXT)""",
+    """CREATE TABLE IF NOT EXISTS lockstep_claims (
+        claim TEXT PRIMARY KEY, fact_id TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS lockstep_claims_fact ON lockstep_claims (fact_id)",
     """CREATE TABLE IF NOT EXISTS lockstep_staged (
         txid TEXT NOT NULL, seq INTEGER NOT NULL, fact_id TEXT NOT NULL, kind TEXT NOT NULL,
-        expected_version INTEGER NOT NULL, record TEXT, PRIMARY KEY (txid, seq))""",
+        expected_version INTEGER NOT NULL, claim TEXT, record TEXT,
+        PRIMARY KEY (txid, seq))""",
     """CREATE TABLE IF NOT EXISTS lockstep_locks (
         fact_id TEXT PRIMARY KEY, txid TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS lockstep_claim_locks (
+        claim TEXT PRIMARY KEY, txid TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS lockstep_prepared (
-        txid TEXT PRIMARY KEY, prepared_at REAL NOT NULL)""",
+        txid TEXT PRIMARY KEY, prepared_at REAL NOT NULL, meta TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS lockstep_aborted (
         txid TEXT PRIMARY KEY, aborted_at REAL NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS lockstep_aborted_at ON lockstep_aborted (aborted_at)",
 )
 ABORT_FENCE_SECONDS = 24 * 3600.0
 """How long an abort keeps refusing a late prepare of the same txid."""
+_CHUNK = 500
 
 
 class SQLiteStore:
-    """Facts, history and staged branches in one SQLite file."""
+    """Facts, history, the transaction log and staged branches in one SQLite file."""
 
     def __init__(self, path: str | os.PathLike[str], name: str, busy_timeout: float) -> None:
         self.path = os.fspath(path)
@@ -78,36 +105,38 @@ class SQLiteStore:
 
     def prepare(self, txid: str, writes: Sequence[Write]) -> Vote:
         checked = fact_writes(self.name, writes)
+        meta = _meta_json(transaction_meta(writes))
         rows = [_staged_row(txid, seq, write) for seq, write in enumerate(checked)]
         with self._lock, self._translated(txid), self._transaction():
-            if self._conn.execute(
-                "SELECT 1 FROM lockstep_prepared WHERE txid = ?", (txid,)
-            ).fetchone():
+            if self._one("SELECT 1 FROM lockstep_prepared WHERE txid = ?", txid):
                 return Vote.YES
-            if self._conn.execute(
-                "SELECT 1 FROM lockstep_aborted WHERE txid = ?", (txid,)
-            ).fetchone():
+            if self._one("SELECT 1 FROM lockstep_aborted WHERE txid = ?", txid):
                 raise already_aborted(self.name, txid)
             self._check(txid, checked)
-            self._conn.executemany("INSERT INTO lockstep_staged VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self._conn.executemany("INSERT INTO lockstep_staged VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             self._conn.executemany(
                 "INSERT INTO lockstep_locks VALUES (?, ?)", [(w.fact_id, txid) for w in checked]
             )
-            self._conn.execute("INSERT INTO lockstep_prepared VALUES (?, ?)", (txid, time.time()))
+            self._conn.executemany(
+                "INSERT INTO lockstep_claim_locks VALUES (?, ?)",
+                [(w.claim, txid) for w in checked if isinstance(w, UpsertFact) and w.claim],
+            )
+            self._conn.execute(
+                "INSERT INTO lockstep_prepared VALUES (?, ?, ?)", (txid, time.time(), meta)
+            )
         return Vote.YES
 
     def commit(self, txid: str) -> None:
         with self._lock, self._translated(txid), self._transaction():
-            if not self._conn.execute(
-                "SELECT 1 FROM lockstep_prepared WHERE txid = ?", (txid,)
-            ).fetchone():
+            prepared = self._one("SELECT meta FROM lockstep_prepared WHERE txid = ?", txid)
+            if prepared is None:
                 return  # already committed (or never prepared: the log says which)
             staged = self._conn.execute(
-                "SELECT fact_id, kind, expected_version, record FROM lockstep_staged "
+                "SELECT fact_id, kind, expected_version, claim, record FROM lockstep_staged "
                 "WHERE txid = ? ORDER BY seq",
                 (txid,),
             ).fetchall()
-            self._apply([_write_from_row(row) for row in staged])
+            self._apply(txid, [_write_from_row(row) for row in staged], _meta_from(prepared[0]))
             self._forget(txid)
 
     def abort(self, txid: str) -> None:
@@ -128,18 +157,92 @@ class SQLiteStore:
 
     def commit_one_phase(self, txid: str, writes: Sequence[Write]) -> None:
         checked = fact_writes(self.name, writes)
+        for seq, write in enumerate(checked):
+            _staged_row(txid, seq, write)  # refuses a payload that is not JSON
         with self._lock, self._translated(txid), self._transaction():
             self._check(txid, checked)
-            self._apply(checked)
+            self._apply(txid, checked, transaction_meta(writes))
 
-    # -- reads --------------------------------------------------------------------------
+    # -- reads (committed data only) ----------------------------------------------------
 
     def get(self, fact_id: str) -> FactRecord | None:
-        with self._lock, self._translated():
-            row = self._conn.execute(
-                "SELECT record FROM lockstep_facts WHERE id = ?", (fact_id,)
-            ).fetchone()
+        row = self._read_one("SELECT record FROM lockstep_facts WHERE id = ?", fact_id)
         return None if row is None else FactRecord.from_json(row[0])
+
+    def get_many(self, fact_ids: Sequence[str]) -> dict[str, FactRecord]:
+        found: dict[str, FactRecord] = {}
+        ids = list(fact_ids)
+        with self._lock, self._translated():
+            for start in range(0, len(ids), _CHUNK):
+                chunk = ids[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for (record,) in self._conn.execute(
+                    f"SELECT record FROM lockstep_facts WHERE id IN ({marks})", chunk
+                ):
+                    fact = FactRecord.from_json(record)
+                    found[fact.id] = fact
+        return found
+
+    def query(
+        self, typename: str | None, filters: Mapping[str, JSONValue], session_id: str | None
+    ) -> list[FactRecord]:
+        clauses: list[str] = []
+        params: list[object] = []
+        if typename is not None:
+            clauses.append("type = ?")
+            params.append(typename)
+        if session_id is not None:
+            clauses.append("session_id = ?")
+            params.append(session_id)
+        for path, value in check_filters(filters).items():
+            # Keys were checked (names only); the JSON path and the value are parameters.
+            clauses.append("json_extract(record, ?) IS ?")
+            params += ["$." + ".".join(path), value]
+        where = " AND ".join(clauses) or "1"
+        with self._lock, self._translated():
+            rows = self._conn.execute(
+                f"SELECT record FROM lockstep_facts WHERE {where} ORDER BY ts, id", params
+            ).fetchall()
+        return [FactRecord.from_json(row[0]) for row in rows]
+
+    def history(self, fact_id: str) -> list[FactRecord]:
+        with self._lock, self._translated():
+            rows = self._conn.execute(
+                "SELECT record FROM lockstep_fact_history WHERE id = ? ORDER BY version",
+                (fact_id,),
+            ).fetchall()
+        return [FactRecord.from_json(row[0]) for row in rows]
+
+    def written_by(self, txids: Sequence[str]) -> list[FactRecord]:
+        found: list[FactRecord] = []
+        ids = list(txids)
+        with self._lock, self._translated():
+            for start in range(0, len(ids), _CHUNK):
+                chunk = ids[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = self._conn.execute(
+                    "SELECT record FROM lockstep_fact_history "
+                    f"WHERE txid IN ({marks}) ORDER BY id, version",
+                    chunk,
+                ).fetchall()
+                found += [FactRecord.from_json(row[0]) for row in rows]
+        return found
+
+    def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]:
+        sql = (
+            "SELECT seq, txid, session_id, kind, undoes, rolled_back_by, committed_at, actor, "
+            "reason FROM lockstep_transactions WHERE kind = 'write' AND rolled_back_by IS NULL"
+        )
+        params: list[object] = []
+        if session_id is not None:
+            sql += " AND session_id = ?"
+            params.append(session_id)
+        with self._lock, self._translated():
+            rows = self._conn.execute(sql + " ORDER BY seq DESC LIMIT ?", [*params, limit])
+            return [
+                TransactionEntry(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), *r[5:])
+                for r in rows.fetchall()
+            ]
 
     def all_facts(self) -> list[FactRecord]:
         with self._lock, self._translated():
@@ -154,46 +257,93 @@ class SQLiteStore:
 
     def _check(self, txid: str, writes: Sequence[FactWrite]) -> None:
         for write in writes:
-            holder = self._conn.execute(
-                "SELECT txid FROM lockstep_locks WHERE fact_id = ?", (write.fact_id,)
-            ).fetchone()
+            holder = self._one("SELECT txid FROM lockstep_locks WHERE fact_id = ?", write.fact_id)
             if holder is not None and holder[0] != txid:
                 raise locked_conflict(self.name, txid, write.fact_id)
-            row = self._conn.execute(
-                "SELECT version FROM lockstep_facts WHERE id = ?", (write.fact_id,)
-            ).fetchone()
+            row = self._one("SELECT version FROM lockstep_facts WHERE id = ?", write.fact_id)
             actual = 0 if row is None else int(row[0])
             if actual != write.expected_version:
                 raise version_conflict(
                     self.name, txid, write.fact_id, write.expected_version, actual
                 )
+            if isinstance(write, UpsertFact) and write.claim is not None:
+                owner = self._one(
+                    "SELECT fact_id FROM lockstep_claims WHERE claim = ?", write.claim
+                )
+                if owner is not None and owner[0] != write.fact_id:
+                    raise claim_conflict(self.name, txid, write.claim, owner[0])
+                locker = self._one(
+                    "SELECT txid FROM lockstep_claim_locks WHERE claim = ?", write.claim
+                )
+                if locker is not None and locker[0] != txid:
+                    raise claim_conflict(
+                        self.name, txid, write.claim, "staged by another transaction"
+                    )
 
-    def _apply(self, writes: Sequence[FactWrite]) -> None:
+    def _apply(self, txid: str, writes: Sequence[FactWrite], meta: TransactionMeta) -> None:
         for write in writes:
+            self._conn.execute("DELETE FROM lockstep_claims WHERE fact_id = ?", (write.fact_id,))
             if isinstance(write, UpsertFact):
                 fact = write.fact
                 text = fact.to_json()
                 self._conn.execute(
-                    "INSERT INTO lockstep_facts VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO "
+                    "INSERT INTO lockstep_facts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO "
                     "UPDATE SET type = excluded.type, session_id = excluded.session_id, "
-                    "version = excluded.version, record = excluded.record",
-                    (fact.id, fact.type, fact.session_id, fact.version, text),
+                    "version = excluded.version, ts = excluded.ts, record = excluded.record",
+                    (fact.id, fact.type, fact.session_id, fact.version, fact.ts, text),
                 )
                 self._conn.execute(
-                    "INSERT OR REPLACE INTO lockstep_fact_history VALUES (?, ?, 0, ?)",
-                    (fact.id, fact.version, text),
+                    "INSERT OR REPLACE INTO lockstep_fact_history VALUES (?, ?, 0, ?, ?)",
+                    (fact.id, fact.version, fact.txid, text),
                 )
+                if write.claim is not None:
+                    self._conn.execute(
+                        "INSERT INTO lockstep_claims VALUES (?, ?)", (write.claim, fact.id)
+                    )
             else:
                 self._conn.execute("DELETE FROM lockstep_facts WHERE id = ?", (write.fact_id,))
                 if write.tombstone is not None:
                     self._conn.execute(
-                        "INSERT OR REPLACE INTO lockstep_fact_history VALUES (?, ?, 1, ?)",
-                        (write.fact_id, write.tombstone.version, write.tombstone.to_json()),
+                        "INSERT OR REPLACE INTO lockstep_fact_history VALUES (?, ?, 1, ?, ?)",
+                        (
+                            write.fact_id,
+                            write.tombstone.version,
+                            write.tombstone.txid,
+                            write.tombstone.to_json(),
+                        ),
                     )
+        for undone in meta.undoes:
+            self._conn.execute(
+                "UPDATE lockstep_transactions SET rolled_back_by = ? WHERE txid = ?",
+                (txid, undone),
+            )
+        self._conn.execute(
+            "INSERT OR IGNORE INTO lockstep_transactions (txid, session_id, kind, undoes, "
+            "committed_at, actor, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                txid,
+                meta.session_id,
+                meta.kind,
+                json.dumps(list(meta.undoes)),
+                time.time(),
+                meta.actor,
+                meta.reason,
+            ),
+        )
 
     def _forget(self, txid: str) -> None:
-        for table in ("lockstep_staged", "lockstep_locks", "lockstep_prepared"):
+        for table in ("lockstep_staged", "lockstep_locks", "lockstep_claim_locks"):
             self._conn.execute(f"DELETE FROM {table} WHERE txid = ?", (txid,))
+        self._conn.execute("DELETE FROM lockstep_prepared WHERE txid = ?", (txid,))
+
+    def _one(self, sql: str, *params: object) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self._conn.execute(sql, params).fetchone()
+        return row
+
+    def _read_one(self, sql: str, *params: object) -> tuple[str, ...] | None:
+        with self._lock, self._translated():
+            row: tuple[str, ...] | None = self._conn.execute(sql, params).fetchone()
+            return row
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -225,15 +375,34 @@ def _staged_row(txid: str, seq: int, write: FactWrite) -> tuple[object, ...]:
             raise UsageError(
                 f"fact {write.fact_id!r}: payload is not JSON-serialisable ({exc})", txid=txid
             ) from exc
-        return (txid, seq, write.fact_id, "upsert", write.expected_version, record)
+        return (txid, seq, write.fact_id, "upsert", write.expected_version, write.claim, record)
     tombstone = None if write.tombstone is None else write.tombstone.to_json()
-    return (txid, seq, write.fact_id, "delete", write.expected_version, tombstone)
+    return (txid, seq, write.fact_id, "delete", write.expected_version, None, tombstone)
 
 
-def _write_from_row(row: tuple[str, str, int, str | None]) -> FactWrite:
-    fact_id, kind, expected, record = row
+def _write_from_row(row: tuple[str, str, int, str | None, str | None]) -> FactWrite:
+    fact_id, kind, expected, claim, record = row
     if kind == "upsert":
         assert record is not None
-        return UpsertFact(FactRecord.from_json(record), expected)
+        return UpsertFact(FactRecord.from_json(record), expected, claim=claim)
     tombstone = None if record is None else FactRecord.from_json(record)
     return DeleteFact(fact_id, expected, tombstone)
+
+
+def _meta_json(meta: TransactionMeta) -> str:
+    return json.dumps(
+        {
+            "session_id": meta.session_id,
+            "kind": meta.kind,
+            "undoes": list(meta.undoes),
+            "actor": meta.actor,
+            "reason": meta.reason,
+        }
+    )
+
+
+def _meta_from(text: object) -> TransactionMeta:
+    data = json.loads(str(text))
+    return TransactionMeta(
+        data["session_id"], data["kind"], tuple(data["undoes"]), data["actor"], data["reason"]
+    )

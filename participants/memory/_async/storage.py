@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from coordinator.abc import Vote
+from coordinator.abc import AsyncDecisionLog, TransactionEntry, Vote
 from coordinator.ids import check_participant_name
-from coordinator.records import FactRecord, Write
+from coordinator.log import AsyncMemoryDecisionLog
+from coordinator.records import FactRecord, JSONValue, Write
 from participants.memory._backend import MemoryBackend
 
 
@@ -44,8 +45,32 @@ class AsyncInMemoryStorage:
     async def get(self, fact_id: str) -> FactRecord | None:
         return self.backend.get(fact_id)
 
+    async def get_many(self, fact_ids: Sequence[str]) -> dict[str, FactRecord]:
+        return self.backend.get_many(fact_ids)
+
+    async def query(
+        self,
+        typename: str | None,
+        filters: Mapping[str, JSONValue],
+        session_id: str | None,
+    ) -> list[FactRecord]:
+        return self.backend.query(typename, filters, session_id)
+
+    async def history(self, fact_id: str) -> list[FactRecord]:
+        return self.backend.history_of(fact_id)
+
+    async def written_by(self, txids: Sequence[str]) -> list[FactRecord]:
+        return self.backend.written_by(txids)
+
+    async def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]:
+        return self.backend.transaction_log(session_id, limit)
+
     async def all_facts(self) -> list[FactRecord]:
         return self.backend.all_facts()
+
+    def default_decision_log(self) -> AsyncDecisionLog:
+        """An in-process log: this store does not outlive the process either."""
+        return AsyncMemoryDecisionLog()
 
     async def close(self) -> None:
         """Nothing to release."""

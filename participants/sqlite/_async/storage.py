@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from coordinator._acompat import ablocking
-from coordinator.abc import Vote
+from coordinator.abc import AsyncDecisionLog, TransactionEntry, Vote
 from coordinator.ids import check_participant_name
-from coordinator.records import FactRecord, Write
+from coordinator.log import AsyncSQLiteDecisionLog
+from coordinator.records import FactRecord, JSONValue, Write
 from participants.sqlite._store import SQLiteStore
 
 
@@ -52,8 +53,32 @@ class AsyncSQLiteStorage:
     async def get(self, fact_id: str) -> FactRecord | None:
         return await ablocking(self.store.get, fact_id)
 
+    async def get_many(self, fact_ids: Sequence[str]) -> dict[str, FactRecord]:
+        return await ablocking(self.store.get_many, fact_ids)
+
+    async def query(
+        self,
+        typename: str | None,
+        filters: Mapping[str, JSONValue],
+        session_id: str | None,
+    ) -> list[FactRecord]:
+        return await ablocking(self.store.query, typename, filters, session_id)
+
+    async def history(self, fact_id: str) -> list[FactRecord]:
+        return await ablocking(self.store.history, fact_id)
+
+    async def written_by(self, txids: Sequence[str]) -> list[FactRecord]:
+        return await ablocking(self.store.written_by, txids)
+
+    async def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]:
+        return await ablocking(self.store.transactions, session_id, limit)
+
     async def all_facts(self) -> list[FactRecord]:
         return await ablocking(self.store.all_facts)
+
+    def default_decision_log(self) -> AsyncDecisionLog:
+        """A SQLite decision log in a file beside this store's (``<file>.decisions``)."""
+        return AsyncSQLiteDecisionLog(self.store.path + ".decisions")
 
     async def close(self) -> None:
         await ablocking(self.store.close)

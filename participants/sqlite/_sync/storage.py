@@ -5,12 +5,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from coordinator._acompat import blocking
-from coordinator.abc import Vote
+from coordinator.abc import DecisionLog, TransactionEntry, Vote
 from coordinator.ids import check_participant_name
-from coordinator.records import FactRecord, Write
+from coordinator.log import SQLiteDecisionLog
+from coordinator.records import FactRecord, JSONValue, Write
 from participants.sqlite._store import SQLiteStore
 
 
@@ -54,8 +55,32 @@ class SQLiteStorage:
     def get(self, fact_id: str) -> FactRecord | None:
         return blocking(self.store.get, fact_id)
 
+    def get_many(self, fact_ids: Sequence[str]) -> dict[str, FactRecord]:
+        return blocking(self.store.get_many, fact_ids)
+
+    def query(
+        self,
+        typename: str | None,
+        filters: Mapping[str, JSONValue],
+        session_id: str | None,
+    ) -> list[FactRecord]:
+        return blocking(self.store.query, typename, filters, session_id)
+
+    def history(self, fact_id: str) -> list[FactRecord]:
+        return blocking(self.store.history, fact_id)
+
+    def written_by(self, txids: Sequence[str]) -> list[FactRecord]:
+        return blocking(self.store.written_by, txids)
+
+    def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]:
+        return blocking(self.store.transactions, session_id, limit)
+
     def all_facts(self) -> list[FactRecord]:
         return blocking(self.store.all_facts)
+
+    def default_decision_log(self) -> DecisionLog:
+        """A SQLite decision log in a file beside this store's (``<file>.decisions``)."""
+        return SQLiteDecisionLog(self.store.path + ".decisions")
 
     def close(self) -> None:
         blocking(self.store.close)

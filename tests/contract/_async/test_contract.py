@@ -17,12 +17,15 @@ from coordinator import (
     Execute,
     FactRecord,
     TransactionAborted,
+    TransactionMeta,
     UpsertFact,
     UsageError,
     VersionConflict,
     Vote,
+    Write,
     new_txid,
 )
+from coordinator.records import singleton_claim
 from participants.memory import AsyncInMemoryStorage, MemoryBackend
 from participants.sqlite import AsyncSQLiteStorage
 from tests.support.crash import fact, upsert
@@ -186,3 +189,75 @@ async def test_errors_from_the_contract_pickle(open_store: Opener) -> None:
     assert isinstance(copy, VersionConflict)
     assert copy.participant == "store"
     assert str(copy) == str(caught.value)
+
+
+# -- storages: what the memory API reads -------------------------------------------------
+
+
+async def commit_writes(store: Store, *writes: Write) -> str:
+    txid = new_txid()
+    await store.prepare(txid, list(writes))
+    await store.commit(txid)
+    return txid
+
+
+async def test_a_singleton_claim_is_unique_among_committed_and_staged_facts(
+    open_store: Opener,
+) -> None:
+    store = open_store()
+    claim = singleton_claim("pref", "role", "diet")
+    await commit_writes(store, UpsertFact(fact("a", 1), 0, claim=claim))
+    with pytest.raises(VersionConflict, match="role=\"diet\" of type 'pref' already belongs"):
+        await store.prepare(new_txid(), [UpsertFact(fact("b", 1), 0, claim=claim)])
+    # The claim moves with the fact: once "a" gives it up, "b" may take it.
+    await commit_writes(store, UpsertFact(fact("a", 2), 1, claim=None))
+    staged = new_txid()
+    await store.prepare(staged, [UpsertFact(fact("b", 1), 0, claim=claim)])
+    with pytest.raises(VersionConflict, match="staged by another transaction"):
+        await store.prepare(new_txid(), [UpsertFact(fact("c", 1), 0, claim=claim)])
+    await store.commit(staged)
+    assert await store.get("b") == fact("b", 1)
+    assert await store.recover() == []
+
+
+async def test_query_filters_on_type_session_and_payload_paths(open_store: Opener) -> None:
+    store = open_store()
+    rows = [
+        FactRecord("a", "pref", {"role": "diet", "n": 1, "deep": {"x": True}}, 1, session_id="s1"),
+        FactRecord("b", "pref", {"role": "tone", "n": 2}, 1, session_id="s2"),
+        FactRecord("c", "note", {"role": "diet", "n": "1"}, 1),
+    ]
+    await commit_writes(store, *(UpsertFact(r, 0) for r in rows))
+    ids = lambda facts: sorted(f.id for f in facts)
+    assert ids(await store.query("pref", {}, None)) == ["a", "b"]
+    assert ids(await store.query(None, {"payload.role": "diet"}, None)) == ["a", "c"]
+    assert ids(await store.query(None, {"payload.n": 1}, None)) == ["a"]  # not the string "1"
+    assert ids(await store.query(None, {"payload.deep.x": True}, None)) == ["a"]
+    assert ids(await store.query(None, {"payload.missing": None}, None)) == ["a", "b", "c"]
+    assert ids(await store.query("pref", {}, "s2")) == ["b"]
+    assert ids(await store.query(None, {"session_id": None}, None)) == ["c"]
+    with pytest.raises(UsageError, match="malformed"):
+        await store.query(None, {"payload.role') OR 1=1 --": "x"}, None)
+
+
+async def test_history_and_the_transaction_log_record_every_commit(open_store: Opener) -> None:
+    store = open_store()
+    first = await commit_writes(
+        store, UpsertFact(fact("a", 1), 0), TransactionMeta(session_id="s1", actor="agent")
+    )
+    second = await commit_writes(
+        store,
+        DeleteFact("a", 1, FactRecord("a", "note", {}, 2, deleted=True, txid="t")),
+        TransactionMeta(session_id="s1"),
+    )
+    await commit_writes(store, UpsertFact(fact("z", 1), 0), TransactionMeta(session_id="s2"))
+    assert [(f.version, f.deleted) for f in await store.history("a")] == [(1, False), (2, True)]
+    log = await store.transactions("s1", 10)
+    assert [t.txid for t in log] == [second, first]
+    assert log[1].actor == "agent"
+    assert len(await store.transactions(None, 10)) == 3
+    undo = await commit_writes(
+        store, TransactionMeta(session_id="s1", kind="rollback", undoes=(second,))
+    )
+    assert [t.txid for t in await store.transactions("s1", 10)] == [first]
+    assert undo not in [t.txid for t in await store.transactions(None, 10)]

@@ -19,12 +19,15 @@ from coordinator import (
     Execute,
     FactRecord,
     TransactionAborted,
+    TransactionMeta,
     UpsertFact,
     UsageError,
     VersionConflict,
     Vote,
+    Write,
     new_txid,
 )
+from coordinator.records import singleton_claim
 from participants.memory import InMemoryStorage, MemoryBackend
 from participants.sqlite import SQLiteStorage
 from tests.support.crash import fact, upsert
@@ -188,3 +191,73 @@ def test_errors_from_the_contract_pickle(open_store: Opener) -> None:
     assert isinstance(copy, VersionConflict)
     assert copy.participant == "store"
     assert str(copy) == str(caught.value)
+
+
+# -- storages: what the memory API reads -------------------------------------------------
+
+
+def commit_writes(store: Store, *writes: Write) -> str:
+    txid = new_txid()
+    store.prepare(txid, list(writes))
+    store.commit(txid)
+    return txid
+
+
+def test_a_singleton_claim_is_unique_among_committed_and_staged_facts(
+    open_store: Opener,
+) -> None:
+    store = open_store()
+    claim = singleton_claim("pref", "role", "diet")
+    commit_writes(store, UpsertFact(fact("a", 1), 0, claim=claim))
+    with pytest.raises(VersionConflict, match="role=\"diet\" of type 'pref' already belongs"):
+        store.prepare(new_txid(), [UpsertFact(fact("b", 1), 0, claim=claim)])
+    # The claim moves with the fact: once "a" gives it up, "b" may take it.
+    commit_writes(store, UpsertFact(fact("a", 2), 1, claim=None))
+    staged = new_txid()
+    store.prepare(staged, [UpsertFact(fact("b", 1), 0, claim=claim)])
+    with pytest.raises(VersionConflict, match="staged by another transaction"):
+        store.prepare(new_txid(), [UpsertFact(fact("c", 1), 0, claim=claim)])
+    store.commit(staged)
+    assert store.get("b") == fact("b", 1)
+    assert store.recover() == []
+
+
+def test_query_filters_on_type_session_and_payload_paths(open_store: Opener) -> None:
+    store = open_store()
+    rows = [
+        FactRecord("a", "pref", {"role": "diet", "n": 1, "deep": {"x": True}}, 1, session_id="s1"),
+        FactRecord("b", "pref", {"role": "tone", "n": 2}, 1, session_id="s2"),
+        FactRecord("c", "note", {"role": "diet", "n": "1"}, 1),
+    ]
+    commit_writes(store, *(UpsertFact(r, 0) for r in rows))
+    ids = lambda facts: sorted(f.id for f in facts)
+    assert ids(store.query("pref", {}, None)) == ["a", "b"]
+    assert ids(store.query(None, {"payload.role": "diet"}, None)) == ["a", "c"]
+    assert ids(store.query(None, {"payload.n": 1}, None)) == ["a"]  # not the string "1"
+    assert ids(store.query(None, {"payload.deep.x": True}, None)) == ["a"]
+    assert ids(store.query(None, {"payload.missing": None}, None)) == ["a", "b", "c"]
+    assert ids(store.query("pref", {}, "s2")) == ["b"]
+    assert ids(store.query(None, {"session_id": None}, None)) == ["c"]
+    with pytest.raises(UsageError, match="malformed"):
+        store.query(None, {"payload.role') OR 1=1 --": "x"}, None)
+
+
+def test_history_and_the_transaction_log_record_every_commit(open_store: Opener) -> None:
+    store = open_store()
+    first = commit_writes(
+        store, UpsertFact(fact("a", 1), 0), TransactionMeta(session_id="s1", actor="agent")
+    )
+    second = commit_writes(
+        store,
+        DeleteFact("a", 1, FactRecord("a", "note", {}, 2, deleted=True, txid="t")),
+        TransactionMeta(session_id="s1"),
+    )
+    commit_writes(store, UpsertFact(fact("z", 1), 0), TransactionMeta(session_id="s2"))
+    assert [(f.version, f.deleted) for f in store.history("a")] == [(1, False), (2, True)]
+    log = store.transactions("s1", 10)
+    assert [t.txid for t in log] == [second, first]
+    assert log[1].actor == "agent"
+    assert len(store.transactions(None, 10)) == 3
+    undo = commit_writes(store, TransactionMeta(session_id="s1", kind="rollback", undoes=(second,)))
+    assert [t.txid for t in store.transactions("s1", 10)] == [first]
+    assert undo not in [t.txid for t in store.transactions(None, 10)]

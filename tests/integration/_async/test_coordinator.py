@@ -193,7 +193,7 @@ async def test_deletes_commit_atomically(stores: Stores) -> None:
     [
         ({"nowhere": [upsert("a", 1)]}, "unknown participant"),
         ({"facts": upsert("a", 1)}, "must be a list of writes"),
-        ({"facts": ["not a write"]}, "expected UpsertFact, DeleteFact or Execute"),
+        ({"facts": ["not a write"]}, "expected UpsertFact, DeleteFact, TransactionMeta or Execute"),
         ({"facts": [upsert("a", 1), upsert("a", 1)]}, "changes fact 'a' twice"),
         (
             {"facts": [UpsertFact(fact("a", 3), 0)], "mirror": [upsert("a", 1)]},
