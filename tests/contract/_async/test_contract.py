@@ -220,6 +220,10 @@ async def test_a_singleton_claim_is_unique_among_committed_and_staged_facts(
     assert await store.recover() == []
 
 
+def ids(facts: list[FactRecord]) -> list[str]:
+    return sorted(f.id for f in facts)
+
+
 async def test_query_filters_on_type_session_and_payload_paths(open_store: Opener) -> None:
     store = open_store()
     rows = [
