@@ -232,7 +232,6 @@ async def test_query_filters_on_type_session_and_payload_paths(open_store: Opene
         FactRecord("c", "note", {"role": "diet", "n": "1"}, 1),
     ]
     await commit_writes(store, *(UpsertFact(r, 0) for r in rows))
-    ids = lambda facts: sorted(f.id for f in facts)
     assert ids(await store.query("pref", {}, None)) == ["a", "b"]
     assert ids(await store.query(None, {"payload.role": "diet"}, None)) == ["a", "c"]
     assert ids(await store.query(None, {"payload.n": 1}, None)) == ["a"]  # not the string "1"
