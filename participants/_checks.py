@@ -38,11 +38,10 @@ def fact_writes(participant: str, writes: Sequence[Write]) -> list[FactWrite]:
                     f"writes[{i}]: fact {write.fact.id!r} payload is not JSON-serialisable: {exc}",
                     participant=participant,
                 ) from exc
-            if write.fact.version != write.expected_version + 1:
+            if write.fact.version <= write.expected_version:
                 raise UsageError(
                     f"writes[{i}]: fact {write.fact.id!r} has version {write.fact.version} but "
-                    f"replaces version {write.expected_version}; expected version "
-                    f"{write.expected_version + 1}",
+                    f"replaces version {write.expected_version}; a new version must be higher",
                     participant=participant,
                 )
         elif not isinstance(write, DeleteFact):

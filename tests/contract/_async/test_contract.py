@@ -166,8 +166,8 @@ async def test_bad_input_is_refused_and_nothing_is_staged(open_store: Opener) ->
     store = open_store()
     with pytest.raises(UsageError, match="cannot run SQL"):
         await store.prepare(new_txid(), [upsert("a", 1), Execute("DELETE FROM x")])
-    with pytest.raises(UsageError, match="expected version 1"):
-        await store.prepare(new_txid(), [UpsertFact(fact("a", 5), 0)])
+    with pytest.raises(UsageError, match="a new version must be higher"):
+        await store.prepare(new_txid(), [UpsertFact(fact("a", 1), 1)])
     assert await store.recover() == []
     assert await store.all_facts() == []
 

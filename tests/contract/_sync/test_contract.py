@@ -168,8 +168,8 @@ def test_bad_input_is_refused_and_nothing_is_staged(open_store: Opener) -> None:
     store = open_store()
     with pytest.raises(UsageError, match="cannot run SQL"):
         store.prepare(new_txid(), [upsert("a", 1), Execute("DELETE FROM x")])
-    with pytest.raises(UsageError, match="expected version 1"):
-        store.prepare(new_txid(), [UpsertFact(fact("a", 5), 0)])
+    with pytest.raises(UsageError, match="a new version must be higher"):
+        store.prepare(new_txid(), [UpsertFact(fact("a", 1), 1)])
     assert store.recover() == []
     assert store.all_facts() == []
 

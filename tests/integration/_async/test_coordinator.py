@@ -196,8 +196,8 @@ async def test_deletes_commit_atomically(stores: Stores) -> None:
         ({"facts": ["not a write"]}, "expected UpsertFact, DeleteFact, TransactionMeta or Execute"),
         ({"facts": [upsert("a", 1), upsert("a", 1)]}, "changes fact 'a' twice"),
         (
-            {"facts": [UpsertFact(fact("a", 3), 0)], "mirror": [upsert("a", 1)]},
-            "expected version 1",
+            {"facts": [UpsertFact(fact("a", 1), 1)], "mirror": [upsert("a", 1)]},
+            "must be higher",
         ),
     ],
 )

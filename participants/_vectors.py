@@ -1,0 +1,167 @@
+"""How vector indexes stage a transaction as points (pure: no client, no I/O).
+
+Every version of a fact is its own point, with a deterministic id derived from
+``(fact_id, version)``, so every retry hits the same point. The point's payload carries
+``fact_id``, ``version``, ``state`` (``pending`` until commit, then ``committed``),
+``txid`` and ``op`` (``upsert``, or ``delete`` for the marker a staged delete leaves),
+beside ``type``, ``session_id`` and the configured metadata fields, so operators and tools
+can read an index directly.
+
+Commit marks the transaction's points committed, then removes older versions of each
+fact (and, for a delete, every version up to the marker). Reads keep committed upsert
+points only and at most one version per fact.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from coordinator.errors import ConfigurationError, UsageError
+from coordinator.records import DeleteFact, FactRecord, JSONValue, UpsertFact, Write
+
+NAMESPACE = uuid.UUID("5d0c2b1e-8f2a-4d6b-9c1e-6c0f4e2a7b31")
+PENDING = "pending"
+COMMITTED = "committed"
+RESERVED = ("fact_id", "version", "state", "txid", "op", "type", "session_id")
+
+
+def point_id(fact_id: str, version: int) -> str:
+    """The point that holds version ``version`` of ``fact_id`` (a UUID, for every backend)."""
+    return str(uuid.uuid5(NAMESPACE, f"{fact_id}\x1f{version}"))
+
+
+@dataclass(frozen=True)
+class IndexShape:
+    """What an index embeds and stores, as configured by its constructor."""
+
+    name: str
+    dim: int
+    text_field: str | None = None
+    metadata_fields: tuple[str, ...] = ()
+    target_types: frozenset[str] | None = None
+
+    def __post_init__(self) -> None:
+        clash = sorted(set(self.metadata_fields) & set(RESERVED))
+        if clash:
+            raise ConfigurationError(
+                f"metadata_fields {clash} clash with the index's own payload keys {RESERVED}"
+            )
+
+    def text_of(self, fact: FactRecord) -> str | None:
+        """The text to embed, or ``None`` when this index does not hold facts of this type.
+
+        :raises UsageError: the configured ``text_field`` is missing or not a string.
+        """
+        if self.target_types is not None and fact.type not in self.target_types:
+            return None
+        payload = fact.payload
+        if self.text_field is not None:
+            text = payload.get(self.text_field)
+            if not isinstance(text, str) or not text.strip():
+                raise UsageError(
+                    f"fact {fact.id!r}: the index {self.name!r} embeds payload field "
+                    f"{self.text_field!r}, which is missing or not a non-empty string"
+                )
+            return text
+        for key in ("content", "text"):
+            value = payload.get(key)
+            if isinstance(value, str) and value.strip():
+                return value
+        return json.dumps(payload, sort_keys=True, ensure_ascii=False)
+
+    def metadata_of(self, fact: FactRecord) -> dict[str, JSONValue]:
+        """The configured metadata fields of ``fact`` (scalars only; missing ones left out)."""
+        found: dict[str, JSONValue] = {}
+        for field in self.metadata_fields:
+            value = fact.payload.get(field)
+            if value is None:
+                continue
+            if not isinstance(value, str | int | float | bool):
+                raise UsageError(
+                    f"fact {fact.id!r}: metadata field {field!r} must be a str, number or bool "
+                    f"for the index {self.name!r}, got {type(value).__name__}"
+                )
+            found[field] = value
+        return found
+
+
+@dataclass(frozen=True)
+class Point:
+    id: str
+    vector: list[float]
+    payload: dict[str, JSONValue]
+
+
+def stage(shape: IndexShape, txid: str, writes: Sequence[Write]) -> list[Point]:
+    """The pending points that stage ``writes`` (checked before anything is written).
+
+    :raises UsageError: an upsert without an embedding, or one of the wrong dimension;
+        a metadata field that is not a scalar.
+    """
+    points: list[Point] = []
+    for write in writes:
+        if isinstance(write, UpsertFact):
+            fact = write.fact
+            if write.embedding is None:
+                raise UsageError(
+                    f"fact {fact.id!r} reached the index {shape.name!r} without an embedding",
+                    participant=shape.name,
+                )
+            if len(write.embedding) != shape.dim:
+                raise UsageError(
+                    f"fact {fact.id!r}: embedding has {len(write.embedding)} dimensions; the "
+                    f"index {shape.name!r} holds {shape.dim}",
+                    participant=shape.name,
+                )
+            payload = base_payload(
+                fact.id, fact.version, txid, "upsert", fact.type, fact.session_id
+            )
+            payload.update(shape.metadata_of(fact))
+            points.append(Point(point_id(fact.id, fact.version), list(write.embedding), payload))
+        elif isinstance(write, DeleteFact):
+            version = write.expected_version + 1
+            kind = write.tombstone.type if write.tombstone is not None else ""
+            payload = base_payload(write.fact_id, version, txid, "delete", kind, None)
+            points.append(
+                Point(point_id(write.fact_id, version), marker_vector(shape.dim), payload)
+            )
+    return points
+
+
+def base_payload(
+    fact_id: str, version: int, txid: str, op: str, kind: str, session_id: str | None
+) -> dict[str, JSONValue]:
+    payload: dict[str, JSONValue] = {
+        "fact_id": fact_id,
+        "version": version,
+        "state": PENDING,
+        "txid": txid,
+        "op": op,
+        "type": kind,
+    }
+    if session_id is not None:
+        payload["session_id"] = session_id
+    return payload
+
+
+def marker_vector(dim: int) -> list[float]:
+    """The vector of a delete marker (never returned by search: ``op`` is ``delete``)."""
+    return [1.0] + [0.0] * (dim - 1)
+
+
+def search_filter(where: Mapping[str, JSONValue]) -> dict[str, JSONValue]:
+    """Equality conditions a search adds to ``where``: committed upsert points only."""
+    return {**where, "state": COMMITTED, "op": "upsert"}
+
+
+def best_per_fact(hits: Sequence[tuple[str, int, float]]) -> list[tuple[str, int, float]]:
+    """One hit per fact (its newest version), best score first (G3: no double reads)."""
+    newest: dict[str, tuple[str, int, float]] = {}
+    for fact_id, version, score in hits:
+        seen = newest.get(fact_id)
+        if seen is None or version > seen[1]:
+            newest[fact_id] = (fact_id, version, score)
+    return sorted(newest.values(), key=lambda h: -h[2])

@@ -1,0 +1,54 @@
+"""Chroma participant: a vector index in a Chroma collection (embedded or server).
+
+Needs the ``chroma`` extra (``chromadb``).
+"""
+
+from __future__ import annotations
+
+from participants.chroma._async.index import AsyncChromaIndex
+from participants.chroma._sync.index import ChromaIndex
+
+__all__ = ["AsyncChromaIndex", "ChromaIndex", "from_url"]
+
+
+def from_url(
+    url: str, *, name: str | None = None, asynchronous: bool = False
+) -> ChromaIndex | AsyncChromaIndex:
+    """``chroma+local:///dir?collection=memories`` (embedded), ``chroma+http://host:8000``.
+
+    Query parameters: ``collection`` (default ``memories``), ``text_field``,
+    ``metadata_fields`` (comma-separated), ``types`` (comma-separated target types).
+    """
+    import os
+    from urllib.parse import parse_qs, urlsplit
+
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    import chromadb
+
+    from coordinator.plugins import path_of, scheme_of
+
+    params = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
+    scheme = scheme_of(url)
+    base = url.split("?", 1)[0]
+    if scheme == "chroma+local":
+        client = chromadb.PersistentClient(path=path_of(base))
+    elif scheme in ("chroma+http", "chroma+https"):
+        parts = urlsplit(base)
+        client = chromadb.HttpClient(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 8000,
+            ssl=scheme == "chroma+https",
+        )
+    else:
+        client = chromadb.EphemeralClient()
+    fields = [f for f in params.get("metadata_fields", "").split(",") if f]
+    types = [t for t in params.get("types", "").split(",") if t] or None
+    cls = AsyncChromaIndex if asynchronous else ChromaIndex
+    return cls(
+        client,
+        params.get("collection", "memories"),
+        params.get("text_field"),
+        fields,
+        target_types=types,
+        name=name,
+    )

@@ -1,0 +1,230 @@
+"""The Chroma index participant (source of the generated sync twin).
+
+Works with any synchronous Chroma client: ``PersistentClient`` (embedded), ``Client()``
+(in memory) and ``HttpClient`` (a ``chroma run`` server); the async twin runs the client's
+calls off the event loop. Staging is described in ``participants/_vectors.py``.
+
+Chroma traps avoided here: ``add`` silently ignores an existing id (only ``upsert`` is
+used); ``$ne``/``$nin`` match records that lack the field (only positive equality is
+used); metadata values may not be ``None`` (absent keys are left out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from coordinator._acompat import ablocking
+from coordinator.abc import Embedder, Hit, IndexContents, Vote
+from coordinator.embeddings import default_embedder
+from coordinator.errors import ConfigurationError, LockstepError, ParticipantError
+from coordinator.ids import check_participant_name
+from coordinator.records import FactRecord, JSONValue, Write
+from participants._fence import AbortFence
+from participants._vectors import (
+    COMMITTED,
+    PENDING,
+    IndexShape,
+    best_per_fact,
+    search_filter,
+    stage,
+)
+
+MARKER = "lockstep_dim"
+
+
+class AsyncChromaIndex:
+    """A vector index in a Chroma collection, kept in lockstep with the fact store.
+
+    Takes MemState's ``ChromaSyncHook`` arguments, plus ``embedder=``.
+
+    :param client: a Chroma client (``PersistentClient``, ``Client``, ``HttpClient``).
+    :param collection_name: created (cosine space) if missing; an existing one must have
+        been created by Lockstep with the embedder's dimension.
+    :param text_field: payload field to embed (default: ``content``, ``text``, or the
+        whole payload as JSON).
+    :param metadata_fields: payload fields copied into each record's metadata.
+    :param embedder: turns text into vectors (default: :func:`default_embedder`).
+    :param target_types: fact types this index holds (default: every type).
+    :param name: participant name (default ``chroma:<collection_name>``).
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        collection_name: str,
+        text_field: str | None = None,
+        metadata_fields: Sequence[str] | None = None,
+        *,
+        embedder: Embedder | None = None,
+        target_types: Sequence[str] | None = None,
+        name: str | None = None,
+    ) -> None:
+        self._name = check_participant_name(name or f"chroma:{collection_name}")
+        self._client = client
+        self._collection_name = collection_name
+        self._embedder = embedder or default_embedder()
+        self.shape = IndexShape(
+            self._name,
+            self._embedder.dim,
+            text_field,
+            tuple(metadata_fields or ()),
+            None if target_types is None else frozenset(target_types),
+        )
+        self._fence = AbortFence(self._name)
+        self._collection: Any = None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._embedder
+
+    def text_of(self, fact: FactRecord) -> str | None:
+        return self.shape.text_of(fact)
+
+    # -- the participant contract -------------------------------------------------------
+
+    async def prepare(self, txid: str, writes: Sequence[Write]) -> Vote:
+        self._fence.check(txid)
+        points = stage(self.shape, txid, writes)
+        if not points:
+            return Vote.READ_ONLY
+        collection = await self._ensure_collection()
+        await self._call(
+            "prepare",
+            txid,
+            collection.upsert,
+            ids=[p.id for p in points],
+            embeddings=[p.vector for p in points],
+            metadatas=[p.payload for p in points],
+        )
+        return Vote.YES
+
+    async def commit(self, txid: str) -> None:
+        collection = await self._ensure_collection()
+        staged = await self._call(
+            "commit", txid, collection.get, where={"txid": txid}, include=["metadatas"]
+        )
+        if not staged["ids"]:
+            return
+        metadatas = [dict(m) for m in staged["metadatas"]]
+        for metadata in metadatas:
+            metadata["state"] = COMMITTED
+        await self._call("commit", txid, collection.update, ids=staged["ids"], metadatas=metadatas)
+        # Then remove what the new versions replace (older versions; for a delete, every
+        # version up to its marker).
+        for metadata in metadatas:
+            bound = "$lte" if metadata.get("op") == "delete" else "$lt"
+            await self._call(
+                "commit",
+                txid,
+                collection.delete,
+                where={
+                    "$and": [
+                        {"fact_id": metadata["fact_id"]},
+                        {"version": {bound: metadata["version"]}},
+                    ]
+                },
+            )
+
+    async def abort(self, txid: str) -> None:
+        self._fence.add(txid)
+        collection = await self._ensure_collection()
+        await self._call(
+            "abort",
+            txid,
+            collection.delete,
+            where={"$and": [{"txid": txid}, {"state": PENDING}]},
+        )
+
+    async def recover(self) -> list[str]:
+        collection = await self._ensure_collection()
+        staged = await self._call(
+            "recover", None, collection.get, where={"state": PENDING}, include=["metadatas"]
+        )
+        return sorted({str(m["txid"]) for m in staged["metadatas"]})
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def search(
+        self, vector: Sequence[float], k: int, where: Mapping[str, JSONValue]
+    ) -> list[Hit]:
+        collection = await self._ensure_collection()
+        conditions = [{key: value} for key, value in search_filter(where).items()]
+        found = await self._call(
+            "search",
+            None,
+            collection.query,
+            query_embeddings=[list(vector)],
+            n_results=k,
+            where={"$and": conditions},
+            include=["metadatas", "distances"],
+        )
+        hits = [
+            # Cosine space: distance = 1 - similarity.
+            (str(m["fact_id"]), int(m["version"]), 1.0 - float(d))
+            for m, d in zip(found["metadatas"][0], found["distances"][0], strict=True)
+        ]
+        return [Hit(*h) for h in best_per_fact(hits)]
+
+    async def contents(self) -> IndexContents:
+        collection = await self._ensure_collection()
+        everything = await self._call("contents", None, collection.get, include=["metadatas"])
+        committed: dict[str, int] = {}
+        pending: set[str] = set()
+        for metadata in everything["metadatas"]:
+            if metadata.get("state") == PENDING:
+                pending.add(str(metadata.get("txid")))
+            elif metadata.get("op") == "upsert":
+                fact_id = str(metadata["fact_id"])
+                committed[fact_id] = max(committed.get(fact_id, 0), int(metadata["version"]))
+        return IndexContents(committed, tuple(sorted(pending)))
+
+    async def close(self) -> None:
+        """The client belongs to the caller; nothing to release here."""
+
+    # -- internals ----------------------------------------------------------------------
+
+    async def _ensure_collection(self) -> Any:
+        if self._collection is not None:
+            return self._collection
+        collection = await self._call(
+            "open",
+            None,
+            self._client.get_or_create_collection,
+            self._collection_name,
+            embedding_function=None,
+            metadata={"hnsw:space": "cosine", MARKER: self.shape.dim},
+        )
+        metadata = collection.metadata or {}
+        if MARKER not in metadata:
+            count = await self._call("open", None, collection.count)
+            if count:
+                raise ConfigurationError(
+                    f"Chroma collection {self._collection_name!r} was not created by Lockstep "
+                    f"and holds {count} records; use another collection name",
+                    participant=self._name,
+                )
+        elif metadata[MARKER] != self.shape.dim:
+            raise ConfigurationError(
+                f"Chroma collection {self._collection_name!r} holds {metadata[MARKER]}-"
+                f"dimensional vectors; the embedder makes {self.shape.dim}",
+                participant=self._name,
+            )
+        self._collection = collection
+        return collection
+
+    async def _call(self, action: str, txid: str | None, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await ablocking(fn, *args, **kwargs)
+        except LockstepError:
+            raise
+        except Exception as exc:
+            raise ParticipantError(
+                f"Chroma {action} on collection {self._collection_name!r} failed: {exc}",
+                txid=txid,
+                participant=self._name,
+            ) from exc

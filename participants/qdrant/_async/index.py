@@ -1,0 +1,279 @@
+"""The Qdrant index participant (source of the generated sync twin).
+
+Works against a Qdrant server (``AsyncQdrantClient(url=...)``), local mode
+(``AsyncQdrantClient(path=...)``) and ``:memory:``. Staging is described in
+``participants/_vectors.py``; Qdrant batches are not atomic, so every step is idempotent
+and recoverable from the points alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from qdrant_client import AsyncQdrantClient, models
+
+from coordinator.abc import Embedder, Hit, IndexContents, Vote
+from coordinator.embeddings import default_embedder
+from coordinator.errors import ConfigurationError, LockstepError, ParticipantError
+from coordinator.ids import check_participant_name
+from coordinator.records import FactRecord, JSONValue, Write
+from participants._fence import AbortFence
+from participants._vectors import (
+    COMMITTED,
+    PENDING,
+    IndexShape,
+    best_per_fact,
+    search_filter,
+    stage,
+)
+
+_PAGE = 512
+
+
+class AsyncQdrantIndex:
+    """A vector index in a Qdrant collection, kept in lockstep with the fact store.
+
+    Takes MemState's ``QdrantSyncHook`` arguments, plus ``embedder=``.
+
+    :param client: a Qdrant client (server, local ``path=`` or ``:memory:``); not closed
+        by this index unless ``owns_client``.
+    :param collection_name: created (cosine distance) if missing; an existing one must
+        have been created by Lockstep with the embedder's dimension.
+    :param text_field: payload field to embed (default: ``content``, ``text``, or the
+        whole payload as JSON).
+    :param metadata_fields: payload fields copied into each point for filtering.
+    :param embedder: turns text into vectors (default: :func:`default_embedder`).
+    :param target_types: fact types this index holds (default: every type).
+    :param name: participant name (default ``qdrant:<collection_name>``).
+    """
+
+    def __init__(
+        self,
+        client: AsyncQdrantClient,
+        collection_name: str,
+        text_field: str | None = None,
+        metadata_fields: Sequence[str] | None = None,
+        *,
+        embedder: Embedder | None = None,
+        target_types: Sequence[str] | None = None,
+        name: str | None = None,
+        owns_client: bool = False,
+    ) -> None:
+        self._name = check_participant_name(name or f"qdrant:{collection_name}")
+        self._client = client
+        self._collection = collection_name
+        self._embedder = embedder or default_embedder()
+        self.shape = IndexShape(
+            self._name,
+            self._embedder.dim,
+            text_field,
+            tuple(metadata_fields or ()),
+            None if target_types is None else frozenset(target_types),
+        )
+        self._owns_client = owns_client
+        self._fence = AbortFence(self._name)
+        self._ready = False
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._embedder
+
+    def text_of(self, fact: FactRecord) -> str | None:
+        return self.shape.text_of(fact)
+
+    # -- the participant contract -------------------------------------------------------
+
+    async def prepare(self, txid: str, writes: Sequence[Write]) -> Vote:
+        self._fence.check(txid)
+        points = stage(self.shape, txid, writes)
+        if not points:
+            return Vote.READ_ONLY
+        await self._ensure_collection()
+        try:
+            await self._client.upsert(
+                self._collection,
+                [models.PointStruct(id=p.id, vector=p.vector, payload=p.payload) for p in points],
+                wait=True,
+            )
+        except Exception as exc:
+            raise self._error("prepare", txid, exc) from exc
+        return Vote.YES
+
+    async def commit(self, txid: str) -> None:
+        await self._ensure_collection()
+        try:
+            staged = await self._scroll(_match("txid", txid))
+            if not staged:
+                return
+            pending = [p.id for p in staged if (p.payload or {}).get("state") == PENDING]
+            if pending:
+                await self._client.set_payload(
+                    self._collection, {"state": COMMITTED}, points=pending, wait=True
+                )
+            # Then remove what the new versions replace (older versions; for a delete,
+            # every version up to its marker).
+            older: list[models.Condition] = []
+            for point in staged:
+                payload = point.payload or {}
+                bound = models.Range(lt=payload["version"])
+                if payload.get("op") == "delete":
+                    bound = models.Range(lte=payload["version"])
+                older.append(
+                    models.Filter(
+                        must=[
+                            _match("fact_id", payload["fact_id"]),
+                            models.FieldCondition(key="version", range=bound),
+                        ]
+                    )
+                )
+            await self._client.delete(self._collection, models.Filter(should=older), wait=True)
+        except Exception as exc:
+            raise self._error("commit", txid, exc) from exc
+
+    async def abort(self, txid: str) -> None:
+        self._fence.add(txid)
+        await self._ensure_collection()
+        try:
+            await self._client.delete(
+                self._collection,
+                models.Filter(must=[_match("txid", txid), _match("state", PENDING)]),
+                wait=True,
+            )
+        except Exception as exc:
+            raise self._error("abort", txid, exc) from exc
+
+    async def recover(self) -> list[str]:
+        await self._ensure_collection()
+        try:
+            pending = await self._scroll(_match("state", PENDING))
+        except Exception as exc:
+            raise self._error("recover", None, exc) from exc
+        return sorted({str((p.payload or {})["txid"]) for p in pending})
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def search(
+        self, vector: Sequence[float], k: int, where: Mapping[str, JSONValue]
+    ) -> list[Hit]:
+        await self._ensure_collection()
+        conditions: list[models.Condition] = [
+            _match(key, value) for key, value in search_filter(where).items()
+        ]
+        try:
+            found = await self._client.query_points(
+                self._collection,
+                query=list(vector),
+                query_filter=models.Filter(must=conditions),
+                limit=k,
+                with_payload=True,
+            )
+        except Exception as exc:
+            raise self._error("search", None, exc) from exc
+        hits = [
+            (str(p.payload["fact_id"]), int(p.payload["version"]), float(p.score))
+            for p in found.points
+            if p.payload
+        ]
+        return [Hit(*h) for h in best_per_fact(hits)]
+
+    async def contents(self) -> IndexContents:
+        await self._ensure_collection()
+        committed: dict[str, int] = {}
+        pending: set[str] = set()
+        for point in await self._scroll(None):
+            payload = point.payload or {}
+            if payload.get("state") == PENDING:
+                pending.add(str(payload.get("txid")))
+            elif payload.get("op") == "upsert":
+                fact_id = str(payload["fact_id"])
+                committed[fact_id] = max(committed.get(fact_id, 0), int(payload["version"]))
+        return IndexContents(committed, tuple(sorted(pending)))
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await self._client.close()
+
+    # -- internals ----------------------------------------------------------------------
+
+    async def _ensure_collection(self) -> None:
+        if self._ready:
+            return
+        try:
+            exists = await self._client.collection_exists(self._collection)
+            if not exists:
+                await self._client.create_collection(
+                    self._collection,
+                    vectors_config=models.VectorParams(
+                        size=self.shape.dim, distance=models.Distance.COSINE
+                    ),
+                )
+            else:
+                info = await self._client.get_collection(self._collection)
+                await self._check_schema(info)
+        except LockstepError:
+            raise
+        except Exception as exc:
+            raise self._error("open", None, exc) from exc
+        self._ready = True
+
+    async def _check_schema(self, info: models.CollectionInfo) -> None:
+        vectors = info.config.params.vectors
+        if not isinstance(vectors, models.VectorParams):
+            raise ConfigurationError(
+                f"Qdrant collection {self._collection!r} uses named vectors; Lockstep needs "
+                "one unnamed vector per point (use another collection name)",
+                participant=self._name,
+            )
+        if vectors.size != self.shape.dim:
+            raise ConfigurationError(
+                f"Qdrant collection {self._collection!r} holds {vectors.size}-dimensional "
+                f"vectors; the embedder makes {self.shape.dim}",
+                participant=self._name,
+            )
+        if vectors.distance != models.Distance.COSINE:
+            raise ConfigurationError(
+                f"Qdrant collection {self._collection!r} uses {vectors.distance} distance; "
+                "Lockstep needs cosine",
+                participant=self._name,
+            )
+        sample, _ = await self._client.scroll(self._collection, limit=1, with_payload=True)
+        if sample and not {"fact_id", "version", "state"} <= set(sample[0].payload or {}):
+            raise ConfigurationError(
+                f"Qdrant collection {self._collection!r} holds points Lockstep did not write "
+                "(no fact_id/version/state in their payload); use another collection name",
+                participant=self._name,
+            )
+
+    async def _scroll(self, condition: models.FieldCondition | None) -> list[models.Record]:
+        found: list[models.Record] = []
+        offset = None
+        query = None if condition is None else models.Filter(must=[condition])
+        while True:
+            page, offset = await self._client.scroll(
+                self._collection,
+                scroll_filter=query,
+                limit=_PAGE,
+                offset=offset,
+                with_payload=True,
+                with_vectors=False,
+            )
+            found += page
+            if offset is None:
+                return found
+
+    def _error(self, action: str, txid: str | None, exc: Exception) -> LockstepError:
+        if isinstance(exc, LockstepError):
+            return exc
+        return ParticipantError(
+            f"Qdrant {action} on collection {self._collection!r} failed: {exc}",
+            txid=txid,
+            participant=self._name,
+        )
+
+
+def _match(key: str, value: JSONValue) -> models.FieldCondition:
+    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
