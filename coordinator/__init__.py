@@ -28,6 +28,7 @@ from coordinator.errors import (
     HookError,
     ImmutableViolation,
     LockstepError,
+    MemoryStoreError,
     ParticipantError,
     PrepareTimeout,
     TransactionAborted,
@@ -39,6 +40,17 @@ from coordinator.errors import (
 )
 from coordinator.ids import (
     new_txid,
+)
+from coordinator.memory import (
+    AsyncMemoryStore,
+    AsyncMemoryTransaction,
+    Constraint,
+    Fact,
+    MemoryStore,
+    MemoryTransaction,
+    SchemaRegistry,
+    ScoredFact,
+    VerifyReport,
 )
 from coordinator.outcomes import (
     Outcome,
@@ -57,6 +69,16 @@ from coordinator.records import (
 )
 
 __all__ = [
+    "AsyncMemoryStore",
+    "AsyncMemoryTransaction",
+    "Constraint",
+    "Fact",
+    "MemoryStore",
+    "MemoryStoreError",
+    "MemoryTransaction",
+    "SchemaRegistry",
+    "ScoredFact",
+    "VerifyReport",
     "AsyncCoordinator",
     "AsyncDecisionLog",
     "AsyncParticipant",

@@ -272,6 +272,11 @@ class AsyncIndex(AsyncParticipant, Protocol):
     @property
     def embedder(self) -> Embedder: ...
 
+    @property
+    def metadata_fields(self) -> tuple[str, ...]:
+        """Payload fields the index stores, so searches can filter on them."""
+        ...
+
     def text_of(self, fact: FactRecord) -> str | None: ...
 
     async def search(
@@ -287,6 +292,9 @@ class Index(Participant, Protocol):
 
     @property
     def embedder(self) -> Embedder: ...
+
+    @property
+    def metadata_fields(self) -> tuple[str, ...]: ...
 
     def text_of(self, fact: FactRecord) -> str | None: ...
 

@@ -20,6 +20,7 @@
     └── DecisionLogError              the decision log failed; the cause is chained
 
     HookError                         alias of TransactionAborted, for MemState code
+    MemoryStoreError                  alias of LockstepError, for MemState code
 
 Once the COMMIT decision is durable, ``commit`` never raises: it returns an ``Outcome``
 whose ``unfinished`` lists the branches that recovery will finish.
@@ -125,6 +126,9 @@ class DecisionLogError(LockstepError):
 HookError = TransactionAborted
 """MemState raised ``HookError`` when a store refused a change; code catching it keeps working."""
 
+MemoryStoreError = LockstepError
+"""MemState's base error name, kept so ``except MemoryStoreError`` keeps working."""
+
 __all__ = [
     "ConfigurationError",
     "ConflictError",
@@ -133,6 +137,7 @@ __all__ = [
     "HookError",
     "ImmutableViolation",
     "LockstepError",
+    "MemoryStoreError",
     "ParticipantError",
     "PrepareTimeout",
     "TransactionAborted",

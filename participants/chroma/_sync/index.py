@@ -84,6 +84,10 @@ class ChromaIndex:
     def embedder(self) -> Embedder:
         return self._embedder
 
+    @property
+    def metadata_fields(self) -> tuple[str, ...]:
+        return self.shape.metadata_fields
+
     def text_of(self, fact: FactRecord) -> str | None:
         return self.shape.text_of(fact)
 

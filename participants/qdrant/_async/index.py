@@ -82,6 +82,10 @@ class AsyncQdrantIndex:
     def embedder(self) -> Embedder:
         return self._embedder
 
+    @property
+    def metadata_fields(self) -> tuple[str, ...]:
+        return self.shape.metadata_fields
+
     def text_of(self, fact: FactRecord) -> str | None:
         return self.shape.text_of(fact)
 

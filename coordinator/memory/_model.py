@@ -1,0 +1,139 @@
+"""The memory API's public records: facts, scored search results, schemas, constraints."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
+
+from coordinator.errors import UsageError, ValidationFailed
+from coordinator.records import FactRecord
+
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Fact(BaseModel):
+    """A fact as an agent writes it (MemState's ``Fact``), and as the store reports it.
+
+    The store never mutates a ``Fact`` you pass in; it returns the committed state as a
+    dict from ``get``/``query``/``history`` with ``version``, ``txid``, ``actor`` and
+    ``reason`` filled in.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    type: str
+    payload: dict[str, Any] = Field(default_factory=dict)
+    source: str | None = None
+    session_id: str | None = None
+    ts: datetime = Field(default_factory=_now)
+    version: int = 0
+    actor: str | None = None
+    reason: str | None = None
+    txid: str | None = None
+    deleted: bool = False
+
+    @classmethod
+    def from_record(cls, record: FactRecord) -> Fact:
+        return cls(
+            id=record.id,
+            type=record.type,
+            payload=dict(record.payload),
+            source=record.source,
+            session_id=record.session_id,
+            ts=datetime.fromtimestamp(record.ts, UTC),
+            version=record.version,
+            actor=record.actor,
+            reason=record.reason,
+            txid=record.txid,
+            deleted=record.deleted,
+        )
+
+
+def as_dict(record: FactRecord) -> dict[str, Any]:
+    """The JSON-ready dict ``get``/``query``/``history`` return (MemState returns dicts)."""
+    return Fact.from_record(record).model_dump(mode="json")
+
+
+class ScoredFact(BaseModel):
+    """A search result: the committed fact (as a dict) and its similarity (higher: closer)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    fact: dict[str, Any]
+    score: float
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """Rules for one fact type.
+
+    :param singleton_key: a payload field whose value is unique among facts of the type:
+        committing a fact with an existing value updates that fact instead of inserting.
+    :param immutable: facts of the type may be created but never changed or deleted.
+    """
+
+    singleton_key: str | None = None
+    immutable: bool = False
+
+    def __post_init__(self) -> None:
+        if self.singleton_key is not None and not _KEY.fullmatch(self.singleton_key):
+            raise UsageError(
+                f"Constraint(singleton_key={self.singleton_key!r}): expected a payload field "
+                "name (letters, digits, '_')"
+            )
+
+
+class SchemaRegistry:
+    """Pydantic models by type name; validates payloads before anything is written."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, type[BaseModel]] = {}
+
+    def register(self, typename: str, model: type[BaseModel]) -> None:
+        if not isinstance(typename, str) or not typename:
+            raise UsageError(f"register_schema: typename must be a non-empty str, got {typename!r}")
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise UsageError(
+                f"register_schema: model must be a pydantic BaseModel class, got {model!r}"
+            )
+        self._models[typename] = model
+
+    def type_of(self, model_class: type[BaseModel]) -> str | None:
+        for typename, model in self._models.items():
+            if model is model_class:
+                return typename
+        return None
+
+    def validate(self, typename: str, payload: Any) -> dict[str, Any]:
+        """The payload as the registered model dumps it; unregistered types pass through.
+
+        :raises ValidationFailed: naming every field that does not fit.
+        """
+        if not isinstance(payload, dict):
+            raise ValidationFailed(
+                f"payload of a {typename!r} fact must be a dict, got {type(payload).__name__}"
+            )
+        model = self._models.get(typename)
+        if model is None:
+            return dict(payload)
+        try:
+            return model.model_validate(payload).model_dump(mode="json")
+        except PydanticValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '(payload)'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise ValidationFailed(
+                f"payload does not fit the {typename!r} schema ({model.__name__}): {problems}"
+            ) from None
