@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import Final, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -37,6 +37,10 @@ EffectRunner = Callable[[Effect], Reply]
 
 Lock = threading.Lock
 ALock = anyio.Lock
+
+# Which face a module is: the async source says ASYNC_API, the generated twin SYNC_API.
+ASYNC_API: Final = True
+SYNC_API: Final = False
 
 # Sync fan-out runs on worker threads. A call abandoned at its timeout keeps its thread
 # until it returns, so the pool is generous and shared.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Literal, overload
+from typing import Any, Literal, overload
 from urllib.parse import unquote, urlsplit
 
 from coordinator.abc import AsyncDecisionLog, AsyncParticipant, DecisionLog, Participant
@@ -47,20 +47,26 @@ def available_schemes() -> list[str]:
 
 @overload
 def open_participant(
-    url: str, *, name: str | None = None, asynchronous: Literal[False] = False
+    url: str,
+    *,
+    name: str | None = None,
+    asynchronous: Literal[False] = False,
+    **options: Any,
 ) -> Participant: ...
 
 
 @overload
 def open_participant(
-    url: str, *, name: str | None = None, asynchronous: Literal[True]
+    url: str, *, name: str | None = None, asynchronous: Literal[True], **options: Any
 ) -> AsyncParticipant: ...
 
 
 def open_participant(
-    url: str, *, name: str | None = None, asynchronous: bool = False
+    url: str, *, name: str | None = None, asynchronous: bool = False, **options: Any
 ) -> Participant | AsyncParticipant:
     """Open the participant a URL names, through its backend's entry point.
+
+    ``options`` go to the backend's factory (``embedder=`` for indexes).
 
     :raises ConfigurationError: unknown scheme (the message lists the installed ones), or
         a backend whose extra is not installed.
@@ -78,7 +84,7 @@ def open_participant(
             f"the {scheme}:// backend is not installed ({exc}); install its extra, "
             f"e.g. pip install 'lockstep[{scheme.split('+')[0]}]'"
         ) from exc
-    return factory(url, name=name, asynchronous=asynchronous)
+    return factory(url, name=name, asynchronous=asynchronous, **options)
 
 
 def open_decision_log(url: str, *, asynchronous: bool = False) -> DecisionLog | AsyncDecisionLog:

@@ -28,6 +28,7 @@ REPLACEMENTS = {
     "agather": "gather",
     "asleep": "sleep",
     "ablocking": "blocking",
+    "ASYNC_API": "SYNC_API",
 }
 
 

@@ -5,6 +5,7 @@ Needs the ``chroma`` extra (``chromadb``).
 
 from __future__ import annotations
 
+from coordinator.abc import Embedder
 from participants.chroma._async.index import AsyncChromaIndex
 from participants.chroma._sync.index import ChromaIndex
 
@@ -12,7 +13,11 @@ __all__ = ["AsyncChromaIndex", "ChromaIndex", "from_url"]
 
 
 def from_url(
-    url: str, *, name: str | None = None, asynchronous: bool = False
+    url: str,
+    *,
+    name: str | None = None,
+    asynchronous: bool = False,
+    embedder: Embedder | None = None,
 ) -> ChromaIndex | AsyncChromaIndex:
     """``chroma+local:///dir?collection=memories`` (embedded), ``chroma+http://host:8000``.
 
@@ -49,6 +54,7 @@ def from_url(
         params.get("collection", "memories"),
         params.get("text_field"),
         fields,
+        embedder=embedder,
         target_types=types,
         name=name,
     )

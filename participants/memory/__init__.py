@@ -8,8 +8,12 @@ __all__ = ["AsyncInMemoryStorage", "InMemoryStorage", "MemoryBackend", "from_url
 
 
 def from_url(
-    url: str, *, name: str | None = None, asynchronous: bool = False
+    url: str, *, name: str | None = None, asynchronous: bool = False, **options: object
 ) -> InMemoryStorage | AsyncInMemoryStorage:
     """``memory://`` (entry point of the ``memory`` scheme): a fresh in-process store."""
+    from coordinator.errors import ConfigurationError
+
+    if options:
+        raise ConfigurationError(f"memory:// takes no options {sorted(options)}")
     cls = AsyncInMemoryStorage if asynchronous else InMemoryStorage
     return cls(name or "memory")

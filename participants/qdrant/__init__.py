@@ -5,6 +5,7 @@ Needs the ``qdrant`` extra (``qdrant-client``).
 
 from __future__ import annotations
 
+from coordinator.abc import Embedder
 from participants.qdrant._async.index import AsyncQdrantIndex
 from participants.qdrant._sync.index import QdrantIndex
 
@@ -12,7 +13,11 @@ __all__ = ["AsyncQdrantIndex", "QdrantIndex", "from_url"]
 
 
 def from_url(
-    url: str, *, name: str | None = None, asynchronous: bool = False
+    url: str,
+    *,
+    name: str | None = None,
+    asynchronous: bool = False,
+    embedder: Embedder | None = None,
 ) -> QdrantIndex | AsyncQdrantIndex:
     """``qdrant+local:///dir?collection=memories`` (local mode), ``qdrant+http://host:6333``.
 
@@ -44,6 +49,7 @@ def from_url(
             collection,
             params.get("text_field"),
             fields,
+            embedder=embedder,
             target_types=types,
             name=name,
             owns_client=True,
@@ -53,6 +59,7 @@ def from_url(
         collection,
         params.get("text_field"),
         fields,
+        embedder=embedder,
         target_types=types,
         name=name,
         owns_client=True,

@@ -7,10 +7,13 @@ __all__ = ["AsyncSQLiteStorage", "SQLiteStorage", "from_url"]
 
 
 def from_url(
-    url: str, *, name: str | None = None, asynchronous: bool = False
+    url: str, *, name: str | None = None, asynchronous: bool = False, **options: object
 ) -> SQLiteStorage | AsyncSQLiteStorage:
     """``sqlite:///path/to/facts.db`` (entry point of the ``sqlite`` scheme)."""
+    from coordinator.errors import ConfigurationError
     from coordinator.plugins import path_of
 
+    if options:
+        raise ConfigurationError(f"sqlite:// takes no options {sorted(options)}")
     cls = AsyncSQLiteStorage if asynchronous else SQLiteStorage
     return cls(path_of(url), name=name or "sqlite")

