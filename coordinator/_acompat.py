@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import inspect
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Final, ParamSpec, TypeVar
+from typing import Any, Final, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -127,6 +128,15 @@ async def ablocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
 
 def blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     return fn(*args, **kwargs)
+
+
+async def aresolve(value: Any) -> Any:
+    """``value``, awaited first if it is awaitable (an async client passed un-awaited)."""
+    return await value if inspect.isawaitable(value) else value
+
+
+def resolve(value: Any) -> Any:
+    return value
 
 
 async def asleep(seconds: float) -> None:

@@ -29,6 +29,7 @@ REPLACEMENTS = {
     "asleep": "sleep",
     "ablocking": "blocking",
     "ASYNC_API": "SYNC_API",
+    "aresolve": "resolve",
 }
 
 

@@ -15,7 +15,7 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from coordinator._acompat import ablocking
+from coordinator._acompat import ablocking, aresolve
 from coordinator.abc import Embedder, Hit, IndexContents, Vote
 from coordinator.embeddings import default_embedder
 from coordinator.errors import ConfigurationError, LockstepError, ParticipantError
@@ -196,9 +196,8 @@ class AsyncChromaIndex:
     async def _ensure_collection(self) -> Any:
         if self._collection is not None:
             return self._collection
-        client = self._client
-        if inspect.isawaitable(client):  # `await chromadb.AsyncHttpClient()` not awaited yet
-            client = self._client = await client
+        # `chromadb.AsyncHttpClient()` may be passed without its `await`.
+        client = self._client = await aresolve(self._client)
         collection = await self._call(
             "open",
             None,

@@ -17,7 +17,7 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from coordinator._acompat import blocking
+from coordinator._acompat import blocking, resolve
 from coordinator.abc import Embedder, Hit, IndexContents, Vote
 from coordinator.embeddings import default_embedder
 from coordinator.errors import ConfigurationError, LockstepError, ParticipantError
@@ -196,9 +196,8 @@ class ChromaIndex:
     def _ensure_collection(self) -> Any:
         if self._collection is not None:
             return self._collection
-        client = self._client
-        if inspect.isawaitable(client):  # `await chromadb.AsyncHttpClient()` not awaited yet
-            client = self._client = client
+        # `chromadb.AsyncHttpClient()` may be passed without its `await`.
+        client = self._client = resolve(self._client)
         collection = self._call(
             "open",
             None,
