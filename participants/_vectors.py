@@ -1,7 +1,9 @@
 """How vector indexes stage a transaction as points (pure: no client, no I/O).
 
 Every version of a fact is its own point, with a deterministic id derived from
-``(fact_id, version)``, so every retry hits the same point. The point's payload carries
+``(fact_id, version, txid)``, so every retry of a transaction hits the same point, and two
+transactions racing for the same version (one of which the storage will refuse) never
+overwrite each other's staging. The point's payload carries
 ``fact_id``, ``version``, ``state`` (``pending`` until commit, then ``committed``),
 ``txid`` and ``op`` (``upsert``, or ``delete`` for the marker a staged delete leaves),
 beside ``type``, ``session_id`` and the configured metadata fields, so operators and tools
@@ -28,9 +30,9 @@ COMMITTED = "committed"
 RESERVED = ("fact_id", "version", "state", "txid", "op", "type", "session_id")
 
 
-def point_id(fact_id: str, version: int) -> str:
-    """The point that holds version ``version`` of ``fact_id`` (a UUID, for every backend)."""
-    return str(uuid.uuid5(NAMESPACE, f"{fact_id}\x1f{version}"))
+def point_id(fact_id: str, version: int, txid: str) -> str:
+    """The point ``txid`` stages for version ``version`` of ``fact_id`` (a UUID string)."""
+    return str(uuid.uuid5(NAMESPACE, f"{fact_id}\x1f{version}\x1f{txid}"))
 
 
 @dataclass(frozen=True)
@@ -120,13 +122,15 @@ def stage(shape: IndexShape, txid: str, writes: Sequence[Write]) -> list[Point]:
                 fact.id, fact.version, txid, "upsert", fact.type, fact.session_id
             )
             payload.update(shape.metadata_of(fact))
-            points.append(Point(point_id(fact.id, fact.version), list(write.embedding), payload))
+            points.append(
+                Point(point_id(fact.id, fact.version, txid), list(write.embedding), payload)
+            )
         elif isinstance(write, DeleteFact):
             version = write.expected_version + 1
             kind = write.tombstone.type if write.tombstone is not None else ""
             payload = base_payload(write.fact_id, version, txid, "delete", kind, None)
             points.append(
-                Point(point_id(write.fact_id, version), marker_vector(shape.dim), payload)
+                Point(point_id(write.fact_id, version, txid), marker_vector(shape.dim), payload)
             )
     return points
 

@@ -1,0 +1,322 @@
+"""The memory API end to end on real stores: SQLite facts and a Qdrant local-mode index.
+
+Each test reads what the storage and the index really hold (``snapshot``), so "nothing
+changed" and "everything changed" are checked on the stores, not on return values.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+from qdrant_client import QdrantClient
+
+from coordinator import (
+    Constraint,
+    Fact,
+    ImmutableViolation,
+    MemoryStore,
+    TransactionAborted,
+    UsageError,
+    ValidationFailed,
+    VersionConflict,
+)
+from coordinator.embeddings import HashingEmbedder
+from participants.qdrant import QdrantIndex
+from participants.sqlite import SQLiteStorage
+
+
+class UserPref(BaseModel):
+    content: str
+    role: str
+
+
+class AuditEntry(BaseModel):
+    content: str
+
+
+class Unregistered(BaseModel):
+    x: int
+
+
+@pytest.fixture
+def mem(tmp_path: Path) -> Iterator[MemoryStore]:
+    index = QdrantIndex(
+        QdrantClient(path=str(tmp_path / "vectors")),
+        "memories",
+        text_field="content",
+        metadata_fields=["role"],
+        embedder=HashingEmbedder(64),
+        owns_client=True,
+    )
+    store = MemoryStore(SQLiteStorage(tmp_path / "facts.db"), hooks=[index])
+    store.register_schema("preference", UserPref, constraint=Constraint(singleton_key="role"))
+    store.register_schema("audit", AuditEntry, constraint=Constraint(immutable=True))
+    yield store
+    store.close()
+
+
+def snapshot(mem: MemoryStore) -> tuple[object, ...]:
+    """Everything the stores hold: facts, history, and the index's committed points."""
+    facts = mem.storage.all_facts()
+    history = [mem.storage.history(f.id) for f in facts]
+    contents = mem.indexes[0].contents()
+    return facts, history, dict(contents.committed), contents.pending, mem.storage.recover()
+
+
+def test_a_commit_lands_in_the_storage_and_the_index(mem: MemoryStore) -> None:
+    fid = mem.commit_model(UserPref(content="vegetarian", role="diet"), session_id="s1")
+    fact = mem.get(fid)
+    assert fact is not None and (fact["version"], fact["session_id"]) == (1, "s1")
+    assert mem.indexes[0].contents().committed == {fid: 1}
+    mem.update(fid, {"payload": {"content": "vegan"}}, actor="agent", reason="user said so")
+    assert mem.indexes[0].contents().committed == {fid: 2}
+    assert [(h["version"], h["payload"]["content"]) for h in mem.history(fid)] == [
+        (1, "vegetarian"),
+        (2, "vegan"),
+    ]
+    assert mem.history(fid)[1]["actor"] == "agent"
+    assert mem.verify().clean
+
+
+def test_search_returns_only_committed_current_versions(mem: MemoryStore) -> None:
+    fid = mem.commit_model(UserPref(content="likes green tea", role="drink"))
+    mem.update(fid, {"payload": {"content": "likes black coffee"}})
+    # A staged (prepared, never committed) version of another fact stays invisible.
+    other = mem.commit_model(UserPref(content="likes jasmine tea", role="other"))
+    index = mem.indexes[0]
+    from coordinator import UpsertFact, new_txid
+    from coordinator.records import FactRecord
+
+    ghost = FactRecord(other, "preference", {"content": "green tea", "role": "other"}, 2)
+    vector = tuple(index.embedder.embed(["green tea"])[0])
+    index.prepare(new_txid(), [UpsertFact(ghost, 1, embedding=vector)])
+    results = mem.search("green tea", k=5)
+    assert [r.fact["payload"]["content"] for r in results].count("likes black coffee") == 1
+    assert all(r.fact["version"] == mem.get(r.fact["id"])["version"] for r in results)  # type: ignore[index]
+    assert "green tea" not in [r.fact["payload"]["content"] for r in results]
+    assert len({r.fact["id"] for r in results}) == len(results)
+
+
+def test_search_filters_by_type_session_and_metadata(mem: MemoryStore) -> None:
+    a = mem.commit_model(UserPref(content="tea in the morning", role="drink"), session_id="s1")
+    mem.commit_model(UserPref(content="tea at night", role="sleep"), session_id="s2")
+    assert [r.fact["id"] for r in mem.search("tea", filters={"payload.role": "drink"})] == [a]
+    assert [r.fact["id"] for r in mem.search("tea", session_id="s1")] == [a]
+    assert mem.search("tea", typename="audit") == []
+    assert len(mem.search("tea", limit=1)) == 1
+
+
+def test_rollback_is_a_compensating_transaction_in_history(mem: MemoryStore) -> None:
+    fid = mem.commit_model(UserPref(content="vegetarian", role="diet"), session_id="s1")
+    mem.update(fid, {"payload": {"content": "vegan"}})
+    mem.commit_model(UserPref(content="dark mode", role="ui"), session_id="s1")
+    assert mem.rollback(steps=1) != []  # undoes the last transaction: the "ui" fact
+    assert [f["payload"]["role"] for f in mem.query()] == ["diet"]
+    mem.rollback(1)  # then the update
+    assert mem.get(fid)["payload"]["content"] == "vegetarian"  # type: ignore[index]
+    versions = [(h["version"], h["payload"]["content"], h["deleted"]) for h in mem.history(fid)]
+    assert versions == [(1, "vegetarian", False), (2, "vegan", False), (3, "vegetarian", False)]
+    assert mem.indexes[0].contents().committed == {fid: 3}
+    assert mem.verify().clean
+
+
+def test_rollback_of_a_session_leaves_other_sessions_alone(mem: MemoryStore) -> None:
+    keep = mem.commit_model(UserPref(content="keep", role="a"), session_id="s1")
+    undo = mem.commit_model(UserPref(content="undo", role="b"), session_id="s2")
+    mem.commit_model(UserPref(content="later", role="c"), session_id="s1")
+    mem.rollback(steps=1, session_id="s2")
+    assert mem.get(undo) is None and mem.get(keep) is not None
+    assert len(mem.query()) == 2
+
+
+def test_promote_and_discard_sessions_reach_the_index(mem: MemoryStore) -> None:
+    kept = mem.commit_model(UserPref(content="keep me", role="a"), session_id="s1")
+    mem.commit_model(UserPref(content="drop me", role="b"), session_id="s1")
+    assert mem.promote_session("s1", selector=lambda f: f["payload"]["role"] == "a") == [kept]
+    assert mem.get(kept)["session_id"] is None  # type: ignore[index]
+    assert mem.discard_session("s1") == 1
+    assert [f["id"] for f in mem.query()] == [kept]
+    assert set(mem.indexes[0].contents().committed) == {kept}
+    assert mem.verify().clean
+
+
+def test_a_transaction_commits_several_changes_atomically(mem: MemoryStore) -> None:
+    old = mem.commit_model(UserPref(content="old", role="x"))
+    with mem.transaction(session_id="s1") as tx:
+        new = tx.commit_model(UserPref(content="new", role="y"))
+        tx.delete(old)
+        assert tx.get(old) is None and tx.get(new) is not None
+        assert mem.get(old) is not None  # nothing visible before the block ends
+    assert mem.get(old) is None and mem.get(new) is not None
+    assert set(mem.indexes[0].contents().committed) == {new}
+    before = snapshot(mem)
+    with pytest.raises(RuntimeError), mem.transaction() as tx:
+        tx.delete(new)
+        raise RuntimeError("the agent changed its mind")
+    assert snapshot(mem) == before
+
+
+def test_an_index_failure_aborts_everything(mem: MemoryStore) -> None:
+    mem.commit_model(UserPref(content="first", role="a"))
+    before = snapshot(mem)
+    index = mem.indexes[0]
+    original = index.prepare
+
+    def broken(txid, writes):
+        raise ConnectionError("vector store timed out")
+
+    index.prepare = broken  # type: ignore[method-assign]
+    with pytest.raises(TransactionAborted):
+        mem.commit_model(UserPref(content="second", role="b"))
+    index.prepare = original  # type: ignore[method-assign]
+    assert snapshot(mem) == before
+
+
+BAD_INPUT = [
+    (lambda m: m.commit(Fact(type="audit", payload={"content": [3]})), ValidationFailed, "content"),
+    (
+        lambda m: m.commit(Fact(type="preference", payload={"content": "x"})),
+        ValidationFailed,
+        "role",
+    ),
+    (lambda m: m.commit_model(Unregistered(x=1)), UsageError, "not registered"),
+    (lambda m: m.update("no-such-id", {"payload": {}}), UsageError, "no fact with id"),
+    (lambda m: m.delete(None, "no-such-id"), UsageError, "no fact with id"),
+    (lambda m: m.update("x", {"content": "y"}), UsageError, "patch must be"),
+    (lambda m: m.query(filters={"payload.role'; DROP TABLE x; --": 1}), UsageError, "malformed"),
+    (lambda m: m.query(filters={"payload": 1}), UsageError, "payload field"),
+    (lambda m: m.query(filters={"payload.role": {"$ne": 1}}), UsageError, "must be a str"),
+    (lambda m: m.search("x", filters={"nope": 1}), UsageError, "unknown"),
+    (lambda m: m.rollback(0), UsageError, "steps must be >= 1"),
+    (lambda m: m.rollback(-2), UsageError, "steps must be >= 1"),
+    (lambda m: m.rollback("s1"), UsageError, "did you mean rollback"),
+    (lambda m: m.search("x", k=0), UsageError, "positive int"),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "message"), BAD_INPUT)
+def test_bad_input_gets_a_clear_error_and_changes_nothing(
+    mem: MemoryStore, call: object, error: type[Exception], message: str
+) -> None:
+    mem.commit_model(UserPref(content="existing", role="r"), session_id="s1")
+    before = snapshot(mem)
+    with pytest.raises(error, match=message):
+        call(mem)  # type: ignore[operator]
+    assert snapshot(mem) == before
+
+
+def test_an_immutable_fact_cannot_change_by_any_path(mem: MemoryStore) -> None:
+    fid = mem.commit_model(AuditEntry(content="approved by Ann"), session_id="s1")
+    before = snapshot(mem)
+    for attempt in (
+        lambda: mem.update(fid, {"payload": {"content": "forged"}}),
+        lambda: mem.delete("s1", fid),
+        lambda: mem.commit(Fact(id=fid, type="audit", payload={"content": "again"})),
+        lambda: mem.rollback(1, session_id="s1"),
+    ):
+        with pytest.raises(ImmutableViolation):
+            attempt()
+        assert snapshot(mem) == before
+
+
+def test_racing_writers_one_wins_the_other_gets_a_conflict(mem: MemoryStore) -> None:
+    fid = mem.commit_model(UserPref(content="start", role="r"))
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+    original = mem.storage.prepare
+
+    def slow_prepare(txid, writes):
+        barrier.wait(timeout=10)  # both writers have read version 1 before either prepares
+        return original(txid, writes)
+
+    mem.storage.prepare = slow_prepare  # type: ignore[method-assign]
+
+    def writer(text: str) -> None:
+        try:
+            mem.update(fid, {"payload": {"content": text}})
+        except VersionConflict as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    mem.storage.prepare = original  # type: ignore[method-assign]
+    assert len(errors) == 1
+    fact = mem.get(fid)
+    assert fact is not None and fact["version"] == 2 and fact["payload"]["content"] in ("a", "b")
+    assert mem.verify().clean
+
+
+SINGLETON_WRITER = r"""
+import sys, time
+from pathlib import Path
+from pydantic import BaseModel
+from coordinator import Constraint, MemoryStore, ConflictError
+from participants.sqlite import SQLiteStorage
+
+class Pref(BaseModel):
+    content: str
+    role: str
+
+d = Path(sys.argv[1])
+mem = MemoryStore(SQLiteStorage(d / "facts.db"))
+mem.register_schema("pref", Pref, constraint=Constraint(singleton_key="role"))
+(d / f"ready-{sys.argv[2]}").touch()
+while not (d / "go").exists():
+    time.sleep(0.001)
+done = 0
+while done < 20:
+    try:
+        mem.commit_model(Pref(content=f"{sys.argv[2]}-{done}", role=f"role-{done % 5}"))
+        done += 1
+    except ConflictError:
+        pass
+"""
+
+
+def test_singleton_upserts_stay_unique_across_processes(tmp_path: Path) -> None:
+    SQLiteStorage(tmp_path / "facts.db").close()
+    procs = [
+        subprocess.Popen([sys.executable, "-c", SINGLETON_WRITER, str(tmp_path), f"p{i}"])
+        for i in range(3)
+    ]
+    while len(list(tmp_path.glob("ready-*"))) < 3:
+        if any(p.poll() is not None for p in procs):
+            break
+        threading.Event().wait(0.01)
+    (tmp_path / "go").touch()
+    assert all(p.wait(timeout=240) == 0 for p in procs)
+    mem = MemoryStore(SQLiteStorage(tmp_path / "facts.db"))
+    facts = mem.query(typename="pref")
+    assert sorted(f["payload"]["role"] for f in facts) == [f"role-{i}" for i in range(5)]
+    assert sum(f["version"] for f in facts) == 3 * 20  # every commit landed, none duplicated
+
+
+def test_the_embedded_default_finds_a_paraphrase_offline(tmp_path: Path) -> None:
+    mem = MemoryStore.open(tmp_path / "memory")
+    notes = {
+        "diet": "The user is vegetarian and never eats meat",
+        "home": "The user lives in a flat in London",
+        "meeting": "The weekly team meeting is on Tuesdays at 3pm",
+        "pet": "The user's cat is called Whiskers",
+        "ui": "The user prefers dark mode in every editor",
+    }
+    ids = {k: mem.commit(Fact(type="note", payload={"content": v})) for k, v in notes.items()}
+    questions = {
+        "what food does the person avoid?": "diet",
+        "which city is the user based in?": "home",
+        "when is our regular standup?": "meeting",
+        "what is the name of their pet?": "pet",
+        "which colour theme do they like?": "ui",
+    }
+    for question, key in questions.items():
+        assert mem.search(question, k=1)[0].fact["id"] == ids[key], question
+    mem.close()
