@@ -359,7 +359,7 @@ class AsyncMemoryTransaction:
                 storage_writes.append(DeleteFact(fact_id, expected, tombstone))
                 index_changes.append((fact_id, expected, change.before, None, None))
         storage_writes.append(
-            TransactionMeta(self.session_id, self._kind, self._undoes, self.actor, self.reason)
+            TransactionMeta(self._session(), self._kind, self._undoes, self.actor, self.reason)
         )
         writes: dict[str, list[Write]] = {store.storage.name: storage_writes}
         for index in store.indexes:
@@ -367,6 +367,19 @@ class AsyncMemoryTransaction:
         for participant, statements in self._sql.items():
             writes.setdefault(participant, []).extend(statements)
         return await store.coordinator.commit(writes, txid=self.txid)
+
+    def _session(self) -> str | None:
+        """The session this transaction belongs to (what ``rollback(session_id=...)`` sees):
+        the one it was opened with, else the one all the facts it changes share."""
+        if self.session_id is not None or self._kind != "write":
+            return self.session_id
+        sessions = {
+            state.session_id
+            for change in self._changes.values()
+            for state in (change.before, change.after)
+            if state is not None
+        }
+        return sessions.pop() if len(sessions) == 1 else None
 
     async def _next_version(self, fact_id: str) -> int:
         # A fact re-created after a delete continues its numbering, so history and index
@@ -697,7 +710,10 @@ class AsyncMemoryStore:
                 if target is None and current is not None:
                     await tx.delete(fact_id, actor, tx.reason)
                     changed.append(fact_id)
-                elif target is not None and (current is None or current.payload != target.payload):
+                elif target is not None and (
+                    current is None
+                    or (current.payload, current.session_id) != (target.payload, target.session_id)
+                ):
                     await tx._put(
                         fact_id,
                         target.type,

@@ -1,0 +1,205 @@
+"""Hypothesis drives the memory API; after every step the stores equal a simple model.
+
+Storage: a SQLite file. Index: Qdrant (in memory) behind a switch that makes its prepare
+fail (a flaky vector store). The model is a dict of facts plus the list of transactions
+(for rollback). Invariants: the storage holds exactly the model; the index holds exactly
+the model's facts at their current versions (G1, G7); search returns only committed,
+current versions, never one fact twice (G3).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from qdrant_client import QdrantClient
+
+from coordinator import Fact, MemoryStore, TransactionAborted, Vote, Write
+from coordinator.embeddings import HashingEmbedder
+from participants.qdrant import QdrantIndex
+from participants.sqlite import SQLiteStorage
+
+SESSIONS = [None, "s1", "s2"]
+WORDS = ["tea", "coffee", "london", "paris", "cat", "dog", "blue", "green"]
+SCRATCH = "/dev/shm" if Path("/dev/shm").is_dir() else None
+
+State = tuple[str, str | None] | None  # (content, session_id), or None: no such fact
+
+
+@dataclass
+class Tx:
+    session_id: str | None
+    changes: dict[str, tuple[State, State]]  # fact_id -> (before, after)
+    kind: str = "write"
+    rolled_back: bool = False
+
+
+@dataclass
+class Model:
+    facts: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)
+    log: list[Tx] = field(default_factory=list)
+
+    def apply(self, session_id: str | None, after: dict[str, State], kind: str = "write") -> Tx:
+        tx = Tx(session_id, {f: (self.facts.get(f), a) for f, a in after.items()}, kind)
+        for fact_id, state in after.items():
+            self.versions[fact_id] = self.versions.get(fact_id, 0) + 1
+            if state is None:
+                self.facts.pop(fact_id, None)
+            else:
+                self.facts[fact_id] = state
+        self.log.append(tx)
+        return tx
+
+
+class FlakyIndex(QdrantIndex):
+    """A Qdrant index whose prepare fails while ``failing`` is set."""
+
+    failing = False
+
+    def prepare(self, txid: str, writes: Sequence[Write]) -> Vote:
+        if self.failing:
+            raise ConnectionError("injected: vector store unreachable")
+        return super().prepare(txid, writes)
+
+
+class MemoryMachine(RuleBasedStateMachine):
+    @initialize()
+    def open_store(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(dir=SCRATCH))
+        self.index = FlakyIndex(
+            QdrantClient(":memory:"),
+            "memories",
+            text_field="content",
+            embedder=HashingEmbedder(32),
+            owns_client=True,
+        )
+        self.mem = MemoryStore(SQLiteStorage(self.dir / "facts.db"), hooks=[self.index])
+        self.model = Model()
+        self.counter = 0
+
+    def teardown(self) -> None:
+        if hasattr(self, "mem"):
+            self.mem.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def attempt(self, fail_index: bool, action: object, touches_index: bool = True) -> bool:
+        """Run ``action``; if the failing index takes part, it must abort and change nothing."""
+        fail_index = fail_index and touches_index
+        self.index.failing = fail_index
+        try:
+            action()  # type: ignore[operator]
+        except TransactionAborted:
+            assert fail_index, "only the injected failure may abort here"
+            return False
+        finally:
+            self.index.failing = False
+        assert not fail_index, "the index failed but the change committed"
+        return True
+
+    @rule(word=st.sampled_from(WORDS), session=st.sampled_from(SESSIONS), fail=st.booleans())
+    def commit(self, word: str, session: str | None, fail: bool) -> None:
+        self.counter += 1  # ids must not be random: Hypothesis replays draws by position
+        fact = Fact(
+            id=f"fact-{self.counter}",
+            type="note",
+            payload={"content": f"about {word}"},
+            session_id=session,
+        )
+        if self.attempt(fail, lambda: self.mem.commit(fact)):
+            self.model.apply(session, {fact.id: (f"about {word}", session)})
+
+    @rule(data=st.data(), word=st.sampled_from(WORDS), fail=st.booleans())
+    def update(self, data: st.DataObject, word: str, fail: bool) -> None:
+        if not self.model.facts:
+            return
+        fact_id = data.draw(st.sampled_from(sorted(self.model.facts)))
+        session = self.model.facts[fact_id][1]
+        patch = {"payload": {"content": f"now {word}"}}
+        if self.attempt(fail, lambda: self.mem.update(fact_id, patch)):
+            self.model.apply(session, {fact_id: (f"now {word}", session)})
+
+    @rule(data=st.data(), fail=st.booleans())
+    def delete(self, data: st.DataObject, fail: bool) -> None:
+        if not self.model.facts:
+            return
+        fact_id = data.draw(st.sampled_from(sorted(self.model.facts)))
+        session = self.model.facts[fact_id][1]
+        if self.attempt(fail, lambda: self.mem.delete(session, fact_id)):
+            self.model.apply(session, {fact_id: None})
+
+    @rule(steps=st.integers(1, 3), session=st.sampled_from(SESSIONS), fail=st.booleans())
+    def rollback(self, steps: int, session: str | None, fail: bool) -> None:
+        undone = [
+            tx
+            for tx in reversed(self.model.log)
+            if tx.kind == "write"
+            and not tx.rolled_back
+            and (session is None or tx.session_id == session)
+        ][:steps]
+        target: dict[str, State] = {}
+        for tx in undone:  # newest first, so the oldest "before" wins
+            for fact_id, (before, _) in tx.changes.items():
+                target[fact_id] = before
+        changes = {f: s for f, s in target.items() if self.model.facts.get(f) != s}
+        rollback = lambda: self.mem.rollback(steps, session_id=session)
+        if self.attempt(fail, rollback, touches_index=bool(changes)):
+            for tx in undone:
+                tx.rolled_back = True
+            if undone:
+                self.model.apply(session, changes, kind="rollback")
+
+    @rule(session=st.sampled_from(["s1", "s2"]), fail=st.booleans())
+    def promote(self, session: str, fail: bool) -> None:
+        chosen = {f: (c, None) for f, (c, s) in self.model.facts.items() if s == session}
+        promote = lambda: self.mem.promote_session(session)
+        if self.attempt(fail, promote, touches_index=bool(chosen)) and chosen:
+            self.model.apply(session, dict(chosen))
+
+    @rule(session=st.sampled_from(["s1", "s2"]), fail=st.booleans())
+    def discard(self, session: str, fail: bool) -> None:
+        doomed = {f: None for f, (_, s) in self.model.facts.items() if s == session}
+        discard = lambda: self.mem.discard_session(session)
+        if self.attempt(fail, discard, touches_index=bool(doomed)) and doomed:
+            self.model.apply(session, dict(doomed))
+
+    @invariant()
+    def the_storage_holds_exactly_the_model(self) -> None:
+        if not hasattr(self, "mem"):
+            return
+        held = {f["id"]: (f["payload"]["content"], f["session_id"]) for f in self.mem.query()}
+        assert held == self.model.facts
+        versions = {f["id"]: f["version"] for f in self.mem.query()}
+        assert versions == {f: self.model.versions[f] for f in self.model.facts}
+
+    @invariant()
+    def the_index_holds_the_current_versions_and_nothing_else(self) -> None:
+        if not hasattr(self, "mem"):
+            return
+        contents = self.index.contents()
+        assert dict(contents.committed) == {f: self.model.versions[f] for f in self.model.facts}
+        assert contents.pending == ()
+        assert self.mem.verify().clean
+
+    @invariant()
+    def search_returns_committed_current_versions_once(self) -> None:
+        if not hasattr(self, "mem") or not self.model.facts:
+            return
+        results = self.mem.search("about tea now london", k=10)
+        ids = [r.fact["id"] for r in results]
+        assert len(ids) == len(set(ids))
+        for r in results:
+            assert r.fact["id"] in self.model.facts
+            assert r.fact["version"] == self.model.versions[r.fact["id"]]
+            assert r.fact["payload"]["content"] == self.model.facts[r.fact["id"]][0]
+
+
+TestMemoryMachine = MemoryMachine.TestCase
+# Inherits the loaded profile (max_examples); shorter runs keep CI within its budget.
+TestMemoryMachine.settings = settings(stateful_step_count=30)
