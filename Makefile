@@ -38,10 +38,10 @@ test: lint typecheck gen-check
 
 # A campaign sized for CI: every fault point, real processes killed with SIGKILL.
 chaos: install
-	$(PY) -m chaos.engine_kill --runs 2
+	$(PY) -m chaos.engine_kill --runs 1
 
 chaos-long: install
-	$(PY) -m chaos.engine_kill --runs 50
+	$(PY) -m chaos.engine_kill --runs 30
 
 bench: install
 	$(PY) -m benchmarks.engine

@@ -1,9 +1,10 @@
 """Chaos: SIGKILL the writer at every named fault point, and recovery at each of its own.
 
-For every point, several runs: a writer process commits memories to two SQLite stores
-through the coordinator (10% of index writes fail) and is killed with SIGKILL the n-th time
-it reaches the point. For recovery points, a `lockstep recover` process is then killed at
-that point too. A final recovery runs and the stores are compared fact by fact.
+For every point, several runs: a writer process commits memories through ``MemoryStore``
+on the embedded default (SQLite facts, Qdrant local vectors; 10% of vector writes fail) and
+is killed with SIGKILL the n-th time it reaches the point. For recovery points, a
+``lockstep recover`` process is then killed at that point too. The store is reopened (its
+recovery runs) and the facts and vectors are compared fact by fact.
 
     python -m chaos.engine_kill [--runs 3] [--json]
 
@@ -23,23 +24,21 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from coordinator import Coordinator, Policy
-from coordinator._demo import _drift, _stores
+from coordinator._demo import PARTICIPANTS, measure
 from coordinator._tables import text_table
 from coordinator.faults import commit_points, recovery_points
-from coordinator.plugins import open_decision_log
 
-COMMIT_POINTS = commit_points(["facts", "index"])
-RECOVERY_POINTS = recovery_points(["facts", "index"])
+COMMIT_POINTS = commit_points(PARTICIPANTS)
+RECOVERY_POINTS = recovery_points(PARTICIPANTS)
 # Writer kill points that leave a branch for recovery (after some prepare, before the end).
 LEAVES_WORK = COMMIT_POINTS[COMMIT_POINTS.index("after_prepare:facts") : -2]
-OPS = 30
+OPS = 20
 
 
 def _kill_writer(directory: Path, point: str, rng: random.Random) -> tuple[bool, int]:
     env = dict(os.environ, LOCKSTEP_KILL_AT=point, LOCKSTEP_KILL_SKIP=str(rng.randrange(OPS // 3)))
     args = [sys.executable, "-m", "coordinator._demo", "--worker", "lockstep"]
-    args += ["--dir", str(directory), "--seed", str(rng.randrange(10**6)), "--ops", str(OPS)]
+    args += ["--dir", str(directory), "--seed", str(rng.randrange(10**6)), "--writes", str(OPS)]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, check=False)
     return done.returncode == -signal.SIGKILL, done.stdout.split().count("committed")
 
@@ -48,20 +47,10 @@ def _kill_recovery(directory: Path, point: str) -> bool:
     env = dict(os.environ, LOCKSTEP_KILL_AT=point)
     args = [sys.executable, "-m", "coordinator.cli", "recover", "--in-doubt-timeout", "0.001"]
     args += ["--store", f"facts=sqlite:///{directory / 'facts.db'}"]
-    args += ["--store", f"index=sqlite:///{directory / 'index.db'}"]
+    args += ["--store", f"vectors=qdrant+local:///{directory / 'vectors'}?collection=memories"]
     args += ["--log", f"sqlite:///{directory / 'decisions.db'}"]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, check=False)
     return done.returncode == -signal.SIGKILL
-
-
-def _recover(directory: Path) -> None:
-    facts, index = _stores(directory)
-    log = open_decision_log(f"sqlite:///{directory / 'decisions.db'}")
-    policy = Policy(in_doubt_timeout=0.001, redrive_after=0)
-    Coordinator([facts, index], log, policy=policy).recover()  # type: ignore[arg-type]
-    facts.close()
-    index.close()
-    log.close()
 
 
 @dataclass
@@ -91,8 +80,7 @@ def campaign(runs: int, seed: int) -> list[PointTally]:
                     killed = _kill_recovery(directory, point)
                 else:
                     killed, committed = _kill_writer(directory, point, rng)
-                _recover(directory)
-                _, _, drifted, staged = _drift(directory)
+                _, _, drifted, staged = measure(directory, "lockstep")  # reopens: recovery runs
             tally.runs += 1
             tally.kills += killed
             tally.committed += committed

@@ -1,13 +1,13 @@
 """``lockstep demo``: an agent writes memories while failures and crashes are injected.
 
-Two stores stand for an agent's memory: the facts (SQLite) and an index (a second SQLite
-file, standing in for the vector index). A writer process runs a workload of inserts,
-updates and deletes; 10% of index writes fail, and the writer is killed with SIGKILL at a
-random moment or at a named point of the protocol. Then recovery runs and the two stores
-are compared fact by fact.
+The embedded default holds the memory: facts in SQLite, vectors in Qdrant (local mode),
+embedded offline. A writer process runs a workload of inserts, updates and deletes; 10% of
+vector-store writes fail, and the writer is killed with SIGKILL at a random moment or at a
+named point of the protocol. Then the store is reopened (recovery runs on open) and the
+facts and the vectors are compared fact by fact.
 
-The same faults hit two writers: *unsynchronised* (write the facts, then the index, the
-way agent-memory libraries do it) and *Lockstep* (one atomic commit across both).
+The same faults hit two writers: *unsynchronised* (write the SQL, then the vector, the way
+agent-memory libraries do it) and *Lockstep* (``MemoryStore``: one atomic commit).
 """
 
 from __future__ import annotations
@@ -21,114 +21,118 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from coordinator._sync.coordinator import Coordinator
 from coordinator._tables import text_table
-from coordinator.abc import Participant, SupportsOnePhase, Vote
+from coordinator.abc import Index, Storage, SupportsOnePhase, Vote
 from coordinator.errors import LockstepError, ParticipantError
 from coordinator.faults import commit_points, hook_from_environment
 from coordinator.ids import new_txid
-from coordinator.plugins import open_decision_log, open_participant
-from coordinator.policy import Policy
+from coordinator.memory import Fact, MemoryStore
+from coordinator.plugins import open_participant
 from coordinator.records import DeleteFact, FactRecord, UpsertFact, Write
 
-NAMED_POINTS = commit_points(["facts", "index"])[:-1]  # up to the (lazy) END
+PARTICIPANTS = ["facts", "vectors"]
+NAMED_POINTS = commit_points(PARTICIPANTS)[:-1]  # up to the (lazy) END
+TOPICS = [
+    "prefers vegetarian food",
+    "lives in London",
+    "has a cat called Whiskers",
+    "works night shifts",
+    "is learning Portuguese",
+    "likes dark mode",
+    "travels to Lisbon in May",
+    "is allergic to peanuts",
+]
 
 
-class _FailingIndex:
-    """The index participant, failing ``rate`` of its writes (a flaky vector store)."""
+def _failing(
+    prepare: Callable[[str, Sequence[Write]], Vote], rate: float, rng: random.Random
+) -> Callable[[str, Sequence[Write]], Vote]:
+    """``prepare``, failing ``rate`` of its calls like a flaky vector store."""
 
-    def __init__(self, inner: Participant, rate: float, rng: random.Random) -> None:
-        self.inner, self.rate, self.rng = inner, rate, rng
-        self.failures = 0
+    def flaky(txid: str, writes: Sequence[Write]) -> Vote:
+        if rng.random() < rate:
+            raise ParticipantError("injected vector store failure (timeout)", participant="vectors")
+        return prepare(txid, writes)
 
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    def _maybe_fail(self) -> None:
-        if self.rng.random() < self.rate:
-            self.failures += 1
-            raise ParticipantError("injected index failure (timeout)", participant=self.name)
-
-    def prepare(self, txid: str, writes: Sequence[Write]) -> Vote:
-        self._maybe_fail()
-        return self.inner.prepare(txid, writes)
-
-    def commit_one_phase(self, txid: str, writes: Sequence[Write]) -> None:
-        self._maybe_fail()
-        assert isinstance(self.inner, SupportsOnePhase)
-        self.inner.commit_one_phase(txid, writes)
-
-    def commit(self, txid: str) -> None:
-        self.inner.commit(txid)
-
-    def abort(self, txid: str) -> None:
-        self.inner.abort(txid)
-
-    def recover(self) -> list[str]:
-        return self.inner.recover()
-
-    def close(self) -> None:
-        self.inner.close()
+    return flaky
 
 
-def _stores(directory: Path) -> tuple[Participant, Participant]:
-    facts = open_participant(f"sqlite:///{directory / 'facts.db'}", name="facts")
-    index = open_participant(f"sqlite:///{directory / 'index.db'}", name="index")
-    return facts, index
+def _choose(rng: random.Random, existing: list[str]) -> tuple[str, str | None, str]:
+    """The next operation: ("insert" | "update" | "delete", fact id, text)."""
+    text = f"The user {rng.choice(TOPICS)} (note {rng.randrange(10**6)})"
+    roll = rng.random()
+    if existing and roll < 0.25:
+        return "delete", rng.choice(existing), text
+    if existing and roll < 0.6:
+        return "update", rng.choice(existing), text
+    return "insert", None, text
 
 
-def _next_writes(facts: Participant, rng: random.Random, txid: str, n: int) -> list[Write]:
-    fact_id = f"memory-{rng.randrange(12)}"
-    current: FactRecord | None = facts.get(fact_id)  # type: ignore[attr-defined]
-    if current is not None and rng.random() < 0.3:
-        return [DeleteFact(fact_id, current.version)]
-    version = 0 if current is None else current.version
-    record = FactRecord(
-        fact_id, "memory", {"content": f"note {n}"}, version + 1, actor="agent", txid=txid
+def lockstep_worker(directory: Path, rng: random.Random, ops: int, fail_rate: float) -> None:
+    mem = MemoryStore.open(directory, fault_hook=hook_from_environment())
+    index = mem.indexes[0]
+    flaky = _failing(index.prepare, fail_rate, random.Random(rng.random()))
+    index.prepare = flaky  # type: ignore[assignment,method-assign]
+    for _ in range(ops):
+        existing = [f["id"] for f in mem.query()]
+        op, fact_id, text = _choose(rng, existing)
+        try:
+            if op == "insert":
+                mem.commit(Fact(type="memory", payload={"content": text}))
+            elif op == "update":
+                assert fact_id is not None
+                mem.update(fact_id, {"payload": {"content": text}})
+            else:
+                assert fact_id is not None
+                mem.delete(None, fact_id)
+            print("committed", flush=True)
+        except LockstepError:
+            print("aborted", flush=True)
+
+
+def _baseline_stores(directory: Path) -> tuple[Storage, Index]:
+    storage = open_participant(f"sqlite:///{directory / 'facts.db'}", name="facts")
+    index = open_participant(
+        f"qdrant+local:///{directory / 'vectors'}?collection=memories", name="vectors"
     )
-    return [UpsertFact(record, version)]
+    assert isinstance(storage, Storage) and isinstance(index, Index)
+    return storage, index
 
 
-def worker(mode: str, directory: Path, seed: int, ops: int, fail_rate: float) -> None:
-    """Run the workload; print one line per operation (the parent counts them)."""
-    rng = random.Random(seed)
-    facts, index_store = _stores(directory)
-    index = _FailingIndex(index_store, fail_rate, random.Random(seed + 1))
+def unsynchronised_worker(directory: Path, rng: random.Random, ops: int, fail_rate: float) -> None:
+    """SQL first, then the vector write; a failed vector write is logged and left."""
+    storage, index = _baseline_stores(directory)
+    assert isinstance(storage, SupportsOnePhase)
+    vector_write = _failing(index.prepare, fail_rate, random.Random(rng.random()))
     hook = hook_from_environment()
-    coordinator = Coordinator(
-        [facts, index],
-        open_decision_log(f"sqlite:///{directory / 'decisions.db'}"),  # type: ignore[arg-type]
-        fault_hook=hook,
-    )
-    for n in range(ops):
+    for _ in range(ops):
+        existing = [f.id for f in storage.all_facts()]
+        op, fact_id, text = _choose(rng, existing)
         txid = new_txid()
-        writes = _next_writes(facts, rng, txid, n)
-        if mode == "lockstep":
-            try:
-                coordinator.commit({"facts": writes, "index": writes}, txid=txid)
-                result = "committed"
-            except LockstepError:
-                result = "aborted"
+        current = None if fact_id is None else storage.get(fact_id)
+        writes: list[Write]
+        if op == "delete" and current is not None:
+            writes = [DeleteFact(current.id, current.version)]
         else:
-            # What agent-memory libraries do: the SQL write, then the vector write.
-            assert isinstance(facts, SupportsOnePhase)
-            try:
-                facts.commit_one_phase(txid, writes)
-            except LockstepError:
-                print("aborted", flush=True)
-                continue
-            hook("between_writes")
-            try:
-                index.commit_one_phase(txid, writes)
-                result = "committed"
-            except LockstepError:
-                result = "index-failed"  # logged and carried on: the stores now disagree
-        print(result, flush=True)
+            version = 0 if current is None else current.version
+            record = FactRecord(
+                fact_id or f"m-{txid}", "memory", {"content": text}, version + 1, ts=time.time()
+            )
+            vector = index.embedder.embed([text])[0]
+            writes = [UpsertFact(record, version, embedding=tuple(vector))]
+        storage.commit_one_phase(txid, writes)
+        hook("between_writes")
+        try:
+            vector_write(txid, writes)  # the vector write, one step as a client does it
+            index.commit(txid)
+            print("committed", flush=True)
+        except LockstepError:
+            print("vector-failed", flush=True)  # the stores now disagree
 
 
 @dataclass
@@ -137,31 +141,41 @@ class Tally:
     runs: int = 0
     writes: int = 0
     committed: int = 0
-    aborted: int = 0
     kills: int = 0
     facts: int = 0
-    index_records: int = 0
-    drifted_runs: int = 0
+    vectors: int = 0
     drifted_facts: int = 0
+    drifted_runs: int = 0
     left_staged: int = 0
 
 
-def _drift(directory: Path) -> tuple[int, int, int, int]:
-    """(facts, index records, facts that differ, branches left staged)."""
-    facts, index = _stores(directory)
-    in_facts = {f.id: f.version for f in facts.all_facts()}  # type: ignore[attr-defined]
-    in_index = {f.id: f.version for f in index.all_facts()}  # type: ignore[attr-defined]
-    drifted = sum(in_facts.get(k) != in_index.get(k) for k in set(in_facts) | set(in_index))
-    staged = len(facts.recover()) + len(index.recover())
-    facts.close()
-    index.close()
-    return len(in_facts), len(in_index), drifted, staged
+def measure(directory: Path, mode: str) -> tuple[int, int, int, int]:
+    """(facts, vectors, facts that differ between them, branches left staged)."""
+    if mode == "lockstep":
+        mem = MemoryStore.open(directory)  # recovery runs here
+        try:
+            report = mem.verify()
+            vectors = len(mem.indexes[0].contents().committed)
+            staged = sum(len(v) for v in report.staged.values())
+            staged += sum(len(d.pending) for d in report.indexes.values())
+            return report.facts, vectors, report.drifted_facts, staged
+        finally:
+            mem.close()
+    storage, index = _baseline_stores(directory)
+    try:
+        in_sql = {f.id: f.version for f in storage.all_facts()}
+        in_vectors = dict(index.contents().committed)
+        ids = set(in_sql) | set(in_vectors)
+        drifted = sum(in_sql.get(k) != in_vectors.get(k) for k in ids)
+        return len(in_sql), len(in_vectors), drifted, 0
+    finally:
+        storage.close()
+        index.close()
 
 
 def run_once(mode: str, seed: int, ops: int, fail_rate: float, tally: Tally) -> None:
     rng = random.Random(seed * 7919)
     with tempfile.TemporaryDirectory(prefix="lockstep-demo-") as tmp:
-        directory = Path(tmp)
         env = dict(os.environ)
         named = rng.random() < 0.5
         if named:
@@ -169,7 +183,7 @@ def run_once(mode: str, seed: int, ops: int, fail_rate: float, tally: Tally) -> 
             env["LOCKSTEP_KILL_AT"] = point
             env["LOCKSTEP_KILL_SKIP"] = str(rng.randrange(ops // 2))
         args = [sys.executable, "-m", "coordinator._demo", "--worker", mode, "--dir", tmp]
-        args += ["--seed", str(seed), "--ops", str(ops), "--fail-rate", str(fail_rate)]
+        args += ["--seed", str(seed), "--writes", str(ops), "--fail-rate", str(fail_rate)]
         child = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env)
         assert child.stdout is not None
         lines: list[str] = []
@@ -178,42 +192,30 @@ def run_once(mode: str, seed: int, ops: int, fail_rate: float, tally: Tally) -> 
             lines.append(line.strip())
             if len(lines) == kill_after:
                 # A random moment inside the next write: the kill lands mid-operation.
-                time.sleep(rng.uniform(0, 0.004))
+                time.sleep(rng.uniform(0, 0.02))
                 child.send_signal(signal.SIGKILL)
                 break
-        child.wait(timeout=120)
+        child.wait(timeout=300)
         killed = child.returncode == -signal.SIGKILL
-        if mode == "lockstep":
-            # The writer is known dead, so recovery need not wait out the in-doubt timeout.
-            facts, index = _stores(directory)
-            log = open_decision_log(f"sqlite:///{directory / 'decisions.db'}")
-            Coordinator(
-                [facts, index],
-                log,  # type: ignore[arg-type]
-                policy=Policy(in_doubt_timeout=0.001, redrive_after=0),
-            ).recover()
-            facts.close()
-            index.close()
-            log.close()
-        n_facts, n_index, drifted, staged = _drift(directory)
-        tally.runs += 1
-        tally.writes += len(lines) + (1 if killed else 0)
-        tally.committed += lines.count("committed")
-        tally.aborted += len(lines) - lines.count("committed")
-        tally.kills += killed
-        tally.facts += n_facts
-        tally.index_records += n_index
-        tally.drifted_facts += drifted
-        tally.drifted_runs += drifted > 0 or staged > 0
-        tally.left_staged += staged
+        facts, vectors, drifted, staged = measure(Path(tmp), mode)
+    tally.runs += 1
+    tally.writes += len(lines) + (1 if killed else 0)
+    tally.committed += lines.count("committed")
+    tally.kills += killed
+    tally.facts += facts
+    tally.vectors += vectors
+    tally.drifted_facts += drifted
+    tally.drifted_runs += drifted > 0 or staged > 0
+    tally.left_staged += staged
 
 
 def demo(runs: int, ops: int, fail_rate: float, as_json: bool) -> int:
-    tallies = [Tally("unsynchronised (SQL, then index)"), Tally("Lockstep (one atomic commit)")]
+    tallies = [Tally("unsynchronised (SQL, then vector)"), Tally("Lockstep (one atomic commit)")]
     out = sys.stderr if as_json else sys.stdout
     print(
-        f"Lockstep demo: {runs} runs per approach, {ops} memory writes each, "
-        f"{fail_rate:.0%} of index writes fail, the writer is SIGKILLed in every run.",
+        f"Lockstep demo: {runs} runs per approach, {ops} memory writes each (SQLite facts, "
+        f"Qdrant vectors, offline embeddings); {fail_rate:.0%} of vector writes fail and "
+        "the writer is SIGKILLed in every run.",
         file=out,
     )
     for n in range(runs):
@@ -229,22 +231,21 @@ def demo(runs: int, ops: int, fail_rate: float, as_json: bool) -> int:
 
 
 def _table(tallies: list[Tally]) -> str:
-    return text_table(
-        [
-            {
-                "approach": t.approach,
-                "runs": t.runs,
-                "writes": t.writes,
-                "committed": t.committed,
-                "killed": t.kills,
-                "facts": t.facts,
-                "index": t.index_records,
-                "drifted facts": t.drifted_facts,
-                "runs with drift": t.drifted_runs,
-            }
-            for t in tallies
-        ]
-    )
+    rows: list[dict[str, Any]] = [
+        {
+            "approach": t.approach,
+            "runs": t.runs,
+            "writes": t.writes,
+            "committed": t.committed,
+            "killed": t.kills,
+            "facts": t.facts,
+            "vectors": t.vectors,
+            "drifted facts": t.drifted_facts,
+            "runs with drift": t.drifted_runs,
+        }
+        for t in tallies
+    ]
+    return text_table(rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -252,15 +253,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--worker", choices=["unsynchronised", "lockstep"])
     parser.add_argument("--dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ops", type=int, default=40)
+    parser.add_argument("--writes", type=int, default=30)
     parser.add_argument("--fail-rate", type=float, default=0.1)
-    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=12)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    if args.worker:
-        worker(args.worker, args.dir, args.seed, args.ops, args.fail_rate)
+    if args.worker == "lockstep":
+        lockstep_worker(args.dir, random.Random(args.seed), args.writes, args.fail_rate)
         return 0
-    return demo(args.runs, args.ops, args.fail_rate, args.json)
+    if args.worker == "unsynchronised":
+        unsynchronised_worker(args.dir, random.Random(args.seed), args.writes, args.fail_rate)
+        return 0
+    return demo(args.runs, args.writes, args.fail_rate, args.json)
 
 
 if __name__ == "__main__":

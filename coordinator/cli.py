@@ -57,8 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = commands.add_parser(
         "demo", help="inject failures and crashes; compare unsynchronised writes with Lockstep"
     )
-    demo.add_argument("--runs", type=int, default=20, help="runs per approach (default 20)")
-    demo.add_argument("--writes", type=int, default=40, help="memory writes per run")
+    demo.add_argument("--runs", type=int, default=12, help="runs per approach (default 12)")
+    demo.add_argument("--writes", type=int, default=30, help="memory writes per run")
     demo.add_argument("--fail-rate", type=float, default=0.1, help="index failure rate")
     demo.add_argument("--json", action="store_true", help="print the table as JSON")
 

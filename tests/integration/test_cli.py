@@ -31,7 +31,7 @@ def test_the_demo_kills_every_writer_and_lockstep_leaves_no_drift() -> None:
     assert locked["runs"] == locked["kills"] == 3
     assert unsynchronised["runs"] == unsynchronised["kills"] == 3
     assert locked["drifted_facts"] == 0 and locked["left_staged"] == 0
-    assert locked["facts"] == locked["index_records"]
+    assert locked["facts"] == locked["vectors"]
     assert "run 3/3 done" in result.stderr
 
 

@@ -467,7 +467,9 @@ class AsyncMemoryStore:
         )
         self.policy = policy or Policy()
         self._fault_hook = fault_hook
-        self.coordinator = AsyncCoordinator([storage], self.log, policy=self.policy)
+        self.coordinator = AsyncCoordinator(
+            [storage], self.log, policy=self.policy, fault_hook=fault_hook
+        )
         for index in hooks or ():
             self.add_index(index)
 
@@ -478,6 +480,7 @@ class AsyncMemoryStore:
         *,
         embedder: Embedder | None = None,
         policy: Policy | None = None,
+        fault_hook: FaultHook = no_faults,
     ) -> AsyncMemoryStore:
         """The embedded default in directory ``path``: SQLite facts and decision log, a
         Qdrant local-mode vector index, the offline semantic embedder. Recovery runs first.
@@ -498,7 +501,9 @@ class AsyncMemoryStore:
             embedder=embedder,
         )
         log = open_decision_log(f"sqlite:///{directory / 'decisions.db'}", asynchronous=ASYNC_API)
-        store = cls(_storage(storage), [_index(index)], log=_log(log), policy=policy)
+        store = cls(
+            _storage(storage), [_index(index)], log=_log(log), policy=policy, fault_hook=fault_hook
+        )
         await store.coordinator_with(in_doubt_timeout=0.001, redrive_after=0.0).recover()
         return store
 
@@ -526,7 +531,10 @@ class AsyncMemoryStore:
     def coordinator_with(self, **policy: Any) -> AsyncCoordinator:
         """A coordinator over the same stores with some policy fields changed."""
         return AsyncCoordinator(
-            [self.storage, *self.indexes], self.log, policy=replace(self.policy, **policy)
+            [self.storage, *self.indexes],
+            self.log,
+            policy=replace(self.policy, **policy),
+            fault_hook=self._fault_hook,
         )
 
     # -- configuration ------------------------------------------------------------------

@@ -465,7 +465,9 @@ class MemoryStore:
         )
         self.policy = policy or Policy()
         self._fault_hook = fault_hook
-        self.coordinator = Coordinator([storage], self.log, policy=self.policy)
+        self.coordinator = Coordinator(
+            [storage], self.log, policy=self.policy, fault_hook=fault_hook
+        )
         for index in hooks or ():
             self.add_index(index)
 
@@ -476,6 +478,7 @@ class MemoryStore:
         *,
         embedder: Embedder | None = None,
         policy: Policy | None = None,
+        fault_hook: FaultHook = no_faults,
     ) -> MemoryStore:
         """The embedded default in directory ``path``: SQLite facts and decision log, a
         Qdrant local-mode vector index, the offline semantic embedder. Recovery runs first.
@@ -496,7 +499,9 @@ class MemoryStore:
             embedder=embedder,
         )
         log = open_decision_log(f"sqlite:///{directory / 'decisions.db'}", asynchronous=SYNC_API)
-        store = cls(_storage(storage), [_index(index)], log=_log(log), policy=policy)
+        store = cls(
+            _storage(storage), [_index(index)], log=_log(log), policy=policy, fault_hook=fault_hook
+        )
         store.coordinator_with(in_doubt_timeout=0.001, redrive_after=0.0).recover()
         return store
 
@@ -524,7 +529,10 @@ class MemoryStore:
     def coordinator_with(self, **policy: Any) -> Coordinator:
         """A coordinator over the same stores with some policy fields changed."""
         return Coordinator(
-            [self.storage, *self.indexes], self.log, policy=replace(self.policy, **policy)
+            [self.storage, *self.indexes],
+            self.log,
+            policy=replace(self.policy, **policy),
+            fault_hook=self._fault_hook,
         )
 
     # -- configuration ------------------------------------------------------------------
