@@ -13,6 +13,7 @@ def from_url(
     """``memory://`` (entry point of the ``memory`` scheme): a fresh in-process store."""
     from coordinator.errors import ConfigurationError
 
+    options.pop("embedder", None)  # an index option: a storage embeds nothing
     if options:
         raise ConfigurationError(f"memory:// takes no options {sorted(options)}")
     cls = AsyncInMemoryStorage if asynchronous else InMemoryStorage

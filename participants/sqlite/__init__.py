@@ -13,6 +13,7 @@ def from_url(
     from coordinator.errors import ConfigurationError
     from coordinator.plugins import path_of
 
+    options.pop("embedder", None)  # an index option: a storage embeds nothing
     if options:
         raise ConfigurationError(f"sqlite:// takes no options {sorted(options)}")
     cls = AsyncSQLiteStorage if asynchronous else SQLiteStorage

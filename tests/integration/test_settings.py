@@ -1,0 +1,63 @@
+"""Stores from URLs and settings: lockstep.toml, LOCKSTEP_* variables, bad settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from coordinator import ConfigurationError, Fact, MemoryStore
+from coordinator.settings import LockstepSettings
+
+
+def test_a_toml_file_describes_storage_index_log_and_embedder(tmp_path: Path) -> None:
+    config = tmp_path / "lockstep.toml"
+    config.write_text(
+        f'storage = "sqlite:///{tmp_path}/facts.db"\n'
+        f'indexes = ["chroma+local:///{tmp_path}/chroma?collection=notes&text_field=content"]\n'
+        f'log = "sqlite:///{tmp_path}/decisions.db"\n'
+        'embedder = "hashing:32"\n'
+        "in_doubt_timeout = 5.0\n"
+    )
+    settings = LockstepSettings.from_file(str(config))
+    mem = MemoryStore.from_settings(settings)
+    fid = mem.commit(Fact(type="note", payload={"content": "from a config file"}))
+    assert mem.policy.in_doubt_timeout == 5.0
+    assert [i.name for i in mem.indexes] == ["chroma:notes"]
+    assert mem.indexes[0].contents().committed == {fid: 1}
+    assert (tmp_path / "decisions.db").exists()
+    mem.close()
+
+
+def test_environment_variables_override_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOCKSTEP_PATH", str(tmp_path / "memory"))
+    monkeypatch.setenv("LOCKSTEP_EMBEDDER", "hashing:16")
+    mem = MemoryStore.from_settings(LockstepSettings())
+    mem.commit(Fact(type="note", payload={"content": "embedded default via env"}))
+    assert mem.indexes[0].embedder.dim == 16
+    assert (tmp_path / "memory" / "facts.db").exists()
+    mem.close()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"storage": "nosuch:///x"}, "no participant backend for nosuch://"),
+        ({"storage": "sqlite:///x.db", "indexes": ["sqlite:///y.db"]}, "is not a vector index"),
+        ({"embedder": "word2vec"}, "embedder 'word2vec' is unknown"),
+        ({"storage": "sqlite:///x.db", "log": "redis://nope"}, "no decision log for redis://"),
+    ],
+)
+def test_bad_settings_get_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: dict[str, object], message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError, match=message):
+        MemoryStore.from_settings(LockstepSettings(**settings))  # type: ignore[arg-type]
+
+
+def test_unknown_setting_keys_are_refused() -> None:
+    with pytest.raises(ValueError, match="storag"):
+        LockstepSettings(storag="sqlite:///x.db")  # type: ignore[call-arg]
