@@ -1,0 +1,221 @@
+"""The participant contract for vector indexes: Qdrant (local mode, memory) and Chroma
+(embedded, server). Every test reads the index's real points (``contents``, ``search``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import chromadb
+import pytest
+from qdrant_client import QdrantClient, models
+
+from coordinator import (
+    ConfigurationError,
+    DeleteFact,
+    FactRecord,
+    TransactionAborted,
+    UpsertFact,
+    UsageError,
+    Vote,
+    new_txid,
+)
+from coordinator.abc import Index
+from coordinator.embeddings import HashingEmbedder
+from participants.chroma import ChromaIndex
+from participants.qdrant import QdrantIndex
+from tests.servers import ChromaServer
+
+EMBEDDER = HashingEmbedder(16)
+Opener = Callable[[], Index]
+
+
+@pytest.fixture(params=["qdrant-local", "qdrant-memory", "chroma-embedded", "chroma-server"])
+def open_index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Open the same index again, as a new process would (closing the previous client)."""
+    collection = f"c{uuid.uuid4().hex[:12]}"
+    opened: list[Index] = []
+    kind = request.param
+    memory_client = QdrantClient(":memory:") if kind == "qdrant-memory" else None
+
+    def opener() -> Index:
+        for previous in opened:
+            previous.close()
+        index: Index
+        if kind == "qdrant-local":
+            client = QdrantClient(path=str(tmp_path / "qdrant"))
+            index = QdrantIndex(
+                client, collection, "content", ["role"], embedder=EMBEDDER, owns_client=True
+            )
+        elif kind == "qdrant-memory":
+            index = QdrantIndex(memory_client, collection, "content", ["role"], embedder=EMBEDDER)  # type: ignore[arg-type]
+        elif kind == "chroma-embedded":
+            client = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
+            index = ChromaIndex(client, collection, "content", ["role"], embedder=EMBEDDER)
+        else:
+            server: ChromaServer = request.getfixturevalue("chroma_server")
+            client = chromadb.HttpClient(host="127.0.0.1", port=server.port)
+            index = ChromaIndex(client, collection, "content", ["role"], embedder=EMBEDDER)
+        opened.append(index)
+        return index
+
+    yield opener
+    for index in opened:
+        index.close()
+
+
+def fact(fact_id: str, version: int, text: str, **extra: object) -> FactRecord:
+    return FactRecord(fact_id, "note", {"content": text, **extra}, version, session_id="s1")
+
+
+def upsert(record: FactRecord) -> UpsertFact:
+    return UpsertFact(
+        record, record.version - 1, embedding=tuple(EMBEDDER.embed([record.payload["content"]])[0])
+    )
+
+
+def search(index: Index, text: str) -> list[tuple[str, int]]:
+    return [(h.fact_id, h.version) for h in index.search(EMBEDDER.embed_query(text), 10, {})]
+
+
+def test_a_staged_point_is_invisible_until_commit(open_index: Opener) -> None:
+    index = open_index()
+    txid = new_txid()
+    assert index.prepare(txid, [upsert(fact("a", 1, "green tea"))]) is Vote.YES
+    assert search(index, "green tea") == []
+    assert index.recover() == [txid]
+    assert index.contents().committed == {}
+    index.commit(txid)
+    assert search(index, "green tea") == [("a", 1)]
+    assert index.recover() == [] and index.contents().committed == {"a": 1}
+
+
+def test_a_prepared_branch_survives_reopening(open_index: Opener) -> None:
+    txid = new_txid()
+    open_index().prepare(txid, [upsert(fact("a", 1, "green tea"))])
+    again = open_index()
+    assert again.recover() == [txid]
+    again.commit(txid)
+    assert again.contents().committed == {"a": 1}
+
+
+def test_commit_replaces_older_versions_so_search_sees_one(open_index: Opener) -> None:
+    index = open_index()
+    for version, text in ((1, "green tea"), (2, "black tea"), (3, "mint tea")):
+        txid = new_txid()
+        index.prepare(txid, [upsert(fact("a", version, text))])
+        index.commit(txid)
+    assert search(index, "tea") == [("a", 3)]
+    assert index.contents().committed == {"a": 3}
+
+
+def test_abort_removes_what_the_transaction_staged_and_fences_it(open_index: Opener) -> None:
+    index = open_index()
+    kept = new_txid()
+    index.prepare(kept, [upsert(fact("a", 1, "green tea"))])
+    index.commit(kept)
+    txid = new_txid()
+    index.prepare(txid, [upsert(fact("a", 2, "coffee")), upsert(fact("b", 1, "water"))])
+    index.abort(txid)
+    index.abort(txid)
+    assert index.recover() == [] and index.contents().committed == {"a": 1}
+    with pytest.raises(TransactionAborted, match="already aborted"):
+        index.prepare(txid, [upsert(fact("b", 1, "water"))])
+
+
+def test_racing_transactions_do_not_overwrite_each_others_staging(open_index: Opener) -> None:
+    index = open_index()
+    winner, loser = new_txid(), new_txid()
+    index.prepare(winner, [upsert(fact("a", 1, "winner"))])
+    index.prepare(loser, [upsert(fact("a", 1, "loser"))])
+    index.abort(loser)
+    index.commit(winner)
+    assert index.contents().committed == {"a": 1}
+    assert search(index, "winner") == [("a", 1)]
+
+
+def test_a_delete_is_staged_then_applied(open_index: Opener) -> None:
+    index = open_index()
+    first = new_txid()
+    index.prepare(first, [upsert(fact("a", 1, "green tea"))])
+    index.commit(first)
+    delete = new_txid()
+    index.prepare(delete, [DeleteFact("a", 1)])
+    assert index.contents().committed == {"a": 1}  # still visible while staged
+    index.commit(delete)
+    index.commit(delete)
+    assert index.contents().committed == {} and search(index, "green tea") == []
+
+
+def test_search_filters_on_metadata_and_session(open_index: Opener) -> None:
+    index = open_index()
+    txid = new_txid()
+    index.prepare(
+        txid, [upsert(fact("a", 1, "tea", role="drink")), upsert(fact("b", 1, "tea", role="food"))]
+    )
+    index.commit(txid)
+    vector = EMBEDDER.embed_query("tea")
+    assert [h.fact_id for h in index.search(vector, 5, {"role": "drink"})] == ["a"]
+    assert {h.fact_id for h in index.search(vector, 5, {"session_id": "s1"})} == {"a", "b"}
+    assert index.search(vector, 5, {"session_id": "other"}) == []
+
+
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (UpsertFact(fact("a", 1, "x"), 0, embedding=(1.0, 0.0)), "2 dimensions"),
+        (UpsertFact(fact("a", 1, "x"), 0), "without an embedding"),
+        (
+            UpsertFact(fact("a", 1, "x", role={"nested": 1}), 0, embedding=(0.25,) * 16),
+            "must be a str, number or bool",
+        ),
+    ],
+)
+def test_bad_writes_are_refused_and_nothing_is_staged(
+    open_index: Opener, write: UpsertFact, message: str
+) -> None:
+    index = open_index()
+    with pytest.raises(UsageError, match=message):
+        index.prepare(new_txid(), [write])
+    assert index.recover() == [] and index.contents().committed == {}
+
+
+def test_a_fact_without_its_text_field_is_refused(open_index: Opener) -> None:
+    index = open_index()
+    with pytest.raises(UsageError, match="'content', which is missing"):
+        index.text_of(FactRecord("a", "note", {"other": 1}, 1))
+
+
+def test_a_collection_of_another_dimension_is_refused(tmp_path: Path) -> None:
+    client = QdrantClient(":memory:")
+    QdrantIndex(client, "shared", embedder=HashingEmbedder(16)).recover()
+    with pytest.raises(
+        ConfigurationError, match="holds 16-dimensional vectors; the embedder makes 32"
+    ):
+        QdrantIndex(client, "shared", embedder=HashingEmbedder(32)).recover()
+    chroma = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
+    ChromaIndex(chroma, "shared", embedder=HashingEmbedder(16)).recover()
+    with pytest.raises(ConfigurationError, match="holds 16-dimensional vectors"):
+        ChromaIndex(chroma, "shared", embedder=HashingEmbedder(32)).recover()
+
+
+def test_a_collection_written_by_someone_else_is_refused(tmp_path: Path) -> None:
+    client = QdrantClient(":memory:")
+    client.create_collection(
+        "theirs", vectors_config=models.VectorParams(size=16, distance=models.Distance.COSINE)
+    )
+    client.upsert("theirs", [models.PointStruct(id=1, vector=[0.1] * 16, payload={"doc": "x"})])
+    with pytest.raises(ConfigurationError, match="holds points Lockstep did not write"):
+        QdrantIndex(client, "theirs", embedder=EMBEDDER).recover()
+    client.create_collection(
+        "named",
+        vectors_config={"text": models.VectorParams(size=16, distance=models.Distance.COSINE)},
+    )
+    with pytest.raises(ConfigurationError, match="named vectors"):
+        QdrantIndex(client, "named", embedder=EMBEDDER).recover()
+    chroma = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
+    chroma.create_collection("theirs").add(ids=["x"], embeddings=[[0.1] * 16])
+    with pytest.raises(ConfigurationError, match="was not created by Lockstep"):
+        ChromaIndex(chroma, "theirs", embedder=EMBEDDER).recover()
