@@ -52,12 +52,12 @@ def open_index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opene
         elif kind == "qdrant-memory":
             index = QdrantIndex(memory_client, collection, "content", ["role"], embedder=EMBEDDER)  # type: ignore[arg-type]
         elif kind == "chroma-embedded":
-            client = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
-            index = ChromaIndex(client, collection, "content", ["role"], embedder=EMBEDDER)
+            embedded = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
+            index = ChromaIndex(embedded, collection, "content", ["role"], embedder=EMBEDDER)
         else:
             server: ChromaServer = request.getfixturevalue("chroma_server")
-            client = chromadb.HttpClient(host="127.0.0.1", port=server.port)
-            index = ChromaIndex(client, collection, "content", ["role"], embedder=EMBEDDER)
+            remote = chromadb.HttpClient(host="127.0.0.1", port=server.port)
+            index = ChromaIndex(remote, collection, "content", ["role"], embedder=EMBEDDER)
         opened.append(index)
         return index
 
@@ -216,6 +216,6 @@ def test_a_collection_written_by_someone_else_is_refused(tmp_path: Path) -> None
     with pytest.raises(ConfigurationError, match="named vectors"):
         QdrantIndex(client, "named", embedder=EMBEDDER).recover()
     chroma = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
-    chroma.create_collection("theirs").add(ids=["x"], embeddings=[[0.1] * 16])
+    chroma.create_collection("theirs").add(ids=["x"], embeddings=[[0.1] * 16])  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="was not created by Lockstep"):
         ChromaIndex(chroma, "theirs", embedder=EMBEDDER).recover()
