@@ -30,6 +30,7 @@ REPLACEMENTS = {
     "ablocking": "blocking",
     "ASYNC_API": "SYNC_API",
     "aresolve": "resolve",
+    "ALock": "Lock",
 }
 
 

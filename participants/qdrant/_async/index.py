@@ -8,10 +8,13 @@ and recoverable from the points alone.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from qdrant_client import AsyncQdrantClient, models
 
+from coordinator._acompat import ALock
 from coordinator.abc import Embedder, Hit, IndexContents, Vote
 from coordinator.embeddings import default_embedder
 from coordinator.errors import ConfigurationError, LockstepError, ParticipantError
@@ -71,6 +74,9 @@ class AsyncQdrantIndex:
             None if target_types is None else frozenset(target_types),
         )
         self._owns_client = owns_client
+        # Local mode keeps points in process memory and is not safe for concurrent callers
+        # (a search beside an upsert can fail); a server client is, so it is not held back.
+        self._guard: Any = ALock() if _is_local(client) else contextlib.nullcontext()
         self._fence = AbortFence(self._name)
         self._ready = False
 
@@ -98,7 +104,8 @@ class AsyncQdrantIndex:
             return Vote.READ_ONLY
         await self._ensure_collection()
         try:
-            await self._client.upsert(
+            await self._guarded(
+                self._client.upsert,
                 self._collection,
                 [models.PointStruct(id=p.id, vector=p.vector, payload=p.payload) for p in points],
                 wait=True,
@@ -115,8 +122,12 @@ class AsyncQdrantIndex:
                 return
             pending = [p.id for p in staged if (p.payload or {}).get("state") == PENDING]
             if pending:
-                await self._client.set_payload(
-                    self._collection, {"state": COMMITTED}, points=pending, wait=True
+                await self._guarded(
+                    self._client.set_payload,
+                    self._collection,
+                    {"state": COMMITTED},
+                    points=pending,
+                    wait=True,
                 )
             # Then remove what the new versions replace (older versions; for a delete,
             # every version up to its marker).
@@ -134,7 +145,9 @@ class AsyncQdrantIndex:
                         ]
                     )
                 )
-            await self._client.delete(self._collection, models.Filter(should=older), wait=True)
+            await self._guarded(
+                self._client.delete, self._collection, models.Filter(should=older), wait=True
+            )
         except Exception as exc:
             raise self._error("commit", txid, exc) from exc
 
@@ -142,7 +155,8 @@ class AsyncQdrantIndex:
         self._fence.add(txid)
         await self._ensure_collection()
         try:
-            await self._client.delete(
+            await self._guarded(
+                self._client.delete,
                 self._collection,
                 models.Filter(must=[_match("txid", txid), _match("state", PENDING)]),
                 wait=True,
@@ -168,7 +182,8 @@ class AsyncQdrantIndex:
             _match(key, value) for key, value in search_filter(where).items()
         ]
         try:
-            found = await self._client.query_points(
+            found = await self._guarded(
+                self._client.query_points,
                 self._collection,
                 query=list(vector),
                 query_filter=models.Filter(must=conditions),
@@ -207,16 +222,17 @@ class AsyncQdrantIndex:
         if self._ready:
             return
         try:
-            exists = await self._client.collection_exists(self._collection)
+            exists = await self._guarded(self._client.collection_exists, self._collection)
             if not exists:
-                await self._client.create_collection(
+                await self._guarded(
+                    self._client.create_collection,
                     self._collection,
                     vectors_config=models.VectorParams(
                         size=self.shape.dim, distance=models.Distance.COSINE
                     ),
                 )
             else:
-                info = await self._client.get_collection(self._collection)
+                info = await self._guarded(self._client.get_collection, self._collection)
                 await self._check_schema(info)
         except LockstepError:
             raise
@@ -244,7 +260,9 @@ class AsyncQdrantIndex:
                 "Lockstep needs cosine",
                 participant=self._name,
             )
-        sample, _ = await self._client.scroll(self._collection, limit=1, with_payload=True)
+        sample, _ = await self._guarded(
+            self._client.scroll, self._collection, limit=1, with_payload=True
+        )
         if sample and not {"fact_id", "version", "state"} <= set(sample[0].payload or {}):
             raise ConfigurationError(
                 f"Qdrant collection {self._collection!r} holds points Lockstep did not write "
@@ -257,7 +275,8 @@ class AsyncQdrantIndex:
         offset = None
         query = None if condition is None else models.Filter(must=[condition])
         while True:
-            page, offset = await self._client.scroll(
+            page, offset = await self._guarded(
+                self._client.scroll,
                 self._collection,
                 scroll_filter=query,
                 limit=_PAGE,
@@ -268,6 +287,10 @@ class AsyncQdrantIndex:
             found += page
             if offset is None:
                 return found
+
+    async def _guarded(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        async with self._guard:
+            return await call(*args, **kwargs)
 
     def _error(self, action: str, txid: str | None, exc: Exception) -> LockstepError:
         if isinstance(exc, LockstepError):
@@ -281,3 +304,7 @@ class AsyncQdrantIndex:
 
 def _match(key: str, value: JSONValue) -> models.FieldCondition:
     return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+
+def _is_local(client: object) -> bool:
+    return type(getattr(client, "_client", None)).__name__.endswith("QdrantLocal")

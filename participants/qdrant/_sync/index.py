@@ -10,10 +10,13 @@ and recoverable from the points alone.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from qdrant_client import QdrantClient, models
 
+from coordinator._acompat import Lock
 from coordinator.abc import Embedder, Hit, IndexContents, Vote
 from coordinator.embeddings import default_embedder
 from coordinator.errors import ConfigurationError, LockstepError, ParticipantError
@@ -73,6 +76,9 @@ class QdrantIndex:
             None if target_types is None else frozenset(target_types),
         )
         self._owns_client = owns_client
+        # Local mode keeps points in process memory and is not safe for concurrent callers
+        # (a search beside an upsert can fail); a server client is, so it is not held back.
+        self._guard: Any = Lock() if _is_local(client) else contextlib.nullcontext()
         self._fence = AbortFence(self._name)
         self._ready = False
 
@@ -100,7 +106,8 @@ class QdrantIndex:
             return Vote.READ_ONLY
         self._ensure_collection()
         try:
-            self._client.upsert(
+            self._guarded(
+                self._client.upsert,
                 self._collection,
                 [models.PointStruct(id=p.id, vector=p.vector, payload=p.payload) for p in points],
                 wait=True,
@@ -117,8 +124,12 @@ class QdrantIndex:
                 return
             pending = [p.id for p in staged if (p.payload or {}).get("state") == PENDING]
             if pending:
-                self._client.set_payload(
-                    self._collection, {"state": COMMITTED}, points=pending, wait=True
+                self._guarded(
+                    self._client.set_payload,
+                    self._collection,
+                    {"state": COMMITTED},
+                    points=pending,
+                    wait=True,
                 )
             # Then remove what the new versions replace (older versions; for a delete,
             # every version up to its marker).
@@ -136,7 +147,9 @@ class QdrantIndex:
                         ]
                     )
                 )
-            self._client.delete(self._collection, models.Filter(should=older), wait=True)
+            self._guarded(
+                self._client.delete, self._collection, models.Filter(should=older), wait=True
+            )
         except Exception as exc:
             raise self._error("commit", txid, exc) from exc
 
@@ -144,7 +157,8 @@ class QdrantIndex:
         self._fence.add(txid)
         self._ensure_collection()
         try:
-            self._client.delete(
+            self._guarded(
+                self._client.delete,
                 self._collection,
                 models.Filter(must=[_match("txid", txid), _match("state", PENDING)]),
                 wait=True,
@@ -168,7 +182,8 @@ class QdrantIndex:
             _match(key, value) for key, value in search_filter(where).items()
         ]
         try:
-            found = self._client.query_points(
+            found = self._guarded(
+                self._client.query_points,
                 self._collection,
                 query=list(vector),
                 query_filter=models.Filter(must=conditions),
@@ -207,16 +222,17 @@ class QdrantIndex:
         if self._ready:
             return
         try:
-            exists = self._client.collection_exists(self._collection)
+            exists = self._guarded(self._client.collection_exists, self._collection)
             if not exists:
-                self._client.create_collection(
+                self._guarded(
+                    self._client.create_collection,
                     self._collection,
                     vectors_config=models.VectorParams(
                         size=self.shape.dim, distance=models.Distance.COSINE
                     ),
                 )
             else:
-                info = self._client.get_collection(self._collection)
+                info = self._guarded(self._client.get_collection, self._collection)
                 self._check_schema(info)
         except LockstepError:
             raise
@@ -244,7 +260,7 @@ class QdrantIndex:
                 "Lockstep needs cosine",
                 participant=self._name,
             )
-        sample, _ = self._client.scroll(self._collection, limit=1, with_payload=True)
+        sample, _ = self._guarded(self._client.scroll, self._collection, limit=1, with_payload=True)
         if sample and not {"fact_id", "version", "state"} <= set(sample[0].payload or {}):
             raise ConfigurationError(
                 f"Qdrant collection {self._collection!r} holds points Lockstep did not write "
@@ -257,7 +273,8 @@ class QdrantIndex:
         offset = None
         query = None if condition is None else models.Filter(must=[condition])
         while True:
-            page, offset = self._client.scroll(
+            page, offset = self._guarded(
+                self._client.scroll,
                 self._collection,
                 scroll_filter=query,
                 limit=_PAGE,
@@ -268,6 +285,10 @@ class QdrantIndex:
             found += page
             if offset is None:
                 return found
+
+    def _guarded(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        with self._guard:
+            return call(*args, **kwargs)
 
     def _error(self, action: str, txid: str | None, exc: Exception) -> LockstepError:
         if isinstance(exc, LockstepError):
@@ -281,3 +302,7 @@ class QdrantIndex:
 
 def _match(key: str, value: JSONValue) -> models.FieldCondition:
     return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+
+def _is_local(client: object) -> bool:
+    return type(getattr(client, "_client", None)).__name__.endswith("QdrantLocal")

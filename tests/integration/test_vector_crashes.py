@@ -1,0 +1,177 @@
+"""Vector indexes through crashes: the Chroma server SIGKILLed between the phases, the
+agent process SIGKILLed mid-commit with embedded indexes, and a reader beside 1,000 writes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import chromadb
+import pytest
+from qdrant_client import QdrantClient
+
+from coordinator import Fact, LockstepError, MemoryStore, Policy, TransactionAborted
+from coordinator.embeddings import HashingEmbedder
+from participants.chroma import ChromaIndex
+from participants.qdrant import QdrantIndex
+from participants.sqlite import SQLiteStorage
+from tests.servers import ChromaServer
+
+EMBEDDER = HashingEmbedder(32)
+RECOVER_NOW = Policy(in_doubt_timeout=0.001, redrive_after=0, finish_attempts=2, prepare_timeout=5)
+
+
+class Crash(BaseException):
+    """The agent dies here."""
+
+
+@pytest.mark.parametrize("kill_at", ["after_prepare:chroma:notes", "before_commit:chroma:notes"])
+def test_a_chroma_server_killed_between_the_phases_is_finished_by_recovery(
+    tmp_path: Path, kill_at: str
+) -> None:
+    server = ChromaServer(tmp_path / "chroma")
+    server.start()
+    try:
+        storage = SQLiteStorage(tmp_path / "facts.db")
+
+        def index() -> ChromaIndex:
+            client = chromadb.HttpClient(host="127.0.0.1", port=server.port)
+            return ChromaIndex(client, "notes", "content", embedder=EMBEDDER)
+
+        def kill_server(point: str) -> None:
+            if point == kill_at:
+                server.kill()
+
+        mem = MemoryStore(storage, [index()], policy=RECOVER_NOW, fault_hook=kill_server)
+        kept = mem.commit(Fact(type="note", payload={"content": "before the crash"}))
+        try:
+            mem.commit(Fact(type="note", payload={"content": "during the crash"}))
+        except TransactionAborted:
+            pass  # killed before the decision: aborted (the server is gone, its branch too)
+        server.start()  # same data directory, same port
+        healed = MemoryStore(storage, [index()], policy=RECOVER_NOW)
+        report = healed.recover()
+        assert report.clean, report
+        verdict = healed.verify()
+        assert verdict.clean, verdict
+        facts = {f["payload"]["content"] for f in healed.query()}
+        assert "before the crash" in facts
+        assert healed.get(kept) is not None
+    finally:
+        server.kill()
+
+
+AGENT = r"""
+import os, sys
+from pathlib import Path
+import chromadb
+from coordinator import Fact, MemoryStore
+from coordinator.embeddings import HashingEmbedder
+from coordinator.faults import hook_from_environment
+from participants.chroma import ChromaIndex
+from participants.sqlite import SQLiteStorage
+
+d = Path(sys.argv[1])
+index = ChromaIndex(chromadb.PersistentClient(path=str(d / "chroma")), "notes", "content",
+                    embedder=HashingEmbedder(32))
+mem = MemoryStore(SQLiteStorage(d / "facts.db"), [index], fault_hook=hook_from_environment())
+for i in range(int(sys.argv[2])):
+    fid = mem.commit(Fact(id=f"f{i % 4}", type="note", payload={"content": f"note {i}"}))
+    print(fid, flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    "kill_at",
+    [
+        "after_prepare:chroma:notes",
+        "before_decision",
+        "after_decision",
+        "after_commit:sqlite",
+        "after_commit:chroma:notes",
+    ],
+)
+def test_an_agent_killed_mid_commit_with_an_embedded_index_reopens_in_agreement(
+    tmp_path: Path, kill_at: str
+) -> None:
+    env = dict(os.environ, LOCKSTEP_KILL_AT=kill_at, LOCKSTEP_KILL_SKIP="3")
+    agent = subprocess.run(
+        [sys.executable, "-c", AGENT, str(tmp_path), "10"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert agent.returncode == -signal.SIGKILL, agent.stderr
+    index = ChromaIndex(
+        chromadb.PersistentClient(path=str(tmp_path / "chroma")),
+        "notes",
+        "content",
+        embedder=EMBEDDER,
+    )
+    mem = MemoryStore(SQLiteStorage(tmp_path / "facts.db"), [index], policy=RECOVER_NOW)
+    assert mem.recover().clean
+    verdict = mem.verify()
+    assert verdict.clean, verdict
+    # G2: every commit the agent saw return survived its death.
+    returned = set(agent.stdout.split())
+    assert returned and returned <= {f["id"] for f in mem.query()}
+
+
+def test_a_reader_beside_1000_writes_sees_only_committed_current_versions(tmp_path: Path) -> None:
+    index = QdrantIndex(QdrantClient(":memory:"), "notes", "content", embedder=EMBEDDER)
+    mem = MemoryStore(SQLiteStorage(tmp_path / "facts.db"), [index])
+    original = index.prepare
+    rng = random.Random(7)
+
+    def flaky(txid, writes):
+        if rng.random() < 0.15:
+            raise ConnectionError("injected vector store failure")
+        return original(txid, writes)
+
+    index.prepare = flaky  # type: ignore[method-assign]
+    done = threading.Event()
+    problems: list[str] = []
+    reads = 0
+
+    def reader() -> None:
+        nonlocal reads
+        while not done.is_set():
+            results = mem.search("note about tea", k=10)
+            ids = [r.fact["id"] for r in results]
+            if len(ids) != len(set(ids)):
+                problems.append(f"duplicated fact in {ids}")
+            for r in results:
+                committed = {(h["version"], h["txid"]) for h in mem.history(r.fact["id"])}
+                if (r.fact["version"], r.fact["txid"]) not in committed:
+                    problems.append(f"uncommitted version {r.fact}")
+            reads += 1
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    aborted = 0
+    try:
+        for i in range(1000):
+            fact_id = f"f{i % 25}"
+            try:
+                if i % 7 == 3 and mem.get(fact_id) is not None:
+                    mem.delete(None, fact_id)
+                else:
+                    mem.commit(
+                        Fact(id=fact_id, type="note", payload={"content": f"note {i} about tea"})
+                    )
+            except LockstepError:
+                aborted += 1
+    finally:
+        done.set()
+        thread.join()
+    assert problems == []
+    assert reads > 10 and aborted > 50
+    assert mem.verify().clean
