@@ -45,9 +45,11 @@ chaos-long: install
 
 bench: install
 	$(PY) -m benchmarks.engine
+	$(PY) -m benchmarks.embedded_index
 
 bench-quick: install
 	$(PY) -m benchmarks.engine --quick
+	$(PY) -m benchmarks.embedded_index --quick
 
 unit: install
 	$(PY) -m pytest -q tests/unit
