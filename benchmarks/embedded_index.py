@@ -10,6 +10,7 @@ same deterministic embedder, rounds alternating between the two.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -56,13 +57,12 @@ def run(kind: str, n: int) -> dict[str, list[float]]:
             record = FactRecord(f"f{i}", "note", {"content": f"note number {i}"}, 1)
             vector = tuple(EMBEDDER.embed([record.payload["content"]])[0])
             txid = new_txid()
-            out["prepare"].append(
-                timed(lambda: index.prepare(txid, [UpsertFact(record, 0, embedding=vector)]))
-            )  # noqa: B023
-            out["commit"].append(timed(lambda: index.commit(txid)))  # noqa: B023
+            writes = [UpsertFact(record, 0, embedding=vector)]
+            out["prepare"].append(timed(functools.partial(index.prepare, txid, writes)))
+            out["commit"].append(timed(functools.partial(index.commit, txid)))
         query = EMBEDDER.embed_query("note number 7")
         for _ in range(50):
-            out["search"].append(timed(lambda: index.search(query, 5, {})))
+            out["search"].append(timed(functools.partial(index.search, query, 5, {})))
         index.close()
         out["open"].append(timed(lambda: make(kind, Path(tmp)).recover()))
     return out
@@ -83,9 +83,9 @@ def main() -> int:
     print(f"{n} facts per run, {rounds} rounds alternating, 384-dim vectors.\n")
     print("| index | prepare p50 ms | commit p50 ms | search p50 ms | reopen ms |")
     print("|---|---:|---:|---:|---:|")
-    for kind, values in merged.items():
+    for kind, timings in merged.items():
         cells = [
-            statistics.median(values[k]) * 1000 for k in ("prepare", "commit", "search", "open")
+            statistics.median(timings[k]) * 1000 for k in ("prepare", "commit", "search", "open")
         ]
         print(f"| {kind} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
     q, c = merged["qdrant local"], merged["chroma embedded"]
