@@ -16,6 +16,8 @@ from coordinator.records import (
 )
 
 FactWrite = UpsertFact | DeleteFact
+MAX_PAYLOAD_BYTES = 1 << 20
+"""A fact's payload, as JSON, may not exceed this (memories are not blobs)."""
 
 
 def fact_writes(participant: str, writes: Sequence[Write]) -> list[FactWrite]:
@@ -32,12 +34,18 @@ def fact_writes(participant: str, writes: Sequence[Write]) -> list[FactWrite]:
             )
         if isinstance(write, UpsertFact):
             try:
-                json.dumps(write.fact.payload)
+                size = len(json.dumps(write.fact.payload))
             except (TypeError, ValueError) as exc:
                 raise UsageError(
                     f"writes[{i}]: fact {write.fact.id!r} payload is not JSON-serialisable: {exc}",
                     participant=participant,
                 ) from exc
+            if size > MAX_PAYLOAD_BYTES:
+                raise UsageError(
+                    f"writes[{i}]: fact {write.fact.id!r} payload is {size} bytes of JSON; the "
+                    f"limit is {MAX_PAYLOAD_BYTES}",
+                    participant=participant,
+                )
             if write.fact.version <= write.expected_version:
                 raise UsageError(
                     f"writes[{i}]: fact {write.fact.id!r} has version {write.fact.version} but "

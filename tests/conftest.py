@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.servers import ChromaServer
+from tests.servers import ChromaServer, PostgresServer, RedisServer
 
 settings.register_profile(
     "ci",
@@ -31,6 +32,32 @@ def anyio_backend() -> str:
 def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
     """A private ``chroma run`` for the whole session (tests use their own collections)."""
     server = ChromaServer(tmp_path_factory.mktemp("chroma-server"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A private PostgreSQL for the session; tests take a fresh database each."""
+    server = PostgresServer(tmp_path_factory.mktemp("pg"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresServer) -> str:
+    return postgres_server.create_database(f"t{uuid.uuid4().hex[:16]}")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
     try:
         yield server

@@ -7,7 +7,7 @@ store's committed contents through a fresh participant object where durability m
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -27,23 +27,37 @@ from coordinator import (
 )
 from coordinator.records import singleton_claim
 from participants.memory import AsyncInMemoryStorage, MemoryBackend
+from participants.postgres import AsyncPostgresStorage
 from participants.sqlite import AsyncSQLiteStorage
 from tests.support.crash import fact, upsert
 
 pytestmark = pytest.mark.anyio
 
-Store = AsyncInMemoryStorage | AsyncSQLiteStorage
+Store = AsyncInMemoryStorage | AsyncSQLiteStorage | AsyncPostgresStorage
 Opener = Callable[[], Store]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
     """Open the same store again, as a new process would after a crash."""
-    if request.param == "memory":
-        backend = MemoryBackend()
-        return lambda: AsyncInMemoryStorage("store", backend)
-    path = tmp_path / "facts.db"
-    return lambda: AsyncSQLiteStorage(path, name="store")
+    opened: list[Store] = []
+    backend = MemoryBackend()
+    dsn = request.getfixturevalue("postgres_dsn") if request.param == "postgres" else ""
+
+    def opener() -> Store:
+        store: Store
+        if request.param == "memory":
+            store = AsyncInMemoryStorage("store", backend)
+        elif request.param == "sqlite":
+            store = AsyncSQLiteStorage(tmp_path / "facts.db", name="store")
+        else:
+            store = AsyncPostgresStorage(dsn, name="store")
+        opened.append(store)
+        return store
+
+    yield opener
+    for store in opened:
+        await store.close()
 
 
 async def test_prepare_stages_invisibly_and_commit_applies(open_store: Opener) -> None:
@@ -164,7 +178,8 @@ async def test_one_phase_commit_applies_or_refuses_atomically(open_store: Opener
 
 async def test_bad_input_is_refused_and_nothing_is_staged(open_store: Opener) -> None:
     store = open_store()
-    with pytest.raises(UsageError, match="cannot run SQL"):
+    # Stores without SQL refuse Execute; SQL stores refuse SQL that fails.
+    with pytest.raises(UsageError, match="cannot run SQL|your SQL failed"):
         await store.prepare(new_txid(), [upsert("a", 1), Execute("DELETE FROM x")])
     with pytest.raises(UsageError, match="a new version must be higher"):
         await store.prepare(new_txid(), [UpsertFact(fact("a", 1), 1)])

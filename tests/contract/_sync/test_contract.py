@@ -9,7 +9,7 @@ store's committed contents through a fresh participant object where durability m
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,23 +29,37 @@ from coordinator import (
 )
 from coordinator.records import singleton_claim
 from participants.memory import InMemoryStorage, MemoryBackend
+from participants.postgres import PostgresStorage
 from participants.sqlite import SQLiteStorage
 from tests.support.crash import fact, upsert
 
 pytestmark = pytest.mark.anyio
 
-Store = InMemoryStorage | SQLiteStorage
+Store = InMemoryStorage | SQLiteStorage | PostgresStorage
 Opener = Callable[[], Store]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """Open the same store again, as a new process would after a crash."""
-    if request.param == "memory":
-        backend = MemoryBackend()
-        return lambda: InMemoryStorage("store", backend)
-    path = tmp_path / "facts.db"
-    return lambda: SQLiteStorage(path, name="store")
+    opened: list[Store] = []
+    backend = MemoryBackend()
+    dsn = request.getfixturevalue("postgres_dsn") if request.param == "postgres" else ""
+
+    def opener() -> Store:
+        store: Store
+        if request.param == "memory":
+            store = InMemoryStorage("store", backend)
+        elif request.param == "sqlite":
+            store = SQLiteStorage(tmp_path / "facts.db", name="store")
+        else:
+            store = PostgresStorage(dsn, name="store")
+        opened.append(store)
+        return store
+
+    yield opener
+    for store in opened:
+        store.close()
 
 
 def test_prepare_stages_invisibly_and_commit_applies(open_store: Opener) -> None:
@@ -166,7 +180,8 @@ def test_one_phase_commit_applies_or_refuses_atomically(open_store: Opener) -> N
 
 def test_bad_input_is_refused_and_nothing_is_staged(open_store: Opener) -> None:
     store = open_store()
-    with pytest.raises(UsageError, match="cannot run SQL"):
+    # Stores without SQL refuse Execute; SQL stores refuse SQL that fails.
+    with pytest.raises(UsageError, match="cannot run SQL|your SQL failed"):
         store.prepare(new_txid(), [upsert("a", 1), Execute("DELETE FROM x")])
     with pytest.raises(UsageError, match="a new version must be higher"):
         store.prepare(new_txid(), [UpsertFact(fact("a", 1), 1)])

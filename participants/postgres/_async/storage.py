@@ -1,0 +1,428 @@
+"""The Postgres participant (source of the generated sync twin).
+
+Theory of operation:
+
+* ``prepare`` opens a two-phase branch (psycopg's ``tpc_begin`` with XA id
+  ``(FORMAT_ID, txid, participant name)``), takes the facts' row locks with ``NOWAIT``,
+  checks versions and singleton claims, writes the new rows, a marker row and the caller's
+  own SQL, and runs ``PREPARE TRANSACTION``. The branch then survives a crash of Postgres
+  and of every client, holding its row locks until it is committed or rolled back.
+* A concurrent writer of the same fact finds its rows locked (``NOWAIT``, or
+  ``lock_timeout`` on an index) and is refused with ``VersionConflict`` at once.
+* ``commit``/``abort`` run ``COMMIT PREPARED``/``ROLLBACK PREPARED`` from any connection;
+  "no such prepared transaction" means already finished. An abort then writes an
+  ``aborted`` marker, so a prepare of the same txid arriving later fails on the marker's
+  primary key (the fence).
+* ``recover`` lists ``pg_prepared_xacts`` entries with our format id, branch qualifier and
+  database: other applications' prepared transactions are never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection, errors
+from psycopg_pool import AsyncConnectionPool
+
+from coordinator._acompat import asleep
+from coordinator.abc import AsyncDecisionLog, TransactionEntry, Vote
+from coordinator.errors import (
+    ConfigurationError,
+    LockstepError,
+    ParticipantError,
+    TransactionAborted,
+    TransactionInDoubt,
+    UsageError,
+    VersionConflict,
+)
+from coordinator.ids import check_participant_name
+from coordinator.log import AsyncMemoryDecisionLog
+from coordinator.records import (
+    DeleteFact,
+    Execute,
+    FactRecord,
+    JSONValue,
+    TransactionMeta,
+    UpsertFact,
+    Write,
+)
+from participants._checks import (
+    already_aborted,
+    claim_conflict,
+    fact_writes,
+    transaction_meta,
+    version_conflict,
+)
+from participants.postgres import _schema as sql
+
+logger = logging.getLogger("participants.postgres")
+
+
+class AsyncPostgresStorage:
+    """Facts as JSONB rows in PostgreSQL, committed with prepared transactions.
+
+    Needs ``max_prepared_transactions > 0`` on the server (checked on first use).
+
+    :param conninfo: a libpq connection string or ``postgresql://`` URL.
+    :param name: the participant name (the XA branch qualifier; keep it stable).
+    :param connect_timeout: seconds to reach the server before a ``ParticipantError``.
+    :param lock_timeout_ms: how long a writer waits for a row another branch holds.
+    :param max_connections: size of the connection pool.
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        name: str = "postgres",
+        connect_timeout: float = 5.0,
+        lock_timeout_ms: int = 100,
+        max_connections: int = 8,
+    ) -> None:
+        self._name = check_participant_name(name)
+        self._conninfo = conninfo
+        self._connect_timeout = connect_timeout
+        self._lock_timeout_ms = int(lock_timeout_ms)
+        self._pool = AsyncConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=max_connections,
+            kwargs={"connect_timeout": max(1, int(connect_timeout))},
+            open=False,
+            check=AsyncConnectionPool.check_connection,
+        )
+        self._ready = False
+        self._database = ""
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def default_decision_log(self) -> AsyncDecisionLog:
+        """Without a configured log, decisions stay in this process (use the Postgres log)."""
+        return AsyncMemoryDecisionLog()
+
+    # -- the participant contract -------------------------------------------------------
+
+    async def prepare(self, txid: str, writes: Sequence[Write]) -> Vote:
+        facts = fact_writes(self._name, [w for w in writes if not isinstance(w, Execute)])
+        statements = [w for w in writes if isinstance(w, Execute)]
+        meta = transaction_meta(writes)
+        await self._open()
+        # Not `async with pool.connection()`: leaving that block after PREPARE would try to
+        # commit. psycopg keeps a connection in its two-phase state after PREPARE (only the
+        # same connection's tpc_commit/tpc_rollback clears it), so it is closed, not reused:
+        # the branch lives on in the server, and the pool opens a fresh connection.
+        conn = await self._pool.getconn()
+        try:
+            xid = conn.xid(sql.FORMAT_ID, txid, self._name)
+            try:
+                await conn.tpc_begin(xid)
+                await self._stage(conn, txid, facts, statements, meta)
+                await conn.tpc_prepare()
+            except LockstepError:
+                await _rollback_quietly(conn)
+                raise
+            except psycopg.Error as exc:
+                await _rollback_quietly(conn)
+                if await self._is_prepared(txid):
+                    return Vote.YES  # a retried prepare: the first one holds the branch
+                raise self._refusal(txid, exc) from exc
+        finally:
+            await conn.close()
+            await self._pool.putconn(conn)
+        return Vote.YES
+
+    async def commit(self, txid: str) -> None:
+        await self._open()
+        async with self._pool.connection() as conn:
+            try:
+                await conn.tpc_commit(conn.xid(sql.FORMAT_ID, txid, self._name))
+            except errors.UndefinedObject:
+                await conn.rollback()  # already committed (or never prepared: the log knows)
+            except psycopg.Error as exc:
+                raise self._error("commit", txid, exc) from exc
+
+    async def abort(self, txid: str) -> None:
+        await self._open()
+        for _ in range(20):
+            async with self._pool.connection() as conn:
+                try:
+                    await conn.tpc_rollback(conn.xid(sql.FORMAT_ID, txid, self._name))
+                except errors.UndefinedObject:
+                    await conn.rollback()
+                except psycopg.Error as exc:
+                    raise self._error("abort", txid, exc) from exc
+                try:
+                    await conn.execute(f"SET lock_timeout = '{self._lock_timeout_ms}ms'")
+                    await conn.execute(
+                        "INSERT INTO lockstep_markers VALUES (%s, 'aborted', %s) "
+                        "ON CONFLICT (txid) DO NOTHING",
+                        (txid, time.time()),
+                    )
+                    await conn.commit()
+                    return
+                except errors.LockNotAvailable:
+                    # A prepare of this txid is running right now: roll it back once it
+                    # has prepared, then fence.
+                    await conn.rollback()
+                except psycopg.Error as exc:
+                    raise self._error("abort", txid, exc) from exc
+            await asleep(0.05)
+        raise ParticipantError(
+            "could not fence the transaction: its prepare keeps running",
+            txid=txid,
+            participant=self._name,
+        )
+
+    async def recover(self) -> list[str]:
+        await self._open()
+        async with self._pool.connection() as conn:
+            try:
+                found = await conn.tpc_recover()
+                await conn.rollback()
+            except psycopg.Error as exc:
+                raise self._error("recover", None, exc) from exc
+        return sorted(
+            x.gtrid
+            for x in found
+            if x.format_id == sql.FORMAT_ID
+            and x.bqual == self._name
+            and x.database == self._database
+        )
+
+    async def commit_one_phase(self, txid: str, writes: Sequence[Write]) -> None:
+        facts = fact_writes(self._name, [w for w in writes if not isinstance(w, Execute)])
+        statements = [w for w in writes if isinstance(w, Execute)]
+        meta = transaction_meta(writes)
+        await self._open()
+        async with self._pool.connection() as conn:
+            try:
+                await self._stage(conn, txid, facts, statements, meta)
+            except LockstepError:
+                await conn.rollback()
+                raise
+            except psycopg.Error as exc:
+                await conn.rollback()
+                raise self._refusal(txid, exc) from exc
+            try:
+                await conn.commit()
+            except psycopg.OperationalError as exc:
+                raise TransactionInDoubt(
+                    f"the connection to Postgres failed during COMMIT: {exc}",
+                    txid=txid,
+                    participant=self._name,
+                ) from exc
+
+    # -- reads (committed data only) ----------------------------------------------------
+
+    async def get(self, fact_id: str) -> FactRecord | None:
+        rows = await self._read("SELECT record FROM lockstep_facts WHERE id = %s", (fact_id,))
+        return sql.record_of(rows[0][0]) if rows else None
+
+    async def get_many(self, fact_ids: Sequence[str]) -> dict[str, FactRecord]:
+        rows = await self._read(
+            "SELECT record FROM lockstep_facts WHERE id = ANY(%s)", (list(fact_ids),)
+        )
+        facts = [sql.record_of(row[0]) for row in rows]
+        return {f.id: f for f in facts}
+
+    async def query(
+        self,
+        typename: str | None,
+        filters: Mapping[str, JSONValue],
+        session_id: str | None,
+    ) -> list[FactRecord]:
+        statement, params = sql.query_sql(typename, filters, session_id)
+        return [sql.record_of(row[0]) for row in await self._read(statement, params)]
+
+    async def history(self, fact_id: str) -> list[FactRecord]:
+        rows = await self._read(
+            "SELECT record FROM lockstep_fact_history WHERE id = %s ORDER BY version",
+            (fact_id,),
+        )
+        return [sql.record_of(row[0]) for row in rows]
+
+    async def written_by(self, txids: Sequence[str]) -> list[FactRecord]:
+        rows = await self._read(
+            "SELECT record FROM lockstep_fact_history WHERE txid = ANY(%s) ORDER BY id, version",
+            (list(txids),),
+        )
+        return [sql.record_of(row[0]) for row in rows]
+
+    async def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]:
+        rows = await self._read(sql.SELECT_TRANSACTIONS, (session_id, session_id, limit))
+        return [
+            TransactionEntry(r[0], r[1], r[2], r[3], tuple(r[4]), r[5], r[6], r[7], r[8])
+            for r in rows
+        ]
+
+    async def all_facts(self) -> list[FactRecord]:
+        rows = await self._read("SELECT record FROM lockstep_facts ORDER BY id", ())
+        return [sql.record_of(row[0]) for row in rows]
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    # -- internals ----------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        if self._ready:
+            return
+        try:
+            await self._pool.open(wait=True, timeout=self._connect_timeout)
+        except Exception as exc:
+            raise ParticipantError(
+                f"cannot reach Postgres within {self._connect_timeout} s: {exc}",
+                participant=self._name,
+            ) from exc
+        async with self._pool.connection() as conn:
+            try:
+                # DDL on a table a prepared branch holds would wait for that branch, which
+                # may wait for this very process's recovery: create only what is missing.
+                present = await (await conn.execute(sql.SCHEMA_PRESENT)).fetchone()
+                if not (present and present[0]):
+                    await conn.execute("SET LOCAL lock_timeout = '10s'")
+                    await conn.execute("SELECT pg_advisory_xact_lock(4242424242)")
+                    for statement in sql.SCHEMA:
+                        await conn.execute(statement)
+                prepared = await (await conn.execute("SHOW max_prepared_transactions")).fetchone()
+                fsync = await (await conn.execute("SHOW fsync")).fetchone()
+                await conn.commit()
+            except psycopg.Error as exc:
+                raise self._error("open", None, exc) from exc
+            self._database = conn.info.dbname
+        if prepared is None or int(prepared[0]) <= 0:
+            raise ConfigurationError(
+                "Postgres has max_prepared_transactions = 0, so it cannot take part in "
+                "two-phase commits: set max_prepared_transactions > 0 (e.g. 64) in "
+                "postgresql.conf and restart the server",
+                participant=self._name,
+            )
+        if fsync is not None and fsync[0] != "on":
+            logger.warning("Postgres runs with fsync=%s: a crash can lose commits (G2)", fsync[0])
+        self._ready = True
+
+    async def _stage(
+        self,
+        conn: AsyncConnection[Any],
+        txid: str,
+        facts: Sequence[UpsertFact | DeleteFact],
+        statements: Sequence[Execute],
+        meta: TransactionMeta,
+    ) -> None:
+        await conn.execute(f"SET LOCAL lock_timeout = '{self._lock_timeout_ms}ms'")
+        now = time.time()
+        # The marker goes first: a fenced (aborted) txid fails here, before any work.
+        await conn.execute("INSERT INTO lockstep_markers VALUES (%s, 'committed', %s)", (txid, now))
+        cursor = await conn.execute(sql.SELECT_VERSIONS, ([w.fact_id for w in facts],))
+        versions = dict(await cursor.fetchall())
+        for write in facts:
+            actual = versions.get(write.fact_id, 0)
+            if actual != write.expected_version:
+                raise version_conflict(
+                    self._name, txid, write.fact_id, write.expected_version, actual
+                )
+            await conn.execute("DELETE FROM lockstep_claims WHERE fact_id = %s", (write.fact_id,))
+            if isinstance(write, UpsertFact):
+                if write.claim is not None:
+                    owner = await (await conn.execute(sql.SELECT_CLAIM, (write.claim,))).fetchone()
+                    if owner is not None and owner[0] != write.fact_id:
+                        raise claim_conflict(self._name, txid, write.claim, owner[0])
+                    await conn.execute(
+                        "INSERT INTO lockstep_claims VALUES (%s, %s)", (write.claim, write.fact_id)
+                    )
+                fact = write.fact
+                await conn.execute(sql.UPSERT_FACT, sql.fact_row(fact))
+                await conn.execute(
+                    sql.INSERT_HISTORY, (fact.id, fact.version, False, fact.txid, fact.to_json())
+                )
+            else:
+                await conn.execute("DELETE FROM lockstep_facts WHERE id = %s", (write.fact_id,))
+                if write.tombstone is not None:
+                    stone = write.tombstone
+                    await conn.execute(
+                        sql.INSERT_HISTORY,
+                        (write.fact_id, stone.version, True, stone.txid, stone.to_json()),
+                    )
+        for statement in statements:
+            await conn.execute(statement.sql, statement.params)
+        if meta.undoes:
+            await conn.execute(sql.MARK_ROLLED_BACK, (txid, list(meta.undoes)))
+        await conn.execute(
+            sql.INSERT_TRANSACTION,
+            (
+                txid,
+                meta.session_id,
+                meta.kind,
+                sql.undoes_json(meta.undoes),
+                now,
+                meta.actor,
+                meta.reason,
+            ),
+        )
+
+    async def _is_prepared(self, txid: str) -> bool:
+        return txid in await self.recover()
+
+    async def _read(self, statement: str, params: Any) -> list[Any]:
+        await self._open()
+        async with self._pool.connection() as conn:
+            try:
+                cursor = await conn.execute(statement, params)
+                rows = await cursor.fetchall()
+                await conn.rollback()
+                return rows
+            except psycopg.Error as exc:
+                raise self._error("read", None, exc) from exc
+
+    def _refusal(self, txid: str, exc: psycopg.Error) -> LockstepError:
+        """Why Postgres refused a branch, in Lockstep's terms."""
+        if isinstance(exc, errors.LockNotAvailable):
+            return VersionConflict(
+                "a fact or singleton key is staged by another transaction that has not finished",
+                txid=txid,
+                participant=self._name,
+            )
+        if isinstance(exc, errors.UniqueViolation):
+            if "lockstep_markers" in str(exc):
+                return already_aborted(self._name, txid)
+            return VersionConflict(
+                f"another writer created the same fact or key first: {exc}",
+                txid=txid,
+                participant=self._name,
+            )
+        if isinstance(exc, psycopg.NotSupportedError):
+            return ConfigurationError(
+                "Postgres refused PREPARE TRANSACTION: set max_prepared_transactions > 0 "
+                f"and restart the server ({exc})",
+                txid=txid,
+                participant=self._name,
+            )
+        if isinstance(exc, errors.SyntaxError | errors.UndefinedTable | errors.UndefinedColumn):
+            return UsageError(f"your SQL failed: {exc}", txid=txid, participant=self._name)
+        if isinstance(exc, psycopg.OperationalError):
+            return self._error("prepare", txid, exc)
+        return TransactionAborted(
+            f"Postgres refused the branch: {exc}", txid=txid, participant=self._name
+        )
+
+    def _error(self, action: str, txid: str | None, exc: Exception) -> ParticipantError:
+        return ParticipantError(
+            f"Postgres {action} failed: {exc}", txid=txid, participant=self._name
+        )
+
+
+async def _rollback_quietly(conn: AsyncConnection[Any]) -> None:
+    """End a branch that failed before PREPARE (the server may have ended it already)."""
+    try:
+        await conn.tpc_rollback()
+    except psycopg.Error:
+        try:
+            await conn.rollback()
+        except psycopg.Error:
+            pass
