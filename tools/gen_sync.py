@@ -31,6 +31,7 @@ REPLACEMENTS = {
     "ASYNC_API": "SYNC_API",
     "aresolve": "resolve",
     "ALock": "Lock",
+    "aclose": "close",
 }
 
 

@@ -7,6 +7,7 @@ store's committed contents through a fresh participant object where durability m
 from __future__ import annotations
 
 import pickle
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -25,24 +26,28 @@ from coordinator import (
     Write,
     new_txid,
 )
+from coordinator.abc import AsyncSupportsOnePhase
 from coordinator.records import singleton_claim
 from participants.memory import AsyncInMemoryStorage, MemoryBackend
 from participants.postgres import AsyncPostgresStorage
+from participants.redis import AsyncRedisStorage
 from participants.sqlite import AsyncSQLiteStorage
 from tests.support.crash import fact, upsert
 
 pytestmark = pytest.mark.anyio
 
-Store = AsyncInMemoryStorage | AsyncSQLiteStorage | AsyncPostgresStorage
+Store = AsyncInMemoryStorage | AsyncSQLiteStorage | AsyncPostgresStorage | AsyncRedisStorage
 Opener = Callable[[], Store]
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+@pytest.fixture(params=["memory", "sqlite", "postgres", "redis"])
 async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
     """Open the same store again, as a new process would after a crash."""
     opened: list[Store] = []
     backend = MemoryBackend()
     dsn = request.getfixturevalue("postgres_dsn") if request.param == "postgres" else ""
+    redis_url = request.getfixturevalue("redis_server").url if request.param == "redis" else ""
+    prefix = f"t{uuid.uuid4().hex[:12]}:"  # each test its own keys in the shared server
 
     def opener() -> Store:
         store: Store
@@ -50,8 +55,10 @@ async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
             store = AsyncInMemoryStorage("store", backend)
         elif request.param == "sqlite":
             store = AsyncSQLiteStorage(tmp_path / "facts.db", name="store")
-        else:
+        elif request.param == "postgres":
             store = AsyncPostgresStorage(dsn, name="store")
+        else:
+            store = AsyncRedisStorage(redis_url, name="store", prefix=prefix)
         opened.append(store)
         return store
 
@@ -167,6 +174,8 @@ async def test_delete_applies_at_commit_only(open_store: Opener) -> None:
 
 async def test_one_phase_commit_applies_or_refuses_atomically(open_store: Opener) -> None:
     store = open_store()
+    if not isinstance(store, AsyncSupportsOnePhase):
+        pytest.skip("one-phase commit is optional; this store always commits in two phases")
     await store.commit_one_phase(new_txid(), [upsert("a", 1, text="x"), upsert("b", 1)])
     with pytest.raises(VersionConflict):
         # "b" is fine, "a" is stale: neither may change.

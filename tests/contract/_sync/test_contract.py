@@ -9,6 +9,7 @@ store's committed contents through a fresh participant object where durability m
 from __future__ import annotations
 
 import pickle
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,24 +28,28 @@ from coordinator import (
     Write,
     new_txid,
 )
+from coordinator.abc import SupportsOnePhase
 from coordinator.records import singleton_claim
 from participants.memory import InMemoryStorage, MemoryBackend
 from participants.postgres import PostgresStorage
+from participants.redis import RedisStorage
 from participants.sqlite import SQLiteStorage
 from tests.support.crash import fact, upsert
 
 pytestmark = pytest.mark.anyio
 
-Store = InMemoryStorage | SQLiteStorage | PostgresStorage
+Store = InMemoryStorage | SQLiteStorage | PostgresStorage | RedisStorage
 Opener = Callable[[], Store]
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+@pytest.fixture(params=["memory", "sqlite", "postgres", "redis"])
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """Open the same store again, as a new process would after a crash."""
     opened: list[Store] = []
     backend = MemoryBackend()
     dsn = request.getfixturevalue("postgres_dsn") if request.param == "postgres" else ""
+    redis_url = request.getfixturevalue("redis_server").url if request.param == "redis" else ""
+    prefix = f"t{uuid.uuid4().hex[:12]}:"  # each test its own keys in the shared server
 
     def opener() -> Store:
         store: Store
@@ -52,8 +57,10 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opene
             store = InMemoryStorage("store", backend)
         elif request.param == "sqlite":
             store = SQLiteStorage(tmp_path / "facts.db", name="store")
-        else:
+        elif request.param == "postgres":
             store = PostgresStorage(dsn, name="store")
+        else:
+            store = RedisStorage(redis_url, name="store", prefix=prefix)
         opened.append(store)
         return store
 
@@ -169,6 +176,8 @@ def test_delete_applies_at_commit_only(open_store: Opener) -> None:
 
 def test_one_phase_commit_applies_or_refuses_atomically(open_store: Opener) -> None:
     store = open_store()
+    if not isinstance(store, SupportsOnePhase):
+        pytest.skip("one-phase commit is optional; this store always commits in two phases")
     store.commit_one_phase(new_txid(), [upsert("a", 1, text="x"), upsert("b", 1)])
     with pytest.raises(VersionConflict):
         # "b" is fine, "a" is stale: neither may change.

@@ -1,0 +1,280 @@
+"""The Redis participant (source of the generated sync twin).
+
+Theory of operation: ``prepare`` is one Lua script — it checks every fact's version, lock
+and singleton claim and, only if all pass, writes the stage (the writes, as JSON) and the
+lock keys and adds the txid to the prepared set, atomically. ``commit`` is one Lua script
+that applies the stage and deletes it (a missing stage: already committed). ``abort``
+deletes the stage and the locks and records the txid as aborted, which refuses a late
+prepare. Durability of each step is Redis's: run it with ``appendonly yes`` and
+``appendfsync always`` (checked at start-up, with a warning).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from coordinator.abc import AsyncDecisionLog, TransactionEntry, Vote
+from coordinator.errors import ParticipantError
+from coordinator.filters import check_filters, matches
+from coordinator.ids import check_participant_name
+from coordinator.log import AsyncMemoryDecisionLog
+from coordinator.records import FactRecord, JSONValue, UpsertFact, Write
+from participants._checks import (
+    already_aborted,
+    claim_conflict,
+    fact_writes,
+    locked_conflict,
+    transaction_meta,
+    version_conflict,
+)
+from participants.redis import _scripts
+from participants.redis._clients import AsyncRedis, AsyncRetry, NoBackoff, RedisError
+
+logger = logging.getLogger("participants.redis")
+
+
+class AsyncRedisStorage:
+    """Facts in Redis (JSON strings, type and session index sets), staged by Lua scripts.
+
+    :param url: ``redis://host:port/db``.
+    :param name: the participant name (keep it stable).
+    :param prefix: key prefix, so several stores can share one Redis.
+    :param timeout: seconds for connecting and for every command; no silent retries.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str = "redis",
+        prefix: str = "lockstep:",
+        timeout: float = 5.0,
+    ) -> None:
+        self._name = check_participant_name(name)
+        self._prefix = prefix
+        # redis-py retries for seconds by default; a participant must fail fast and let
+        # the coordinator decide.
+        self._client = AsyncRedis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=AsyncRetry(NoBackoff(), 0),
+        )
+        self._prepare_script = self._client.register_script(_scripts.PREPARE)
+        self._commit_script = self._client.register_script(_scripts.COMMIT)
+        self._abort_script = self._client.register_script(_scripts.ABORT)
+        self._checked = False
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def default_decision_log(self) -> AsyncDecisionLog:
+        """Without a configured log, decisions stay in this process (configure one)."""
+        return AsyncMemoryDecisionLog()
+
+    # -- the participant contract -------------------------------------------------------
+
+    async def prepare(self, txid: str, writes: Sequence[Write]) -> Vote:
+        facts = fact_writes(self._name, writes)
+        meta = transaction_meta(writes)
+        stage: dict[str, Any] = {
+            "writes": [_staged(w) for w in facts],
+            "meta": {
+                "session_id": meta.session_id or "",
+                "kind": meta.kind,
+                "undoes": list(meta.undoes),
+                "actor": meta.actor or "",
+                "reason": meta.reason or "",
+            },
+        }
+        args: list[Any] = [self._prefix, txid, json.dumps(stage), len(facts)]
+        for write in facts:
+            claim = write.claim if isinstance(write, UpsertFact) and write.claim else ""
+            args += [write.fact_id, write.expected_version, claim]
+        await self._check_durability()
+        reply = await self._run("prepare", txid, self._prepare_script, args)
+        match reply:
+            case ["YES"]:
+                return Vote.YES
+            case ["ABORTED"]:
+                raise already_aborted(self._name, txid)
+            case ["LOCKED", fact_id]:
+                raise locked_conflict(self._name, txid, fact_id)
+            case ["VERSION", fact_id, actual]:
+                expected = next(w.expected_version for w in facts if w.fact_id == fact_id)
+                raise version_conflict(self._name, txid, fact_id, expected, int(actual))
+            case ["CLAIM", claim, owner]:
+                raise claim_conflict(self._name, txid, claim, owner)
+        raise ParticipantError(f"unexpected reply to prepare: {reply!r}", participant=self._name)
+
+    async def commit(self, txid: str) -> None:
+        await self._run("commit", txid, self._commit_script, [self._prefix, txid, time.time()])
+
+    async def abort(self, txid: str) -> None:
+        await self._run("abort", txid, self._abort_script, [self._prefix, txid, time.time()])
+
+    async def recover(self) -> list[str]:
+        members = await self._call("recover", self._client.smembers, self._key("prepared"))
+        return sorted(members)
+
+    # -- reads (committed data only) ----------------------------------------------------
+
+    async def get(self, fact_id: str) -> FactRecord | None:
+        raw = await self._call("get", self._client.get, self._key("fact:" + fact_id))
+        return None if raw is None else FactRecord.from_json(raw)
+
+    async def get_many(self, fact_ids: Sequence[str]) -> dict[str, FactRecord]:
+        if not fact_ids:
+            return {}
+        keys = [self._key("fact:" + i) for i in fact_ids]
+        raws = await self._call("get", self._client.mget, keys)
+        facts = [FactRecord.from_json(raw) for raw in raws if raw is not None]
+        return {f.id: f for f in facts}
+
+    async def query(
+        self,
+        typename: str | None,
+        filters: Mapping[str, JSONValue],
+        session_id: str | None,
+    ) -> list[FactRecord]:
+        checked = check_filters(filters)
+        sets = [self._key("facts")]
+        if typename is not None:
+            sets.append(self._key("type:" + typename))
+        if session_id is not None:
+            sets.append(self._key("session:" + session_id))
+        ids = await self._call("query", self._client.sinter, sets)
+        facts = await self.get_many(sorted(ids))
+        return sorted(
+            (f for f in facts.values() if matches(f, checked)), key=lambda f: (f.ts, f.id)
+        )
+
+    async def history(self, fact_id: str) -> list[FactRecord]:
+        versions = await self._call(
+            "history", self._client.hgetall, self._key("history:" + fact_id)
+        )
+        return sorted((FactRecord.from_json(v) for v in versions.values()), key=lambda f: f.version)
+
+    async def written_by(self, txids: Sequence[str]) -> list[FactRecord]:
+        found: list[FactRecord] = []
+        for txid in txids:
+            written = await self._call(
+                "read", self._client.hget, self._key("tx:" + txid), "written"
+            )
+            for item in (written or "").split("\x1e"):
+                if item:
+                    fact_id, version = item.split("\x1f")
+                    raw = await self._call(
+                        "read", self._client.hget, self._key("history:" + fact_id), version
+                    )
+                    if raw is not None:
+                        found.append(FactRecord.from_json(raw))
+        return found
+
+    async def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]:
+        entries: list[TransactionEntry] = []
+        start = 0
+        while len(entries) < limit:
+            txids = await self._call(
+                "read", self._client.zrevrange, self._key("txlog"), start, start + 99
+            )
+            if not txids:
+                break
+            start += len(txids)
+            for txid in txids:
+                row = await self._call("read", self._client.hgetall, self._key("tx:" + txid))
+                entry = _entry(txid, row)
+                if (
+                    entry.kind == "write"
+                    and entry.rolled_back_by is None
+                    and (session_id is None or entry.session_id == session_id)
+                ):
+                    entries.append(entry)
+        return entries[:limit]
+
+    async def all_facts(self) -> list[FactRecord]:
+        ids = await self._call("read", self._client.smembers, self._key("facts"))
+        facts = await self.get_many(sorted(ids))
+        return [facts[i] for i in sorted(facts)]
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _key(self, suffix: str) -> str:
+        return self._prefix + suffix
+
+    async def _check_durability(self) -> None:
+        if self._checked:
+            return
+        try:
+            aof = await self._client.config_get("appendonly")
+            fsync = await self._client.config_get("appendfsync")
+        except RedisError:
+            aof, fsync = {}, {}  # CONFIG may be disabled on managed servers
+        if aof.get("appendonly") != "yes" or fsync.get("appendfsync") != "always":
+            logger.warning(
+                "Redis runs with appendonly=%s appendfsync=%s: a crash of Redis can lose "
+                "prepared or committed writes; use appendonly yes and appendfsync always",
+                aof.get("appendonly"),
+                fsync.get("appendfsync"),
+            )
+        self._checked = True
+
+    async def _run(self, action: str, txid: str, script: Any, args: list[Any]) -> Any:
+        try:
+            return await script(keys=[], args=args)
+        except RedisError as exc:
+            raise ParticipantError(
+                f"Redis {action} failed: {exc}", txid=txid, participant=self._name
+            ) from exc
+
+    async def _call(self, action: str, method: Any, *args: Any) -> Any:
+        try:
+            return await method(*args)
+        except RedisError as exc:
+            raise ParticipantError(f"Redis {action} failed: {exc}", participant=self._name) from exc
+
+
+def _staged(write: Any) -> dict[str, Any]:
+    if isinstance(write, UpsertFact):
+        fact = write.fact
+        return {
+            "op": "upsert",
+            "id": fact.id,
+            "version": fact.version,
+            "type": fact.type,
+            "session": fact.session_id or "",
+            "record": fact.to_json(),
+            "claim": write.claim or "",
+        }
+    stone = write.tombstone
+    return {
+        "op": "delete",
+        "id": write.fact_id,
+        "claim": "",
+        "tombstone": "" if stone is None else stone.to_json(),
+        "tomb_version": write.expected_version + 1 if stone is None else stone.version,
+    }
+
+
+def _entry(txid: str, row: Mapping[str, str]) -> TransactionEntry:
+    undoes = json.loads(row.get("undoes") or "[]")
+    return TransactionEntry(
+        int(row.get("seq", 0)),
+        txid,
+        row.get("session_id") or None,
+        row.get("kind", "write"),
+        tuple(undoes) if isinstance(undoes, list) else (),
+        row.get("rolled_back_by") or None,
+        float(row.get("committed_at", 0)),
+        row.get("actor") or None,
+        row.get("reason") or None,
+    )

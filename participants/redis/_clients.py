@@ -1,0 +1,10 @@
+"""The only place the Redis backend imports redis-py (sync and async faces)."""
+
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+from redis.retry import Retry
+
+__all__ = ["AsyncRedis", "AsyncRetry", "NoBackoff", "Redis", "RedisError", "ResponseError", "Retry"]

@@ -1,0 +1,113 @@
+"""The Lua scripts that make Redis a participant (pure text; run atomically by Redis).
+
+Each script runs as one atomic step on the server: no other command interleaves, so the
+checks and the writes of ``prepare`` are one step, and ``commit`` applies a whole stage or
+nothing of it. All three are idempotent by txid.
+"""
+
+PREPARE = """
+local p, txid, stage = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('SISMEMBER', p .. 'prepared', txid) == 1 then return {'YES'} end
+if redis.call('ZSCORE', p .. 'aborted', txid) then return {'ABORTED'} end
+local n = tonumber(ARGV[4])
+for i = 0, n - 1 do
+  local id, expected, claim = ARGV[5 + 3*i], tonumber(ARGV[6 + 3*i]), ARGV[7 + 3*i]
+  local holder = redis.call('GET', p .. 'lock:' .. id)
+  if holder and holder ~= txid then return {'LOCKED', id} end
+  local actual = tonumber(redis.call('HGET', p .. 'versions', id) or '0')
+  if actual ~= expected then return {'VERSION', id, tostring(actual)} end
+  if claim ~= '' then
+    local owner = redis.call('HGET', p .. 'claims', claim)
+    if owner and owner ~= id then return {'CLAIM', claim, owner} end
+    local locker = redis.call('GET', p .. 'claimlock:' .. claim)
+    if locker and locker ~= txid then return {'CLAIM', claim, 'staged by another transaction'} end
+  end
+end
+for i = 0, n - 1 do
+  redis.call('SET', p .. 'lock:' .. ARGV[5 + 3*i], txid)
+  if ARGV[7 + 3*i] ~= '' then redis.call('SET', p .. 'claimlock:' .. ARGV[7 + 3*i], txid) end
+end
+redis.call('SET', p .. 'stage:' .. txid, stage)
+redis.call('SADD', p .. 'prepared', txid)
+return {'YES'}
+"""
+
+COMMIT = """
+local p, txid, now = ARGV[1], ARGV[2], ARGV[3]
+local raw = redis.call('GET', p .. 'stage:' .. txid)
+if not raw then return 0 end
+local stage = cjson.decode(raw)
+local written = {}
+for _, w in ipairs(stage.writes) do
+  local id = w.id
+  local oldclaim = redis.call('HGET', p .. 'factclaim', id)
+  if oldclaim then
+    redis.call('HDEL', p .. 'claims', oldclaim)
+    redis.call('HDEL', p .. 'factclaim', id)
+  end
+  local old = redis.call('HGET', p .. 'where', id)
+  if old then
+    local t, s = string.match(old, '^(.-)\\31(.*)$')
+    redis.call('SREM', p .. 'type:' .. t, id)
+    if s ~= '' then redis.call('SREM', p .. 'session:' .. s, id) end
+  end
+  if w.op == 'upsert' then
+    redis.call('SET', p .. 'fact:' .. id, w.record)
+    redis.call('HSET', p .. 'versions', id, w.version)
+    redis.call('HSET', p .. 'where', id, w.type .. '\\31' .. w.session)
+    redis.call('SADD', p .. 'facts', id)
+    redis.call('SADD', p .. 'type:' .. w.type, id)
+    if w.session ~= '' then redis.call('SADD', p .. 'session:' .. w.session, id) end
+    redis.call('HSET', p .. 'history:' .. id, w.version, w.record)
+    if w.claim ~= '' then
+      redis.call('HSET', p .. 'claims', w.claim, id)
+      redis.call('HSET', p .. 'factclaim', id, w.claim)
+    end
+    table.insert(written, id .. '\\31' .. w.version)
+  else
+    redis.call('DEL', p .. 'fact:' .. id)
+    redis.call('HDEL', p .. 'versions', id)
+    redis.call('HDEL', p .. 'where', id)
+    redis.call('SREM', p .. 'facts', id)
+    if w.tombstone ~= '' then
+      redis.call('HSET', p .. 'history:' .. id, w.tomb_version, w.tombstone)
+      table.insert(written, id .. '\\31' .. w.tomb_version)
+    end
+  end
+  if redis.call('GET', p .. 'lock:' .. id) == txid then redis.call('DEL', p .. 'lock:' .. id) end
+  if w.claim ~= '' and redis.call('GET', p .. 'claimlock:' .. w.claim) == txid then
+    redis.call('DEL', p .. 'claimlock:' .. w.claim)
+  end
+end
+local meta = stage.meta
+for _, undone in ipairs(meta.undoes) do
+  redis.call('HSET', p .. 'tx:' .. undone, 'rolled_back_by', txid)
+end
+local seq = redis.call('INCR', p .. 'seq')
+redis.call('HSET', p .. 'tx:' .. txid, 'seq', seq, 'session_id', meta.session_id,
+  'kind', meta.kind, 'undoes', cjson.encode(meta.undoes), 'committed_at', now,
+  'actor', meta.actor, 'reason', meta.reason, 'written', table.concat(written, '\\30'))
+redis.call('ZADD', p .. 'txlog', seq, txid)
+redis.call('DEL', p .. 'stage:' .. txid)
+redis.call('SREM', p .. 'prepared', txid)
+return 1
+"""
+
+ABORT = """
+local p, txid, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local raw = redis.call('GET', p .. 'stage:' .. txid)
+if raw then
+  local stage = cjson.decode(raw)
+  for _, w in ipairs(stage.writes) do
+    if redis.call('GET', p .. 'lock:' .. w.id) == txid then redis.call('DEL', p .. 'lock:' .. w.id) end
+    if w.claim ~= '' and redis.call('GET', p .. 'claimlock:' .. w.claim) == txid then
+      redis.call('DEL', p .. 'claimlock:' .. w.claim)
+    end
+  end
+  redis.call('DEL', p .. 'stage:' .. txid)
+end
+redis.call('SREM', p .. 'prepared', txid)
+redis.call('ZADD', p .. 'aborted', now, txid)
+redis.call('ZREMRANGEBYSCORE', p .. 'aborted', '-inf', now - 86400)
+return 1
+"""
