@@ -19,6 +19,7 @@ from coordinator.abc import AsyncDecisionLog, AsyncParticipant, DecisionLog, Par
 from coordinator.errors import ConfigurationError
 
 PARTICIPANTS_GROUP = "lockstep.participants"
+LOGS_GROUP = "lockstep.logs"
 
 ParticipantFactory = Callable[..., Participant | AsyncParticipant]
 
@@ -88,7 +89,8 @@ def open_participant(
 
 
 def open_decision_log(url: str, *, asynchronous: bool = False) -> DecisionLog | AsyncDecisionLog:
-    """Open a decision log: ``sqlite:///path/decisions.db`` or ``memory://``."""
+    """Open a decision log: ``sqlite:///path/decisions.db``, ``memory://``, or a backend's
+    (``postgresql://...`` with the postgres extra), found through entry points."""
     from coordinator.log import (
         AsyncDecisionLogAdapter,
         MemoryDecisionLog,
@@ -97,10 +99,19 @@ def open_decision_log(url: str, *, asynchronous: bool = False) -> DecisionLog | 
 
     scheme = scheme_of(url)
     log: DecisionLog
+    found = [ep for ep in entry_points(group=LOGS_GROUP) if ep.name == scheme]
     if scheme == "sqlite":
         log = SQLiteDecisionLog(path_of(url))
     elif scheme == "memory":
         log = MemoryDecisionLog()
+    elif found:
+        try:
+            log = found[0].load()(url)
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"the {scheme}:// decision log is not installed ({exc})"
+            ) from exc
     else:
-        raise ConfigurationError(f"no decision log for {scheme}:// (known: sqlite, memory)")
+        known = ["sqlite", "memory", *sorted(ep.name for ep in entry_points(group=LOGS_GROUP))]
+        raise ConfigurationError(f"no decision log for {scheme}:// (known: {', '.join(known)})")
     return AsyncDecisionLogAdapter(log) if asynchronous else log

@@ -7,9 +7,16 @@ Needs the ``postgres`` extra (``psycopg``, ``psycopg-pool``) and a server with
 from __future__ import annotations
 
 from participants.postgres._async.storage import AsyncPostgresStorage
+from participants.postgres._log import AsyncPostgresDecisionLog, PostgresDecisionLog
 from participants.postgres._sync.storage import PostgresStorage
 
-__all__ = ["AsyncPostgresStorage", "PostgresStorage", "from_url"]
+__all__ = [
+    "AsyncPostgresDecisionLog",
+    "AsyncPostgresStorage",
+    "PostgresDecisionLog",
+    "PostgresStorage",
+    "from_url",
+]
 
 
 def from_url(

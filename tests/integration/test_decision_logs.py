@@ -1,4 +1,4 @@
-"""The SQLite decision log: decide-once, durable, shared by processes, group commit."""
+"""Decision logs (SQLite, Postgres, memory): decide-once, durable, shared by processes."""
 
 from __future__ import annotations
 
@@ -6,23 +6,36 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from coordinator import Decision, DecisionLogError, new_txid
+from coordinator.abc import DecisionLog
 from coordinator.log import MemoryDecisionLog, SQLiteDecisionLog
+from participants.postgres import PostgresDecisionLog
 
-LOGS = ["sqlite", "memory"]
+LOGS = ["sqlite", "memory", "postgres"]
 
 
-def open_log(kind: str, tmp_path: Path) -> SQLiteDecisionLog | MemoryDecisionLog:
-    return SQLiteDecisionLog(tmp_path / "log.db") if kind == "sqlite" else MemoryDecisionLog()
+@pytest.fixture
+def open_log(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], DecisionLog]:
+    def opener(kind: str) -> DecisionLog:
+        if kind == "sqlite":
+            return SQLiteDecisionLog(tmp_path / "log.db")
+        if kind == "postgres":
+            return PostgresDecisionLog(request.getfixturevalue("postgres_dsn"))
+        return MemoryDecisionLog()
+
+    return opener
 
 
 @pytest.mark.parametrize("kind", LOGS)
-def test_the_first_decision_wins_and_every_caller_learns_it(kind: str, tmp_path: Path) -> None:
-    log = open_log(kind, tmp_path)
+def test_the_first_decision_wins_and_every_caller_learns_it(
+    kind: str, open_log: Callable[[str], DecisionLog]
+) -> None:
+    log = open_log(kind)
     txid = new_txid()
     assert log.decide(txid, Decision.ABORT, ["a"]) is Decision.ABORT
     assert log.decide(txid, Decision.COMMIT, ["a", "b"]) is Decision.ABORT
@@ -31,8 +44,8 @@ def test_the_first_decision_wins_and_every_caller_learns_it(kind: str, tmp_path:
 
 
 @pytest.mark.parametrize("kind", LOGS)
-def test_decide_many_returns_each_winner(kind: str, tmp_path: Path) -> None:
-    log = open_log(kind, tmp_path)
+def test_decide_many_returns_each_winner(kind: str, open_log: Callable[[str], DecisionLog]) -> None:
+    log = open_log(kind)
     old, new = new_txid(), new_txid()
     log.decide(old, Decision.COMMIT, ["a"])
     won = log.decide_many([(old, Decision.ABORT, ["a"]), (new, Decision.ABORT, ["b"])])
@@ -40,8 +53,10 @@ def test_decide_many_returns_each_winner(kind: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", LOGS)
-def test_end_removes_a_record_from_the_unended_list(kind: str, tmp_path: Path) -> None:
-    log = open_log(kind, tmp_path)
+def test_end_removes_a_record_from_the_unended_list(
+    kind: str, open_log: Callable[[str], DecisionLog]
+) -> None:
+    log = open_log(kind)
     done, open_ = new_txid(), new_txid()
     log.decide(done, Decision.COMMIT, ["a"])
     log.decide(open_, Decision.COMMIT, ["a"])
@@ -148,3 +163,24 @@ def test_a_closed_log_raises_a_log_error(tmp_path: Path) -> None:
     log.close()  # idempotent
     with pytest.raises(DecisionLogError, match="closed"):
         log.decide(new_txid(), Decision.COMMIT, ["a"])
+
+
+def test_threads_racing_on_the_postgres_log_agree_on_every_decision(postgres_dsn: str) -> None:
+    txids = [new_txid() for _ in range(50)]
+    answers: list[list[Decision]] = []
+
+    def racer(decision: Decision) -> None:
+        log = PostgresDecisionLog(postgres_dsn)
+        won = log.decide_many([(t, decision, [decision.value]) for t in txids])
+        answers.append([won[t] for t in txids])
+        log.close()
+
+    threads = [
+        threading.Thread(target=racer, args=(d,))
+        for d in (Decision.COMMIT, Decision.ABORT, Decision.COMMIT, Decision.ABORT)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(answers) == 4 and all(a == answers[0] for a in answers)
