@@ -50,6 +50,7 @@ class PostgresDecisionLog:
             min_size=1,
             max_size=max_connections,
             kwargs={"connect_timeout": max(1, int(connect_timeout))},
+            timeout=connect_timeout,
             open=False,
             check=ConnectionPool.check_connection,
         )

@@ -81,6 +81,7 @@ class AsyncMemoryTransaction:
         self._kind = kind
         self._undoes = undoes
         self._changes: dict[str, _Change] = {}
+        self._reads: dict[str, FactRecord | None] = {}
         self._sql: dict[str, list[Write]] = {}
         self.outcome: Outcome | None = None
 
@@ -99,7 +100,12 @@ class AsyncMemoryTransaction:
     # -- reads --------------------------------------------------------------------------
 
     async def get(self, fact_id: str) -> dict[str, Any] | None:
-        """The fact as this transaction would leave it."""
+        """The fact as this transaction would leave it.
+
+        The version read here is the one this transaction's writes to the fact will
+        expect: a read-modify-write inside a transaction never loses a concurrent update
+        (the commit raises ``VersionConflict`` instead).
+        """
         current = await self._current(fact_id)
         return None if current is None else as_dict(current)
 
@@ -107,7 +113,13 @@ class AsyncMemoryTransaction:
         change = self._changes.get(fact_id)
         if change is not None:
             return change.after
-        return await self._store.storage.get(fact_id)
+        return await self._read(fact_id)
+
+    async def _read(self, fact_id: str) -> FactRecord | None:
+        """The committed state, read once per transaction (later writes expect it)."""
+        if fact_id not in self._reads:
+            self._reads[fact_id] = await self._store.storage.get(fact_id)
+        return self._reads[fact_id]
 
     # -- changes ------------------------------------------------------------------------
 
@@ -313,7 +325,7 @@ class AsyncMemoryTransaction:
         """This transaction's change of the fact (its committed state read on first touch)."""
         change = self._changes.get(fact_id)
         if change is None:
-            before = await self._store.storage.get(fact_id)
+            before = await self._read(fact_id)
             change = self._changes[fact_id] = _Change(before, before)
         return change
 

@@ -92,6 +92,7 @@ class AsyncPostgresStorage:
             min_size=1,
             max_size=max_connections,
             kwargs={"connect_timeout": max(1, int(connect_timeout))},
+            timeout=connect_timeout,
             open=False,
             check=AsyncConnectionPool.check_connection,
         )
