@@ -1,57 +1,171 @@
-"""The ``lockstep`` command line."""
+"""The ``lockstep`` command line.
+
+Stores come from ``--store NAME=URL`` / ``--log URL`` options, or else from
+``--config lockstep.toml`` / ``LOCKSTEP_*`` variables (see :mod:`coordinator.settings`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import threading
+import time
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
+from coordinator import daemon
 from coordinator._sync.coordinator import Coordinator
 from coordinator.abc import DecisionLog, Participant
 from coordinator.errors import LockstepError
 from coordinator.faults import hook_from_environment
-from coordinator.plugins import open_decision_log, open_participant
+from coordinator.ids import txid_time
+from coordinator.memory import MemoryStore
+from coordinator.outcomes import RecoveryReport
+from coordinator.plugins import open_decision_log, open_participant, path_of
 from coordinator.policy import Policy
+from coordinator.settings import LockstepSettings
 
 
-def _recover(args: argparse.Namespace) -> int:
-    participants: list[Participant] = []
-    for spec in args.store:
-        name, _, url = spec.partition("=")
-        if not url:
-            raise SystemExit(f"--store takes NAME=URL, got {spec!r}")
-        participants.append(open_participant(url, name=name))
-    log = cast(DecisionLog, open_decision_log(args.log))
-    policy = Policy(in_doubt_timeout=args.in_doubt_timeout)
-    report = Coordinator(
-        participants, log, policy=policy, fault_hook=hook_from_environment()
-    ).recover()
-    summary = {
+def _settings(args: argparse.Namespace) -> LockstepSettings:
+    return LockstepSettings.from_file(args.config) if args.config else LockstepSettings()
+
+
+def _coordinator(args: argparse.Namespace) -> tuple[Coordinator, str | None]:
+    """A coordinator over the stores named on the command line or in the settings, and
+    the path of a lease file (for SQLite logs)."""
+    settings = _settings(args)
+    timeout = args.in_doubt_timeout or settings.in_doubt_timeout
+    policy = Policy(in_doubt_timeout=timeout, prepare_timeout=settings.prepare_timeout)
+    if args.store:
+        participants: list[Participant] = []
+        for spec in args.store:
+            name, _, url = spec.partition("=")
+            if not url:
+                raise SystemExit(f"--store takes NAME=URL, got {spec!r}")
+            participants.append(open_participant(url, name=name))
+        if not args.log:
+            raise SystemExit("--store needs --log URL (the decision log of those stores)")
+        log = cast(DecisionLog, open_decision_log(args.log))
+        lease = path_of(args.log) + ".lease" if args.log.startswith("sqlite:") else None
+        hook = hook_from_environment()
+        return Coordinator(participants, log, policy=policy, fault_hook=hook), lease
+    store = MemoryStore.from_settings(settings)
+    lease = None
+    log_path = getattr(getattr(store.log, "sync", None), "path", None)
+    if isinstance(log_path, str):
+        lease = log_path + ".lease"
+    coordinator = store.coordinator_with(in_doubt_timeout=timeout)
+    return coordinator, lease
+
+
+def _summary(report: RecoveryReport) -> dict[str, Any]:
+    return {
         "committed": [list(b) for b in report.committed],
         "aborted": [list(b) for b in report.aborted],
         "fenced": list(report.fenced),
         "waiting": list(report.waiting),
         "failed": {k: str(v) for k, v in report.failed.items()},
     }
+
+
+def _line(report: RecoveryReport) -> str:
+    return (
+        f"committed {len(report.committed)} branches, aborted {len(report.aborted)}, "
+        f"fenced {len(report.fenced)}, waiting {len(report.waiting)}, "
+        f"failed {len(report.failed)}"
+    )
+
+
+def _recover(args: argparse.Namespace) -> int:
+    coordinator, lease = _coordinator(args)
+    if not args.watch:
+        report = coordinator.recover()
+        if args.json:
+            print(json.dumps(_summary(report), indent=2))
+        else:
+            print(_line(report))
+            for key, err in report.failed.items():
+                print(f"  failed {key}: {err}")
+        return 0 if report.clean else 1
+
+    stop = threading.Event()
+    daemon.stop_on_signals(stop)
+
+    def show(result: RecoveryReport | BaseException) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        if isinstance(result, BaseException):
+            print(f"{stamp} pass failed: {result}", flush=True)
+        elif args.json:
+            print(json.dumps({"at": stamp, **_summary(result)}), flush=True)
+        else:
+            print(f"{stamp} {_line(result)}", flush=True)
+
+    def watch() -> int:
+        passes = daemon.run(coordinator.recover, interval=args.interval, stop=stop, on_pass=show)
+        print(f"stopped after {passes} passes", flush=True)
+        return 0
+
+    if lease is None:
+        return watch()
+    with daemon.file_lease(lease) as held:
+        if not held:
+            print(f"another recovery daemon holds {lease}; exiting", file=sys.stderr)
+            return 3
+        return watch()
+
+
+def _verify(args: argparse.Namespace) -> int:
+    store = MemoryStore.from_settings(_settings(args))
+    try:
+        report = store.repair() if args.repair else store.verify()
+        if args.json:
+            print(report.to_json())
+        else:
+            action = "repaired" if args.repair else "found"
+            print(f"{report.facts} facts in the storage; {action} {report.drifted_facts} drifted")
+            for name, drift in report.indexes.items():
+                print(
+                    f"  {name}: missing {len(drift.missing)}, extra {len(drift.extra)}, "
+                    f"stale {len(drift.stale)}, pending {len(drift.pending)}"
+                )
+            for name, txids in report.staged.items():
+                if txids:
+                    print(f"  {name}: {len(txids)} branches staged")
+        if args.repair:
+            return 0 if store.verify().clean else 1
+        return 0 if report.clean else 1
+    finally:
+        store.close()
+
+
+def _status(args: argparse.Namespace) -> int:
+    coordinator, _ = _coordinator(args)
+    now = time.time()
+    in_doubt = {name: p.recover() for name, p in coordinator.participants.items()}
+    oldest = min((txid_time(t) for ts in in_doubt.values() for t in ts), default=None)
+    counts = {name: len(ts) for name, ts in in_doubt.items()}
+    status: dict[str, Any] = {
+        "unended_decisions": len(coordinator.log.unended()),
+        "in_doubt": counts,
+        "oldest_pending_seconds": None if oldest is None else round(now - oldest, 3),
+    }
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(status, indent=2))
     else:
-        print(
-            f"committed {len(report.committed)} branches, aborted {len(report.aborted)}, "
-            f"fenced {len(report.fenced)}, waiting {len(report.waiting)}, "
-            f"failed {len(report.failed)}"
-        )
-        for key, err in report.failed.items():
-            print(f"  failed {key}: {err}")
-    return 0 if report.clean else 1
+        print(f"decisions not yet finished everywhere: {status['unended_decisions']}")
+        for name, count in counts.items():
+            print(f"  {name}: {count} branches in doubt")
+        if oldest is not None:
+            print(f"oldest pending branch: {status['oldest_pending_seconds']} s")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="lockstep", description="Atomic memory commits across an agent's stores."
     )
+    parser.add_argument("--config", metavar="FILE", help="settings file (lockstep.toml)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser(
@@ -59,16 +173,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     demo.add_argument("--runs", type=int, default=12, help="runs per approach (default 12)")
     demo.add_argument("--writes", type=int, default=30, help="memory writes per run")
-    demo.add_argument("--fail-rate", type=float, default=0.1, help="index failure rate")
+    demo.add_argument("--fail-rate", type=float, default=0.1, help="vector failure rate")
     demo.add_argument("--json", action="store_true", help="print the table as JSON")
 
-    recover = commands.add_parser("recover", help="resolve in-doubt transactions once")
-    recover.add_argument(
-        "--store", action="append", default=[], metavar="NAME=URL", help="a participant"
-    )
-    recover.add_argument("--log", required=True, metavar="URL", help="the decision log")
-    recover.add_argument("--in-doubt-timeout", type=float, default=Policy().in_doubt_timeout)
-    recover.add_argument("--json", action="store_true")
+    for name, help_text in (
+        ("recover", "resolve in-doubt transactions (once, or --watch as a daemon)"),
+        ("status", "decision log, in-doubt branches per participant, oldest pending age"),
+    ):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--store", action="append", default=[], metavar="NAME=URL")
+        sub.add_argument("--log", metavar="URL", help="the decision log of --store stores")
+        sub.add_argument("--in-doubt-timeout", type=float, default=None)
+        sub.add_argument("--json", action="store_true")
+        if name == "recover":
+            sub.add_argument("--watch", action="store_true", help="run as a daemon")
+            sub.add_argument("--interval", type=float, default=5.0, help="seconds between passes")
+
+    verify = commands.add_parser("verify", help="compare every index with the storage")
+    verify.add_argument("--repair", action="store_true", help="rebuild drifted index entries")
+    verify.add_argument("--json", action="store_true")
 
     args = parser.parse_args(argv)
     try:
@@ -76,7 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from coordinator._demo import demo as run_demo
 
             return run_demo(args.runs, args.writes, args.fail_rate, args.json)
-        return _recover(args)
+        if args.command == "recover":
+            return _recover(args)
+        if args.command == "status":
+            return _status(args)
+        return _verify(args)
     except LockstepError as err:
         print(f"lockstep: {err}", file=sys.stderr)
         return 2

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from coordinator._acompat import SYNC_API, blocking
 from coordinator._sync.coordinator import Coordinator
-from coordinator.abc import DecisionLog, Embedder, Index, Storage
+from coordinator.abc import DecisionLog, Embedder, Index, Storage, Vote
 from coordinator.errors import ConfigurationError, ImmutableViolation, UsageError
 from coordinator.faults import FaultHook, no_faults
 from coordinator.filters import check_filters, matches
@@ -832,6 +832,40 @@ class MemoryStore:
             drift[index.name] = compare(facts, contents, functools.partial(_held, index))
         staged = {self.storage.name: self.storage.recover()}
         return VerifyReport(len(facts), drift, staged)
+
+    def repair(self) -> VerifyReport:
+        """Rebuild the indexes from the storage where they differ, one fact at a time.
+
+        Recovery runs first (so nothing is left staged); then every missing or stale fact
+        is re-indexed at its committed version and every extra point removed, each as its
+        own small commit on the index. The storage, the source of truth, is not changed.
+        :returns: the drift that was repaired (run ``verify`` again to see it gone).
+        """
+        self.recover()
+        report = self.verify()
+        for index in self.indexes:
+            drift = report.indexes[index.name]
+            held = (index.contents()).committed
+            rebuild = [*drift.missing, *(fid for fid, _, _ in drift.stale)]
+            facts = self.storage.get_many(rebuild)
+            for fact_id in rebuild:
+                fact = facts.get(fact_id)
+                text = None if fact is None else index.text_of(fact)
+                if fact is None or text is None:
+                    continue
+                if held.get(fact_id, 0) > fact.version:  # a point newer than the truth
+                    self._apply_to_index(index, [DeleteFact(fact_id, held[fact_id])])
+                vector = index.embedder.embed([text])[0]
+                write = UpsertFact(fact, 0, embedding=tuple(vector))
+                self._apply_to_index(index, [write])
+            for fact_id in drift.extra:
+                self._apply_to_index(index, [DeleteFact(fact_id, held[fact_id])])
+        return report
+
+    def _apply_to_index(self, index: Index, writes: list[Write]) -> None:
+        txid = new_txid()
+        if index.prepare(txid, writes) is Vote.YES:
+            index.commit(txid)
 
     def close(self) -> None:
         """Close the storage, the indexes and the log."""
