@@ -54,7 +54,9 @@ def index() -> QdrantIndex:
 
 def ours_prepared(dsn: str) -> list[str]:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute("SELECT gid FROM pg_prepared_xacts").fetchall()
+        rows = conn.execute(
+            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()"
+        ).fetchall()
     return [r[0] for r in rows]
 
 
