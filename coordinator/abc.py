@@ -101,6 +101,31 @@ class SupportsOnePhase(Protocol):
     def commit_one_phase(self, txid: str, writes: Sequence[Write]) -> None: ...
 
 
+@runtime_checkable
+class AsyncSupportsLastResource(Protocol):
+    """A participant whose database also holds the decision log (the last-resource option).
+
+    ``commit_with_decision`` applies ``writes`` and inserts-if-absent the COMMIT decision
+    for ``txid`` (naming ``participants``) in one local transaction. It raises
+    ``TransactionAborted`` when a decision already exists (recovery fenced the txid) or the
+    writes are refused, and ``TransactionInDoubt`` when it cannot tell whether its local
+    commit happened.
+    """
+
+    async def commit_with_decision(
+        self, txid: str, writes: Sequence[Write], participants: Sequence[str]
+    ) -> None: ...
+
+
+@runtime_checkable
+class SupportsLastResource(Protocol):
+    """The synchronous twin of :class:`AsyncSupportsLastResource`."""
+
+    def commit_with_decision(
+        self, txid: str, writes: Sequence[Write], participants: Sequence[str]
+    ) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class DecisionRecord:
     """One row of the decision log.

@@ -24,6 +24,10 @@ class Policy:
     :ivar one_phase: commit a single participant in one local step, with no log record.
     :ivar concurrent_prepare: prepare (and finish) participants concurrently.
     :ivar recovery_concurrency: branches recovery resolves at once.
+    :ivar last_resource: the name of a participant whose database also holds the decision
+        log (e.g. Postgres with :class:`PostgresDecisionLog` on the same database): it is
+        committed last, in one local transaction that also records the COMMIT decision,
+        so it needs no PREPARE and the commit needs no separate log write.
     """
 
     prepare_timeout: float = 10.0
@@ -35,6 +39,7 @@ class Policy:
     one_phase: bool = True
     concurrent_prepare: bool = True
     recovery_concurrency: int = 16
+    last_resource: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("prepare_timeout", "in_doubt_timeout"):

@@ -18,6 +18,7 @@ from coordinator._core.effects import (
     AbortAll,
     Backoff,
     BranchesResolved,
+    CommitLastResource,
     CommitOnePhase,
     CommittedOnePhase,
     DecisionPersisted,
@@ -42,6 +43,7 @@ from coordinator._core.recovery import recovery_plan
 from coordinator.abc import (
     AsyncDecisionLog,
     AsyncParticipant,
+    AsyncSupportsLastResource,
     AsyncSupportsOnePhase,
     Decision,
     Vote,
@@ -121,7 +123,17 @@ class AsyncCoordinator:
             and len(names) == 1
             and isinstance(self._participants[names[0]], AsyncSupportsOnePhase)
         )
-        protocol = commit_protocol(txid, names, self._policy, one_phase=one_phase)
+        last = self._policy.last_resource
+        if last is not None and not isinstance(
+            self._participants.get(last), AsyncSupportsLastResource
+        ):
+            raise UsageError(
+                f"Policy.last_resource={last!r} names no participant able to commit with the "
+                f"decision (configured: {sorted(self._participants)})"
+            )
+        protocol = commit_protocol(
+            txid, names, self._policy, one_phase=one_phase, last_resource=last
+        )
         with telemetry.transaction_span(txid, names) as span:
             try:
                 outcome = await self._drive(
@@ -235,6 +247,17 @@ class AsyncCoordinator:
                     except Exception as exc:
                         return CommittedOnePhase(exc)
                     self._fault(f"after_one_phase:{name}")
+                return CommittedOnePhase()
+            case CommitLastResource(txid, name, names):
+                with telemetry.phase_span("commit_last_resource", txid):
+                    self._fault("before_decision")
+                    try:
+                        participant = self._participants[name]
+                        assert isinstance(participant, AsyncSupportsLastResource)
+                        await participant.commit_with_decision(txid, branches[name], names)
+                    except Exception as exc:
+                        return CommittedOnePhase(exc)
+                    self._fault("after_decision")
                 return CommittedOnePhase()
             case PersistDecision(txid, decision, names):
                 with telemetry.phase_span("decide", txid):

@@ -43,6 +43,18 @@ class CommittedOnePhase:
 
 
 @dataclass(frozen=True, slots=True)
+class CommitLastResource:
+    """Commit the last resource in one local transaction that also records COMMIT for
+    ``txid`` (naming ``participants``) in the decision log it holds. That commit is the
+    commit point. Reply: :class:`CommittedOnePhase`.
+    """
+
+    txid: str
+    participant: str
+    participants: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class PersistDecision:
     """Insert-if-absent ``decision`` for ``txid``; durable before the reply.
 
@@ -170,6 +182,7 @@ class BranchesResolved:
 Effect = (
     PrepareAll
     | CommitOnePhase
+    | CommitLastResource
     | PersistDecision
     | AbortAll
     | FinishAll

@@ -13,6 +13,10 @@ Rule 4. After the COMMIT decision nothing undoes it. Phase 2 is retried within a
 Rule 5. The END record is written lazily, only once every branch acknowledged.
 Rule 6. One participant with a one-phase capability commits in one local step and needs
         no log record; read-only participants leave after phase 1.
+Rule 7. Last resource: when one participant holds the decision log in its own database,
+        the others prepare first; then that participant commits its writes and the COMMIT
+        record in one local transaction, which is the commit point. If that transaction's
+        fate is unknown (connection lost), nothing is aborted: the log will say.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Generator, Mapping
 from coordinator._core.effects import (
     AbortAll,
     Backoff,
+    CommitLastResource,
     CommitOnePhase,
     CommittedOnePhase,
     DecisionPersisted,
@@ -52,12 +57,19 @@ CommitProtocol = Generator[Effect, Reply, Outcome]
 
 
 def commit_protocol(
-    txid: str, participants: tuple[str, ...], policy: Policy, *, one_phase: bool = False
+    txid: str,
+    participants: tuple[str, ...],
+    policy: Policy,
+    *,
+    one_phase: bool = False,
+    last_resource: str | None = None,
 ) -> CommitProtocol:
     """Run one transaction over ``participants`` (names, already validated).
 
     :param one_phase: the single participant supports one-phase commit and the policy
         allows it.
+    :param last_resource: a participant (among ``participants``) to commit last together
+        with the decision record (Rule 7).
     :returns: the :class:`Outcome` once the transaction committed.
     :raises TransactionAborted: (or a subclass) when nothing was committed.
     :raises TransactionInDoubt: when the log failed while recording the decision.
@@ -71,6 +83,9 @@ def commit_protocol(
         if reply.error is not None:
             raise _one_phase_error(txid, participants[0], reply.error)
         return Outcome(txid, Decision.COMMIT, participants, one_phase=True)
+
+    if last_resource is not None and last_resource in participants:
+        return (yield from _with_last_resource(txid, participants, last_resource, policy))
 
     reply = yield PrepareAll(txid, participants)
     assert isinstance(reply, Prepared)
@@ -107,6 +122,17 @@ def commit_protocol(
             txid=txid,
         )
 
+    return (yield from _finish(txid, participants, voters, read_only, policy))
+
+
+def _finish(
+    txid: str,
+    participants: tuple[str, ...],
+    voters: tuple[str, ...],
+    read_only: tuple[str, ...],
+    policy: Policy,
+) -> CommitProtocol:
+    """Phase 2 after a COMMIT decision: retried within the bound, never undone (Rule 4)."""
     unfinished: tuple[str, ...] = voters
     errors: Mapping[str, BaseException] = {}
     for attempt in range(1, policy.finish_attempts + 1):
@@ -129,6 +155,31 @@ def commit_protocol(
         read_only=read_only,
         errors=dict(errors),
     )
+
+
+def _with_last_resource(
+    txid: str, participants: tuple[str, ...], last: str, policy: Policy
+) -> CommitProtocol:
+    others = tuple(name for name in participants if name != last)
+    reply = yield PrepareAll(txid, others)
+    assert isinstance(reply, Prepared)
+    refusals = {
+        name: vote
+        for name in others
+        if isinstance(vote := reply.votes.get(name, TimeoutError("no vote")), BaseException)
+    }
+    if refusals:
+        yield AbortAll(txid, others)  # the last resource has nothing staged yet
+        raise _refusal_error(txid, others, refusals)
+    voters = tuple(name for name in others if reply.votes[name] is Vote.YES)
+    read_only = tuple(name for name in others if reply.votes[name] is Vote.READ_ONLY)
+    committed = yield CommitLastResource(txid, last, (*voters, last))
+    assert isinstance(committed, CommittedOnePhase)
+    if committed.error is not None:
+        if not isinstance(committed.error, TransactionInDoubt):
+            yield AbortAll(txid, voters)
+        raise _one_phase_error(txid, last, committed.error)
+    return (yield from _finish(txid, participants, voters, read_only, policy))
 
 
 def _refusal_error(

@@ -20,6 +20,7 @@ from coordinator._core.effects import (
     AbortAll,
     Backoff,
     BranchesResolved,
+    CommitLastResource,
     CommitOnePhase,
     CommittedOnePhase,
     DecisionPersisted,
@@ -45,6 +46,7 @@ from coordinator.abc import (
     Decision,
     DecisionLog,
     Participant,
+    SupportsLastResource,
     SupportsOnePhase,
     Vote,
 )
@@ -121,7 +123,15 @@ class Coordinator:
             and len(names) == 1
             and isinstance(self._participants[names[0]], SupportsOnePhase)
         )
-        protocol = commit_protocol(txid, names, self._policy, one_phase=one_phase)
+        last = self._policy.last_resource
+        if last is not None and not isinstance(self._participants.get(last), SupportsLastResource):
+            raise UsageError(
+                f"Policy.last_resource={last!r} names no participant able to commit with the "
+                f"decision (configured: {sorted(self._participants)})"
+            )
+        protocol = commit_protocol(
+            txid, names, self._policy, one_phase=one_phase, last_resource=last
+        )
         with telemetry.transaction_span(txid, names) as span:
             try:
                 outcome = self._drive(
@@ -233,6 +243,17 @@ class Coordinator:
                     except Exception as exc:
                         return CommittedOnePhase(exc)
                     self._fault(f"after_one_phase:{name}")
+                return CommittedOnePhase()
+            case CommitLastResource(txid, name, names):
+                with telemetry.phase_span("commit_last_resource", txid):
+                    self._fault("before_decision")
+                    try:
+                        participant = self._participants[name]
+                        assert isinstance(participant, SupportsLastResource)
+                        participant.commit_with_decision(txid, branches[name], names)
+                    except Exception as exc:
+                        return CommittedOnePhase(exc)
+                    self._fault("after_decision")
                 return CommittedOnePhase()
             case PersistDecision(txid, decision, names):
                 with telemetry.phase_span("decide", txid):

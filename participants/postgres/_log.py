@@ -21,18 +21,7 @@ from psycopg_pool import ConnectionPool
 from coordinator.abc import Decision, DecisionRecord
 from coordinator.errors import DecisionLogError, UsageError
 from coordinator.log import AsyncDecisionLogAdapter
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS lockstep_decisions (
-    txid text PRIMARY KEY,
-    decision text NOT NULL CHECK (decision IN ('commit', 'abort')),
-    participants jsonb NOT NULL,
-    decided_at double precision NOT NULL,
-    ended boolean NOT NULL DEFAULT false
-);
-CREATE INDEX IF NOT EXISTS lockstep_decisions_unended
-    ON lockstep_decisions (decided_at) WHERE NOT ended;
-"""
+from participants.postgres._schema import DECISIONS_SCHEMA
 
 
 class PostgresDecisionLog:
@@ -63,10 +52,9 @@ class PostgresDecisionLog:
         with self._connection() as conn:
             present = conn.execute("SELECT to_regclass('lockstep_decisions_unended')").fetchone()
             if present is None or present[0] is None:
-                conn.execute("SELECT pg_advisory_xact_lock(4242424243)")
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                conn.execute("SELECT pg_advisory_xact_lock(4242424242)")
+                for statement in DECISIONS_SCHEMA:
+                    conn.execute(statement)
 
     def decide(self, txid: str, decision: Decision, participants: Sequence[str]) -> Decision:
         return self.decide_many([(txid, decision, participants)])[txid]

@@ -12,7 +12,7 @@ from coordinator.records import FactRecord, JSONValue
 FORMAT_ID = 0x4C6B
 """XA format id of every Lockstep branch: recovery touches only branches with it."""
 
-SCHEMA = (
+TABLES = (
     """CREATE TABLE IF NOT EXISTS lockstep_facts (
         id text PRIMARY KEY, type text NOT NULL, session_id text, version integer NOT NULL,
         ts double precision NOT NULL, record jsonb NOT NULL)""",
@@ -36,9 +36,25 @@ SCHEMA = (
         txid text PRIMARY KEY, state text NOT NULL, at double precision NOT NULL)""",
 )
 
+DECISIONS_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS lockstep_decisions (
+        txid text PRIMARY KEY,
+        decision text NOT NULL CHECK (decision IN ('commit', 'abort')),
+        participants jsonb NOT NULL,
+        decided_at double precision NOT NULL,
+        ended boolean NOT NULL DEFAULT false)""",
+    """CREATE INDEX IF NOT EXISTS lockstep_decisions_unended
+        ON lockstep_decisions (decided_at) WHERE NOT ended""",
+)
+INSERT_COMMIT_DECISION = (
+    "INSERT INTO lockstep_decisions (txid, decision, participants, decided_at) "
+    "VALUES (%s, 'commit', %s, %s) ON CONFLICT (txid) DO NOTHING RETURNING txid"
+)
+SCHEMA = TABLES + DECISIONS_SCHEMA
 SCHEMA_PRESENT = (
     "SELECT to_regclass('lockstep_markers') IS NOT NULL "
-    "AND to_regclass('lockstep_claims_fact') IS NOT NULL"
+    "AND to_regclass('lockstep_claims_fact') IS NOT NULL "
+    "AND to_regclass('lockstep_decisions_unended') IS NOT NULL"
 )
 SELECT_VERSIONS = "SELECT id, version FROM lockstep_facts WHERE id = ANY(%s) FOR UPDATE NOWAIT"
 SELECT_CLAIM = "SELECT fact_id FROM lockstep_claims WHERE claim = %s FOR UPDATE NOWAIT"

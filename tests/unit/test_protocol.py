@@ -21,6 +21,7 @@ from coordinator import (
 from coordinator._core.effects import (
     AbortAll,
     Backoff,
+    CommitLastResource,
     CommitOnePhase,
     CommittedOnePhase,
     DecisionPersisted,
@@ -269,3 +270,67 @@ def test_no_branch_is_committed_unless_commit_was_decided_first(
     if isinstance(result, Outcome):
         yes = {n for n in names if script[n] == "yes"}
         assert set(result.unfinished) <= yes
+
+
+def test_the_last_resource_commits_with_the_decision_after_the_others_prepared() -> None:
+    def answer(effect: Effect) -> Reply:
+        if isinstance(effect, CommitLastResource):
+            return CommittedOnePhase()
+        return votes(a=Vote.YES, b=Vote.YES)(effect)
+
+    effects, outcome = run_with_last(("a", "b", "pg"), "pg", answer)
+    assert effects == [
+        PrepareAll(TXID, ("a", "b")),
+        CommitLastResource(TXID, "pg", ("a", "b", "pg")),
+        FinishAll(TXID, ("a", "b")),
+        RecordEnd((TXID,)),
+    ]
+    assert isinstance(outcome, Outcome) and outcome.complete
+    assert not any(isinstance(e, PersistDecision) for e in effects)  # no separate log write
+
+
+def test_a_refusal_before_the_last_resource_aborts_the_others_only() -> None:
+    effects, error = run_with_last(("a", "pg"), "pg", votes(a=RuntimeError("no")))
+    assert effects == [PrepareAll(TXID, ("a",)), AbortAll(TXID, ("a",))]
+    assert isinstance(error, VoteRejected)
+
+
+def test_a_refused_last_resource_aborts_the_prepared_others() -> None:
+    def answer(effect: Effect) -> Reply:
+        if isinstance(effect, CommitLastResource):
+            return CommittedOnePhase(TransactionAborted("recovery decided first"))
+        return votes(a=Vote.YES)(effect)
+
+    effects, error = run_with_last(("a", "pg"), "pg", answer)
+    assert effects[-1] == AbortAll(TXID, ("a",))
+    assert isinstance(error, TransactionAborted)
+
+
+def test_an_unknown_last_resource_outcome_is_in_doubt_and_aborts_nothing() -> None:
+    doubt = TransactionInDoubt("connection lost during COMMIT")
+
+    def answer(effect: Effect) -> Reply:
+        if isinstance(effect, CommitLastResource):
+            return CommittedOnePhase(doubt)
+        return votes(a=Vote.YES)(effect)
+
+    effects, error = run_with_last(("a", "pg"), "pg", answer)
+    assert not any(isinstance(e, AbortAll | FinishAll) for e in effects)
+    assert error is doubt
+
+
+def run_with_last(
+    participants: tuple[str, ...], last: str, answer: Callable[[Effect], Reply]
+) -> tuple[list[Effect], Outcome | BaseException]:
+    effects: list[Effect] = []
+    protocol = commit_protocol(TXID, participants, POLICY, last_resource=last)
+    reply: Reply = None
+    try:
+        while True:
+            effect = protocol.send(reply)
+            effects.append(effect)
+            reply = answer(effect)
+    except StopIteration as stop:
+        return effects, stop.value
+    except Exception as exc:
+        return effects, exc

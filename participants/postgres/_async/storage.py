@@ -26,6 +26,7 @@ from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection, errors
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from coordinator._acompat import asleep
@@ -215,6 +216,49 @@ class AsyncPostgresStorage:
             except psycopg.OperationalError as exc:
                 raise TransactionInDoubt(
                     f"the connection to Postgres failed during COMMIT: {exc}",
+                    txid=txid,
+                    participant=self._name,
+                ) from exc
+
+    async def commit_with_decision(
+        self, txid: str, writes: Sequence[Write], participants: Sequence[str]
+    ) -> None:
+        """The last-resource commit: these writes and the COMMIT decision, one transaction.
+
+        Use it with a :class:`PostgresDecisionLog` on this same database. A recovery that
+        fenced the txid first (its ABORT row exists) makes this raise
+        ``TransactionAborted``; one racing this transaction waits on the decision row's
+        lock and then obeys whichever insert won.
+        """
+        facts = fact_writes(self._name, [w for w in writes if not isinstance(w, Execute)])
+        statements = [w for w in writes if isinstance(w, Execute)]
+        meta = transaction_meta(writes)
+        await self._open()
+        async with self._pool.connection() as conn:
+            try:
+                await self._stage(conn, txid, facts, statements, meta)
+                inserted = await conn.execute(
+                    sql.INSERT_COMMIT_DECISION,
+                    (txid, Jsonb(list(participants)), time.time()),
+                )
+                if await inserted.fetchone() is None:
+                    await conn.rollback()
+                    raise TransactionAborted(
+                        "recovery aborted this transaction before its COMMIT was recorded",
+                        txid=txid,
+                        participant=self._name,
+                    )
+            except LockstepError:
+                await conn.rollback()
+                raise
+            except psycopg.Error as exc:
+                await conn.rollback()
+                raise self._refusal(txid, exc) from exc
+            try:
+                await conn.commit()
+            except psycopg.OperationalError as exc:
+                raise TransactionInDoubt(
+                    f"the connection to Postgres failed during the decisive COMMIT: {exc}",
                     txid=txid,
                     participant=self._name,
                 ) from exc

@@ -28,6 +28,7 @@ from typing import Any
 
 import psycopg
 from psycopg import Connection, errors
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from coordinator._acompat import sleep
@@ -217,6 +218,49 @@ class PostgresStorage:
             except psycopg.OperationalError as exc:
                 raise TransactionInDoubt(
                     f"the connection to Postgres failed during COMMIT: {exc}",
+                    txid=txid,
+                    participant=self._name,
+                ) from exc
+
+    def commit_with_decision(
+        self, txid: str, writes: Sequence[Write], participants: Sequence[str]
+    ) -> None:
+        """The last-resource commit: these writes and the COMMIT decision, one transaction.
+
+        Use it with a :class:`PostgresDecisionLog` on this same database. A recovery that
+        fenced the txid first (its ABORT row exists) makes this raise
+        ``TransactionAborted``; one racing this transaction waits on the decision row's
+        lock and then obeys whichever insert won.
+        """
+        facts = fact_writes(self._name, [w for w in writes if not isinstance(w, Execute)])
+        statements = [w for w in writes if isinstance(w, Execute)]
+        meta = transaction_meta(writes)
+        self._open()
+        with self._pool.connection() as conn:
+            try:
+                self._stage(conn, txid, facts, statements, meta)
+                inserted = conn.execute(
+                    sql.INSERT_COMMIT_DECISION,
+                    (txid, Jsonb(list(participants)), time.time()),
+                )
+                if inserted.fetchone() is None:
+                    conn.rollback()
+                    raise TransactionAborted(
+                        "recovery aborted this transaction before its COMMIT was recorded",
+                        txid=txid,
+                        participant=self._name,
+                    )
+            except LockstepError:
+                conn.rollback()
+                raise
+            except psycopg.Error as exc:
+                conn.rollback()
+                raise self._refusal(txid, exc) from exc
+            try:
+                conn.commit()
+            except psycopg.OperationalError as exc:
+                raise TransactionInDoubt(
+                    f"the connection to Postgres failed during the decisive COMMIT: {exc}",
                     txid=txid,
                     participant=self._name,
                 ) from exc

@@ -1,0 +1,80 @@
+"""The last-resource option: the decision log in the Postgres storage's own database, the
+COMMIT record riding in the Postgres transaction (no PREPARE there, no separate log write).
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from qdrant_client import QdrantClient
+
+from coordinator import Fact, MemoryStore, Policy, TransactionAborted, UsageError, new_txid
+from coordinator.embeddings import HashingEmbedder
+from participants.postgres import PostgresDecisionLog, PostgresStorage
+from participants.qdrant import QdrantIndex
+
+LAST = Policy(last_resource="postgres", in_doubt_timeout=0.001, redrive_after=0)
+
+
+def store(dsn: str, **kwargs: object) -> MemoryStore:
+    index = QdrantIndex(QdrantClient(":memory:"), "notes", "content", embedder=HashingEmbedder(16))
+    return MemoryStore(
+        PostgresStorage(dsn),
+        [index],
+        log=PostgresDecisionLog(dsn),
+        policy=LAST,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def prepared_here(dsn: str) -> list[str]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()"
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def test_the_commit_record_rides_in_the_postgres_transaction(postgres_dsn: str) -> None:
+    seen_prepared: list[list[str]] = []
+
+    def look(point: str) -> None:
+        if point == "before_decision":
+            seen_prepared.append(prepared_here(postgres_dsn))
+
+    mem = store(postgres_dsn, fault_hook=look)
+    fid = mem.commit(Fact(type="note", payload={"content": "one write, one decision"}))
+    assert seen_prepared == [[]]  # Postgres never prepared: it commits with the decision
+    with psycopg.connect(postgres_dsn) as conn:
+        rows = conn.execute("SELECT decision, participants FROM lockstep_decisions").fetchall()
+    assert rows == [("commit", ["qdrant:notes", "postgres"])]
+    assert mem.indexes[0].contents().committed == {fid: 1}
+    assert mem.verify().clean
+    mem.close()
+
+
+def test_recovery_that_fences_first_makes_the_last_resource_abort(postgres_dsn: str) -> None:
+    stores: list[MemoryStore] = []
+
+    def recover_first(point: str) -> None:
+        if point == "before_decision":
+            # Another process's recoverer decides ABORT for this (old) transaction first.
+            report = stores[0].coordinator_with().recover()
+            assert len(report.fenced) == 1
+
+    mem = store(postgres_dsn, fault_hook=recover_first)
+    stores.append(mem)
+    with pytest.raises(TransactionAborted, match="recovery aborted"), mem.transaction() as tx:
+        tx.txid = new_txid(now=1.0)  # already older than the recoverer's timeout
+        tx.commit(Fact(id="x", type="note", payload={"content": "too slow"}))
+    assert mem.get("x") is None
+    assert mem.indexes[0].contents().committed == {} and mem.indexes[0].recover() == []
+    mem.close()
+
+
+def test_last_resource_must_name_a_capable_participant(postgres_dsn: str) -> None:
+    mem = store(postgres_dsn)
+    mem.coordinator._policy = Policy(last_resource="qdrant:notes")  # not a SQL store
+    with pytest.raises(UsageError, match="last_resource"):
+        mem.commit(Fact(type="note", payload={"content": "x"}))
+    mem.close()
