@@ -36,12 +36,16 @@ test: lint typecheck gen-check
 	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q
 	$(MAKE) --no-print-directory chaos
 
-# A campaign sized for CI: every fault point, real processes killed with SIGKILL.
+# A campaign sized for CI: every fault point of the protocol, then every backend
+# combination with agent and server kills; real processes killed with SIGKILL.
 chaos: install
 	$(PY) -m chaos.engine_kill --runs 1
+	$(PY) -m chaos.campaign --runs 1
 
+# The long campaign (thousands of faults; about half an hour on 2 cores).
 chaos-long: install
-	$(PY) -m chaos.engine_kill --runs 30
+	$(PY) -m chaos.engine_kill --runs 10
+	$(PY) -m chaos.campaign --runs 110
 
 bench: install
 	$(PY) -m benchmarks.engine

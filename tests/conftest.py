@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.servers import ChromaServer, PostgresServer, RedisServer
+from chaos.servers import ChromaServer, PostgresServer, RedisServer
 
 settings.register_profile(
     "ci",

@@ -15,11 +15,15 @@ __all__ = ["AsyncRedisStorage", "RedisStorage", "from_url"]
 def from_url(
     url: str, *, name: str | None = None, asynchronous: bool = False, **options: object
 ) -> RedisStorage | AsyncRedisStorage:
-    """``redis://host:port/db`` (entry point of the ``redis`` scheme)."""
+    """``redis://host:port/db[?prefix=...]`` (entry point of the ``redis`` scheme)."""
+    from urllib.parse import parse_qs, urlsplit
+
     from coordinator.errors import ConfigurationError
 
     options.pop("embedder", None)  # an index option: a storage embeds nothing
     if options:
         raise ConfigurationError(f"redis:// takes no options {sorted(options)}")
+    params = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
     cls = AsyncRedisStorage if asynchronous else RedisStorage
-    return cls(url, name=name or "redis")
+    base = url.split("?", 1)[0]
+    return cls(base, name=name or "redis", prefix=params.get("prefix", "lockstep:"))

@@ -12,6 +12,7 @@ import chromadb
 import pytest
 from qdrant_client import QdrantClient, models
 
+from chaos.servers import ChromaServer
 from coordinator import (
     ConfigurationError,
     DeleteFact,
@@ -26,7 +27,6 @@ from coordinator.abc import Index
 from coordinator.embeddings import HashingEmbedder
 from participants.chroma import ChromaIndex
 from participants.qdrant import QdrantIndex
-from tests.servers import ChromaServer
 
 EMBEDDER = HashingEmbedder(16)
 Opener = Callable[[], Index]

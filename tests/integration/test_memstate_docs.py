@@ -18,8 +18,8 @@ import chromadb
 import pytest
 from pydantic import BaseModel
 
+from chaos.servers import ChromaServer
 from coordinator.embeddings import HashingEmbedder
-from tests.servers import ChromaServer
 
 
 @pytest.fixture(autouse=True)

@@ -16,6 +16,7 @@ import pytest
 from qdrant_client import QdrantClient
 
 from chaos.proxy import FaultProxy
+from chaos.servers import PostgresServer, RedisServer, free_port
 from coordinator import (
     ConfigurationError,
     Fact,
@@ -31,7 +32,6 @@ from coordinator.log import SQLiteDecisionLog
 from participants.postgres import PostgresDecisionLog, PostgresStorage
 from participants.qdrant import QdrantIndex
 from participants.redis import RedisStorage
-from tests.servers import PostgresServer, RedisServer, free_port
 from tests.support.crash import upsert
 
 RECOVER_NOW = Policy(in_doubt_timeout=0.001, redrive_after=0, finish_attempts=2, prepare_timeout=5)

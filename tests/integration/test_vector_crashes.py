@@ -16,12 +16,12 @@ import chromadb
 import pytest
 from qdrant_client import QdrantClient
 
+from chaos.servers import ChromaServer
 from coordinator import Fact, LockstepError, MemoryStore, Policy, TransactionAborted
 from coordinator.embeddings import HashingEmbedder
 from participants.chroma import ChromaIndex
 from participants.qdrant import QdrantIndex
 from participants.sqlite import SQLiteStorage
-from tests.servers import ChromaServer
 
 EMBEDDER = HashingEmbedder(32)
 RECOVER_NOW = Policy(in_doubt_timeout=0.001, redrive_after=0, finish_attempts=2, prepare_timeout=5)

@@ -1,4 +1,4 @@
-"""Private servers for tests: started as direct children on free loopback ports.
+"""Private servers (Postgres, Redis, Chroma) as direct children on free loopback ports.
 
 Each server is our own child process (never a machine service), so tests can SIGKILL it,
 reap it at once and restart it on the same data.
