@@ -74,12 +74,12 @@ class Servers:
         return self.chroma
 
     def kill(self, name: str) -> None:
-        server: PostgresServer | RedisServer | ChromaServer = {
-            "postgres": self.pg,
-            "redis": self.rd,
-            "chroma": self.ch,
-        }[name]()
-        server.kill()
+        if name == "postgres":
+            self.pg().kill()
+        elif name == "redis":
+            self.rd().kill()
+        else:
+            self.ch().kill()
 
     def ensure_up(self) -> None:
         for server in (self.postgres, self.redis, self.chroma):
