@@ -21,8 +21,12 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from coordinator.abc import Embedder
+from coordinator.embeddings import default_embedder
 from coordinator.errors import ConfigurationError, UsageError
+from coordinator.ids import check_participant_name
 from coordinator.records import DeleteFact, FactRecord, JSONValue, UpsertFact, Write
+from participants._fence import AbortFence
 
 NAMESPACE = uuid.UUID("5d0c2b1e-8f2a-4d6b-9c1e-6c0f4e2a7b31")
 PENDING = "pending"
@@ -169,3 +173,45 @@ def best_per_fact(hits: Sequence[tuple[str, int, float]]) -> list[tuple[str, int
         if seen is None or version > seen[1]:
             newest[fact_id] = (fact_id, version, score)
     return sorted(newest.values(), key=lambda h: -h[2])
+
+
+class VectorIndexBase:
+    """What every vector index participant shares: its name, embedder and shape.
+
+    :param default_name: ``<backend>:<collection>`` when no ``name`` is given.
+    """
+
+    def __init__(
+        self,
+        default_name: str,
+        text_field: str | None,
+        metadata_fields: Sequence[str] | None,
+        embedder: Embedder | None,
+        target_types: Sequence[str] | None,
+        name: str | None,
+    ) -> None:
+        self._name = check_participant_name(name or default_name)
+        self._embedder = embedder or default_embedder()
+        self.shape = IndexShape(
+            self._name,
+            self._embedder.dim,
+            text_field,
+            tuple(metadata_fields or ()),
+            None if target_types is None else frozenset(target_types),
+        )
+        self._fence = AbortFence(self._name)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._embedder
+
+    @property
+    def metadata_fields(self) -> tuple[str, ...]:
+        return self.shape.metadata_fields
+
+    def text_of(self, fact: FactRecord) -> str | None:
+        return self.shape.text_of(fact)

@@ -17,15 +17,12 @@ from typing import Any
 
 from coordinator._acompat import ablocking, aresolve
 from coordinator.abc import Embedder, Hit, IndexContents, Vote
-from coordinator.embeddings import default_embedder
 from coordinator.errors import ConfigurationError, LockstepError, ParticipantError
-from coordinator.ids import check_participant_name
-from coordinator.records import FactRecord, JSONValue, Write
-from participants._fence import AbortFence
+from coordinator.records import JSONValue, Write
 from participants._vectors import (
     COMMITTED,
     PENDING,
-    IndexShape,
+    VectorIndexBase,
     best_per_fact,
     search_filter,
     stage,
@@ -34,7 +31,7 @@ from participants._vectors import (
 MARKER = "lockstep_dim"
 
 
-class AsyncChromaIndex:
+class AsyncChromaIndex(VectorIndexBase):
     """A vector index in a Chroma collection, kept in lockstep with the fact store.
 
     Takes MemState's ``ChromaSyncHook`` arguments, plus ``embedder=``.
@@ -61,34 +58,17 @@ class AsyncChromaIndex:
         target_types: Sequence[str] | None = None,
         name: str | None = None,
     ) -> None:
-        self._name = check_participant_name(name or f"chroma:{collection_name}")
         self._client = client
         self._collection_name = collection_name
-        self._embedder = embedder or default_embedder()
-        self.shape = IndexShape(
-            self._name,
-            self._embedder.dim,
+        super().__init__(
+            f"chroma:{collection_name}",
             text_field,
-            tuple(metadata_fields or ()),
-            None if target_types is None else frozenset(target_types),
+            metadata_fields,
+            embedder,
+            target_types,
+            name,
         )
-        self._fence = AbortFence(self._name)
         self._collection: Any = None
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def embedder(self) -> Embedder:
-        return self._embedder
-
-    @property
-    def metadata_fields(self) -> tuple[str, ...]:
-        return self.shape.metadata_fields
-
-    def text_of(self, fact: FactRecord) -> str | None:
-        return self.shape.text_of(fact)
 
     # -- the participant contract -------------------------------------------------------
 

@@ -16,15 +16,12 @@ from qdrant_client import AsyncQdrantClient, models
 
 from coordinator._acompat import ALock
 from coordinator.abc import Embedder, Hit, IndexContents, Vote
-from coordinator.embeddings import default_embedder
 from coordinator.errors import ConfigurationError, LockstepError, ParticipantError
-from coordinator.ids import check_participant_name
-from coordinator.records import FactRecord, JSONValue, Write
-from participants._fence import AbortFence
+from coordinator.records import JSONValue, Write
 from participants._vectors import (
     COMMITTED,
     PENDING,
-    IndexShape,
+    VectorIndexBase,
     best_per_fact,
     search_filter,
     stage,
@@ -33,7 +30,7 @@ from participants._vectors import (
 _PAGE = 512
 
 
-class AsyncQdrantIndex:
+class AsyncQdrantIndex(VectorIndexBase):
     """A vector index in a Qdrant collection, kept in lockstep with the fact store.
 
     Takes MemState's ``QdrantSyncHook`` arguments, plus ``embedder=``.
@@ -62,38 +59,21 @@ class AsyncQdrantIndex:
         name: str | None = None,
         owns_client: bool = False,
     ) -> None:
-        self._name = check_participant_name(name or f"qdrant:{collection_name}")
         self._client = client
         self._collection = collection_name
-        self._embedder = embedder or default_embedder()
-        self.shape = IndexShape(
-            self._name,
-            self._embedder.dim,
+        super().__init__(
+            f"qdrant:{collection_name}",
             text_field,
-            tuple(metadata_fields or ()),
-            None if target_types is None else frozenset(target_types),
+            metadata_fields,
+            embedder,
+            target_types,
+            name,
         )
         self._owns_client = owns_client
         # Local mode keeps points in process memory and is not safe for concurrent callers
         # (a search beside an upsert can fail); a server client is, so it is not held back.
         self._guard: Any = ALock() if _is_local(client) else contextlib.nullcontext()
-        self._fence = AbortFence(self._name)
         self._ready = False
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def embedder(self) -> Embedder:
-        return self._embedder
-
-    @property
-    def metadata_fields(self) -> tuple[str, ...]:
-        return self.shape.metadata_fields
-
-    def text_of(self, fact: FactRecord) -> str | None:
-        return self.shape.text_of(fact)
 
     # -- the participant contract -------------------------------------------------------
 
