@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from coordinator.errors import TransactionAborted, UsageError, VersionConflict
+from coordinator.errors import ConfigurationError, TransactionAborted, UsageError, VersionConflict
 from coordinator.records import (
     CLAIM_SEPARATOR,
     DeleteFact,
@@ -99,3 +99,10 @@ def already_aborted(participant: str, txid: str) -> TransactionAborted:
         txid=txid,
         participant=participant,
     )
+
+
+def storage_options(scheme: str, options: dict[str, object]) -> None:
+    """Refuse options a storage's URL factory does not take (``embedder`` is for indexes)."""
+    options.pop("embedder", None)  # an index option: a storage embeds nothing
+    if options:
+        raise ConfigurationError(f"{scheme}:// takes no options {sorted(options)}")

@@ -11,10 +11,8 @@ def from_url(
     url: str, *, name: str | None = None, asynchronous: bool = False, **options: object
 ) -> InMemoryStorage | AsyncInMemoryStorage:
     """``memory://`` (entry point of the ``memory`` scheme): a fresh in-process store."""
-    from coordinator.errors import ConfigurationError
+    from participants._checks import storage_options
 
-    options.pop("embedder", None)  # an index option: a storage embeds nothing
-    if options:
-        raise ConfigurationError(f"memory:// takes no options {sorted(options)}")
+    storage_options("memory", options)
     cls = AsyncInMemoryStorage if asynchronous else InMemoryStorage
     return cls(name or "memory")

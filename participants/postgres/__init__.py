@@ -23,10 +23,8 @@ def from_url(
     url: str, *, name: str | None = None, asynchronous: bool = False, **options: object
 ) -> PostgresStorage | AsyncPostgresStorage:
     """``postgresql://user@host:port/dbname`` (entry point of the ``postgresql`` scheme)."""
-    from coordinator.errors import ConfigurationError
+    from participants._checks import storage_options
 
-    options.pop("embedder", None)  # an index option: a storage embeds nothing
-    if options:
-        raise ConfigurationError(f"postgresql:// takes no options {sorted(options)}")
+    storage_options("postgresql", options)
     cls = AsyncPostgresStorage if asynchronous else PostgresStorage
     return cls(url.replace("postgres://", "postgresql://", 1), name=name or "postgres")

@@ -18,11 +18,9 @@ def from_url(
     """``redis://host:port/db[?prefix=...]`` (entry point of the ``redis`` scheme)."""
     from urllib.parse import parse_qs, urlsplit
 
-    from coordinator.errors import ConfigurationError
+    from participants._checks import storage_options
 
-    options.pop("embedder", None)  # an index option: a storage embeds nothing
-    if options:
-        raise ConfigurationError(f"redis:// takes no options {sorted(options)}")
+    storage_options("redis", options)
     params = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
     cls = AsyncRedisStorage if asynchronous else RedisStorage
     base = url.split("?", 1)[0]

@@ -10,11 +10,9 @@ def from_url(
     url: str, *, name: str | None = None, asynchronous: bool = False, **options: object
 ) -> SQLiteStorage | AsyncSQLiteStorage:
     """``sqlite:///path/to/facts.db`` (entry point of the ``sqlite`` scheme)."""
-    from coordinator.errors import ConfigurationError
     from coordinator.plugins import path_of
+    from participants._checks import storage_options
 
-    options.pop("embedder", None)  # an index option: a storage embeds nothing
-    if options:
-        raise ConfigurationError(f"sqlite:// takes no options {sorted(options)}")
+    storage_options("sqlite", options)
     cls = AsyncSQLiteStorage if asynchronous else SQLiteStorage
     return cls(path_of(url), name=name or "sqlite")
