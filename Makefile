@@ -50,10 +50,12 @@ chaos-long: install
 bench: install
 	$(PY) -m benchmarks.engine
 	$(PY) -m benchmarks.embedded_index
+	$(PY) -m benchmarks.failure
 
 bench-quick: install
 	$(PY) -m benchmarks.engine --quick
 	$(PY) -m benchmarks.embedded_index --quick
+	$(PY) -m benchmarks.failure --ops 200
 
 unit: install
 	$(PY) -m pytest -q tests/unit
