@@ -121,25 +121,11 @@ def _points(client: Any) -> dict[str, str]:
 def _ours(
     system: str, op: str, when: str, ops: int, prepared: int, rng: random.Random, d: Path
 ) -> dict[str, Any]:
-    from qdrant_client import QdrantClient
 
-    from coordinator import Fact, LockstepError, MemoryStore, new_txid
-    from coordinator.embeddings import HashingEmbedder
+    from coordinator import Fact, LockstepError, new_txid
     from coordinator.records import DeleteFact, FactRecord, UpsertFact
-    from participants.qdrant import QdrantIndex
-    from participants.sqlite import SQLiteStorage
 
-    class Same(HashingEmbedder):
-        def embed(self, texts: Any) -> list[list[float]]:
-            return [embed(t) for t in texts]
-
-        def embed_query(self, text: str) -> list[float]:
-            return embed(text)
-
-    index = QdrantIndex(
-        QdrantClient(path=str(d / "qdrant")), "memories", "content", embedder=Same(DIM)
-    )
-    storage = SQLiteStorage(d / "facts.db")
+    storage, index, maybe_mem = _ours_stores(system, d)
     armed = [False]
     original = index.prepare
 
@@ -152,8 +138,9 @@ def _ours(
         return vote
 
     if system == "lockstep":
-        index.prepare = flaky  # type: ignore[method-assign]
-        mem = MemoryStore(storage, [index])
+        index.prepare = flaky
+        mem = maybe_mem
+        assert mem is not None
         ids = [
             mem.commit(Fact(type="note", payload={"content": f"seed {i}"})) for i in range(prepared)
         ]
@@ -213,6 +200,29 @@ def _ours(
         for fid, v in index.contents().committed.items()
     }
     return _compare(facts, held)
+
+
+def _ours_stores(system: str, d: Path) -> tuple[Any, Any, Any]:
+    """SQLite facts + Qdrant local vectors with the shared embedder (+ a MemoryStore)."""
+    from qdrant_client import QdrantClient
+
+    from coordinator import MemoryStore
+    from coordinator.embeddings import HashingEmbedder
+    from participants.qdrant import QdrantIndex
+    from participants.sqlite import SQLiteStorage
+
+    class Same(HashingEmbedder):
+        def embed(self, texts: Any) -> list[list[float]]:
+            return [embed(t) for t in texts]
+
+        def embed_query(self, text: str) -> list[float]:
+            return embed(text)
+
+    client = QdrantClient(path=str(d / "qdrant"))
+    index = QdrantIndex(client, "memories", "content", embedder=Same(DIM), owns_client=True)
+    storage = SQLiteStorage(d / "facts.db")
+    mem = MemoryStore(storage, [index]) if system == "lockstep" else None
+    return storage, index, mem
 
 
 def _compare(facts: dict[str, str], points: dict[str, str]) -> dict[str, Any]:
