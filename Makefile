@@ -51,11 +51,13 @@ bench: install
 	$(PY) -m benchmarks.engine
 	$(PY) -m benchmarks.embedded_index
 	$(PY) -m benchmarks.failure
+	$(PY) -m benchmarks.crash --runs 200
 
 bench-quick: install
 	$(PY) -m benchmarks.engine --quick
 	$(PY) -m benchmarks.embedded_index --quick
 	$(PY) -m benchmarks.failure --ops 200
+	$(PY) -m benchmarks.crash --runs 10
 
 unit: install
 	$(PY) -m pytest -q tests/unit
