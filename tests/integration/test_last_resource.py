@@ -78,3 +78,25 @@ def test_last_resource_must_name_a_capable_participant(postgres_dsn: str) -> Non
     with pytest.raises(UsageError, match="last_resource"):
         mem.commit(Fact(type="note", payload={"content": "x"}))
     mem.close()
+
+
+def test_your_own_sql_commits_in_the_same_transaction_as_the_memory(postgres_dsn: str) -> None:
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY, status text)")
+        conn.execute("INSERT INTO orders VALUES (1, 'open')")
+    mem = store(postgres_dsn)
+    for n, policy in enumerate((Policy(), LAST)):  # prepared branch, then last resource
+        mem.coordinator._policy = policy
+        with mem.transaction() as tx:
+            tx.commit(Fact(id=f"m{n}", type="note", payload={"content": "paid"}))
+            tx.execute("postgres", "UPDATE orders SET status = %s WHERE id = %s", (f"paid {n}", 1))
+        with psycopg.connect(postgres_dsn) as conn:
+            assert conn.execute("SELECT status FROM orders").fetchone() == (f"paid {n}",)
+        # A failing statement aborts the memory too: nothing of the transaction lands.
+        with pytest.raises(UsageError, match="your SQL failed"), mem.transaction() as tx:
+            tx.commit(Fact(id=f"x{n}", type="note", payload={"content": "lost"}))
+            tx.execute("postgres", "UPDATE no_such_table SET x = 1")
+        assert mem.get(f"x{n}") is None
+    assert set(mem.indexes[0].contents().committed) == {"m0", "m1"}
+    assert mem.verify().clean
+    mem.close()
