@@ -127,7 +127,7 @@ class PostgresServer:
     def dsn_for(self, dbname: str) -> str:
         return f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}"
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 120.0) -> None:
         import psycopg
 
         self.process = subprocess.Popen(
