@@ -137,18 +137,21 @@ COMBOS: dict[str, Callable[[Servers, Path], Urls]] = {
 
 @dataclass
 class Tally:
+    """One combination's runs. ``failed_writes`` counts writes that failed under a fault:
+    an injected vector failure, or (Lockstep) any abort while a server was down."""
+
     combo: str
     runs: int = 0
     agent_kills: int = 0
     server_kills: int = 0
-    vector_failures: int = 0
+    failed_writes: int = 0
     committed: int = 0
     lockstep_drift: int = 0
     unsynchronised_drift: int = 0
 
     @property
     def faults(self) -> int:
-        return self.agent_kills + self.server_kills + self.vector_failures
+        return self.agent_kills + self.server_kills + self.failed_writes
 
 
 def run_once(
@@ -231,7 +234,7 @@ def campaign(combos: list[str], runs: int, writes: int, seed: int) -> list[Tally
                             mode, urls, servers, random.Random(rng.random()), writes
                         )
                         found = drift(mode, urls)
-                        tally.vector_failures += lines.count("vector-failed") + (
+                        tally.failed_writes += lines.count("vector-failed") + (
                             lines.count("aborted") if mode == "lockstep" else 0
                         )
                         tally.agent_kills += hit == "agent"
