@@ -43,19 +43,10 @@ def from_url(
     fields = [f for f in params.get("metadata_fields", "").split(",") if f]
     types = [t for t in params.get("types", "").split(",") if t] or None
     collection = params.get("collection", "memories")
-    if asynchronous:
-        return AsyncQdrantIndex(
-            AsyncQdrantClient(**kwargs),  # type: ignore[arg-type]
-            collection,
-            params.get("text_field"),
-            fields,
-            embedder=embedder,
-            target_types=types,
-            name=name,
-            owns_client=True,
-        )
-    return QdrantIndex(
-        QdrantClient(**kwargs),  # type: ignore[arg-type]
+    client = AsyncQdrantClient(**kwargs) if asynchronous else QdrantClient(**kwargs)  # type: ignore[arg-type]
+    cls = AsyncQdrantIndex if asynchronous else QdrantIndex
+    return cls(
+        client,  # type: ignore[arg-type]
         collection,
         params.get("text_field"),
         fields,

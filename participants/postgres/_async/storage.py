@@ -198,27 +198,7 @@ class AsyncPostgresStorage:
         )
 
     async def commit_one_phase(self, txid: str, writes: Sequence[Write]) -> None:
-        facts = fact_writes(self._name, [w for w in writes if not isinstance(w, Execute)])
-        statements = [w for w in writes if isinstance(w, Execute)]
-        meta = transaction_meta(writes)
-        await self._open()
-        async with self._pool.connection() as conn:
-            try:
-                await self._stage(conn, txid, facts, statements, meta)
-            except LockstepError:
-                await conn.rollback()
-                raise
-            except psycopg.Error as exc:
-                await conn.rollback()
-                raise self._refusal(txid, exc) from exc
-            try:
-                await conn.commit()
-            except psycopg.OperationalError as exc:
-                raise TransactionInDoubt(
-                    f"the connection to Postgres failed during COMMIT: {exc}",
-                    txid=txid,
-                    participant=self._name,
-                ) from exc
+        await self._commit_locally(txid, writes, None)
 
     async def commit_with_decision(
         self, txid: str, writes: Sequence[Write], participants: Sequence[str]
@@ -230,6 +210,12 @@ class AsyncPostgresStorage:
         ``TransactionAborted``; one racing this transaction waits on the decision row's
         lock and then obeys whichever insert won.
         """
+        await self._commit_locally(txid, writes, participants)
+
+    async def _commit_locally(
+        self, txid: str, writes: Sequence[Write], decision_for: Sequence[str] | None
+    ) -> None:
+        """Stage and commit in one local transaction (with the COMMIT decision, if asked)."""
         facts = fact_writes(self._name, [w for w in writes if not isinstance(w, Execute)])
         statements = [w for w in writes if isinstance(w, Execute)]
         meta = transaction_meta(writes)
@@ -237,17 +223,17 @@ class AsyncPostgresStorage:
         async with self._pool.connection() as conn:
             try:
                 await self._stage(conn, txid, facts, statements, meta)
-                inserted = await conn.execute(
-                    sql.INSERT_COMMIT_DECISION,
-                    (txid, Jsonb(list(participants)), time.time()),
-                )
-                if await inserted.fetchone() is None:
-                    await conn.rollback()
-                    raise TransactionAborted(
-                        "recovery aborted this transaction before its COMMIT was recorded",
-                        txid=txid,
-                        participant=self._name,
+                if decision_for is not None:
+                    inserted = await conn.execute(
+                        sql.INSERT_COMMIT_DECISION,
+                        (txid, Jsonb(list(decision_for)), time.time()),
                     )
+                    if await inserted.fetchone() is None:
+                        raise TransactionAborted(
+                            "recovery aborted this transaction before its COMMIT was recorded",
+                            txid=txid,
+                            participant=self._name,
+                        )
             except LockstepError:
                 await conn.rollback()
                 raise
@@ -258,7 +244,7 @@ class AsyncPostgresStorage:
                 await conn.commit()
             except psycopg.OperationalError as exc:
                 raise TransactionInDoubt(
-                    f"the connection to Postgres failed during the decisive COMMIT: {exc}",
+                    f"the connection to Postgres failed during COMMIT: {exc}",
                     txid=txid,
                     participant=self._name,
                 ) from exc

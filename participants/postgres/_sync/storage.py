@@ -200,27 +200,7 @@ class PostgresStorage:
         )
 
     def commit_one_phase(self, txid: str, writes: Sequence[Write]) -> None:
-        facts = fact_writes(self._name, [w for w in writes if not isinstance(w, Execute)])
-        statements = [w for w in writes if isinstance(w, Execute)]
-        meta = transaction_meta(writes)
-        self._open()
-        with self._pool.connection() as conn:
-            try:
-                self._stage(conn, txid, facts, statements, meta)
-            except LockstepError:
-                conn.rollback()
-                raise
-            except psycopg.Error as exc:
-                conn.rollback()
-                raise self._refusal(txid, exc) from exc
-            try:
-                conn.commit()
-            except psycopg.OperationalError as exc:
-                raise TransactionInDoubt(
-                    f"the connection to Postgres failed during COMMIT: {exc}",
-                    txid=txid,
-                    participant=self._name,
-                ) from exc
+        self._commit_locally(txid, writes, None)
 
     def commit_with_decision(
         self, txid: str, writes: Sequence[Write], participants: Sequence[str]
@@ -232,6 +212,12 @@ class PostgresStorage:
         ``TransactionAborted``; one racing this transaction waits on the decision row's
         lock and then obeys whichever insert won.
         """
+        self._commit_locally(txid, writes, participants)
+
+    def _commit_locally(
+        self, txid: str, writes: Sequence[Write], decision_for: Sequence[str] | None
+    ) -> None:
+        """Stage and commit in one local transaction (with the COMMIT decision, if asked)."""
         facts = fact_writes(self._name, [w for w in writes if not isinstance(w, Execute)])
         statements = [w for w in writes if isinstance(w, Execute)]
         meta = transaction_meta(writes)
@@ -239,17 +225,17 @@ class PostgresStorage:
         with self._pool.connection() as conn:
             try:
                 self._stage(conn, txid, facts, statements, meta)
-                inserted = conn.execute(
-                    sql.INSERT_COMMIT_DECISION,
-                    (txid, Jsonb(list(participants)), time.time()),
-                )
-                if inserted.fetchone() is None:
-                    conn.rollback()
-                    raise TransactionAborted(
-                        "recovery aborted this transaction before its COMMIT was recorded",
-                        txid=txid,
-                        participant=self._name,
+                if decision_for is not None:
+                    inserted = conn.execute(
+                        sql.INSERT_COMMIT_DECISION,
+                        (txid, Jsonb(list(decision_for)), time.time()),
                     )
+                    if inserted.fetchone() is None:
+                        raise TransactionAborted(
+                            "recovery aborted this transaction before its COMMIT was recorded",
+                            txid=txid,
+                            participant=self._name,
+                        )
             except LockstepError:
                 conn.rollback()
                 raise
@@ -260,7 +246,7 @@ class PostgresStorage:
                 conn.commit()
             except psycopg.OperationalError as exc:
                 raise TransactionInDoubt(
-                    f"the connection to Postgres failed during the decisive COMMIT: {exc}",
+                    f"the connection to Postgres failed during COMMIT: {exc}",
                     txid=txid,
                     participant=self._name,
                 ) from exc
