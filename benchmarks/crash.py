@@ -111,7 +111,7 @@ def measure(system: str, directory: Path) -> int:
         if system == "lockstep":
             mem.coordinator_with(in_doubt_timeout=0.001, redrive_after=0).recover()
             report = mem.verify()
-            return int(report.drifted_facts + sum(len(d.pending) for d in report.indexes.values()))
+            return int(report.drifted_facts + sum(len(d.pending) for d in report.derived.values()))
         facts = {f.id: f.version for f in storage.all_facts()}
         held = dict(index.contents().committed)
         return sum(facts.get(k) != held.get(k) for k in set(facts) | set(held))

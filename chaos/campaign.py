@@ -206,7 +206,7 @@ def drift(mode: str, urls: Urls) -> int:
             mem.recover()
             report = mem.verify()
             pending = sum(len(v) for v in report.staged.values())
-            pending += sum(len(d.pending) for d in report.indexes.values())
+            pending += sum(len(d.pending) for d in report.derived.values())
             log.close()
             return report.drifted_facts + pending
         facts = {f.id: f.version for f in storage.all_facts()}

@@ -157,7 +157,7 @@ def measure(directory: Path, mode: str) -> tuple[int, int, int, int]:
             report = mem.verify()
             vectors = len(mem.indexes[0].contents().committed)
             staged = sum(len(v) for v in report.staged.values())
-            staged += sum(len(d.pending) for d in report.indexes.values())
+            staged += sum(len(d.pending) for d in report.derived.values())
             return report.facts, vectors, report.drifted_facts, staged
         finally:
             mem.close()

@@ -124,7 +124,7 @@ def _verify(args: argparse.Namespace) -> int:
         else:
             action = "repaired" if args.repair else "found"
             print(f"{report.facts} facts in the storage; {action} {report.drifted_facts} drifted")
-            for name, drift in report.indexes.items():
+            for name, drift in report.derived.items():
                 print(
                     f"  {name}: missing {len(drift.missing)}, extra {len(drift.extra)}, "
                     f"stale {len(drift.stale)}, pending {len(drift.pending)}"

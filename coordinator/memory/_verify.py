@@ -12,13 +12,14 @@ from coordinator.records import FactRecord
 
 
 @dataclass(frozen=True)
-class IndexDrift:
-    """How one index differs from the fact store.
+class Drift:
+    """How one derived store (a vector index or a mirror) differs from the storage.
 
-    :ivar missing: facts the index should hold and does not.
-    :ivar extra: facts the index holds that the store does not have (or not for it).
-    :ivar stale: ``(fact_id, index_version, store_version)`` for out-of-date points.
-    :ivar pending: txids with points still staged in the index.
+    :ivar missing: facts it should hold and does not.
+    :ivar extra: facts it holds that the storage does not have (or not for it).
+    :ivar stale: ``(fact_id, its_version, storage_version)`` for out-of-date copies (a
+        mirror's copy at the right version but with other contents counts as stale too).
+    :ivar pending: txids with points still staged in an index.
     """
 
     missing: list[str] = field(default_factory=list)
@@ -33,19 +34,20 @@ class IndexDrift:
 
 @dataclass(frozen=True)
 class VerifyReport:
-    """The result of ``verify()``: per index drift, and branches still staged anywhere."""
+    """The result of ``verify()``: the drift of each derived store (by participant name),
+    and the branches still staged in each storage."""
 
     facts: int
-    indexes: dict[str, IndexDrift]
+    derived: dict[str, Drift]
     staged: dict[str, list[str]]
 
     @property
     def clean(self) -> bool:
-        return all(d.clean for d in self.indexes.values()) and not any(self.staged.values())
+        return all(d.clean for d in self.derived.values()) and not any(self.staged.values())
 
     @property
     def drifted_facts(self) -> int:
-        return sum(len(d.missing) + len(d.extra) + len(d.stale) for d in self.indexes.values())
+        return sum(len(d.missing) + len(d.extra) + len(d.stale) for d in self.derived.values())
 
     def to_json(self) -> str:
         return json.dumps(
@@ -57,11 +59,11 @@ def compare(
     facts: Sequence[FactRecord],
     contents: IndexContents,
     holds: Callable[[FactRecord], bool],
-) -> IndexDrift:
+) -> Drift:
     """The drift of one index, given what it holds and which facts it should hold."""
     expected = {f.id: f.version for f in facts if _holds(holds, f)}
     held: Mapping[str, int] = contents.committed
-    return IndexDrift(
+    return Drift(
         missing=sorted(set(expected) - set(held)),
         extra=sorted(set(held) - set(expected)),
         stale=sorted(
@@ -78,3 +80,22 @@ def _holds(holds: Callable[[FactRecord], bool], fact: FactRecord) -> bool:
         return holds(fact)
     except LockstepError:
         return False  # a fact the index cannot take was never sent to it
+
+
+def compare_copies(facts: Sequence[FactRecord], copies: Sequence[FactRecord]) -> Drift:
+    """The drift of a mirror: every fact of the storage, copied at its version."""
+    expected = {f.id: f for f in facts}
+    held = {f.id: f for f in copies}
+    return Drift(
+        missing=sorted(set(expected) - set(held)),
+        extra=sorted(set(held) - set(expected)),
+        stale=sorted(
+            (fid, held[fid].version, fact.version)
+            for fid, fact in expected.items()
+            if fid in held and _content(held[fid]) != _content(fact)
+        ),
+    )
+
+
+def _content(fact: FactRecord) -> tuple[object, ...]:
+    return (fact.version, fact.type, fact.payload, fact.session_id, fact.source)

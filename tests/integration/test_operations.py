@@ -58,7 +58,7 @@ def test_verify_reports_drift_and_repair_removes_it(tmp_path: Path) -> None:
     found = lockstep(tmp_path, "verify", "--json")
     assert found.returncode == 1, found.stderr
     report = json.loads(found.stdout)
-    drift = report["indexes"]["vectors"]
+    drift = report["derived"]["vectors"]
     assert drift["missing"] == [ids[0]] and [s[0] for s in drift["stale"]] == [ids[1]]
     repaired = lockstep(tmp_path, "verify", "--repair")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr

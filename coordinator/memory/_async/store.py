@@ -26,7 +26,7 @@ from coordinator.filters import check_filters, matches
 from coordinator.ids import new_txid
 from coordinator.log import AsyncMemoryDecisionLog
 from coordinator.memory._model import Constraint, Fact, SchemaRegistry, ScoredFact, as_dict
-from coordinator.memory._verify import VerifyReport, compare
+from coordinator.memory._verify import Drift, VerifyReport, compare, compare_copies
 from coordinator.outcomes import Outcome, RecoveryReport
 from coordinator.plugins import open_decision_log, open_participant
 from coordinator.policy import Policy
@@ -374,6 +374,8 @@ class AsyncMemoryTransaction:
             TransactionMeta(self._session(), self._kind, self._undoes, self.actor, self.reason)
         )
         writes: dict[str, list[Write]] = {store.storage.name: storage_writes}
+        for mirror in store.mirrors:
+            writes[mirror.name] = list(storage_writes)
         for index in store.indexes:
             writes[index.name] = await self._index_writes(index, index_changes)
         for participant, statements in self._sql.items():
@@ -452,6 +454,8 @@ class AsyncMemoryStore:
     :param storage: the source of truth (``AsyncSQLiteStorage``, ``AsyncInMemoryStorage``,
         Postgres, Redis).
     :param hooks: vector indexes to keep in lockstep (MemState's name; see ``add_index``).
+    :param mirrors: further storages that hold a copy of every fact (e.g. Redis beside
+        Postgres, for readers that want the facts there); see ``add_mirror``.
     :param log: the decision log (default: the storage's own, e.g. a SQLite file beside it).
     :param policy: timeouts and retry bounds of the engine.
     """
@@ -461,6 +465,7 @@ class AsyncMemoryStore:
         storage: AsyncStorage,
         hooks: Sequence[AsyncIndex] | None = None,
         *,
+        mirrors: Sequence[AsyncStorage] = (),
         log: AsyncDecisionLog | None = None,
         policy: Policy | None = None,
         fault_hook: FaultHook = no_faults,
@@ -471,6 +476,7 @@ class AsyncMemoryStore:
             )
         self.storage = storage
         self.indexes: list[AsyncIndex] = []
+        self.mirrors: list[AsyncStorage] = []
         self.schemas = SchemaRegistry()
         self.constraints: dict[str, Constraint] = {}
         default_log = getattr(storage, "default_decision_log", None)
@@ -482,6 +488,8 @@ class AsyncMemoryStore:
         self.coordinator = AsyncCoordinator(
             [storage], self.log, policy=self.policy, fault_hook=fault_hook
         )
+        for mirror in mirrors:
+            self.add_mirror(mirror)
         for index in hooks or ():
             self.add_index(index)
 
@@ -525,6 +533,11 @@ class AsyncMemoryStore:
         settings = settings or LockstepSettings()
         embedder = settings.make_embedder()
         if settings.storage is None:
+            if settings.mirrors or settings.indexes:
+                raise ConfigurationError(
+                    "settings name indexes or mirrors but no storage; set `storage` (the "
+                    "source of truth) or use `path` alone for the embedded default"
+                )
             return await cls.open(
                 settings.path or "lockstep-memory", embedder=embedder, policy=settings.policy()
             )
@@ -533,21 +546,30 @@ class AsyncMemoryStore:
             _index(open_participant(url, asynchronous=ASYNC_API, embedder=embedder))
             for url in settings.indexes
         ]
+        mirrors = [
+            _storage(open_participant(url, name=f"mirror{n}", asynchronous=ASYNC_API))
+            for n, url in enumerate(settings.mirrors)
+        ]
         log = None
         if settings.log is not None:
             log = _log(open_decision_log(settings.log, asynchronous=ASYNC_API))
-        store = cls(_storage(storage), indexes, log=log, policy=settings.policy())
+        store = cls(_storage(storage), indexes, mirrors=mirrors, log=log, policy=settings.policy())
         await store.recover()
         return store
 
     def coordinator_with(self, **policy: Any) -> AsyncCoordinator:
         """A coordinator over the same stores with some policy fields changed."""
         return AsyncCoordinator(
-            [self.storage, *self.indexes],
+            self.participants,
             self.log,
             policy=replace(self.policy, **policy),
             fault_hook=self._fault_hook,
         )
+
+    @property
+    def participants(self) -> list[AsyncStorage | AsyncIndex]:
+        """Every store a transaction writes: the storage, the mirrors, the indexes."""
+        return [self.storage, *self.mirrors, *self.indexes]
 
     # -- configuration ------------------------------------------------------------------
 
@@ -556,14 +578,23 @@ class AsyncMemoryStore:
         if not isinstance(index, AsyncIndex):
             raise UsageError(f"add_index() takes a Lockstep index, got {type(index).__name__}")
         self.indexes.append(index)
-        self.coordinator = AsyncCoordinator(
-            [self.storage, *self.indexes],
-            self.log,
-            policy=self.policy,
-            fault_hook=self._fault_hook,
-        )
+        self.coordinator = self.coordinator_with()
 
     add_hook = add_index  # MemState's name
+
+    def add_mirror(self, mirror: AsyncStorage) -> None:
+        """Keep a copy of every fact, with its history, in ``mirror`` from now on.
+
+        A mirror is a derived store: every transaction writes it together with the
+        storage, ``verify`` compares it with the storage and ``repair`` rebuilds it from
+        there. Reads go to the storage. A mirror that has fallen behind (say, emptied
+        behind Lockstep's back) votes NO on changes to the facts it lacks, so nothing
+        commits on top of a wrong copy; ``repair`` puts it right.
+        """
+        if not isinstance(mirror, AsyncStorage):
+            raise UsageError(f"add_mirror() takes a Lockstep storage, got {type(mirror).__name__}")
+        self.mirrors.append(mirror)
+        self.coordinator = self.coordinator_with()
 
     def register_schema(
         self, typename: str, model: type[BaseModel], constraint: Constraint | None = None
@@ -828,27 +859,32 @@ class AsyncMemoryStore:
         return await self.coordinator.recover()
 
     async def verify(self) -> VerifyReport:
-        """Compare every index with the storage, fact by fact."""
+        """Compare every mirror and index with the storage, fact by fact."""
         facts = await self.storage.all_facts()
         drift = {}
+        for mirror in self.mirrors:
+            drift[mirror.name] = compare_copies(facts, await mirror.all_facts())
         for index in self.indexes:
             contents = await index.contents()
             drift[index.name] = compare(facts, contents, functools.partial(_held, index))
-        staged = {self.storage.name: await self.storage.recover()}
+        staged = {s.name: await s.recover() for s in (self.storage, *self.mirrors)}
         return VerifyReport(len(facts), drift, staged)
 
     async def repair(self) -> VerifyReport:
-        """Rebuild the indexes from the storage where they differ, one fact at a time.
+        """Rebuild the mirrors and indexes from the storage where they differ, per fact.
 
         Recovery runs first (so nothing is left staged); then every missing or stale fact
-        is re-indexed at its committed version and every extra point removed, each as its
-        own small commit on the index. The storage, the source of truth, is not changed.
+        is written again at its committed version and every extra one removed, each as its
+        own small commit on the derived store. The storage, the source of truth, is not
+        changed.
         :returns: the drift that was repaired (run ``verify`` again to see it gone).
         """
         await self.recover()
         report = await self.verify()
+        for mirror in self.mirrors:
+            await self._repair_mirror(mirror, report.derived[mirror.name])
         for index in self.indexes:
-            drift = report.indexes[index.name]
+            drift = report.derived[index.name]
             held = (await index.contents()).committed
             rebuild = [*drift.missing, *(fid for fid, _, _ in drift.stale)]
             facts = await self.storage.get_many(rebuild)
@@ -858,18 +894,37 @@ class AsyncMemoryStore:
                 if fact is None or text is None:
                     continue
                 if held.get(fact_id, 0) > fact.version:  # a point newer than the truth
-                    await self._apply_to_index(index, [DeleteFact(fact_id, held[fact_id])])
+                    await self._apply(index, [DeleteFact(fact_id, held[fact_id])])
                 vector = index.embedder.embed([text])[0]
                 write = UpsertFact(fact, 0, embedding=tuple(vector))
-                await self._apply_to_index(index, [write])
+                await self._apply(index, [write])
             for fact_id in drift.extra:
-                await self._apply_to_index(index, [DeleteFact(fact_id, held[fact_id])])
+                await self._apply(index, [DeleteFact(fact_id, held[fact_id])])
         return report
 
-    async def _apply_to_index(self, index: AsyncIndex, writes: list[Write]) -> None:
+    async def _repair_mirror(self, mirror: AsyncStorage, drift: Drift) -> None:
+        rebuild = [*drift.missing, *(fid for fid, _, _ in drift.stale)]
+        facts = await self.storage.get_many(rebuild)
+        copies = await mirror.get_many([*rebuild, *drift.extra])
+        for fact_id in rebuild:
+            fact = facts.get(fact_id)
+            copy = copies.get(fact_id)
+            if fact is not None:
+                expected = 0 if copy is None else copy.version
+                await self._apply(mirror, [UpsertFact(fact, expected)])
+        for fact_id in drift.extra:
+            copy = copies.get(fact_id)
+            if copy is not None:
+                tombstone = replace(
+                    copy, version=copy.version + 1, deleted=True, reason="repair: not in storage"
+                )
+                await self._apply(mirror, [DeleteFact(fact_id, copy.version, tombstone)])
+
+    async def _apply(self, store: AsyncStorage | AsyncIndex, writes: list[Write]) -> None:
+        """One small commit on one derived store (repair), outside the decision log."""
         txid = new_txid()
-        if await index.prepare(txid, writes) is Vote.YES:
-            await index.commit(txid)
+        if await store.prepare(txid, writes) is Vote.YES:
+            await store.commit(txid)
 
     async def close(self) -> None:
         """Close the storage, the indexes and the log."""

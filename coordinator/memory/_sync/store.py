@@ -28,7 +28,7 @@ from coordinator.filters import check_filters, matches
 from coordinator.ids import new_txid
 from coordinator.log import MemoryDecisionLog
 from coordinator.memory._model import Constraint, Fact, SchemaRegistry, ScoredFact, as_dict
-from coordinator.memory._verify import VerifyReport, compare
+from coordinator.memory._verify import Drift, VerifyReport, compare, compare_copies
 from coordinator.outcomes import Outcome, RecoveryReport
 from coordinator.plugins import open_decision_log, open_participant
 from coordinator.policy import Policy
@@ -372,6 +372,8 @@ class MemoryTransaction:
             TransactionMeta(self._session(), self._kind, self._undoes, self.actor, self.reason)
         )
         writes: dict[str, list[Write]] = {store.storage.name: storage_writes}
+        for mirror in store.mirrors:
+            writes[mirror.name] = list(storage_writes)
         for index in store.indexes:
             writes[index.name] = self._index_writes(index, index_changes)
         for participant, statements in self._sql.items():
@@ -450,6 +452,8 @@ class MemoryStore:
     :param storage: the source of truth (``AsyncSQLiteStorage``, ``AsyncInMemoryStorage``,
         Postgres, Redis).
     :param hooks: vector indexes to keep in lockstep (MemState's name; see ``add_index``).
+    :param mirrors: further storages that hold a copy of every fact (e.g. Redis beside
+        Postgres, for readers that want the facts there); see ``add_mirror``.
     :param log: the decision log (default: the storage's own, e.g. a SQLite file beside it).
     :param policy: timeouts and retry bounds of the engine.
     """
@@ -459,6 +463,7 @@ class MemoryStore:
         storage: Storage,
         hooks: Sequence[Index] | None = None,
         *,
+        mirrors: Sequence[Storage] = (),
         log: DecisionLog | None = None,
         policy: Policy | None = None,
         fault_hook: FaultHook = no_faults,
@@ -469,6 +474,7 @@ class MemoryStore:
             )
         self.storage = storage
         self.indexes: list[Index] = []
+        self.mirrors: list[Storage] = []
         self.schemas = SchemaRegistry()
         self.constraints: dict[str, Constraint] = {}
         default_log = getattr(storage, "default_decision_log", None)
@@ -480,6 +486,8 @@ class MemoryStore:
         self.coordinator = Coordinator(
             [storage], self.log, policy=self.policy, fault_hook=fault_hook
         )
+        for mirror in mirrors:
+            self.add_mirror(mirror)
         for index in hooks or ():
             self.add_index(index)
 
@@ -523,6 +531,11 @@ class MemoryStore:
         settings = settings or LockstepSettings()
         embedder = settings.make_embedder()
         if settings.storage is None:
+            if settings.mirrors or settings.indexes:
+                raise ConfigurationError(
+                    "settings name indexes or mirrors but no storage; set `storage` (the "
+                    "source of truth) or use `path` alone for the embedded default"
+                )
             return cls.open(
                 settings.path or "lockstep-memory", embedder=embedder, policy=settings.policy()
             )
@@ -531,21 +544,30 @@ class MemoryStore:
             _index(open_participant(url, asynchronous=SYNC_API, embedder=embedder))
             for url in settings.indexes
         ]
+        mirrors = [
+            _storage(open_participant(url, name=f"mirror{n}", asynchronous=SYNC_API))
+            for n, url in enumerate(settings.mirrors)
+        ]
         log = None
         if settings.log is not None:
             log = _log(open_decision_log(settings.log, asynchronous=SYNC_API))
-        store = cls(_storage(storage), indexes, log=log, policy=settings.policy())
+        store = cls(_storage(storage), indexes, mirrors=mirrors, log=log, policy=settings.policy())
         store.recover()
         return store
 
     def coordinator_with(self, **policy: Any) -> Coordinator:
         """A coordinator over the same stores with some policy fields changed."""
         return Coordinator(
-            [self.storage, *self.indexes],
+            self.participants,
             self.log,
             policy=replace(self.policy, **policy),
             fault_hook=self._fault_hook,
         )
+
+    @property
+    def participants(self) -> list[Storage | Index]:
+        """Every store a transaction writes: the storage, the mirrors, the indexes."""
+        return [self.storage, *self.mirrors, *self.indexes]
 
     # -- configuration ------------------------------------------------------------------
 
@@ -554,14 +576,23 @@ class MemoryStore:
         if not isinstance(index, Index):
             raise UsageError(f"add_index() takes a Lockstep index, got {type(index).__name__}")
         self.indexes.append(index)
-        self.coordinator = Coordinator(
-            [self.storage, *self.indexes],
-            self.log,
-            policy=self.policy,
-            fault_hook=self._fault_hook,
-        )
+        self.coordinator = self.coordinator_with()
 
     add_hook = add_index  # MemState's name
+
+    def add_mirror(self, mirror: Storage) -> None:
+        """Keep a copy of every fact, with its history, in ``mirror`` from now on.
+
+        A mirror is a derived store: every transaction writes it together with the
+        storage, ``verify`` compares it with the storage and ``repair`` rebuilds it from
+        there. Reads go to the storage. A mirror that has fallen behind (say, emptied
+        behind Lockstep's back) votes NO on changes to the facts it lacks, so nothing
+        commits on top of a wrong copy; ``repair`` puts it right.
+        """
+        if not isinstance(mirror, Storage):
+            raise UsageError(f"add_mirror() takes a Lockstep storage, got {type(mirror).__name__}")
+        self.mirrors.append(mirror)
+        self.coordinator = self.coordinator_with()
 
     def register_schema(
         self, typename: str, model: type[BaseModel], constraint: Constraint | None = None
@@ -824,27 +855,32 @@ class MemoryStore:
         return self.coordinator.recover()
 
     def verify(self) -> VerifyReport:
-        """Compare every index with the storage, fact by fact."""
+        """Compare every mirror and index with the storage, fact by fact."""
         facts = self.storage.all_facts()
         drift = {}
+        for mirror in self.mirrors:
+            drift[mirror.name] = compare_copies(facts, mirror.all_facts())
         for index in self.indexes:
             contents = index.contents()
             drift[index.name] = compare(facts, contents, functools.partial(_held, index))
-        staged = {self.storage.name: self.storage.recover()}
+        staged = {s.name: s.recover() for s in (self.storage, *self.mirrors)}
         return VerifyReport(len(facts), drift, staged)
 
     def repair(self) -> VerifyReport:
-        """Rebuild the indexes from the storage where they differ, one fact at a time.
+        """Rebuild the mirrors and indexes from the storage where they differ, per fact.
 
         Recovery runs first (so nothing is left staged); then every missing or stale fact
-        is re-indexed at its committed version and every extra point removed, each as its
-        own small commit on the index. The storage, the source of truth, is not changed.
+        is written again at its committed version and every extra one removed, each as its
+        own small commit on the derived store. The storage, the source of truth, is not
+        changed.
         :returns: the drift that was repaired (run ``verify`` again to see it gone).
         """
         self.recover()
         report = self.verify()
+        for mirror in self.mirrors:
+            self._repair_mirror(mirror, report.derived[mirror.name])
         for index in self.indexes:
-            drift = report.indexes[index.name]
+            drift = report.derived[index.name]
             held = (index.contents()).committed
             rebuild = [*drift.missing, *(fid for fid, _, _ in drift.stale)]
             facts = self.storage.get_many(rebuild)
@@ -854,18 +890,37 @@ class MemoryStore:
                 if fact is None or text is None:
                     continue
                 if held.get(fact_id, 0) > fact.version:  # a point newer than the truth
-                    self._apply_to_index(index, [DeleteFact(fact_id, held[fact_id])])
+                    self._apply(index, [DeleteFact(fact_id, held[fact_id])])
                 vector = index.embedder.embed([text])[0]
                 write = UpsertFact(fact, 0, embedding=tuple(vector))
-                self._apply_to_index(index, [write])
+                self._apply(index, [write])
             for fact_id in drift.extra:
-                self._apply_to_index(index, [DeleteFact(fact_id, held[fact_id])])
+                self._apply(index, [DeleteFact(fact_id, held[fact_id])])
         return report
 
-    def _apply_to_index(self, index: Index, writes: list[Write]) -> None:
+    def _repair_mirror(self, mirror: Storage, drift: Drift) -> None:
+        rebuild = [*drift.missing, *(fid for fid, _, _ in drift.stale)]
+        facts = self.storage.get_many(rebuild)
+        copies = mirror.get_many([*rebuild, *drift.extra])
+        for fact_id in rebuild:
+            fact = facts.get(fact_id)
+            copy = copies.get(fact_id)
+            if fact is not None:
+                expected = 0 if copy is None else copy.version
+                self._apply(mirror, [UpsertFact(fact, expected)])
+        for fact_id in drift.extra:
+            copy = copies.get(fact_id)
+            if copy is not None:
+                tombstone = replace(
+                    copy, version=copy.version + 1, deleted=True, reason="repair: not in storage"
+                )
+                self._apply(mirror, [DeleteFact(fact_id, copy.version, tombstone)])
+
+    def _apply(self, store: Storage | Index, writes: list[Write]) -> None:
+        """One small commit on one derived store (repair), outside the decision log."""
         txid = new_txid()
-        if index.prepare(txid, writes) is Vote.YES:
-            index.commit(txid)
+        if store.prepare(txid, writes) is Vote.YES:
+            store.commit(txid)
 
     def close(self) -> None:
         """Close the storage, the indexes and the log."""

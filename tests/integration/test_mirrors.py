@@ -1,0 +1,157 @@
+"""A mirror storage beside the source of truth: Postgres facts, a Redis copy, a Chroma
+server index — one memory change lands in all three or in none.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import chromadb
+import pytest
+import redis
+
+from chaos.servers import ChromaServer, PostgresServer, RedisServer
+from coordinator import (
+    Fact,
+    LockstepError,
+    MemoryStore,
+    Policy,
+    TransactionAborted,
+    UsageError,
+)
+from coordinator.embeddings import HashingEmbedder
+from coordinator.records import FactRecord, UpsertFact
+from coordinator.settings import LockstepSettings
+from participants.chroma import ChromaIndex
+from participants.postgres import PostgresStorage
+from participants.redis import RedisStorage
+
+RECOVER_NOW = Policy(in_doubt_timeout=0.001, redrive_after=0, prepare_timeout=5)
+
+
+@pytest.fixture
+def three(
+    postgres_server: PostgresServer, redis_server: RedisServer, chroma_server: ChromaServer
+) -> Iterator[MemoryStore]:
+    """Postgres (truth and log) + a Redis mirror + a Chroma server index, fresh names."""
+    tag = uuid.uuid4().hex[:10]
+    dsn = postgres_server.create_database(f"mirror_{tag}")
+    client = chromadb.HttpClient(host="127.0.0.1", port=chroma_server.port)
+    mem = MemoryStore(
+        PostgresStorage(dsn, name="facts"),
+        [ChromaIndex(client, f"m{tag}", "content", embedder=HashingEmbedder(16))],
+        mirrors=[RedisStorage(redis_server.url, name="copy", prefix=f"m{tag}:")],
+        policy=RECOVER_NOW,
+    )
+    try:
+        yield mem
+    finally:
+        mem.close()
+
+
+def versions(records: list[FactRecord]) -> dict[str, int]:
+    return {f.id: f.version for f in records}
+
+
+def test_every_change_lands_in_the_storage_the_mirror_and_the_index(three: MemoryStore) -> None:
+    mirror = three.mirrors[0]
+    a = three.commit(Fact(type="note", payload={"content": "likes tea"}), session_id="s1")
+    b = three.commit(Fact(type="note", payload={"content": "lives in Lisbon"}))
+    three.update(a, {"payload": {"content": "likes green tea"}})
+    three.delete(None, b)
+    three.rollback(1)  # undoes the delete: b is back, at a new version
+
+    truth = three.storage.all_facts()
+    assert versions(truth) == {a: 2, b: 3}
+    assert versions(mirror.all_facts()) == versions(truth)
+    assert mirror.get(a).payload == {"content": "likes green tea"}  # type: ignore[union-attr]
+    assert [h.version for h in mirror.history(b)] == [1, 2, 3]
+    assert three.indexes[0].contents().committed == {a: 2, b: 3}
+    assert three.verify().clean
+
+
+def test_a_mirror_that_cannot_prepare_aborts_the_whole_change(
+    three: MemoryStore, redis_server: RedisServer
+) -> None:
+    kept = three.commit(Fact(type="note", payload={"content": "before"}))
+    redis_server.kill()
+    try:
+        with pytest.raises(LockstepError):
+            three.update(kept, {"payload": {"content": "during the outage"}})
+        with pytest.raises(LockstepError):
+            three.commit(Fact(id="new", type="note", payload={"content": "never lands"}))
+    finally:
+        redis_server.start()
+    three.recover()
+    assert versions(three.storage.all_facts()) == {kept: 1}
+    assert three.get(kept)["payload"] == {"content": "before"}  # type: ignore[index]
+    assert three.indexes[0].contents().committed == {kept: 1}
+    assert three.verify().clean
+    three.update(kept, {"payload": {"content": "after"}})
+    assert versions(three.mirrors[0].all_facts()) == {kept: 2}
+
+
+def test_verify_finds_a_wiped_mirror_and_repair_rebuilds_it(
+    three: MemoryStore, redis_server: RedisServer
+) -> None:
+    ids = [three.commit(Fact(type="note", payload={"content": f"fact {n}"})) for n in range(4)]
+    three.update(ids[0], {"payload": {"content": "fact 0, revised"}})
+    mirror = three.mirrors[0]
+    prefix = mirror._prefix  # type: ignore[attr-defined]
+    raw = redis.Redis(port=redis_server.port)
+    for key in raw.scan_iter(f"{prefix}*"):  # behind Lockstep's back
+        raw.delete(key)
+    # An update of a fact the mirror lacks is refused, not committed over a wrong copy.
+    with pytest.raises(TransactionAborted):
+        three.update(ids[1], {"payload": {"content": "refused"}})
+
+    report = three.verify()
+    assert not report.clean
+    assert report.derived["copy"].missing == sorted(ids)
+    assert report.derived[three.indexes[0].name].clean
+
+    three.repair()
+    assert three.verify().clean
+    assert versions(mirror.all_facts()) == {ids[0]: 2, ids[1]: 1, ids[2]: 1, ids[3]: 1}
+    assert mirror.get(ids[0]).payload == {"content": "fact 0, revised"}  # type: ignore[union-attr]
+    three.update(ids[1], {"payload": {"content": "accepted now"}})
+    assert mirror.get(ids[1]).version == 2  # type: ignore[union-attr]
+
+
+def test_repair_removes_facts_only_the_mirror_holds(three: MemoryStore) -> None:
+    kept = three.commit(Fact(type="note", payload={"content": "kept"}))
+    stray = FactRecord("stray", "note", {"content": "only in the mirror"}, 1, txid="t")
+    three._apply(three.mirrors[0], [UpsertFact(stray, 0)])
+    assert three.verify().derived["copy"].extra == ["stray"]
+    three.repair()
+    assert versions(three.mirrors[0].all_facts()) == {kept: 1}
+    assert three.verify().clean
+
+
+def test_mirrors_from_settings(
+    postgres_server: PostgresServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    name = f"mirror_settings_{uuid.uuid4().hex[:8]}"
+    postgres_server.create_database(name)
+    settings = LockstepSettings(
+        storage=f"postgresql://postgres@127.0.0.1:{postgres_server.port}/{name}",
+        mirrors=[f"{redis_server.url}?prefix=s{uuid.uuid4().hex[:8]}:"],
+        indexes=[f"qdrant+local:///{tmp_path / 'q'}?collection=notes&text_field=content"],
+        embedder="hashing:16",
+    )
+    mem = MemoryStore.from_settings(settings)
+    try:
+        fid = mem.commit(Fact(type="note", payload={"content": "from settings"}))
+        assert versions(mem.mirrors[0].all_facts()) == {fid: 1}
+        assert mem.mirrors[0].name == "mirror0"
+    finally:
+        mem.close()
+    with pytest.raises(LockstepError, match="no storage"):
+        MemoryStore.from_settings(LockstepSettings(mirrors=["redis://127.0.0.1:1/0"]))
+
+
+def test_a_mirror_must_be_a_storage(three: MemoryStore) -> None:
+    with pytest.raises(UsageError, match="add_mirror"):
+        three.add_mirror(three.indexes[0])  # type: ignore[arg-type]
