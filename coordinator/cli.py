@@ -11,7 +11,8 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, cast
 
 from coordinator import daemon
@@ -22,18 +23,20 @@ from coordinator.faults import hook_from_environment
 from coordinator.ids import txid_time
 from coordinator.memory import MemoryStore
 from coordinator.outcomes import RecoveryReport
-from coordinator.plugins import open_decision_log, open_participant, path_of
+from coordinator.plugins import open_decision_log, open_participant
 from coordinator.policy import Policy
 from coordinator.settings import LockstepSettings
+
+LeaseFactory = Callable[[], AbstractContextManager[daemon.Lease]]
 
 
 def _settings(args: argparse.Namespace) -> LockstepSettings:
     return LockstepSettings.from_file(args.config) if args.config else LockstepSettings()
 
 
-def _coordinator(args: argparse.Namespace) -> tuple[Coordinator, str | None]:
+def _coordinator(args: argparse.Namespace) -> tuple[Coordinator, LeaseFactory | None]:
     """A coordinator over the stores named on the command line or in the settings, and
-    the path of a lease file (for SQLite logs)."""
+    the daemon's lease on their decision log (when the log offers one)."""
     settings = _settings(args)
     timeout = args.in_doubt_timeout or settings.in_doubt_timeout
     policy = Policy(in_doubt_timeout=timeout, prepare_timeout=settings.prepare_timeout)
@@ -47,16 +50,21 @@ def _coordinator(args: argparse.Namespace) -> tuple[Coordinator, str | None]:
         if not args.log:
             raise SystemExit("--store needs --log URL (the decision log of those stores)")
         log = cast(DecisionLog, open_decision_log(args.log))
-        lease = path_of(args.log) + ".lease" if args.log.startswith("sqlite:") else None
         hook = hook_from_environment()
-        return Coordinator(participants, log, policy=policy, fault_hook=hook), lease
+        return Coordinator(participants, log, policy=policy, fault_hook=hook), _lease_of(log)
     store = MemoryStore.from_settings(settings)
-    lease = None
-    log_path = getattr(getattr(store.log, "sync", None), "path", None)
-    if isinstance(log_path, str):
-        lease = log_path + ".lease"
     coordinator = store.coordinator_with(in_doubt_timeout=timeout)
-    return coordinator, lease
+    return coordinator, _lease_of(store.log)
+
+
+def _lease_of(log: object) -> LeaseFactory | None:
+    """``log.lease`` (SQLite: a file lock; Postgres: an advisory lock), also through an
+    adapter that wraps a log in ``.sync``."""
+    for candidate in (log, getattr(log, "sync", None)):
+        lease = getattr(candidate, "lease", None)
+        if callable(lease):
+            return cast(LeaseFactory, lease)
+    return None
 
 
 def _summary(report: RecoveryReport) -> dict[str, Any]:
@@ -101,18 +109,20 @@ def _recover(args: argparse.Namespace) -> int:
         else:
             print(f"{stamp} {_line(result)}", flush=True)
 
-    def watch() -> int:
-        passes = daemon.run(coordinator.recover, interval=args.interval, stop=stop, on_pass=show)
+    def watch(lease: daemon.Lease | None) -> int:
+        passes = daemon.run(
+            coordinator.recover, interval=args.interval, stop=stop, on_pass=show, lease=lease
+        )
         print(f"stopped after {passes} passes", flush=True)
         return 0
 
     if lease is None:
-        return watch()
-    with daemon.file_lease(lease) as held:
-        if not held:
-            print(f"another recovery daemon holds {lease}; exiting", file=sys.stderr)
+        return watch(None)
+    with lease() as held:
+        if not held.held:
+            print("another recovery daemon holds this log's lease; exiting", file=sys.stderr)
             return 3
-        return watch()
+        return watch(held)
 
 
 def _verify(args: argparse.Namespace) -> int:

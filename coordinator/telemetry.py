@@ -20,6 +20,7 @@ ATTR_PHASE = "lockstep.phase"
 ATTR_OUTCOME = "lockstep.outcome"
 ATTR_ACTION = "lockstep.action"
 ATTR_REASON = "lockstep.reason"
+ATTR_RESULT = "lockstep.result"
 
 SPAN_TRANSACTION = "lockstep.transaction"
 SPAN_RECOVER = "lockstep.recover"
@@ -34,6 +35,10 @@ _aborts = _meter.create_counter(
 )
 _recovered = _meter.create_counter(
     "lockstep.recovery.branches", description="Branches resolved by recovery"
+)
+_daemon_passes = _meter.create_counter(
+    "lockstep.daemon.passes",
+    description="Recovery daemon passes, by result (clean, unresolved, failed, standby)",
 )
 
 
@@ -83,3 +88,7 @@ def count_abort(reason: str) -> None:
 def count_recovered(action: str, branches: int) -> None:
     if branches:
         _recovered.add(branches, {ATTR_ACTION: action})
+
+
+def count_daemon_pass(result: str) -> None:
+    _daemon_passes.add(1, {ATTR_RESULT: result})

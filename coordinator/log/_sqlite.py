@@ -23,12 +23,16 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from coordinator.abc import Decision, DecisionRecord
 from coordinator.errors import DecisionLogError, UsageError
 from coordinator.log._adapter import AsyncDecisionLogAdapter
+
+if TYPE_CHECKING:
+    from coordinator.daemon import Lease
 
 SCHEMA_VERSION = 1
 _CHUNK = 500  # stays under SQLite's limit on bound parameters
@@ -246,6 +250,12 @@ class SQLiteDecisionLog:
             self._conn.execute(
                 f"UPDATE lockstep_decisions SET ended = 1 WHERE txid IN ({marks})", chunk
             )
+
+    def lease(self) -> AbstractContextManager[Lease]:
+        """The recovery daemon's lease on this log: a ``flock`` on ``<path>.lease``."""
+        from coordinator.daemon import file_lease
+
+        return file_lease(self.path + ".lease")
 
     def close(self) -> None:
         """Flush pending END marks and close the file. Idempotent."""

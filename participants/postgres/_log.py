@@ -10,8 +10,10 @@ through Postgres's own group commit. END marks are written with
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -22,6 +24,11 @@ from coordinator.abc import Decision, DecisionRecord
 from coordinator.errors import DecisionLogError, UsageError
 from coordinator.log import AsyncDecisionLogAdapter
 from participants.postgres._schema import DECISIONS_SCHEMA
+
+logger = logging.getLogger("participants.postgres")
+
+#: The advisory-lock key of the recovery daemon's lease (one per database).
+DAEMON_LEASE_KEY = 0x10C57E9  # "lockstep"-ish; any constant unique to this use
 
 
 class PostgresDecisionLog:
@@ -49,6 +56,8 @@ class PostgresDecisionLog:
             raise DecisionLogError(
                 f"cannot reach the Postgres decision log within {connect_timeout} s: {exc}"
             ) from exc
+        self._conninfo = conninfo
+        self._connect_timeout = connect_timeout
         with self._connection() as conn:
             present = conn.execute("SELECT to_regclass('lockstep_decisions_unended')").fetchone()
             if present is None or present[0] is None:
@@ -107,6 +116,17 @@ class PostgresDecisionLog:
     def close(self) -> None:
         self._pool.close()
 
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[AdvisoryLease]:
+        """The recovery daemon's lease on this log: a session-level advisory lock on its
+        own connection, released when the block ends or the process dies."""
+        lease = AdvisoryLease(self._conninfo, self._connect_timeout)
+        try:
+            lease.check()
+            yield lease
+        finally:
+            lease.release()
+
     def _connection(self) -> Any:
         return _Translated(self._pool)
 
@@ -133,6 +153,44 @@ class _Translated:
             raise DecisionLogError(f"Postgres decision log failed: {error}") from error
         if isinstance(exc, psycopg.Error):
             raise DecisionLogError(f"Postgres decision log failed: {exc}") from exc
+
+
+class AdvisoryLease:
+    """``pg_try_advisory_lock`` on a dedicated connection; ``check`` re-takes a lost one."""
+
+    def __init__(self, conninfo: str, connect_timeout: float) -> None:
+        self._conninfo = conninfo
+        self._timeout = max(1, int(connect_timeout))
+        self._conn: psycopg.Connection[Any] | None = None
+        self.held = False
+
+    def check(self) -> bool:
+        """True while this process holds the lease (taking it when it is free)."""
+        try:
+            if self._conn is not None and not self._conn.closed:
+                self._conn.execute("SELECT 1")
+                if self.held:
+                    return True
+            else:
+                self.held = False
+                self._conn = psycopg.connect(
+                    self._conninfo, autocommit=True, connect_timeout=self._timeout
+                )
+            row = self._conn.execute(
+                "SELECT pg_try_advisory_lock(%s)", (DAEMON_LEASE_KEY,)
+            ).fetchone()
+            self.held = bool(row and row[0])
+        except psycopg.Error as exc:
+            logger.warning("recovery lease connection failed: %s", exc)
+            self.release()
+        return self.held
+
+    def release(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()  # a session-level advisory lock ends with its session
+        self._conn = None
+        self.held = False
 
 
 def _record(row: tuple[Any, ...]) -> DecisionRecord:

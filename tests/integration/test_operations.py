@@ -8,8 +8,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from chaos.servers import PostgresServer
 from coordinator import Fact, MemoryStore, UpsertFact, new_txid
 from coordinator.embeddings import HashingEmbedder
 
@@ -119,3 +121,71 @@ def test_the_daemon_holds_a_lease_recovers_and_stops_on_sigterm(tmp_path: Path) 
         out, _ = first.communicate(timeout=60)
     assert first.returncode == 0
     assert "fenced 1" in out and "stopped after" in out
+
+
+def _lease_holders(dsn: str) -> list[int]:
+    import psycopg
+
+    from participants.postgres._log import DAEMON_LEASE_KEY
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND objid = %s AND database = (SELECT oid FROM pg_database "
+            "WHERE datname = current_database())",
+            (DAEMON_LEASE_KEY,),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _wait_for(condition: Callable[[], bool], what: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_daemons_on_a_shared_postgres_log_take_turns_by_advisory_lock(
+    postgres_server: PostgresServer,
+) -> None:
+    import psycopg
+
+    from participants.postgres import PostgresStorage
+    from tests.support.crash import upsert
+
+    name = f"lease_{new_txid()[-8:]}"
+    postgres_server.create_database(name)
+    url = f"postgresql://postgres@127.0.0.1:{postgres_server.port}/{name}"
+    store = PostgresStorage(url, name="facts")
+    store.prepare(new_txid(now=time.time() - 60), [upsert("stuck", 1)])
+    args = [sys.executable, "-m", "coordinator.cli", "recover", "--watch", "--interval", "0.2"]
+    args += ["--store", f"facts={url}", "--log", url, "--in-doubt-timeout", "30"]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    third: subprocess.Popen[str] | None = None
+    try:
+        _wait_for(lambda: len(_lease_holders(url)) == 1, "the first daemon's lease")
+        _wait_for(lambda: store.recover() == [], "the stuck branch to be resolved (G6)")
+        second = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+        assert second.returncode == 3 and "lease" in second.stderr
+
+        # The first daemon's lease connection dies: another daemon may take over, and the
+        # first stands by instead of working beside it.
+        (holder,) = _lease_holders(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (holder,))
+        third = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_for(
+            lambda: len(holders := _lease_holders(url)) == 1 and holders[0] != holder,
+            "a new lease holder",
+        )
+        store.prepare(new_txid(now=time.time() - 60), [upsert("stuck-again", 1)])
+        _wait_for(lambda: store.recover() == [], "the second stuck branch to be resolved")
+    finally:
+        for daemon_process in (first, third):
+            if daemon_process is not None:
+                daemon_process.send_signal(signal.SIGTERM)
+        outputs = [p.communicate(timeout=60) for p in (first, third) if p is not None]
+        store.close()
+    assert first.returncode == 0 and third is not None and third.returncode == 0
+    assert "standing by" in outputs[0][1]
+    assert _lease_holders(url) == []
