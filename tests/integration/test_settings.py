@@ -47,6 +47,7 @@ def test_environment_variables_override_the_file(
         ({"storage": "nosuch:///x"}, "no participant backend for nosuch://"),
         ({"storage": "sqlite:///x.db", "indexes": ["sqlite:///y.db"]}, "is not a vector index"),
         ({"embedder": "word2vec"}, "embedder 'word2vec' is unknown"),
+        ({"mirrors": ["redis://127.0.0.1:1/0"]}, "no storage"),
         ({"storage": "sqlite:///x.db", "log": "redis://nope"}, "no decision log for redis://"),
     ],
 )
@@ -61,3 +62,14 @@ def test_bad_settings_get_a_clear_error(
 def test_unknown_setting_keys_are_refused() -> None:
     with pytest.raises(ValueError, match="storag"):
         LockstepSettings(storag="sqlite:///x.db")  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("scheme", ["qdrant+memory", "chroma+memory"])
+def test_an_index_url_may_name_its_embedder(scheme: str) -> None:
+    """So the CLI and the daemon can open an index that was made with a given embedder."""
+    from coordinator.plugins import open_participant
+
+    index = open_participant(f"{scheme}://?collection=e{scheme[0]}&embedder=hashing:24")
+    assert index.embedder.dim == 24  # type: ignore[attr-defined]
+    with pytest.raises(ConfigurationError, match="embedder 'bogus' is unknown"):
+        open_participant(f"{scheme}://?collection=x&embedder=bogus")
