@@ -1,10 +1,10 @@
 """A chaos writer: an agent process running a mixed memory workload against any stores.
 
-    python -m chaos.worker --mode lockstep|unsynchronised --storage URL --index URL
-        --log URL [--seed N] [--writes N] [--fail-rate 0.1]
+    python -m chaos.worker --mode lockstep|unsynchronised --storage URL [--mirror URL]
+        --index URL --log URL [--seed N] [--writes N] [--fail-rate 0.1]
 
-Prints one line per operation (``committed``, ``aborted``, ``vector-failed``) so the
-campaign can count them even when the process is killed mid-run. ``LOCKSTEP_KILL_AT``
+Prints one line per operation (``committed``, ``aborted``, ``vector-failed``,
+``mirror-failed``) so the campaign can count them even when the process is killed mid-run. ``LOCKSTEP_KILL_AT``
 (and ``LOCKSTEP_KILL_SKIP``) make it SIGKILL itself at a named fault point.
 """
 
@@ -29,13 +29,27 @@ EMBEDDER = HashingEmbedder(32)
 TOPICS = ["tea", "coffee", "london", "lisbon", "cats", "dogs", "dark mode", "peanuts"]
 
 
-def stores(storage_url: str, index_urls: Sequence[str]) -> tuple[Storage, list[Index]]:
+def stores(
+    storage_url: str, index_urls: Sequence[str], mirror_urls: Sequence[str] = ()
+) -> tuple[Storage, list[Storage], list[Index]]:
+    """The storage (``facts``), its mirrors (``mirror0``...) and indexes (``index0``...)."""
     storage = open_participant(storage_url, name="facts")
+    mirrors = [open_participant(u, name=f"mirror{i}") for i, u in enumerate(mirror_urls)]
     indexes = [
         open_participant(u, name=f"index{i}", embedder=EMBEDDER) for i, u in enumerate(index_urls)
     ]
-    assert isinstance(storage, Storage) and all(isinstance(i, Index) for i in indexes)
-    return storage, indexes  # type: ignore[return-value]
+    assert all(isinstance(s, Storage) for s in (storage, *mirrors))
+    assert all(isinstance(i, Index) for i in indexes)
+    return storage, mirrors, indexes  # type: ignore[return-value]
+
+
+def write_through(store: Storage, txid: str, writes: Sequence[Write]) -> None:
+    """Apply ``writes`` to one storage at once (no coordination: the unsynchronised way)."""
+    if isinstance(store, SupportsOnePhase):
+        store.commit_one_phase(txid, writes)
+    else:
+        store.prepare(txid, writes)
+        store.commit(txid)
 
 
 def flaky(prepare: Callable[..., Vote], rate: float, rng: random.Random) -> Callable[..., Vote]:
@@ -58,9 +72,15 @@ def choose(rng: random.Random, existing: list[str]) -> tuple[str, str | None, st
 
 
 def lockstep(args: argparse.Namespace, rng: random.Random) -> None:
-    storage, indexes = stores(args.storage, args.index)
+    storage, mirrors, indexes = stores(args.storage, args.index, args.mirror)
     log = open_decision_log(args.log)
-    mem = MemoryStore(storage, indexes, log=log, fault_hook=hook_from_environment())  # type: ignore[arg-type]
+    mem = MemoryStore(
+        storage,
+        indexes,
+        mirrors=mirrors,
+        log=log,  # type: ignore[arg-type]
+        fault_hook=hook_from_environment(),
+    )
     first = mem.indexes[0]
     first.prepare = flaky(first.prepare, args.fail_rate, random.Random(rng.random()))  # type: ignore[method-assign]
     for n in range(args.writes):
@@ -83,8 +103,9 @@ def lockstep(args: argparse.Namespace, rng: random.Random) -> None:
 
 
 def unsynchronised(args: argparse.Namespace, rng: random.Random) -> None:
-    """SQL (or Redis) first, then the vector write; a failed vector write is left as is."""
-    storage, indexes = stores(args.storage, args.index)
+    """SQL (or Redis) first, then each mirror, then the vector write; a failed later write
+    is left as is, as libraries without coordination do."""
+    storage, mirrors, indexes = stores(args.storage, args.index, args.mirror)
     index = indexes[0]
     vector_write = flaky(index.prepare, args.fail_rate, random.Random(rng.random()))
     hook = hook_from_environment()
@@ -103,15 +124,17 @@ def unsynchronised(args: argparse.Namespace, rng: random.Random) -> None:
                     fact_id or f"m-{txid}", "note", {"content": text}, version + 1, ts=time.time()
                 )
                 writes = [UpsertFact(record, version, embedding=tuple(EMBEDDER.embed([text])[0]))]
-            if isinstance(storage, SupportsOnePhase):
-                storage.commit_one_phase(txid, writes)
-            else:
-                storage.prepare(txid, writes)
-                storage.commit(txid)
+            write_through(storage, txid, writes)
         except LockstepError:
             print("aborted", flush=True)
             continue
         hook("between_writes")
+        try:
+            for mirror in mirrors:
+                write_through(mirror, txid, writes)
+        except LockstepError:
+            print("mirror-failed", flush=True)
+            continue
         try:
             vector_write(txid, writes)
             index.commit(txid)
@@ -124,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mode", choices=["lockstep", "unsynchronised"], required=True)
     parser.add_argument("--storage", required=True)
+    parser.add_argument("--mirror", action="append", default=[])
     parser.add_argument("--index", action="append", required=True)
     parser.add_argument("--log", required=True)
     parser.add_argument("--seed", type=int, default=0)

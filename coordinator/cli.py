@@ -111,7 +111,12 @@ def _recover(args: argparse.Namespace) -> int:
 
     def watch(lease: daemon.Lease | None) -> int:
         passes = daemon.run(
-            coordinator.recover, interval=args.interval, stop=stop, on_pass=show, lease=lease
+            coordinator.recover,
+            interval=args.interval,
+            stop=stop,
+            on_pass=show,
+            lease=lease,
+            max_backoff=args.max_backoff,
         )
         print(f"stopped after {passes} passes", flush=True)
         return 0
@@ -198,6 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name == "recover":
             sub.add_argument("--watch", action="store_true", help="run as a daemon")
             sub.add_argument("--interval", type=float, default=5.0, help="seconds between passes")
+            sub.add_argument(
+                "--max-backoff",
+                type=float,
+                default=60.0,
+                help="longest wait after failed passes (seconds)",
+            )
 
     verify = commands.add_parser("verify", help="compare every index with the storage")
     verify.add_argument("--repair", action="store_true", help="rebuild drifted index entries")
