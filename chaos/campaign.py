@@ -427,7 +427,7 @@ def campaign(combos: list[str], runs: int, writes: int, seed: int) -> list[Tally
                         if combo in SHARED
                         else ["in-process"]
                     )
-                    recovery = styles[n % len(styles)]
+                    recovery = styles[(n + len(tallies)) % len(styles)]  # every style in CI too
                     for mode in ("unsynchronised", "lockstep"):
                         directory = Path(tmp) / f"{len(tallies)}-{n}-{mode}"
                         directory.mkdir()
