@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.failure import ROOT, _compare, _points, embed, ensure_memstate_env
+from benchmarks._common import ROOT, embed, ensure_memstate_env, machine
+from benchmarks.failure import _compare, _points
 
 SYSTEMS = ["unsynchronised", "memstate", "lockstep"]
 
@@ -148,8 +149,6 @@ def main() -> int:
         found = measure_memstate(directory) if system == "memstate" else measure(system, directory)
         print(found)
         return 0
-    from benchmarks.engine import machine
-
     memstate_python = str(ensure_memstate_env())
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     rng = random.Random(11)

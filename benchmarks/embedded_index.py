@@ -24,7 +24,7 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 import chromadb
 from qdrant_client import QdrantClient
 
-from benchmarks.engine import machine
+from benchmarks._common import machine
 from coordinator import FactRecord, UpsertFact, new_txid
 from coordinator.abc import Index
 from coordinator.embeddings import HashingEmbedder

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -25,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks._common import machine
 from coordinator import Coordinator, FactRecord, Policy, UpsertFact, new_txid
 from coordinator.log import SQLiteDecisionLog
 from participants.sqlite import SQLiteStorage
@@ -51,21 +49,6 @@ class Result:
     def pct(self, q: float) -> float:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"SQLite {sqlite3.sqlite_version}, synchronous=FULL on every file, disk: {tempfile.gettempdir()}"
-    )
 
 
 def make_commit(config: str, directory: Path) -> Callable[[int], None]:

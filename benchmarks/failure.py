@@ -24,8 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-MEMSTATE_VENV = ROOT / "benchmarks" / ".venv-memstate"
+from benchmarks._common import ROOT, SameEmbedder, embed, ensure_memstate_env, machine
+
 VARIANTS = [
     "insert, fail before",
     "insert, fail after",
@@ -33,20 +33,6 @@ VARIANTS = [
     "delete, fail before",
 ]
 SYSTEMS = ["unsynchronised", "memstate", "lockstep"]
-DIM = 32
-
-
-def embed(text: str) -> list[float]:
-    """The same deterministic hashing embedder for every system (no model measured)."""
-    import hashlib
-    import math
-
-    vector = [0.0] * DIM
-    for word in text.lower().split():
-        digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
-        vector[int.from_bytes(digest[:4], "little") % DIM] += 1.0 if digest[4] & 1 else -1.0
-    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
-    return [v / norm for v in vector] if any(vector) else [1.0] + [0.0] * (DIM - 1)
 
 
 class Injected(Exception):
@@ -207,19 +193,11 @@ def _ours_stores(system: str, d: Path) -> tuple[Any, Any, Any]:
     from qdrant_client import QdrantClient
 
     from coordinator import MemoryStore
-    from coordinator.embeddings import HashingEmbedder
     from participants.qdrant import QdrantIndex
     from participants.sqlite import SQLiteStorage
 
-    class Same(HashingEmbedder):
-        def embed(self, texts: Any) -> list[list[float]]:
-            return [embed(t) for t in texts]
-
-        def embed_query(self, text: str) -> list[float]:
-            return embed(text)
-
     client = QdrantClient(path=str(d / "qdrant"))
-    index = QdrantIndex(client, "memories", "content", embedder=Same(DIM), owns_client=True)
+    index = QdrantIndex(client, "memories", "content", embedder=SameEmbedder(), owns_client=True)
     storage = SQLiteStorage(d / "facts.db")
     mem = MemoryStore(storage, [index]) if system == "lockstep" else None
     return storage, index, mem
@@ -229,26 +207,6 @@ def _compare(facts: dict[str, str], points: dict[str, str]) -> dict[str, Any]:
     ids = set(facts) | set(points)
     drift = sum(facts.get(i) != points.get(i) for i in ids)
     return {"sql_records": len(facts), "vector_records": len(points), "drift": drift}
-
-
-def ensure_memstate_env() -> Path:
-    python = MEMSTATE_VENV / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(MEMSTATE_VENV)], check=True)
-        subprocess.run(
-            [
-                str(python),
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "memstate==0.5.1",
-                "aiosqlite",
-                "qdrant-client",
-            ],
-            check=True,
-        )
-    return python
 
 
 def main() -> int:
@@ -263,8 +221,6 @@ def main() -> int:
         system, variant, seed, directory = args.one
         print(json.dumps(workload(system, variant, args.ops, int(seed), Path(directory))))
         return 0
-    from benchmarks.engine import machine
-
     memstate_python = ensure_memstate_env()
     results: dict[tuple[str, str], dict[str, Any]] = {}
     for variant in VARIANTS:
