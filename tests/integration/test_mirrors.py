@@ -155,3 +155,40 @@ def test_mirrors_from_settings(
 def test_a_mirror_must_be_a_storage(three: MemoryStore) -> None:
     with pytest.raises(UsageError, match="add_mirror"):
         three.add_mirror(three.indexes[0])  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_eight_asyncio_writers_from_the_first_call(
+    postgres_server: PostgresServer, redis_server: RedisServer
+) -> None:
+    """Concurrent first calls open the Postgres pool once (they used to hang the loop)."""
+    import anyio
+
+    from coordinator import AsyncMemoryStore
+    from participants.postgres import AsyncPostgresStorage
+    from participants.redis import AsyncRedisStorage
+
+    tag = uuid.uuid4().hex[:10]
+    dsn = postgres_server.create_database(f"async_{tag}")
+    mem = AsyncMemoryStore(
+        AsyncPostgresStorage(dsn, name="facts"),
+        mirrors=[AsyncRedisStorage(redis_server.url, name="copy", prefix=f"a{tag}:")],
+    )
+    written: list[str] = []
+
+    async def writer(w: int) -> None:
+        for i in range(5):
+            fact = Fact(type="note", payload={"content": f"writer {w} note {i}"})
+            written.append(await mem.commit(fact, session_id=f"s{w}"))
+
+    try:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                for w in range(8):
+                    group.start_soon(writer, w)
+        truth = {f.id: f.version for f in await mem.storage.all_facts()}
+        assert truth == dict.fromkeys(written, 1) and len(truth) == 40
+        assert {f.id: f.version for f in await mem.mirrors[0].all_facts()} == truth
+    finally:
+        await mem.close()

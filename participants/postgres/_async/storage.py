@@ -29,7 +29,7 @@ from psycopg import AsyncConnection, errors
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from coordinator._acompat import asleep
+from coordinator._acompat import ALock, asleep
 from coordinator.abc import AsyncDecisionLog, TransactionEntry, Vote
 from coordinator.errors import (
     ConfigurationError,
@@ -98,6 +98,7 @@ class AsyncPostgresStorage:
             check=AsyncConnectionPool.check_connection,
         )
         self._ready = False
+        self._opening = ALock()  # concurrent first calls open the pool once
         self._database = ""
 
     @property
@@ -115,11 +116,11 @@ class AsyncPostgresStorage:
         statements = [w for w in writes if isinstance(w, Execute)]
         meta = transaction_meta(writes)
         await self._open()
-        # Not `async with pool.connection()`: leaving that block after PREPARE would try to
-        # commit. psycopg keeps a connection in its two-phase state after PREPARE (only the
-        # same connection's tpc_commit/tpc_rollback clears it), so it is closed, not reused:
-        # the branch lives on in the server, and the pool opens a fresh connection.
-        conn = await self._pool.getconn()
+        # Not a pooled connection: psycopg keeps a connection in its two-phase state after
+        # PREPARE (only the same connection's tpc_commit/tpc_rollback clears it), so it
+        # cannot be reused. The prepare gets a connection of its own and closes it; the
+        # branch lives on in the server.
+        conn = await self._connect()
         try:
             xid = conn.xid(sql.FORMAT_ID, txid, self._name)
             try:
@@ -136,7 +137,6 @@ class AsyncPostgresStorage:
                 raise self._refusal(txid, exc) from exc
         finally:
             await conn.close()
-            await self._pool.putconn(conn)
         return Vote.YES
 
     async def commit(self, txid: str) -> None:
@@ -301,9 +301,22 @@ class AsyncPostgresStorage:
 
     # -- internals ----------------------------------------------------------------------
 
+    async def _connect(self) -> AsyncConnection[Any]:
+        try:
+            return await AsyncConnection.connect(
+                self._conninfo, connect_timeout=max(1, int(self._connect_timeout))
+            )
+        except psycopg.Error as exc:
+            raise self._error("connect", None, exc) from exc
+
     async def _open(self) -> None:
         if self._ready:
             return
+        async with self._opening:
+            if not self._ready:
+                await self._open_once()
+
+    async def _open_once(self) -> None:
         try:
             await self._pool.open(wait=True, timeout=self._connect_timeout)
         except Exception as exc:

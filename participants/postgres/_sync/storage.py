@@ -31,7 +31,7 @@ from psycopg import Connection, errors
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from coordinator._acompat import sleep
+from coordinator._acompat import Lock, sleep
 from coordinator.abc import DecisionLog, TransactionEntry, Vote
 from coordinator.errors import (
     ConfigurationError,
@@ -100,6 +100,7 @@ class PostgresStorage:
             check=ConnectionPool.check_connection,
         )
         self._ready = False
+        self._opening = Lock()  # concurrent first calls open the pool once
         self._database = ""
 
     @property
@@ -117,11 +118,11 @@ class PostgresStorage:
         statements = [w for w in writes if isinstance(w, Execute)]
         meta = transaction_meta(writes)
         self._open()
-        # Not `async with pool.connection()`: leaving that block after PREPARE would try to
-        # commit. psycopg keeps a connection in its two-phase state after PREPARE (only the
-        # same connection's tpc_commit/tpc_rollback clears it), so it is closed, not reused:
-        # the branch lives on in the server, and the pool opens a fresh connection.
-        conn = self._pool.getconn()
+        # Not a pooled connection: psycopg keeps a connection in its two-phase state after
+        # PREPARE (only the same connection's tpc_commit/tpc_rollback clears it), so it
+        # cannot be reused. The prepare gets a connection of its own and closes it; the
+        # branch lives on in the server.
+        conn = self._connect()
         try:
             xid = conn.xid(sql.FORMAT_ID, txid, self._name)
             try:
@@ -138,7 +139,6 @@ class PostgresStorage:
                 raise self._refusal(txid, exc) from exc
         finally:
             conn.close()
-            self._pool.putconn(conn)
         return Vote.YES
 
     def commit(self, txid: str) -> None:
@@ -301,9 +301,22 @@ class PostgresStorage:
 
     # -- internals ----------------------------------------------------------------------
 
+    def _connect(self) -> Connection[Any]:
+        try:
+            return Connection.connect(
+                self._conninfo, connect_timeout=max(1, int(self._connect_timeout))
+            )
+        except psycopg.Error as exc:
+            raise self._error("connect", None, exc) from exc
+
     def _open(self) -> None:
         if self._ready:
             return
+        with self._opening:
+            if not self._ready:
+                self._open_once()
+
+    def _open_once(self) -> None:
         try:
             self._pool.open(wait=True, timeout=self._connect_timeout)
         except Exception as exc:
