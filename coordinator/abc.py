@@ -95,6 +95,30 @@ class AsyncSupportsOnePhase(Protocol):
 
 
 @runtime_checkable
+class AsyncSupportsBatchResolve(Protocol):
+    """A participant that resolves many branches in one step (recovery's fast path).
+
+    ``commit_many``/``abort_many`` have exactly the effect of ``commit``/``abort`` on each
+    txid (idempotent, unknown txids ignored), done together: one local transaction, one
+    batched request. On an error nothing may be assumed; recovery falls back to resolving
+    the branches one by one.
+    """
+
+    async def commit_many(self, txids: Sequence[str]) -> None: ...
+
+    async def abort_many(self, txids: Sequence[str]) -> None: ...
+
+
+@runtime_checkable
+class SupportsBatchResolve(Protocol):
+    """The synchronous twin of :class:`AsyncSupportsBatchResolve`."""
+
+    def commit_many(self, txids: Sequence[str]) -> None: ...
+
+    def abort_many(self, txids: Sequence[str]) -> None: ...
+
+
+@runtime_checkable
 class SupportsOnePhase(Protocol):
     """The synchronous twin of :class:`AsyncSupportsOnePhase`."""
 

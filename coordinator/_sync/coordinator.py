@@ -46,6 +46,7 @@ from coordinator.abc import (
     Decision,
     DecisionLog,
     Participant,
+    SupportsBatchResolve,
     SupportsLastResource,
     SupportsOnePhase,
     Vote,
@@ -60,6 +61,7 @@ from coordinator.records import DeleteFact, Execute, TransactionMeta, UpsertFact
 logger = logging.getLogger("coordinator")
 
 T = TypeVar("T")
+_BATCH = 500  # branches per batched resolve call
 
 
 class Coordinator:
@@ -352,6 +354,10 @@ class Coordinator:
     def _resolve(
         self, commit: Mapping[str, tuple[str, ...]], abort: Mapping[str, tuple[str, ...]]
     ) -> BranchesResolved:
+        commit, abort = (
+            self._resolve_batches(commit),
+            self._resolve_batches(abort, Decision.ABORT),
+        )
         work = [(n, t, Decision.COMMIT) for n, ts in commit.items() for t in ts]
         work += [(n, t, Decision.ABORT) for n, ts in abort.items() for t in ts]
         failed: dict[tuple[str, str], BaseException] = {}
@@ -366,6 +372,35 @@ class Coordinator:
                 if isinstance(result, Exception):
                     failed[(name, txid)] = result
         return BranchesResolved(failed)
+
+    def _resolve_batches(
+        self, branches: Mapping[str, tuple[str, ...]], decision: Decision = Decision.COMMIT
+    ) -> dict[str, tuple[str, ...]]:
+        """Resolve the branches of participants that take batches, a chunk per call;
+        returns what is left to resolve one by one (other participants, failed chunks)."""
+        left: dict[str, tuple[str, ...]] = {}
+        for name, txids in branches.items():
+            participant = self._participants[name]
+            if len(txids) < 2 or not isinstance(participant, SupportsBatchResolve):
+                left[name] = txids
+                continue
+            rest: list[str] = []
+            for start in range(0, len(txids), _BATCH):
+                chunk = txids[start : start + _BATCH]
+                self._fault(f"recovery_before_resolve:{name}")
+                try:
+                    if decision is Decision.COMMIT:
+                        participant.commit_many(chunk)
+                    else:
+                        participant.abort_many(chunk)
+                except LockstepError as exc:
+                    logger.warning("batch %s on %s failed (%s); one by one", decision, name, exc)
+                    rest.extend(chunk)
+                    continue
+                self._fault(f"recovery_after_resolve:{name}")
+            if rest:
+                left[name] = tuple(rest)
+        return left
 
     def _resolve_one(self, name: str, txid: str, decision: Decision) -> None:
         participant = self._participants[name]

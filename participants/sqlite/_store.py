@@ -127,25 +127,46 @@ class SQLiteStore:
         return Vote.YES
 
     def commit(self, txid: str) -> None:
-        with self._lock, self._translated(txid), self._transaction():
-            prepared = self._one("SELECT meta FROM lockstep_prepared WHERE txid = ?", txid)
-            if prepared is None:
-                return  # already committed (or never prepared: the log says which)
-            staged = self._conn.execute(
-                "SELECT fact_id, kind, expected_version, claim, record FROM lockstep_staged "
-                "WHERE txid = ? ORDER BY seq",
-                (txid,),
-            ).fetchall()
-            self._apply(txid, [_write_from_row(row) for row in staged], _meta_from(prepared[0]))
-            self._forget(txid)
+        self.commit_many([txid])
+
+    def commit_many(self, txids: Sequence[str]) -> None:
+        """Commit every branch of ``txids`` in one local transaction (one fsync)."""
+        if not txids:
+            return
+        one = txids[0] if len(txids) == 1 else None
+        with self._lock, self._translated(one), self._transaction():
+            for txid in txids:
+                self._commit_staged(txid)
+
+    def _commit_staged(self, txid: str) -> None:
+        prepared = self._one("SELECT meta FROM lockstep_prepared WHERE txid = ?", txid)
+        if prepared is None:
+            return  # already committed (or never prepared: the log says which)
+        staged = self._conn.execute(
+            "SELECT fact_id, kind, expected_version, claim, record FROM lockstep_staged "
+            "WHERE txid = ? ORDER BY seq",
+            (txid,),
+        ).fetchall()
+        self._apply(txid, [_write_from_row(row) for row in staged], _meta_from(prepared[0]))
+        self._forget(txid)
 
     def abort(self, txid: str) -> None:
+        self.abort_many([txid])
+
+    def abort_many(self, txids: Sequence[str]) -> None:
+        """Abort every branch of ``txids`` in one local transaction."""
         now = time.time()
-        with self._lock, self._translated(txid), self._transaction():
-            self._forget(txid)
-            # The tombstone fences out a prepare that arrives after the abort (a call the
-            # coordinator gave up on at its timeout); old ones are pruned as we go.
-            self._conn.execute("INSERT OR IGNORE INTO lockstep_aborted VALUES (?, ?)", (txid, now))
+        if not txids:
+            return
+        one = txids[0] if len(txids) == 1 else None
+        with self._lock, self._translated(one), self._transaction():
+            for txid in txids:
+                self._forget(txid)
+                # The tombstone fences out a prepare that arrives after the abort (a call
+                # the coordinator gave up on at its timeout).
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO lockstep_aborted VALUES (?, ?)", (txid, now)
+                )
             self._conn.execute(
                 "DELETE FROM lockstep_aborted WHERE aborted_at < ?", (now - ABORT_FENCE_SECONDS,)
             )

@@ -98,38 +98,63 @@ class AsyncQdrantIndex(VectorIndexBase):
         await self._ensure_collection()
         try:
             staged = await self._scroll(_match("txid", txid))
-            if not staged:
-                return
-            pending = [p.id for p in staged if (p.payload or {}).get("state") == PENDING]
-            if pending:
-                await self._guarded(
-                    self._client.set_payload,
-                    self._collection,
-                    {"state": COMMITTED},
-                    points=pending,
-                    wait=True,
+            if staged:
+                facts = {str((p.payload or {})["fact_id"]) for p in staged}
+                versions = await self._scroll(
+                    models.FieldCondition(key="fact_id", match=models.MatchAny(any=list(facts)))
                 )
-            # Then remove what the new versions replace (older versions; for a delete,
-            # every version up to its marker).
-            older: list[models.Condition] = []
-            for point in staged:
-                payload = point.payload or {}
-                bound = models.Range(lt=payload["version"])
-                if payload.get("op") == "delete":
-                    bound = models.Range(lte=payload["version"])
-                older.append(
-                    models.Filter(
-                        must=[
-                            _match("fact_id", payload["fact_id"]),
-                            models.FieldCondition(key="version", range=bound),
-                        ]
-                    )
-                )
-            await self._guarded(
-                self._client.delete, self._collection, models.Filter(should=older), wait=True
-            )
+                await self._commit_points(staged, versions)
         except Exception as exc:
             raise self._error("commit", txid, exc) from exc
+
+    async def commit_many(self, txids: Sequence[str]) -> None:
+        """Commit many branches with one scroll of the collection and two writes (a
+        filter naming every txid would cost local mode a pass per txid and point)."""
+        if not txids:
+            return
+        await self._ensure_collection()
+        chosen = set(txids)
+        try:
+            points = await self._scroll(None)
+            staged = [p for p in points if (p.payload or {}).get("txid") in chosen]
+            await self._commit_points(staged, points)
+        except Exception as exc:
+            raise self._error("commit", None, exc) from exc
+
+    async def _commit_points(
+        self, staged: Sequence[models.Record], versions: Sequence[models.Record]
+    ) -> None:
+        """Mark ``staged`` committed, then delete what they replace among ``versions``:
+        older versions of each fact (for a delete, every version up to its marker)."""
+        if not staged:
+            return
+        pending = [p.id for p in staged if (p.payload or {}).get("state") == PENDING]
+        if pending:
+            await self._guarded(
+                self._client.set_payload,
+                self._collection,
+                {"state": COMMITTED},
+                points=pending,
+                wait=True,
+            )
+        bounds: dict[str, int] = {}
+        for point in staged:
+            payload = point.payload or {}
+            bound = int(payload["version"]) + (1 if payload.get("op") == "delete" else 0)
+            bounds[payload["fact_id"]] = max(bounds.get(payload["fact_id"], 0), bound)
+        older = []
+        for point in versions:
+            payload = point.payload or {}
+            fact_id = payload.get("fact_id")
+            if fact_id in bounds and int(payload["version"]) < bounds[fact_id]:
+                older.append(point.id)
+        if older:
+            await self._guarded(
+                self._client.delete,
+                self._collection,
+                models.PointIdsList(points=older),
+                wait=True,
+            )
 
     async def abort(self, txid: str) -> None:
         self._fence.add(txid)
@@ -143,6 +168,30 @@ class AsyncQdrantIndex(VectorIndexBase):
             )
         except Exception as exc:
             raise self._error("abort", txid, exc) from exc
+
+    async def abort_many(self, txids: Sequence[str]) -> None:
+        """Delete the pending points of many branches (one scroll, one delete by id)."""
+        if not txids:
+            return
+        chosen = set(txids)
+        for txid in txids:
+            self._fence.add(txid)
+        await self._ensure_collection()
+        try:
+            doomed = [
+                p.id
+                for p in await self._scroll(_match("state", PENDING))
+                if (p.payload or {}).get("txid") in chosen
+            ]
+            if doomed:
+                await self._guarded(
+                    self._client.delete,
+                    self._collection,
+                    models.PointIdsList(points=doomed),
+                    wait=True,
+                )
+        except Exception as exc:
+            raise self._error("abort", None, exc) from exc
 
     async def recover(self) -> list[str]:
         await self._ensure_collection()

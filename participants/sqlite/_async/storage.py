@@ -44,6 +44,12 @@ class AsyncSQLiteStorage:
     async def abort(self, txid: str) -> None:
         await ablocking(self.store.abort, txid)
 
+    async def commit_many(self, txids: Sequence[str]) -> None:
+        await ablocking(self.store.commit_many, txids)
+
+    async def abort_many(self, txids: Sequence[str]) -> None:
+        await ablocking(self.store.abort_many, txids)
+
     async def recover(self) -> list[str]:
         return await ablocking(self.store.recover)
 

@@ -46,6 +46,12 @@ class SQLiteStorage:
     def abort(self, txid: str) -> None:
         blocking(self.store.abort, txid)
 
+    def commit_many(self, txids: Sequence[str]) -> None:
+        blocking(self.store.commit_many, txids)
+
+    def abort_many(self, txids: Sequence[str]) -> None:
+        blocking(self.store.abort_many, txids)
+
     def recover(self) -> list[str]:
         return blocking(self.store.recover)
 
