@@ -42,22 +42,26 @@ chaos: install
 	$(PY) -m chaos.engine_kill --runs 1
 	$(PY) -m chaos.campaign --runs 1
 
-# The long campaign (thousands of faults; about half an hour on 2 cores).
+# The long campaign (thousands of faults over every combination; over an hour on 2 cores).
 chaos-long: install
 	$(PY) -m chaos.engine_kill --runs 10
-	$(PY) -m chaos.campaign --runs 110
+	$(PY) -m chaos.campaign --runs 110 --writes 100
 
 bench: install
 	$(PY) -m benchmarks.engine
 	$(PY) -m benchmarks.embedded_index
 	$(PY) -m benchmarks.failure
 	$(PY) -m benchmarks.crash --runs 200
+	$(PY) -m benchmarks.commit_cost --ops 200 --rounds 2 --json commit-cost.json
+	$(PY) -m benchmarks.recovery --transactions 10000 --json recovery.json
 
 bench-quick: install
 	$(PY) -m benchmarks.engine --quick
 	$(PY) -m benchmarks.embedded_index --quick
 	$(PY) -m benchmarks.failure --ops 200
 	$(PY) -m benchmarks.crash --runs 10
+	$(PY) -m benchmarks.commit_cost --ops 24 --rounds 1 --combos "sqlite,sqlite + qdrant local"
+	$(PY) -m benchmarks.recovery --transactions 500
 
 unit: install
 	$(PY) -m pytest -q tests/unit
