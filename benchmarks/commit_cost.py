@@ -320,6 +320,8 @@ async def _memstate_async(spec: dict[str, Any]) -> Any:
 
     d = Path(spec["dir"])
     combo = spec["combo"]
+    if "chroma" in combo and "server" not in combo:
+        raise NotImplementedError("MemState's async Chroma hook needs a Chroma server")
     storage: Any
     if combo.startswith("sqlite"):
         storage = AsyncSQLiteStorage(str(d / "facts.db"))
@@ -342,8 +344,6 @@ async def _memstate_async(spec: dict[str, Any]) -> Any:
             AsyncQdrantSyncHook(client, "memories", embedding_fn=embed, text_field="content")
         )
     elif "chroma" in combo:
-        if "server" not in combo:
-            raise NotImplementedError("MemState's async Chroma hook needs a Chroma server")
         import chromadb
         from memstate.integrations.chroma import AsyncChromaSyncHook
 
@@ -420,8 +420,12 @@ def main() -> int:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(json.loads(args.child))))
-        return 0
+        try:
+            print(json.dumps(child(json.loads(args.child))), flush=True)
+        except BaseException as exc:
+            print(f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            os._exit(1)  # client threads (aiosqlite, pools) must not keep the child alive
+        os._exit(0)
     combos = [c.strip() for c in args.combos.split(",") if c.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     pythons = {"memstate": str(ensure_memstate_env()), "lockstep": sys.executable}
