@@ -61,7 +61,7 @@ from coordinator.records import DeleteFact, Execute, TransactionMeta, UpsertFact
 logger = logging.getLogger("coordinator")
 
 T = TypeVar("T")
-_BATCH = 500  # branches per batched resolve call
+_BATCH = 2000  # branches per batched resolve call (each: one local transaction, one scroll)
 
 
 class Coordinator:
