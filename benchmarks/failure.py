@@ -2,7 +2,7 @@
 
 MemState's headline benchmark (inserts, the failure raised *before* the vector write), and
 the variants it leaves out: the failure raised *after* the vector write was applied (a
-timeout), deletes, and updates of existing facts. Three systems on the same stores (SQLite
+timeout), deletes, updates of existing facts, and two indexes where the second one fails. Three systems on the same stores (SQLite
 facts, Qdrant local-mode vectors) with the same deterministic embedder, alternating in one
 run: unsynchronised writes (SQL, then vector), MemState 0.5.1, Lockstep.
 
@@ -31,6 +31,7 @@ VARIANTS = [
     "insert, fail after",
     "update, fail before",
     "delete, fail before",
+    "insert, fail second index",
 ]
 SYSTEMS = ["unsynchronised", "memstate", "lockstep"]
 
@@ -72,7 +73,20 @@ def _memstate(
             raise HookError("injected timeout after the vector write applied")
 
     flaky.search = hook.search  # type: ignore[attr-defined]
-    mem = MemoryStore(SQLiteStorage(str(d / "facts.db")), hooks=[flaky])
+    hooks: list[Any] = [flaky]
+    second = None
+    if when == "second index":  # the first index always works; the second fails
+        second = QdrantClient(path=str(d / "qdrant2"))
+        hook2 = QdrantSyncHook(second, "memories", embedding_fn=embed, text_field="content")
+
+        def flaky2(operation: Any, fact_id: str, fact: Any) -> None:
+            if _fails(rng, armed[0]):
+                raise HookError("injected failure of the second index")
+            hook2(operation, fact_id, fact)
+
+        flaky2.search = hook2.search  # type: ignore[attr-defined]
+        hooks = [hook, flaky2]
+    mem = MemoryStore(SQLiteStorage(str(d / "facts.db")), hooks=hooks)
     ids = [mem.commit(Fact(type="note", payload={"content": f"seed {i}"})) for i in range(prepared)]
     armed[0] = True
     for i in range(ops):
@@ -86,8 +100,8 @@ def _memstate(
         except HookError:
             pass
     facts = {f["id"]: f["payload"]["content"] for f in mem.query(typename="note")}
-    points = _points(client)
-    return _compare(facts, points)
+    others = [] if second is None else [_points(second)]
+    return _compare(facts, _points(client), *others)
 
 
 def _points(client: Any) -> dict[str, str]:
@@ -111,12 +125,16 @@ def _ours(
     from coordinator import Fact, LockstepError, new_txid
     from coordinator.records import DeleteFact, FactRecord, UpsertFact
 
-    storage, index, maybe_mem = _ours_stores(system, d)
+    storage, index, maybe_mem = _ours_stores(system, d, two_indexes=when == "second index")
+    indexes = [index, *([] if maybe_mem is None else maybe_mem.indexes[1:])]
+    if maybe_mem is None and when == "second index":
+        indexes.append(_second_index(d))
+    target = indexes[-1]  # the index that fails
     armed = [False]
-    original = index.prepare
+    original = target.prepare
 
     def flaky(txid: str, writes: Any) -> Any:
-        if when == "before" and _fails(rng, armed[0]):
+        if when in ("before", "second index") and _fails(rng, armed[0]):
             raise Injected("injected vector failure")
         vote = original(txid, writes)
         if when == "after" and _fails(rng, armed[0]):
@@ -124,7 +142,7 @@ def _ours(
         return vote
 
     if system == "lockstep":
-        index.prepare = flaky
+        target.prepare = flaky
         mem = maybe_mem
         assert mem is not None
         ids = [
@@ -156,11 +174,12 @@ def _ours(
                 writes = [UpsertFact(record, version, embedding=tuple(embed(text)))]
             storage.commit_one_phase(txid, writes)  # the SQL write
             try:
-                # Then the vector write, one step as a client does it.
-                if when == "before" and _fails(rng, armed[0]):
-                    raise Injected("injected vector failure")
-                index.prepare(txid, writes)
-                index.commit(txid)
+                # Then the vector writes, one step each, as a client does it.
+                for each in indexes:
+                    if each is target and when != "after" and _fails(rng, armed[0]):
+                        raise Injected("injected vector failure")
+                    each.prepare(txid, writes)
+                    each.commit(txid)
                 if when == "after" and _fails(rng, armed[0]):
                     raise Injected("injected timeout after the vector write applied")
             except Injected:
@@ -181,15 +200,30 @@ def _ours(
     facts = {f.id: str(f.payload["content"]) for f in rows}
     versions = {f.id: f.version for f in rows}
     # A point of the fact's current version embeds its current content; any other is stale.
-    held = {
-        fid: facts.get(fid, "") if versions.get(fid) == v else "stale"
-        for fid, v in index.contents().committed.items()
-    }
-    return _compare(facts, held)
+    held = [
+        {
+            fid: facts.get(fid, "") if versions.get(fid) == v else "stale"
+            for fid, v in each.contents().committed.items()
+        }
+        for each in indexes
+    ]
+    return _compare(facts, *held)
 
 
-def _ours_stores(system: str, d: Path) -> tuple[Any, Any, Any]:
-    """SQLite facts + Qdrant local vectors with the shared embedder (+ a MemoryStore)."""
+def _second_index(d: Path) -> Any:
+    from qdrant_client import QdrantClient
+
+    from participants.qdrant import QdrantIndex
+
+    client = QdrantClient(path=str(d / "qdrant2"))
+    return QdrantIndex(
+        client, "memories", "content", embedder=SameEmbedder(), owns_client=True, name="second"
+    )
+
+
+def _ours_stores(system: str, d: Path, two_indexes: bool = False) -> tuple[Any, Any, Any]:
+    """SQLite facts + Qdrant local vectors with the shared embedder (+ a MemoryStore, with
+    a second index when asked)."""
     from qdrant_client import QdrantClient
 
     from coordinator import MemoryStore
@@ -199,13 +233,18 @@ def _ours_stores(system: str, d: Path) -> tuple[Any, Any, Any]:
     client = QdrantClient(path=str(d / "qdrant"))
     index = QdrantIndex(client, "memories", "content", embedder=SameEmbedder(), owns_client=True)
     storage = SQLiteStorage(d / "facts.db")
-    mem = MemoryStore(storage, [index]) if system == "lockstep" else None
+    indexes = [index, _second_index(d)] if two_indexes else [index]
+    mem = MemoryStore(storage, indexes) if system == "lockstep" else None
     return storage, index, mem
 
 
-def _compare(facts: dict[str, str], points: dict[str, str]) -> dict[str, Any]:
-    ids = set(facts) | set(points)
-    drift = sum(facts.get(i) != points.get(i) for i in ids)
+def _compare(
+    facts: dict[str, str], points: dict[str, str], *more: dict[str, str]
+) -> dict[str, Any]:
+    """Facts whose SQL row and vectors disagree (in any index); vector records of the first."""
+    every = [points, *more]
+    ids = set(facts).union(*every)
+    drift = sum(any(facts.get(i) != p.get(i) for p in every) for i in ids)
     return {"sql_records": len(facts), "vector_records": len(points), "drift": drift}
 
 
