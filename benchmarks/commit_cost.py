@@ -76,24 +76,28 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
-def _one(system: str, mem: Any, op: str, w: int, i: int, ids: list[str]) -> None:
+def _call(system: str, op: str, w: int, i: int, ids: list[str]) -> tuple[str, tuple[Any, ...]]:
+    """The memory-API method and arguments of operation ``i`` of writer ``w`` (the same
+    names in both systems; MemState's ``rollback`` takes the session first)."""
     session = f"s{w}"
     if op == "insert":
-        fact = _fact(system, f"writer {w} remembers thing {i}")
-        ids.append(mem.commit(fact, session_id=session))
-    elif op == "update":
-        mem.update(ids[i], {"payload": {"content": f"writer {w} revised thing {i}"}})
-    elif op == "rollback":
-        if system == "memstate":
-            mem.rollback(session, 1)
-        else:
-            mem.rollback(1, session_id=session)
-    else:
-        mem.delete(session, ids[i])
+        return "commit", (_fact(system, f"writer {w} remembers thing {i}"), session)
+    if op == "update":
+        return "update", (ids[i], {"payload": {"content": f"writer {w} revised thing {i}"}})
+    if op == "rollback":
+        return "rollback", (session, 1) if system == "memstate" else (1, session)
+    return "delete", (session, ids[i])
+
+
+def _one(system: str, mem: Any, op: str, w: int, i: int, ids: list[str]) -> None:
+    method, args = _call(system, op, w, i, ids)
+    result = getattr(mem, method)(*args)
+    if op == "insert":
+        ids.append(result)
 
 
 async def _async_child(spec: dict[str, Any], writers: int, per_writer: int) -> dict[str, Any]:
-    mem = await (_memstate_async(spec) if spec["system"] == "memstate" else _lockstep_async(spec))
+    mem = await _memstate_async(spec) if spec["system"] == "memstate" else _lockstep(spec, True)
     results: dict[str, Any] = {}
     ids: list[list[str]] = [[] for _ in range(writers)]
     system = spec["system"]
@@ -101,21 +105,12 @@ async def _async_child(spec: dict[str, Any], writers: int, per_writer: int) -> d
         latencies: list[float] = []
 
         async def work(w: int, op: str = op, latencies: list[float] = latencies) -> None:
-            session = f"s{w}"
             for i in range(per_writer):
                 started = time.perf_counter()
+                method, args = _call(system, op, w, i, ids[w])
+                result = await getattr(mem, method)(*args)
                 if op == "insert":
-                    fact = _fact(system, f"writer {w} remembers thing {i}")
-                    ids[w].append(await mem.commit(fact, session_id=session))
-                elif op == "update":
-                    await mem.update(ids[w][i], {"payload": {"content": f"revised {w} {i}"}})
-                elif op == "rollback":
-                    if system == "memstate":
-                        await mem.rollback(session, 1)
-                    else:
-                        await mem.rollback(1, session_id=session)
-                else:
-                    await mem.delete(session, ids[w][i])
+                    ids[w].append(result)
                 latencies.append(time.perf_counter() - started)
 
         started = time.perf_counter()
@@ -137,80 +132,33 @@ def _fact(system: str, text: str) -> Any:
 # -- Lockstep's stores ------------------------------------------------------------------
 
 
-def _lockstep(spec: dict[str, Any]) -> Any:
-    from coordinator import MemoryStore
+def _lockstep(spec: dict[str, Any], asynchronous: bool = False) -> Any:
+    """Lockstep's memory store on the combination, from the stores' URLs."""
+    from coordinator import AsyncMemoryStore, MemoryStore
+    from coordinator.plugins import open_participant
 
     d = Path(spec["dir"])
     combo = spec["combo"]
-    storage: Any
-    mirrors: list[Any] = []
-    if combo.startswith("sqlite"):
-        from participants.sqlite import SQLiteStorage
-
-        storage = SQLiteStorage(d / "facts.db", name="facts")
-    else:
-        from participants.postgres import PostgresStorage
-
-        storage = PostgresStorage(spec["pg_url"], name="facts")
-    if "redis" in combo:
-        from participants.redis import RedisStorage
-
-        mirrors.append(RedisStorage(spec["redis_url"], name="copy", prefix=spec["prefix"]))
-    indexes: list[Any] = []
+    storage_url = f"sqlite:///{d / 'facts.db'}" if combo.startswith("sqlite") else spec["pg_url"]
+    mirror_urls = [f"{spec['redis_url']}?prefix={spec['prefix']}"] if "redis" in combo else []
+    options = f"collection={spec['collection']}&text_field=content"
+    index_urls = []
     if "qdrant" in combo:
-        from qdrant_client import QdrantClient
-
-        from participants.qdrant import QdrantIndex
-
-        client = QdrantClient(path=str(d / "qdrant"))
-        indexes.append(QdrantIndex(client, "memories", "content", embedder=SameEmbedder()))
+        index_urls.append(f"qdrant+local:///{d / 'qdrant'}?{options}")
+    elif "server" in combo:
+        index_urls.append(f"chroma+http://127.0.0.1:{spec['chroma_port']}?{options}")
     elif "chroma" in combo:
-        from participants.chroma import ChromaIndex
+        index_urls.append(f"chroma+local:///{d / 'chroma'}?{options}")
 
-        indexes.append(
-            ChromaIndex(
-                _chroma_client(spec), spec["collection"], "content", embedder=SameEmbedder()
-            )
-        )
-    return MemoryStore(storage, indexes, mirrors=mirrors)
+    def part(url: str, **kwargs: Any) -> Any:
+        return open_participant(url, asynchronous=asynchronous, **kwargs)  # type: ignore[call-overload]
 
-
-async def _lockstep_async(spec: dict[str, Any]) -> Any:
-    from coordinator import AsyncMemoryStore
-
-    d = Path(spec["dir"])
-    combo = spec["combo"]
-    storage: Any
-    mirrors: list[Any] = []
-    if combo.startswith("sqlite"):
-        from participants.sqlite import AsyncSQLiteStorage
-
-        storage = AsyncSQLiteStorage(d / "facts.db", name="facts")
-    else:
-        from participants.postgres import AsyncPostgresStorage
-
-        storage = AsyncPostgresStorage(spec["pg_url"], name="facts")
-    if "redis" in combo:
-        from participants.redis import AsyncRedisStorage
-
-        mirrors.append(AsyncRedisStorage(spec["redis_url"], name="copy", prefix=spec["prefix"]))
-    indexes: list[Any] = []
-    if "qdrant" in combo:
-        from qdrant_client import AsyncQdrantClient
-
-        from participants.qdrant import AsyncQdrantIndex
-
-        client = AsyncQdrantClient(path=str(d / "qdrant"))
-        indexes.append(AsyncQdrantIndex(client, "memories", "content", embedder=SameEmbedder()))
-    elif "chroma" in combo:
-        from participants.chroma import AsyncChromaIndex
-
-        indexes.append(
-            AsyncChromaIndex(
-                _chroma_client(spec), spec["collection"], "content", embedder=SameEmbedder()
-            )
-        )
-    return AsyncMemoryStore(storage, indexes, mirrors=mirrors)
+    store = AsyncMemoryStore if asynchronous else MemoryStore
+    return store(
+        part(storage_url, name="facts"),
+        [part(url, embedder=SameEmbedder()) for url in index_urls],
+        mirrors=[part(url, name="copy") for url in mirror_urls],
+    )
 
 
 def _chroma_client(spec: dict[str, Any]) -> Any:

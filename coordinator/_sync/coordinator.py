@@ -354,10 +354,8 @@ class Coordinator:
     def _resolve(
         self, commit: Mapping[str, tuple[str, ...]], abort: Mapping[str, tuple[str, ...]]
     ) -> BranchesResolved:
-        commit, abort = (
-            self._resolve_batches(commit),
-            self._resolve_batches(abort, Decision.ABORT),
-        )
+        commit = self._resolve_batches(commit, Decision.COMMIT)
+        abort = self._resolve_batches(abort, Decision.ABORT)
         work = [(n, t, Decision.COMMIT) for n, ts in commit.items() for t in ts]
         work += [(n, t, Decision.ABORT) for n, ts in abort.items() for t in ts]
         failed: dict[tuple[str, str], BaseException] = {}
@@ -374,33 +372,37 @@ class Coordinator:
         return BranchesResolved(failed)
 
     def _resolve_batches(
-        self, branches: Mapping[str, tuple[str, ...]], decision: Decision = Decision.COMMIT
+        self, branches: Mapping[str, tuple[str, ...]], decision: Decision
     ) -> dict[str, tuple[str, ...]]:
         """Resolve the branches of participants that take batches, a chunk per call;
         returns what is left to resolve one by one (other participants, failed chunks)."""
         left: dict[str, tuple[str, ...]] = {}
         for name, txids in branches.items():
-            participant = self._participants[name]
-            if len(txids) < 2 or not isinstance(participant, SupportsBatchResolve):
+            if len(txids) < 2 or not isinstance(self._participants[name], SupportsBatchResolve):
                 left[name] = txids
                 continue
-            rest: list[str] = []
-            for start in range(0, len(txids), _BATCH):
-                chunk = txids[start : start + _BATCH]
-                self._fault(f"recovery_before_resolve:{name}")
-                try:
-                    if decision is Decision.COMMIT:
-                        participant.commit_many(chunk)
-                    else:
-                        participant.abort_many(chunk)
-                except LockstepError as exc:
-                    logger.warning("batch %s on %s failed (%s); one by one", decision, name, exc)
-                    rest.extend(chunk)
-                    continue
-                self._fault(f"recovery_after_resolve:{name}")
-            if rest:
-                left[name] = tuple(rest)
+            chunks = [txids[i : i + _BATCH] for i in range(0, len(txids), _BATCH)]
+            for chunk in chunks:
+                # A budget that grows with the chunk; a chunk that fails or runs out of it
+                # is resolved branch by branch (every call is idempotent).
+                (result,) = gather(
+                    [functools.partial(self._resolve_chunk, name, chunk, decision)],
+                    timeout=self._policy.prepare_timeout + 0.01 * len(chunk),
+                )
+                if isinstance(result, Exception):
+                    logger.warning("batch %s on %s failed (%s); one by one", decision, name, result)
+                    left[name] = (*left.get(name, ()), *chunk)
         return left
+
+    def _resolve_chunk(self, name: str, txids: Sequence[str], decision: Decision) -> None:
+        participant = self._participants[name]
+        assert isinstance(participant, SupportsBatchResolve)
+        self._fault(f"recovery_before_resolve:{name}")
+        if decision is Decision.COMMIT:
+            participant.commit_many(txids)
+        else:
+            participant.abort_many(txids)
+        self._fault(f"recovery_after_resolve:{name}")
 
     def _resolve_one(self, name: str, txid: str, decision: Decision) -> None:
         participant = self._participants[name]

@@ -219,3 +219,31 @@ def test_a_collection_written_by_someone_else_is_refused(tmp_path: Path) -> None
     chroma.create_collection("theirs").add(ids=["x"], embeddings=[[0.1] * 16])  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="was not created by Lockstep"):
         ChromaIndex(chroma, "theirs", embedder=EMBEDDER).recover()
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_concurrent_first_prepares_create_the_collection_once(tmp_path: Path) -> None:
+    """Eight asyncio writers on a fresh local Qdrant index (one used to find the
+    collection 'already exists' and vote NO)."""
+    import anyio
+    from qdrant_client import AsyncQdrantClient
+
+    from coordinator import UpsertFact, Vote, new_txid
+    from participants.qdrant import AsyncQdrantIndex
+    from tests.support.crash import fact
+
+    client = AsyncQdrantClient(path=str(tmp_path / "q"))
+    index = AsyncQdrantIndex(client, "fresh", "note", embedder=HashingEmbedder(8), owns_client=True)
+    votes: list[Vote] = []
+
+    async def prepare(n: int) -> None:
+        write = UpsertFact(fact(f"f{n}", 1, note=f"note {n}"), 0, embedding=(1.0,) * 8)
+        votes.append(await index.prepare(new_txid(), [write]))
+
+    async with anyio.create_task_group() as group:
+        for n in range(8):
+            group.start_soon(prepare, n)
+    assert votes == [Vote.YES] * 8
+    assert len(await index.recover()) == 8
+    await index.close()

@@ -73,6 +73,7 @@ class AsyncQdrantIndex(VectorIndexBase):
         # Local mode keeps points in process memory and is not safe for concurrent callers
         # (a search beside an upsert can fail); a server client is, so it is not held back.
         self._guard: Any = ALock() if _is_local(client) else contextlib.nullcontext()
+        self._opening = ALock()
         self._ready = False
 
     # -- the participant contract -------------------------------------------------------
@@ -98,18 +99,20 @@ class AsyncQdrantIndex(VectorIndexBase):
         await self._ensure_collection()
         try:
             staged = await self._scroll(_match("txid", txid))
-            if staged:
-                facts = {str((p.payload or {})["fact_id"]) for p in staged}
-                versions = await self._scroll(
-                    models.FieldCondition(key="fact_id", match=models.MatchAny(any=list(facts)))
+            await self._mark_committed(staged)
+            if staged:  # what the new versions replace, found by the server
+                await self._guarded(
+                    self._client.delete,
+                    self._collection,
+                    models.Filter(should=[_older_than(p) for p in staged]),
+                    wait=True,
                 )
-                await self._commit_points(staged, versions)
         except Exception as exc:
             raise self._error("commit", txid, exc) from exc
 
     async def commit_many(self, txids: Sequence[str]) -> None:
         """Commit many branches with one scroll of the collection and two writes (a
-        filter naming every txid would cost local mode a pass per txid and point)."""
+        filter with a condition per fact costs local mode a pass over every point each)."""
         if not txids:
             return
         await self._ensure_collection()
@@ -117,17 +120,28 @@ class AsyncQdrantIndex(VectorIndexBase):
         try:
             points = await self._scroll(None)
             staged = [p for p in points if (p.payload or {}).get("txid") in chosen]
-            await self._commit_points(staged, points)
+            await self._mark_committed(staged)
+            bounds: dict[str, int] = {}
+            for point in staged:
+                fact_id, bound = _replaced_below(point)
+                bounds[fact_id] = max(bounds.get(fact_id, 0), bound)
+            older = [
+                p.id
+                for p in points
+                if (p.payload or {}).get("fact_id") in bounds
+                and int((p.payload or {})["version"]) < bounds[(p.payload or {})["fact_id"]]
+            ]
+            if older:
+                await self._guarded(
+                    self._client.delete,
+                    self._collection,
+                    models.PointIdsList(points=older),
+                    wait=True,
+                )
         except Exception as exc:
             raise self._error("commit", None, exc) from exc
 
-    async def _commit_points(
-        self, staged: Sequence[models.Record], versions: Sequence[models.Record]
-    ) -> None:
-        """Mark ``staged`` committed, then delete what they replace among ``versions``:
-        older versions of each fact (for a delete, every version up to its marker)."""
-        if not staged:
-            return
+    async def _mark_committed(self, staged: Sequence[models.Record]) -> None:
         pending = [p.id for p in staged if (p.payload or {}).get("state") == PENDING]
         if pending:
             await self._guarded(
@@ -135,24 +149,6 @@ class AsyncQdrantIndex(VectorIndexBase):
                 self._collection,
                 {"state": COMMITTED},
                 points=pending,
-                wait=True,
-            )
-        bounds: dict[str, int] = {}
-        for point in staged:
-            payload = point.payload or {}
-            bound = int(payload["version"]) + (1 if payload.get("op") == "delete" else 0)
-            bounds[payload["fact_id"]] = max(bounds.get(payload["fact_id"], 0), bound)
-        older = []
-        for point in versions:
-            payload = point.payload or {}
-            fact_id = payload.get("fact_id")
-            if fact_id in bounds and int(payload["version"]) < bounds[fact_id]:
-                older.append(point.id)
-        if older:
-            await self._guarded(
-                self._client.delete,
-                self._collection,
-                models.PointIdsList(points=older),
                 wait=True,
             )
 
@@ -250,17 +246,13 @@ class AsyncQdrantIndex(VectorIndexBase):
     async def _ensure_collection(self) -> None:
         if self._ready:
             return
+        async with self._opening:  # concurrent first calls create the collection once
+            if not self._ready:
+                await self._open_collection()
+
+    async def _open_collection(self) -> None:
         try:
-            exists = await self._guarded(self._client.collection_exists, self._collection)
-            if not exists:
-                await self._guarded(
-                    self._client.create_collection,
-                    self._collection,
-                    vectors_config=models.VectorParams(
-                        size=self.shape.dim, distance=models.Distance.COSINE
-                    ),
-                )
-            else:
+            if not await self._create_collection():
                 info = await self._guarded(self._client.get_collection, self._collection)
                 await self._check_schema(info)
         except LockstepError:
@@ -268,6 +260,25 @@ class AsyncQdrantIndex(VectorIndexBase):
         except Exception as exc:
             raise self._error("open", None, exc) from exc
         self._ready = True
+
+    async def _create_collection(self) -> bool:
+        """Create the collection if it is missing; False if it exists (also when another
+        process created it first)."""
+        if await self._guarded(self._client.collection_exists, self._collection):
+            return False
+        try:
+            await self._guarded(
+                self._client.create_collection,
+                self._collection,
+                vectors_config=models.VectorParams(
+                    size=self.shape.dim, distance=models.Distance.COSINE
+                ),
+            )
+        except Exception:
+            if await self._guarded(self._client.collection_exists, self._collection):
+                return False  # lost the race to another process: check what it made
+            raise
+        return True
 
     async def _check_schema(self, info: models.CollectionInfo) -> None:
         vectors = info.config.params.vectors
@@ -329,6 +340,24 @@ class AsyncQdrantIndex(VectorIndexBase):
             txid=txid,
             participant=self._name,
         )
+
+
+def _replaced_below(point: models.Record) -> tuple[str, int]:
+    """``(fact_id, bound)``: committing ``point`` replaces the fact's versions below
+    ``bound`` (an upsert: older versions; a delete: every version up to its marker)."""
+    payload = point.payload or {}
+    version = int(payload["version"])
+    return str(payload["fact_id"]), version + 1 if payload.get("op") == "delete" else version
+
+
+def _older_than(point: models.Record) -> models.Filter:
+    fact_id, bound = _replaced_below(point)
+    return models.Filter(
+        must=[
+            _match("fact_id", fact_id),
+            models.FieldCondition(key="version", range=models.Range(lt=bound)),
+        ]
+    )
 
 
 def _match(key: str, value: JSONValue) -> models.FieldCondition:
