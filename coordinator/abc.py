@@ -229,11 +229,26 @@ class TransactionEntry:
 
 @dataclass(frozen=True, slots=True)
 class Hit:
-    """A vector index's answer: the point's fact, the version it embeds, its similarity."""
+    """A vector index's answer: the point's fact, the version it embeds, its similarity,
+    the transaction that wrote it, and whether that transaction's phase 2 marked it
+    committed (a staged point is only the fact's current version if ``txid`` is the
+    transaction that committed that version in the storage)."""
 
     fact_id: str
     version: int
     score: float
+    txid: str | None = None
+    committed: bool = True
+
+    def is_current(self, fact: FactRecord | None) -> bool:
+        """True when this point embeds ``fact``'s committed version (``None``: no fact).
+
+        A committed point is checked by version (phase 2 marks only decided points); a
+        staged one also by txid, since a transaction the storage refused may have staged
+        the same version (G3)."""
+        if fact is None or fact.deleted or fact.version != self.version:
+            return False
+        return self.committed or (self.txid is not None and self.txid == fact.txid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,7 +330,9 @@ class AsyncIndex(AsyncParticipant, Protocol):
     """A participant derived from the facts: a vector index the memory API searches.
 
     ``text_of`` says what text of a fact the index embeds (``None``: the index does not
-    hold this fact). ``search`` returns committed points only, at most one per fact.
+    hold this fact). ``search`` returns upsert points, staged and committed, best first;
+    the caller keeps only current ones (:meth:`Hit.is_current`), so an index's phase 2
+    may be deferred.
     """
 
     @property

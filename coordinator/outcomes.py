@@ -20,6 +20,9 @@ class Outcome:
     :ivar participants: the participants that took part (wrote something).
     :ivar one_phase: committed by the one-phase optimisation (no log record).
     :ivar read_only: participants that had nothing to commit.
+    :ivar deferred: participants whose phase 2 was queued for a later batch
+        (``Policy.deferred_finish``): derived indexes whose memory-API reads already
+        reflect the commit, because every hit is checked against the storage.
     """
 
     txid: str
@@ -29,6 +32,7 @@ class Outcome:
     read_only: tuple[str, ...] = ()
     one_phase: bool = False
     errors: Mapping[str, BaseException] = field(default_factory=dict)
+    deferred: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:

@@ -28,6 +28,15 @@ class Policy:
         log (e.g. Postgres with :class:`PostgresDecisionLog` on the same database): it is
         committed last, in one local transaction that also records the COMMIT decision,
         so it needs no PREPARE and the commit needs no separate log write.
+    :ivar deferred_finish: let the memory API queue its vector indexes' phase 2 (mark
+        points committed, remove replaced versions) and finish it in batches, so a commit
+        costs the index one write. ``MemoryStore.search`` stays exact (every hit is
+        checked against the storage), but a program reading the vector collection
+        directly sees replaced and deleted versions until the batch runs; so it is off
+        unless asked for. Recovery, ``flush()`` and ``close()`` finish what is queued.
+    :ivar deferred_batch: queued transactions that trigger a batch.
+    :ivar deferred_max_age: seconds after which the next commit finishes the queue even
+        when the batch is not full.
     """
 
     prepare_timeout: float = 10.0
@@ -40,18 +49,23 @@ class Policy:
     concurrent_prepare: bool = True
     recovery_concurrency: int = 16
     last_resource: str | None = None
+    deferred_finish: bool = False
+    deferred_batch: int = 64
+    deferred_max_age: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("prepare_timeout", "in_doubt_timeout"):
             if not getattr(self, name) > 0:
                 raise UsageError(f"Policy.{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("finish_backoff", "finish_backoff_max", "redrive_after"):
+        for name in ("finish_backoff", "finish_backoff_max", "redrive_after", "deferred_max_age"):
             if getattr(self, name) < 0:
                 raise UsageError(f"Policy.{name} must be >= 0, got {getattr(self, name)!r}")
         if self.finish_attempts < 1:
             raise UsageError(f"Policy.finish_attempts must be >= 1, got {self.finish_attempts}")
         if self.recovery_concurrency < 1:
             raise UsageError("Policy.recovery_concurrency must be >= 1")
+        if self.deferred_batch < 1:
+            raise UsageError(f"Policy.deferred_batch must be >= 1, got {self.deferred_batch}")
 
     def backoff(self, attempt: int) -> float:
         """Pause before phase-2 attempt ``attempt + 1`` (``attempt`` counts from 1)."""

@@ -45,6 +45,10 @@ class LockstepSettings(BaseSettings):
     embedder: str = Field(default="default", description="embedder spec")
     in_doubt_timeout: float = Field(default=30.0, gt=0)
     prepare_timeout: float = Field(default=10.0, gt=0)
+    deferred_finish: bool = Field(
+        default=False,
+        description="batch the indexes' phase 2 (only when nothing reads them directly)",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -67,7 +71,11 @@ class LockstepSettings(BaseSettings):
         return FromFile()
 
     def policy(self) -> Policy:
-        return Policy(prepare_timeout=self.prepare_timeout, in_doubt_timeout=self.in_doubt_timeout)
+        return Policy(
+            prepare_timeout=self.prepare_timeout,
+            in_doubt_timeout=self.in_doubt_timeout,
+            deferred_finish=self.deferred_finish,
+        )
 
     def make_embedder(self) -> Embedder:
         return embedder_from_spec(self.embedder)

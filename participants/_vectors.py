@@ -10,8 +10,9 @@ beside ``type``, ``session_id`` and the configured metadata fields, so operators
 can read an index directly.
 
 Commit marks the transaction's points committed, then removes older versions of each
-fact (and, for a delete, every version up to the marker). Reads keep committed upsert
-points only and at most one version per fact.
+fact (and, for a delete, every version up to the marker). That phase 2 may be deferred:
+searches return staged and committed upsert points, and the memory API keeps a point only
+when it is the fact's committed version (by version, and for a staged point by txid).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from coordinator.abc import Embedder
+from coordinator.abc import Embedder, Hit
 from coordinator.embeddings import default_embedder, embedder_from_spec
 from coordinator.errors import ConfigurationError, UsageError
 from coordinator.ids import check_participant_name
@@ -161,18 +162,20 @@ def marker_vector(dim: int) -> list[float]:
 
 
 def search_filter(where: Mapping[str, JSONValue]) -> dict[str, JSONValue]:
-    """Equality conditions a search adds to ``where``: committed upsert points only."""
-    return {**where, "state": COMMITTED, "op": "upsert"}
+    """Equality conditions a search adds to ``where``: upsert points (staged or committed;
+    the caller keeps the current ones)."""
+    return {**where, "op": "upsert"}
 
 
-def best_per_fact(hits: Sequence[tuple[str, int, float]]) -> list[tuple[str, int, float]]:
-    """One hit per fact (its newest version), best score first (G3: no double reads)."""
-    newest: dict[str, tuple[str, int, float]] = {}
-    for fact_id, version, score in hits:
-        seen = newest.get(fact_id)
-        if seen is None or version > seen[1]:
-            newest[fact_id] = (fact_id, version, score)
-    return sorted(newest.values(), key=lambda h: -h[2])
+def hit_of(payload: Mapping[str, JSONValue], score: float) -> Hit:
+    """The :class:`Hit` of a point found by a search."""
+    return Hit(
+        str(payload["fact_id"]),
+        int(str(payload["version"])),
+        score,
+        str(payload["txid"]) if payload.get("txid") is not None else None,
+        payload.get("state") == COMMITTED,
+    )
 
 
 class VectorIndexBase:

@@ -89,6 +89,17 @@ class FinishAll:
 
 
 @dataclass(frozen=True, slots=True)
+class DeferFinish:
+    """Queue ``txid``'s phase 2 on these participants, to be done later in a batch (the
+    caller's reads do not depend on it); once they are finished, record END if ``end``
+    (every other branch acknowledged). Reply: ``None``."""
+
+    txid: str
+    participants: tuple[str, ...]
+    end: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Finished:
     """The participants whose call raised, with the exception; the others succeeded."""
 
@@ -186,6 +197,7 @@ Effect = (
     | PersistDecision
     | AbortAll
     | FinishAll
+    | DeferFinish
     | Backoff
     | RecordEnd
     | ListInDoubt

@@ -17,6 +17,10 @@ Rule 7. Last resource: when one participant holds the decision log in its own da
         the others prepare first; then that participant commits its writes and the COMMIT
         record in one local transaction, which is the commit point. If that transaction's
         fate is unknown (connection lost), nothing is aborted: the log will say.
+Rule 8. Deferred finishing: phase 2 of the participants the caller names as deferrable
+        (derived indexes whose readers check every hit against the source of truth) is
+        not done inside the transaction. The other branches are finished first; then
+        the deferred ones are queued for a batch, which records END (Rule 5 still holds).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from coordinator._core.effects import (
     CommitOnePhase,
     CommittedOnePhase,
     DecisionPersisted,
+    DeferFinish,
     Effect,
     FinishAll,
     Finished,
@@ -63,6 +68,7 @@ def commit_protocol(
     *,
     one_phase: bool = False,
     last_resource: str | None = None,
+    deferred: tuple[str, ...] = (),
 ) -> CommitProtocol:
     """Run one transaction over ``participants`` (names, already validated).
 
@@ -70,6 +76,7 @@ def commit_protocol(
         allows it.
     :param last_resource: a participant (among ``participants``) to commit last together
         with the decision record (Rule 7).
+    :param deferred: participants whose phase 2 may be queued for a batch (Rule 8).
     :returns: the :class:`Outcome` once the transaction committed.
     :raises TransactionAborted: (or a subclass) when nothing was committed.
     :raises TransactionInDoubt: when the log failed while recording the decision.
@@ -85,7 +92,7 @@ def commit_protocol(
         return Outcome(txid, Decision.COMMIT, participants, one_phase=True)
 
     if last_resource is not None and last_resource in participants:
-        return (yield from _with_last_resource(txid, participants, last_resource, policy))
+        return (yield from _with_last_resource(txid, participants, last_resource, policy, deferred))
 
     reply = yield PrepareAll(txid, participants)
     assert isinstance(reply, Prepared)
@@ -122,7 +129,7 @@ def commit_protocol(
             txid=txid,
         )
 
-    return (yield from _finish(txid, participants, voters, read_only, policy))
+    return (yield from _finish(txid, participants, voters, read_only, policy, deferred))
 
 
 def _finish(
@@ -131,11 +138,16 @@ def _finish(
     voters: tuple[str, ...],
     read_only: tuple[str, ...],
     policy: Policy,
+    deferrable: tuple[str, ...],
 ) -> CommitProtocol:
-    """Phase 2 after a COMMIT decision: retried within the bound, never undone (Rule 4)."""
-    unfinished: tuple[str, ...] = voters
+    """Phase 2 after a COMMIT decision: retried within the bound, never undone (Rule 4);
+    deferrable branches are queued once the others are done (Rule 8)."""
+    deferred = tuple(name for name in voters if name in deferrable)
+    unfinished: tuple[str, ...] = tuple(name for name in voters if name not in deferred)
     errors: Mapping[str, BaseException] = {}
     for attempt in range(1, policy.finish_attempts + 1):
+        if not unfinished:
+            break
         finished = yield FinishAll(txid, unfinished)
         assert isinstance(finished, Finished)
         errors = finished.failed
@@ -145,7 +157,9 @@ def _finish(
         if attempt < policy.finish_attempts:
             yield Backoff(policy.backoff(attempt))
 
-    if not unfinished:
+    if deferred:
+        yield DeferFinish(txid, deferred, end=not unfinished)
+    elif not unfinished:
         yield RecordEnd((txid,))  # Rule 5
     return Outcome(
         txid,
@@ -154,11 +168,16 @@ def _finish(
         unfinished=unfinished,
         read_only=read_only,
         errors=dict(errors),
+        deferred=deferred,
     )
 
 
 def _with_last_resource(
-    txid: str, participants: tuple[str, ...], last: str, policy: Policy
+    txid: str,
+    participants: tuple[str, ...],
+    last: str,
+    policy: Policy,
+    deferred: tuple[str, ...],
 ) -> CommitProtocol:
     others = tuple(name for name in participants if name != last)
     reply = yield PrepareAll(txid, others)
@@ -179,7 +198,7 @@ def _with_last_resource(
         if not isinstance(committed.error, TransactionInDoubt):
             yield AbortAll(txid, voters)
         raise _one_phase_error(txid, last, committed.error)
-    return (yield from _finish(txid, participants, voters, read_only, policy))
+    return (yield from _finish(txid, participants, voters, read_only, policy, deferred))
 
 
 def _refusal_error(

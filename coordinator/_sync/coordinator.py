@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Collection, Generator, Mapping, Sequence
 from typing import TypeVar
 
 from coordinator import telemetry
@@ -25,6 +26,7 @@ from coordinator._core.effects import (
     CommittedOnePhase,
     DecisionPersisted,
     DecisionsPersisted,
+    DeferFinish,
     Effect,
     FinishAll,
     Finished,
@@ -92,6 +94,10 @@ class Coordinator:
         self._log = log
         self._policy = policy or Policy()
         self._fault = fault_hook
+        # Phase-2 work queued by DeferFinish: (txid, participants, record END after).
+        self._deferred: list[tuple[str, tuple[str, ...], bool]] = []
+        self._deferred_since = 0.0
+        self._deferred_lock = threading.Lock()  # guards the queue; never held across I/O
 
     @property
     def participants(self) -> Mapping[str, Participant]:
@@ -106,10 +112,19 @@ class Coordinator:
     def policy(self) -> Policy:
         return self._policy
 
-    def commit(self, writes: Mapping[str, Sequence[Write]], *, txid: str | None = None) -> Outcome:
+    def commit(
+        self,
+        writes: Mapping[str, Sequence[Write]],
+        *,
+        txid: str | None = None,
+        deferrable: Collection[str] = (),
+    ) -> Outcome:
         """Apply ``writes`` (by participant name) in every participant or in none.
 
         :param txid: the transaction id to use (a fresh UUIDv7 when omitted).
+        :param deferrable: participants whose phase 2 may be queued and done in a batch
+            (with ``policy.deferred_finish``): only derived stores whose readers check
+            what they read against the source of truth, as the memory API's indexes.
         :returns: the :class:`Outcome`; ``outcome.unfinished`` lists branches that
             recovery will finish.
         :raises UsageError: unknown participant, malformed writes or txid; nothing staged.
@@ -131,8 +146,18 @@ class Coordinator:
                 f"Policy.last_resource={last!r} names no participant able to commit with the "
                 f"decision (configured: {sorted(self._participants)})"
             )
+        deferred = (
+            tuple(name for name in names if name in deferrable)
+            if self._policy.deferred_finish
+            else ()
+        )
         protocol = commit_protocol(
-            txid, names, self._policy, one_phase=one_phase, last_resource=last
+            txid,
+            names,
+            self._policy,
+            one_phase=one_phase,
+            last_resource=last,
+            deferred=deferred,
         )
         with telemetry.transaction_span(txid, names) as span:
             try:
@@ -162,6 +187,7 @@ class Coordinator:
         once. Branches with no decision younger than ``policy.in_doubt_timeout`` are left
         for a later pass (``report.waiting``).
         """
+        self.flush()
         names = tuple(sorted(self._participants))
         with telemetry.recovery_span() as span:
             report = self._drive(recovery_plan(names, self._policy), self._run_recovery_effect)
@@ -171,8 +197,76 @@ class Coordinator:
         telemetry.count_recovered("abort", len(report.aborted))
         return report
 
+    def flush(self) -> None:
+        """Finish the phase-2 work queued by deferred commits (``Outcome.deferred``), in one
+        batch per participant, and record END for those transactions.
+
+        Branches that fail stay prepared under their COMMIT decision and go back in the
+        queue for the next batch; recovery also finishes them.
+        """
+        with self._deferred_lock:
+            queued, self._deferred = self._deferred, []
+        if not queued:
+            return
+        by_name: dict[str, list[str]] = {}
+        for txid, names, _ in queued:
+            for name in names:
+                by_name.setdefault(name, []).append(txid)
+        failed: set[tuple[str, str]] = set()
+        with telemetry.phase_span("commit_deferred", queued[0][0]):
+            for name, txids in by_name.items():
+                if not self._finish_deferred(name, txids):
+                    failed.update((txid, name) for txid in txids)
+        retry = [
+            (txid, left, end)
+            for txid, names, end in queued
+            if (left := tuple(n for n in names if (txid, n) in failed))
+        ]
+        if retry:
+            with self._deferred_lock:
+                if not self._deferred:
+                    self._deferred_since = time.monotonic()
+                self._deferred[:0] = retry
+        done = {txid for txid, _, _ in retry}
+        ended = [txid for txid, _, end in queued if end and txid not in done]
+        if ended:
+            self._fault("before_end")
+            self._record_end(ended)
+
+    def _finish_deferred(self, name: str, txids: Sequence[str]) -> bool:
+        """Commit ``name``'s queued branches (one batch when it can); False on failure."""
+        (result,) = gather(
+            [functools.partial(self._commit_batch, name, txids)],
+            timeout=self._policy.prepare_timeout + 0.01 * len(txids),
+        )
+        if isinstance(result, Exception):
+            logger.warning(
+                "deferred commit of %d branches on %s failed (retried with the next batch; "
+                "recovery also finishes them): %r",
+                len(txids),
+                name,
+                result,
+            )
+            return False
+        return True
+
+    def _commit_batch(self, name: str, txids: Sequence[str]) -> None:
+        participant = self._participants[name]
+        with telemetry.participant_span("commit", name):
+            self._fault(f"before_commit:{name}")
+            if isinstance(participant, SupportsBatchResolve) and len(txids) > 1:
+                participant.commit_many(txids)
+            else:
+                for txid in txids:
+                    participant.commit(txid)
+            self._fault(f"after_commit:{name}")
+
     def close(self) -> None:
-        """Close the log and every participant."""
+        """Finish deferred work, then close the log and every participant."""
+        try:
+            self.flush()
+        except Exception:
+            logger.warning("could not finish deferred work at close", exc_info=True)
         for participant in self._participants.values():
             participant.close()
         self._log.close()
@@ -275,7 +369,23 @@ class Coordinator:
                 self._fault("before_end")
                 self._record_end(txids)
                 return None
+            case DeferFinish(txid, names, end):
+                if self._queue_deferred(txid, names, end):
+                    self.flush()
+                return None
         raise AssertionError(f"the commit protocol yielded an unexpected effect: {effect!r}")
+
+    def _queue_deferred(self, txid: str, names: tuple[str, ...], end: bool) -> bool:
+        """Queue a deferred finish; True when the queue is due for its batch."""
+        now = time.monotonic()
+        with self._deferred_lock:
+            if not self._deferred:
+                self._deferred_since = now
+            self._deferred.append((txid, names, end))
+            return (
+                len(self._deferred) >= self._policy.deferred_batch
+                or now - self._deferred_since >= self._policy.deferred_max_age
+            )
 
     def _prepare(self, txid: str, name: str, writes: Sequence[Write]) -> Vote:
         with telemetry.participant_span("prepare", name):

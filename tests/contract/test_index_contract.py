@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import chromadb
@@ -76,19 +77,26 @@ def upsert(record: FactRecord) -> UpsertFact:
     )
 
 
-def search(index: Index, text: str) -> list[tuple[str, int]]:
-    return [(h.fact_id, h.version) for h in index.search(EMBEDDER.embed_query(text), 10, {})]
+def search(index: Index, text: str) -> list[tuple[str, int, bool]]:
+    """(fact, version, committed) of every point found."""
+    found = index.search(EMBEDDER.embed_query(text), 10, {})
+    return [(h.fact_id, h.version, h.committed) for h in found]
 
 
-def test_a_staged_point_is_invisible_until_commit(open_index: Opener) -> None:
+def test_a_staged_point_is_found_as_staged_until_commit(open_index: Opener) -> None:
     index = open_index()
     txid = new_txid()
     assert index.prepare(txid, [upsert(fact("a", 1, "green tea"))]) is Vote.YES
-    assert search(index, "green tea") == []
+    (hit,) = index.search(EMBEDDER.embed_query("green tea"), 10, {})
+    # The caller decides: staged, so current only if this txid committed version 1.
+    assert (hit.fact_id, hit.version, hit.committed, hit.txid) == ("a", 1, False, txid)
+    assert not hit.is_current(fact("a", 1, "green tea"))  # committed by no known txid
+    assert hit.is_current(replace(fact("a", 1, "green tea"), txid=txid))
+    assert not hit.is_current(replace(fact("a", 2, "green tea"), txid=txid))
     assert index.recover() == [txid]
     assert index.contents().committed == {}
     index.commit(txid)
-    assert search(index, "green tea") == [("a", 1)]
+    assert search(index, "green tea") == [("a", 1, True)]
     assert index.recover() == [] and index.contents().committed == {"a": 1}
 
 
@@ -107,7 +115,7 @@ def test_commit_replaces_older_versions_so_search_sees_one(open_index: Opener) -
         txid = new_txid()
         index.prepare(txid, [upsert(fact("a", version, text))])
         index.commit(txid)
-    assert search(index, "tea") == [("a", 3)]
+    assert search(index, "tea") == [("a", 3, True)]
     assert index.contents().committed == {"a": 3}
 
 
@@ -133,7 +141,8 @@ def test_racing_transactions_do_not_overwrite_each_others_staging(open_index: Op
     index.abort(loser)
     index.commit(winner)
     assert index.contents().committed == {"a": 1}
-    assert search(index, "winner") == [("a", 1)]
+    (hit,) = index.search(EMBEDDER.embed_query("winner"), 10, {})
+    assert (hit.version, hit.committed, hit.txid) == (1, True, winner)
 
 
 def test_a_delete_is_staged_then_applied(open_index: Opener) -> None:

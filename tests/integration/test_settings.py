@@ -29,6 +29,21 @@ def test_a_toml_file_describes_storage_index_log_and_embedder(tmp_path: Path) ->
     mem.close()
 
 
+def test_deferred_finish_is_a_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCKSTEP_PATH", str(tmp_path / "memory"))
+    monkeypatch.setenv("LOCKSTEP_EMBEDDER", "hashing:16")
+    monkeypatch.setenv("LOCKSTEP_DEFERRED_FINISH", "true")
+    mem = MemoryStore.from_settings(LockstepSettings())
+    fid = mem.commit(Fact(type="note", payload={"content": "queued index work"}))
+    assert mem.policy.deferred_finish
+    assert mem.indexes[0].contents().committed == {}  # staged until the batch
+    assert [r.fact["id"] for r in mem.search("queued index work", k=1)] == [fid]
+    mem.close()  # finishes the batch
+    again = MemoryStore.from_settings(LockstepSettings())
+    assert again.indexes[0].contents().committed == {fid: 1}
+    again.close()
+
+
 def test_environment_variables_override_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

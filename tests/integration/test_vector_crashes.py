@@ -71,7 +71,7 @@ AGENT = r"""
 import os, sys
 from pathlib import Path
 import chromadb
-from coordinator import Fact, MemoryStore
+from coordinator import Fact, MemoryStore, Policy
 from coordinator.embeddings import HashingEmbedder
 from coordinator.faults import hook_from_environment
 from participants.chroma import ChromaIndex
@@ -80,7 +80,9 @@ from participants.sqlite import SQLiteStorage
 d = Path(sys.argv[1])
 index = ChromaIndex(chromadb.PersistentClient(path=str(d / "chroma")), "notes", "content",
                     embedder=HashingEmbedder(32))
-mem = MemoryStore(SQLiteStorage(d / "facts.db"), [index], fault_hook=hook_from_environment())
+policy = Policy(deferred_finish=True, deferred_batch=2) if os.environ.get("DEFERRED") else None
+mem = MemoryStore(SQLiteStorage(d / "facts.db"), [index], policy=policy,
+                  fault_hook=hook_from_environment())
 for i in range(int(sys.argv[2])):
     fid = mem.commit(Fact(id=f"f{i % 4}", type="note", payload={"content": f"note {i}"}))
     print(fid, flush=True)
@@ -88,19 +90,25 @@ for i in range(int(sys.argv[2])):
 
 
 @pytest.mark.parametrize(
-    "kill_at",
+    ("kill_at", "deferred"),
     [
-        "after_prepare:chroma:notes",
-        "before_decision",
-        "after_decision",
-        "after_commit:sqlite",
-        "after_commit:chroma:notes",
+        ("after_prepare:chroma:notes", False),
+        ("before_decision", False),
+        ("after_decision", False),
+        ("after_commit:sqlite", False),
+        ("after_commit:chroma:notes", False),
+        # Deferred finishing: killed with index work queued, inside the batch, before END.
+        ("after_commit:sqlite", True),
+        ("before_commit:chroma:notes", True),
+        ("after_commit:chroma:notes", True),
     ],
 )
 def test_an_agent_killed_mid_commit_with_an_embedded_index_reopens_in_agreement(
-    tmp_path: Path, kill_at: str
+    tmp_path: Path, kill_at: str, deferred: bool
 ) -> None:
     env = dict(os.environ, LOCKSTEP_KILL_AT=kill_at, LOCKSTEP_KILL_SKIP="3")
+    if deferred:
+        env["DEFERRED"] = "1"
     agent = subprocess.run(
         [sys.executable, "-c", AGENT, str(tmp_path), "10"],
         env=env,
@@ -125,9 +133,13 @@ def test_an_agent_killed_mid_commit_with_an_embedded_index_reopens_in_agreement(
     assert returned and returned <= {f["id"] for f in mem.query()}
 
 
-def test_a_reader_beside_1000_writes_sees_only_committed_current_versions(tmp_path: Path) -> None:
+@pytest.mark.parametrize("deferred", [False, True])
+def test_a_reader_beside_1000_writes_sees_only_committed_current_versions(
+    tmp_path: Path, deferred: bool
+) -> None:
     index = QdrantIndex(QdrantClient(":memory:"), "notes", "content", embedder=EMBEDDER)
-    mem = MemoryStore(SQLiteStorage(tmp_path / "facts.db"), [index])
+    policy = Policy(deferred_finish=deferred, deferred_batch=16)
+    mem = MemoryStore(SQLiteStorage(tmp_path / "facts.db"), [index], policy=policy)
     original = index.prepare
     rng = random.Random(7)
 

@@ -25,6 +25,7 @@ from coordinator._core.effects import (
     CommitOnePhase,
     CommittedOnePhase,
     DecisionPersisted,
+    DeferFinish,
     Effect,
     FinishAll,
     Finished,
@@ -47,10 +48,11 @@ def run(
     *,
     one_phase: bool = False,
     policy: Policy = POLICY,
+    deferred: tuple[str, ...] = (),
 ) -> tuple[list[Effect], Outcome | BaseException]:
     """Drive the protocol; return the effects it yielded and its outcome or error."""
     effects: list[Effect] = []
-    protocol = commit_protocol(TXID, participants, policy, one_phase=one_phase)
+    protocol = commit_protocol(TXID, participants, policy, one_phase=one_phase, deferred=deferred)
     reply: Reply = None
     try:
         while True:
@@ -201,6 +203,41 @@ def test_a_branch_unfinished_at_the_bound_is_reported_not_raised() -> None:
     assert not any(isinstance(e, RecordEnd | AbortAll) for e in effects)
 
 
+def test_deferred_branches_are_queued_after_the_others_finished_and_end_waits() -> None:
+    effects, outcome = run(
+        ("facts", "index", "other"),
+        votes(facts=Vote.YES, index=Vote.YES, other=Vote.READ_ONLY),
+        deferred=("index", "other"),
+    )
+    assert effects[-2:] == [
+        FinishAll(TXID, ("facts",)),
+        DeferFinish(TXID, ("index",), end=True),  # a read-only branch has nothing to defer
+    ]
+    assert not any(isinstance(e, RecordEnd) for e in effects)  # Rule 5: the batch ends it
+    assert isinstance(outcome, Outcome) and outcome.complete
+    assert outcome.deferred == ("index",) and outcome.read_only == ("other",)
+
+
+def test_a_deferred_batch_records_no_end_while_another_branch_is_unfinished() -> None:
+    def answer(effect: Effect) -> Reply:
+        if isinstance(effect, FinishAll):
+            return Finished({"facts": RuntimeError("down")})
+        return votes(facts=Vote.YES, index=Vote.YES)(effect)
+
+    effects, outcome = run(("facts", "index"), answer, deferred=("index",))
+    assert effects[-1] == DeferFinish(TXID, ("index",), end=False)
+    assert isinstance(outcome, Outcome) and outcome.unfinished == ("facts",)
+
+
+def test_only_deferred_voters_go_straight_to_the_queue() -> None:
+    effects, _ = run(("index",), votes(index=Vote.YES), deferred=("index",))
+    assert effects == [
+        PrepareAll(TXID, ("index",)),
+        PersistDecision(TXID, Decision.COMMIT, ("index",)),
+        DeferFinish(TXID, ("index",), end=True),
+    ]
+
+
 def test_one_participant_commits_in_one_phase_without_the_log() -> None:
     effects, outcome = run(("a",), lambda e: CommittedOnePhase(), one_phase=True)
     assert effects == [CommitOnePhase(TXID, "a")]
@@ -230,9 +267,13 @@ def test_no_participants_is_an_empty_commit() -> None:
     ),
     st.sampled_from([Decision.COMMIT, Decision.ABORT, None]),
     st.lists(st.booleans(), max_size=8),
+    st.sets(st.sampled_from(["a", "b", "c"])),
 )
 def test_no_branch_is_committed_unless_commit_was_decided_first(
-    script: dict[str, str], decision: Decision | None, finish_failures: list[bool]
+    script: dict[str, str],
+    decision: Decision | None,
+    finish_failures: list[bool],
+    deferrable: set[str],
 ) -> None:
     names = tuple(sorted(script))
     as_vote: dict[str, Vote | BaseException] = {
@@ -256,9 +297,11 @@ def test_no_branch_is_committed_unless_commit_was_decided_first(
             return Finished()
         return None
 
-    effects, result = run(names, answer)
+    effects, result = run(names, answer, deferred=tuple(sorted(deferrable)))
     decided = [e for e in effects if isinstance(e, PersistDecision)]
-    first_finish = next((i for i, e in enumerate(effects) if isinstance(e, FinishAll)), None)
+    first_finish = next(
+        (i for i, e in enumerate(effects) if isinstance(e, FinishAll | DeferFinish)), None
+    )
     if first_finish is not None:
         # Rule 1: COMMIT is durable (and won) before any branch hears "commit".
         assert decided and effects.index(decided[0]) < first_finish
@@ -269,7 +312,15 @@ def test_no_branch_is_committed_unless_commit_was_decided_first(
         assert not decided and isinstance(result, TransactionAborted)
     if isinstance(result, Outcome):
         yes = {n for n in names if script[n] == "yes"}
-        assert set(result.unfinished) <= yes
+        assert set(result.unfinished) <= yes - deferrable
+        assert set(result.deferred) == yes & deferrable
+        # Rule 8: the deferred are queued last; Rule 5: END only once all are done.
+        queued = [e for e in effects if isinstance(e, DeferFinish)]
+        if queued:
+            assert effects[-1] == queued[0] and queued[0].end == (not result.unfinished)
+        assert any(isinstance(e, RecordEnd) for e in effects) == (
+            not result.unfinished and not queued and bool(yes)
+        )
 
 
 def test_the_last_resource_commits_with_the_decision_after_the_others_prepared() -> None:

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from coordinator._acompat import SYNC_API, blocking
 from coordinator._sync.coordinator import Coordinator
-from coordinator.abc import DecisionLog, Embedder, Index, Storage, Vote
+from coordinator.abc import DecisionLog, Embedder, Hit, Index, Storage, Vote
 from coordinator.errors import ConfigurationError, ImmutableViolation, UsageError
 from coordinator.faults import FaultHook, no_faults
 from coordinator.filters import check_filters, matches
@@ -378,7 +378,9 @@ class MemoryTransaction:
             writes[index.name] = self._index_writes(index, index_changes)
         for participant, statements in self._sql.items():
             writes.setdefault(participant, []).extend(statements)
-        return store.coordinator.commit(writes, txid=self.txid)
+        return store.coordinator.commit(
+            writes, txid=self.txid, deferrable=[index.name for index in store.indexes]
+        )
 
     def _session(self) -> str | None:
         """The session this transaction belongs to (what ``rollback(session_id=...)`` sees):
@@ -812,9 +814,10 @@ class MemoryStore:
     ) -> list[ScoredFact]:
         """Semantic search over the indexes; committed, current versions only (G3).
 
-        Each hit is checked against the source of truth: a point is returned only when its
-        version is the fact's committed version, so staged, aborted or stale points never
-        surface, and no fact appears twice.
+        Each hit is checked against the source of truth: a point is returned only when it
+        embeds the fact's committed version (a staged point also needs the txid that
+        committed it), so staged, aborted or stale points never surface, and no fact
+        appears twice. That is also why an index's phase 2 may be deferred.
         """
         if not isinstance(query, str):
             raise UsageError(f"search(): query must be a str, got {type(query).__name__}")
@@ -822,21 +825,20 @@ class MemoryStore:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise UsageError(f"search(): k must be a positive int, got {k!r}")
         checked = check_filters(filters)
-        best: dict[str, float] = {}
-        versions: dict[str, int] = {}
+        hits: list[Hit] = []
         for index in self.indexes:
             where = _pushdown(index, typename, session_id, filters or {})
             vector = index.embedder.embed_query(query)
-            for hit in index.search(vector, max(4 * k, 20), where):
-                if hit.score > best.get(hit.fact_id, float("-inf")):
-                    best[hit.fact_id] = hit.score
-                    versions[hit.fact_id] = hit.version
-        facts = self.storage.get_many(sorted(best))
+            hits += index.search(vector, max(4 * k, 20), where)
+        facts = self.storage.get_many(sorted({hit.fact_id for hit in hits}))
+        best: dict[str, float] = {}
+        for hit in hits:  # only points of committed, current versions count (G3)
+            fact = facts.get(hit.fact_id)
+            if hit.is_current(fact) and hit.score > best.get(hit.fact_id, float("-inf")):
+                best[hit.fact_id] = hit.score
         results = []
         for fact_id, score in sorted(best.items(), key=lambda item: -item[1]):
-            fact = facts.get(fact_id)
-            if fact is None or fact.version != versions[fact_id]:
-                continue  # not committed, or not the current version
+            fact = facts[fact_id]
             if typename is not None and fact.type != typename:
                 continue
             if session_id is not None and fact.session_id != session_id:
@@ -854,8 +856,16 @@ class MemoryStore:
         """Resolve every in-doubt transaction of these stores (one recovery pass)."""
         return self.coordinator.recover()
 
+    def flush(self) -> None:
+        """Finish the indexes' deferred phase-2 work now (``Policy.deferred_finish``): mark
+        this process's committed points committed and remove the versions they replace.
+        Searches do not need it; tools that read an index directly may."""
+        self.coordinator.flush()
+
     def verify(self) -> VerifyReport:
-        """Compare every mirror and index with the storage, fact by fact."""
+        """Compare every mirror and index with the storage, fact by fact (this process's
+        deferred index work is finished first)."""
+        self.coordinator.flush()
         facts = self.storage.all_facts()
         drift = {}
         for mirror in self.mirrors:

@@ -23,7 +23,7 @@ from participants._vectors import (
     COMMITTED,
     PENDING,
     VectorIndexBase,
-    best_per_fact,
+    hit_of,
     search_filter,
     stage,
 )
@@ -89,40 +89,72 @@ class AsyncChromaIndex(VectorIndexBase):
         return Vote.YES
 
     async def commit(self, txid: str) -> None:
+        await self._commit([txid], txid)
+
+    async def commit_many(self, txids: Sequence[str]) -> None:
+        """Commit many branches with two reads and two writes."""
+        if txids:
+            await self._commit(txids, None)
+
+    async def _commit(self, txids: Sequence[str], txid: str | None) -> None:
         collection = await self._ensure_collection()
         staged = await self._call(
-            "commit", txid, collection.get, where={"txid": txid}, include=["metadatas"]
+            "commit", txid, collection.get, where=_any("txid", txids), include=["metadatas"]
         )
         if not staged["ids"]:
             return
-        metadatas = [dict(m) for m in staged["metadatas"]]
-        for metadata in metadatas:
-            metadata["state"] = COMMITTED
-        await self._call("commit", txid, collection.update, ids=staged["ids"], metadatas=metadatas)
-        # Then remove what the new versions replace (older versions; for a delete, every
-        # version up to its marker).
-        for metadata in metadatas:
-            bound = "$lte" if metadata.get("op") == "delete" else "$lt"
+        marked = [
+            (point, {**metadata, "state": COMMITTED})
+            for point, metadata in zip(staged["ids"], staged["metadatas"], strict=True)
+            if metadata.get("state") == PENDING
+        ]
+        if marked:
             await self._call(
                 "commit",
                 txid,
-                collection.delete,
-                where={
-                    "$and": [
-                        {"fact_id": metadata["fact_id"]},
-                        {"version": {bound: metadata["version"]}},
-                    ]
-                },
+                collection.update,
+                ids=[point for point, _ in marked],
+                metadatas=[metadata for _, metadata in marked],
             )
+        # Then remove what the new versions replace: older versions, and for a delete
+        # every version up to its marker.
+        bounds: dict[str, int] = {}
+        for metadata in staged["metadatas"]:
+            fact_id, version = str(metadata["fact_id"]), int(metadata["version"])
+            bound = version + 1 if metadata.get("op") == "delete" else version
+            bounds[fact_id] = max(bounds.get(fact_id, 0), bound)
+        versions = await self._call(
+            "commit",
+            txid,
+            collection.get,
+            where=_any("fact_id", sorted(bounds)),
+            include=["metadatas"],
+        )
+        older = [
+            point
+            for point, metadata in zip(versions["ids"], versions["metadatas"], strict=True)
+            if int(metadata["version"]) < bounds[str(metadata["fact_id"])]
+        ]
+        if older:
+            await self._call("commit", txid, collection.delete, ids=older)
 
     async def abort(self, txid: str) -> None:
-        self._fence.add(txid)
+        await self._abort([txid], txid)
+
+    async def abort_many(self, txids: Sequence[str]) -> None:
+        """Delete the staged points of many branches in one call."""
+        if txids:
+            await self._abort(txids, None)
+
+    async def _abort(self, txids: Sequence[str], txid: str | None) -> None:
+        for each in txids:
+            self._fence.add(each)
         collection = await self._ensure_collection()
         await self._call(
             "abort",
             txid,
             collection.delete,
-            where={"$and": [{"txid": txid}, {"state": PENDING}]},
+            where={"$and": [_any("txid", txids), {"state": PENDING}]},
         )
 
     async def recover(self) -> list[str]:
@@ -145,15 +177,13 @@ class AsyncChromaIndex(VectorIndexBase):
             collection.query,
             query_embeddings=[list(vector)],
             n_results=k,
-            where={"$and": conditions},
+            where={"$and": conditions} if len(conditions) > 1 else conditions[0],
             include=["metadatas", "distances"],
         )
-        hits = [
-            # Cosine space: distance = 1 - similarity.
-            (str(m["fact_id"]), int(m["version"]), 1.0 - float(d))
+        return [
+            hit_of(m, 1.0 - float(d))  # cosine space: distance = 1 - similarity
             for m, d in zip(found["metadatas"][0], found["distances"][0], strict=True)
         ]
-        return [Hit(*h) for h in best_per_fact(hits)]
 
     async def contents(self) -> IndexContents:
         collection = await self._ensure_collection()
@@ -217,3 +247,10 @@ class AsyncChromaIndex(VectorIndexBase):
                 txid=txid,
                 participant=self._name,
             ) from exc
+
+
+def _any(key: str, values: Sequence[str]) -> dict[str, Any]:
+    """A ``where`` clause: ``key`` equals one of ``values``."""
+    if len(values) == 1:
+        return {key: values[0]}
+    return {key: {"$in": list(values)}}

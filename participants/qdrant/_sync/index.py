@@ -24,7 +24,7 @@ from participants._vectors import (
     COMMITTED,
     PENDING,
     VectorIndexBase,
-    best_per_fact,
+    hit_of,
     search_filter,
     stage,
 )
@@ -217,12 +217,7 @@ class QdrantIndex(VectorIndexBase):
             )
         except Exception as exc:
             raise self._error("search", None, exc) from exc
-        hits = [
-            (str(p.payload["fact_id"]), int(p.payload["version"]), float(p.score))
-            for p in found.points
-            if p.payload
-        ]
-        return [Hit(*h) for h in best_per_fact(hits)]
+        return [hit_of(p.payload, float(p.score)) for p in found.points if p.payload]
 
     def contents(self) -> IndexContents:
         self._ensure_collection()
