@@ -1,7 +1,10 @@
 """Commit cost: Lockstep against MemState 0.5.1 on the same stores, side by side.
 
 Inserts, updates, rollbacks and deletes through each system's memory API, with 1 writer,
-8 writer threads and 8 asyncio tasks, on every backend combination. Each writer has its
+8 writer threads and 8 asyncio tasks, on every backend combination. Lockstep runs twice:
+as configured by default, and with ``Policy(deferred_finish=True)`` (the indexes' phase 2
+batched; the time of the last batch, run by ``flush()`` after each kind of operation, is
+counted in the throughput). Each writer has its
 own facts and session (no conflicts). Both systems get the same deterministic embedder, so
 the layer is measured, not a model. Every measurement runs in its own child process (MemState
 in its own environment, ``benchmarks/.venv-memstate``); systems alternate inside every round,
@@ -39,7 +42,8 @@ COMBOS = [
 ]
 MODES = {"1 writer": (1, False), "8 threads": (8, False), "8 asyncio tasks": (8, True)}
 OPS = ["insert", "update", "rollback", "delete"]
-SYSTEMS = ["memstate", "lockstep"]
+SYSTEMS = ["memstate", "lockstep", "lockstep-deferred"]
+LABELS = {"memstate": "MemState", "lockstep": "Lockstep", "lockstep-deferred": "Lockstep deferred"}
 
 
 # -- the child: one system, one combination, one mode -------------------------------------
@@ -72,6 +76,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             t.start()
         for t in threads:
             t.join()
+        if spec["system"] != "memstate":
+            mem.flush()  # deferred work left in the queue is part of the cost
         results[op] = {"latencies": latencies, "seconds": time.perf_counter() - started}
     return results
 
@@ -115,6 +121,8 @@ async def _async_child(spec: dict[str, Any], writers: int, per_writer: int) -> d
 
         started = time.perf_counter()
         await asyncio.gather(*(work(w) for w in range(writers)))
+        if system != "memstate":
+            await mem.flush()  # deferred work left in the queue is part of the cost
         results[op] = {"latencies": latencies, "seconds": time.perf_counter() - started}
     return results
 
@@ -134,7 +142,7 @@ def _fact(system: str, text: str) -> Any:
 
 def _lockstep(spec: dict[str, Any], asynchronous: bool = False) -> Any:
     """Lockstep's memory store on the combination, from the stores' URLs."""
-    from coordinator import AsyncMemoryStore, MemoryStore
+    from coordinator import AsyncMemoryStore, MemoryStore, Policy
     from coordinator.plugins import open_participant
 
     d = Path(spec["dir"])
@@ -158,6 +166,7 @@ def _lockstep(spec: dict[str, Any], asynchronous: bool = False) -> Any:
         part(storage_url, name="facts"),
         [part(url, embedder=SameEmbedder()) for url in index_urls],
         mirrors=[part(url, name="copy") for url in mirror_urls],
+        policy=Policy(deferred_finish=spec["system"] == "lockstep-deferred"),
     )
 
 
@@ -376,7 +385,12 @@ def main() -> int:
         os._exit(0)
     combos = [c.strip() for c in args.combos.split(",") if c.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    pythons = {"memstate": str(ensure_memstate_env()), "lockstep": sys.executable}
+    memstate = str(ensure_memstate_env())
+    pythons = {
+        "memstate": memstate,
+        "lockstep": sys.executable,
+        "lockstep-deferred": sys.executable,
+    }
     merged: dict[tuple[str, str, str, str], dict[str, Any]] = {}
     failures: dict[tuple[str, str, str], str] = {}
     with tempfile.TemporaryDirectory(prefix="lockstep-commit-cost-") as tmp:
@@ -385,7 +399,7 @@ def main() -> int:
             for round_ in range(args.rounds):
                 for combo in combos:
                     for mode in modes:
-                        order = SYSTEMS if round_ % 2 == 0 else SYSTEMS[::-1]
+                        order = SYSTEMS[round_ % 3 :] + SYSTEMS[: round_ % 3]
                         for system in order:
                             spec = {
                                 **servers.spec_for(combo),
@@ -443,11 +457,14 @@ def _rows(
                     row[f"{system}_p50_ms"] = round(_pct(r["latencies"], 0.5), 2)
                     row[f"{system}_p99_ms"] = round(_pct(r["latencies"], 0.99), 2)
                     row[f"{system}_ops_per_s"] = round(len(r["latencies"]) / r["seconds"], 1)
-                if "memstate_p50_ms" in row and "lockstep_p50_ms" in row:
-                    row["p50_ratio"] = round(row["lockstep_p50_ms"] / row["memstate_p50_ms"], 2)
-                    row["throughput_ratio"] = round(
-                        row["lockstep_ops_per_s"] / row["memstate_ops_per_s"], 2
-                    )
+                for system in SYSTEMS[1:]:
+                    if "memstate_p50_ms" in row and f"{system}_p50_ms" in row:
+                        row[f"{system}_p50_ratio"] = round(
+                            row[f"{system}_p50_ms"] / row["memstate_p50_ms"], 2
+                        )
+                        row[f"{system}_throughput_ratio"] = round(
+                            row[f"{system}_ops_per_s"] / row["memstate_ops_per_s"], 2
+                        )
                 rows.append(row)
     return rows
 
@@ -456,33 +473,35 @@ def _print(
     rows: list[dict[str, Any]], ops: int, rounds: int, failures: dict[tuple[str, str, str], str]
 ) -> None:
     print(f"## Commit cost: Lockstep vs MemState 0.5.1\n\nMachine: {machine()}\n")
-    print(f"{ops} operations of each kind per run and system, {rounds} rounds.\n")
     print(
-        "| stores | writers | op | MemState p50 / p99 ms | Lockstep p50 / p99 ms | p50 ratio "
-        "| MemState ops/s | Lockstep ops/s | throughput ratio |"
+        f"{ops} operations of each kind per run and system, {rounds} rounds. Latency: p50 / p99 "
+        "ms; throughput: operations/s; Lockstep's ratios are to MemState's.\n"
     )
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    head = ["stores", "writers", "op"]
+    head += [f"{LABELS[s]} p50 / p99" for s in SYSTEMS]
+    head += [f"{LABELS[s]} ops/s" for s in SYSTEMS]
+    print("| " + " | ".join(head) + " |")
+    print("|---|---|---|" + "---:|" * (2 * len(SYSTEMS)))
     dash = "—"
     for r in rows:
-
-        def cell(system: str, r: dict[str, Any] = r) -> tuple[str, str]:
+        latency, throughput = [], []
+        for system in SYSTEMS:
             if f"{system}_p50_ms" not in r:
-                return dash, dash
-            return (
-                f"{r[f'{system}_p50_ms']} / {r[f'{system}_p99_ms']}",
-                str(r[f"{system}_ops_per_s"]),
+                latency.append(dash)
+                throughput.append(dash)
+                continue
+            ratio = r.get(f"{system}_p50_ratio")
+            tratio = r.get(f"{system}_throughput_ratio")
+            latency.append(
+                f"{r[f'{system}_p50_ms']} / {r[f'{system}_p99_ms']}"
+                + (f" ({ratio}x)" if ratio is not None else "")
             )
-
-        ms, ms_tput = cell("memstate")
-        ls, ls_tput = cell("lockstep")
-        ratio = f"{r['p50_ratio']}x" if "p50_ratio" in r else dash
-        tratio = f"{r['throughput_ratio']}x" if "throughput_ratio" in r else dash
-        print(
-            f"| {r['combo']} | {r['mode']} | {r['op']} | {ms} | {ls} | {ratio} | {ms_tput} "
-            f"| {ls_tput} | {tratio} |"
-        )
+            throughput.append(
+                str(r[f"{system}_ops_per_s"]) + (f" ({tratio}x)" if tratio is not None else "")
+            )
+        print("| " + " | ".join([r["combo"], r["mode"], r["op"], *latency, *throughput]) + " |")
     for (combo, mode, system), why in failures.items():
-        print(f"\nnot measured: {system} on {combo}, {mode}: {why}")
+        print(f"\nnot measured: {LABELS[system]} on {combo}, {mode}: {why}")
 
 
 if __name__ == "__main__":

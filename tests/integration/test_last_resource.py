@@ -4,6 +4,8 @@ COMMIT record riding in the Postgres transaction (no PREPARE there, no separate 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import psycopg
 import pytest
 from qdrant_client import QdrantClient
@@ -100,3 +102,38 @@ def test_your_own_sql_commits_in_the_same_transaction_as_the_memory(postgres_dsn
     assert set(mem.indexes[0].contents().committed) == {"m0", "m1"}
     assert mem.verify().clean
     mem.close()
+
+
+def test_without_a_log_postgres_keeps_decisions_in_its_database_and_commits_last(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    def index() -> QdrantIndex:
+        client = QdrantClient(path=str(tmp_path / "vectors"))
+        return QdrantIndex(
+            client, "notes", "content", embedder=HashingEmbedder(16), owns_client=True
+        )
+
+    class Crash(BaseException):
+        """The agent dies after the decision, before the index heard of it."""
+
+    def die(point: str) -> None:
+        if point == "after_decision":
+            raise Crash
+
+    mem = MemoryStore(PostgresStorage(postgres_dsn), [index()], fault_hook=die)
+    assert isinstance(mem.log, PostgresDecisionLog)
+    assert mem.policy.last_resource == "postgres"
+    with pytest.raises(Crash):
+        mem.commit(Fact(id="kept", type="note", payload={"content": "decided, then died"}))
+    mem.indexes[0].close()  # the process is gone; its Qdrant directory is free again
+    assert prepared_here(postgres_dsn) == []  # Postgres committed with the decision
+
+    # A new process with the same configuration finds the decision in Postgres.
+    with psycopg.connect(postgres_dsn) as conn:
+        [(txid, decision)] = conn.execute("SELECT txid, decision FROM lockstep_decisions")
+    assert decision == "commit"
+    again = MemoryStore(PostgresStorage(postgres_dsn), [index()], policy=Policy(redrive_after=0))
+    assert ("qdrant:notes", txid) in again.recover().committed
+    assert again.indexes[0].contents().committed == {"kept": 1}
+    assert again.verify().clean
+    again.close()

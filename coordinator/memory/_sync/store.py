@@ -21,7 +21,15 @@ from pydantic import BaseModel
 
 from coordinator._acompat import SYNC_API, blocking
 from coordinator._sync.coordinator import Coordinator
-from coordinator.abc import DecisionLog, Embedder, Hit, Index, Storage, Vote
+from coordinator.abc import (
+    DecisionLog,
+    Embedder,
+    Hit,
+    Index,
+    Storage,
+    SupportsLastResource,
+    Vote,
+)
 from coordinator.errors import ConfigurationError, ImmutableViolation, UsageError
 from coordinator.faults import FaultHook, no_faults
 from coordinator.filters import check_filters, matches
@@ -456,7 +464,12 @@ class MemoryStore:
     :param hooks: vector indexes to keep in lockstep (MemState's name; see ``add_index``).
     :param mirrors: further storages that hold a copy of every fact (e.g. Redis beside
         Postgres, for readers that want the facts there); see ``add_mirror``.
-    :param log: the decision log (default: the storage's own, e.g. a SQLite file beside it).
+    :param log: the decision log. Default: the storage's own — a SQLite file beside a
+        SQLite store; for Postgres, a table in the same database, and then the storage
+        commits last together with the COMMIT record (``Policy.last_resource``; pass a
+        log to choose otherwise); for Redis and the in-memory storage, this process's
+        memory (decisions do not survive it: pass a durable ``log`` when an index or
+        mirror is kept beside them).
     :param policy: timeouts and retry bounds of the engine.
     """
 
@@ -479,11 +492,15 @@ class MemoryStore:
         self.mirrors: list[Storage] = []
         self.schemas = SchemaRegistry()
         self.constraints: dict[str, Constraint] = {}
-        default_log = getattr(storage, "default_decision_log", None)
-        self.log: DecisionLog = log or (
-            default_log() if default_log is not None else MemoryDecisionLog()
-        )
         self.policy = policy or Policy()
+        default_log = getattr(storage, "default_decision_log", None)
+        if log is None and default_log is not None:
+            log = default_log()
+            if self.policy.last_resource is None and isinstance(storage, SupportsLastResource):
+                # Its default log lives in its own database: commit it last, with the
+                # decision (one local transaction instead of PREPARE, decide, COMMIT).
+                self.policy = replace(self.policy, last_resource=storage.name)
+        self.log: DecisionLog = log or MemoryDecisionLog()
         self._fault_hook = fault_hook
         self.coordinator = Coordinator(
             [storage], self.log, policy=self.policy, fault_hook=fault_hook

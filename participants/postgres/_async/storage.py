@@ -41,7 +41,6 @@ from coordinator.errors import (
     VersionConflict,
 )
 from coordinator.ids import check_participant_name
-from coordinator.log import AsyncMemoryDecisionLog
 from coordinator.records import (
     DeleteFact,
     Execute,
@@ -59,6 +58,7 @@ from participants._checks import (
     version_conflict,
 )
 from participants.postgres import _schema as sql
+from participants.postgres._log import AsyncPostgresDecisionLog
 
 logger = logging.getLogger("participants.postgres")
 
@@ -106,8 +106,9 @@ class AsyncPostgresStorage:
         return self._name
 
     def default_decision_log(self) -> AsyncDecisionLog:
-        """Without a configured log, decisions stay in this process (use the Postgres log)."""
-        return AsyncMemoryDecisionLog()
+        """A :class:`PostgresDecisionLog` in this same database, shared by every process
+        that uses it; with it this storage commits last, together with the decision."""
+        return AsyncPostgresDecisionLog(self._conninfo, connect_timeout=self._connect_timeout)
 
     # -- the participant contract -------------------------------------------------------
 

@@ -43,7 +43,6 @@ from coordinator.errors import (
     VersionConflict,
 )
 from coordinator.ids import check_participant_name
-from coordinator.log import MemoryDecisionLog
 from coordinator.records import (
     DeleteFact,
     Execute,
@@ -61,6 +60,7 @@ from participants._checks import (
     version_conflict,
 )
 from participants.postgres import _schema as sql
+from participants.postgres._log import PostgresDecisionLog
 
 logger = logging.getLogger("participants.postgres")
 
@@ -108,8 +108,9 @@ class PostgresStorage:
         return self._name
 
     def default_decision_log(self) -> DecisionLog:
-        """Without a configured log, decisions stay in this process (use the Postgres log)."""
-        return MemoryDecisionLog()
+        """A :class:`PostgresDecisionLog` in this same database, shared by every process
+        that uses it; with it this storage commits last, together with the decision."""
+        return PostgresDecisionLog(self._conninfo, connect_timeout=self._connect_timeout)
 
     # -- the participant contract -------------------------------------------------------
 

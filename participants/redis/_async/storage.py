@@ -76,6 +76,12 @@ class AsyncRedisStorage:
 
     def default_decision_log(self) -> AsyncDecisionLog:
         """Without a configured log, decisions stay in this process (configure one)."""
+        logger.warning(
+            "%s: no decision log configured, so decisions live in this process only; a "
+            "crash between the decision and the last commit leaves indexes and mirrors "
+            "to be repaired. Pass log= (a SQLite file or a Postgres database).",
+            self._name,
+        )
         return AsyncMemoryDecisionLog()
 
     # -- the participant contract -------------------------------------------------------

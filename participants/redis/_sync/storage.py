@@ -78,6 +78,12 @@ class RedisStorage:
 
     def default_decision_log(self) -> DecisionLog:
         """Without a configured log, decisions stay in this process (configure one)."""
+        logger.warning(
+            "%s: no decision log configured, so decisions live in this process only; a "
+            "crash between the decision and the last commit leaves indexes and mirrors "
+            "to be repaired. Pass log= (a SQLite file or a Postgres database).",
+            self._name,
+        )
         return MemoryDecisionLog()
 
     # -- the participant contract -------------------------------------------------------
