@@ -26,20 +26,12 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import ROOT, SameEmbedder, embed, ensure_memstate_env, machine
+from benchmarks._common import ROOT, ensure_memstate_env, machine
+from benchmarks._stores import COMBOS, Servers, lockstep_store, memstate_store, memstate_store_async
 
-COMBOS = [
-    "sqlite",
-    "sqlite + chroma embedded",
-    "sqlite + qdrant local",
-    "postgres + qdrant local",
-    "postgres + chroma server",
-    "postgres + redis + chroma server",
-]
 MODES = {"1 writer": (1, False), "8 threads": (8, False), "8 asyncio tasks": (8, True)}
 OPS = ["insert", "update", "rollback", "delete"]
 SYSTEMS = ["memstate", "lockstep", "lockstep-deferred"]
@@ -54,7 +46,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     per_writer = max(1, spec["ops"] // writers)
     if asynchronous:
         return asyncio.run(_async_child(spec, writers, per_writer))
-    mem = _memstate(spec) if spec["system"] == "memstate" else _lockstep(spec)
+    mem = memstate_store(spec) if spec["system"] == "memstate" else lockstep_store(spec)
     results: dict[str, Any] = {}
     ids: list[list[str]] = [[] for _ in range(writers)]
     lock = threading.Lock()
@@ -103,7 +95,10 @@ def _one(system: str, mem: Any, op: str, w: int, i: int, ids: list[str]) -> None
 
 
 async def _async_child(spec: dict[str, Any], writers: int, per_writer: int) -> dict[str, Any]:
-    mem = await _memstate_async(spec) if spec["system"] == "memstate" else _lockstep(spec, True)
+    if spec["system"] == "memstate":
+        mem = await memstate_store_async(spec)
+    else:
+        mem = lockstep_store(spec, asynchronous=True)
     results: dict[str, Any] = {}
     ids: list[list[str]] = [[] for _ in range(writers)]
     system = spec["system"]
@@ -135,211 +130,6 @@ def _fact(system: str, text: str) -> Any:
     from coordinator import Fact
 
     return Fact(type="note", payload={"content": text})
-
-
-# -- Lockstep's stores ------------------------------------------------------------------
-
-
-def _lockstep(spec: dict[str, Any], asynchronous: bool = False) -> Any:
-    """Lockstep's memory store on the combination, from the stores' URLs."""
-    from coordinator import AsyncMemoryStore, MemoryStore, Policy
-    from coordinator.plugins import open_participant
-
-    d = Path(spec["dir"])
-    combo = spec["combo"]
-    storage_url = f"sqlite:///{d / 'facts.db'}" if combo.startswith("sqlite") else spec["pg_url"]
-    mirror_urls = [f"{spec['redis_url']}?prefix={spec['prefix']}"] if "redis" in combo else []
-    options = f"collection={spec['collection']}&text_field=content"
-    index_urls = []
-    if "qdrant" in combo:
-        index_urls.append(f"qdrant+local:///{d / 'qdrant'}?{options}")
-    elif "server" in combo:
-        index_urls.append(f"chroma+http://127.0.0.1:{spec['chroma_port']}?{options}")
-    elif "chroma" in combo:
-        index_urls.append(f"chroma+local:///{d / 'chroma'}?{options}")
-
-    def part(url: str, **kwargs: Any) -> Any:
-        return open_participant(url, asynchronous=asynchronous, **kwargs)  # type: ignore[call-overload]
-
-    store = AsyncMemoryStore if asynchronous else MemoryStore
-    return store(
-        part(storage_url, name="facts"),
-        [part(url, embedder=SameEmbedder()) for url in index_urls],
-        mirrors=[part(url, name="copy") for url in mirror_urls],
-        policy=Policy(deferred_finish=spec["system"] == "lockstep-deferred"),
-    )
-
-
-def _chroma_client(spec: dict[str, Any]) -> Any:
-    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
-    import chromadb
-
-    if "server" in spec["combo"]:
-        return chromadb.HttpClient(host="127.0.0.1", port=spec["chroma_port"])
-    return chromadb.PersistentClient(path=str(Path(spec["dir"]) / "chroma"))
-
-
-# -- MemState's stores (run in its own environment) -------------------------------------
-
-
-def _chroma_embedding() -> Any:
-    from chromadb import Documents, EmbeddingFunction, Embeddings
-
-    class Same(EmbeddingFunction[Documents]):
-        def __init__(self) -> None:
-            pass
-
-        def __call__(self, input: Documents) -> Embeddings:
-            return [embed(t) for t in input]  # type: ignore[misc]
-
-        @staticmethod
-        def name() -> str:
-            return "benchmark-hashing"
-
-    return Same()
-
-
-class _RedisCopy:
-    """A MemState hook keeping a JSON copy of every fact in Redis (its way to add a store)."""
-
-    def __init__(self, url: str, prefix: str) -> None:
-        import redis
-
-        self.client = redis.Redis.from_url(url)
-        self.prefix = prefix
-
-    def __call__(self, op: Any, fact_id: str, fact: Any) -> None:
-        if fact is None or str(op).endswith("DELETE"):
-            self.client.delete(f"{self.prefix}{fact_id}")
-        else:
-            self.client.set(f"{self.prefix}{fact_id}", fact.model_dump_json())
-
-    def search(self, *args: Any, **kwargs: Any) -> list[Any]:
-        return []
-
-
-class _AsyncRedisCopy:
-    """:class:`_RedisCopy` for MemState's ``AsyncMemoryStore``."""
-
-    def __init__(self, url: str, prefix: str) -> None:
-        import redis.asyncio
-
-        self.aclient = redis.asyncio.Redis.from_url(url)
-        self.prefix = prefix
-
-    async def __call__(self, op: Any, fact_id: str, fact: Any) -> None:
-        if fact is None or str(op).endswith("DELETE"):
-            await self.aclient.delete(f"{self.prefix}{fact_id}")
-        else:
-            await self.aclient.set(f"{self.prefix}{fact_id}", fact.model_dump_json())
-
-    async def search(self, *args: Any, **kwargs: Any) -> list[Any]:
-        return []
-
-
-def _memstate(spec: dict[str, Any]) -> Any:
-    from memstate import MemoryStore, SQLiteStorage
-
-    d = Path(spec["dir"])
-    combo = spec["combo"]
-    storage: Any
-    if combo.startswith("sqlite"):
-        storage = SQLiteStorage(str(d / "facts.db"))
-    else:
-        from memstate.backends.postgres import PostgresStorage
-
-        storage = PostgresStorage(spec["pg_url"].replace("postgresql://", "postgresql+psycopg://"))
-    hooks: list[Any] = []
-    if "redis" in combo:
-        hooks.append(_RedisCopy(spec["redis_url"], spec["prefix"]))
-    if "qdrant" in combo:
-        from memstate.integrations.qdrant import QdrantSyncHook
-        from qdrant_client import QdrantClient
-
-        client = QdrantClient(path=str(d / "qdrant"))
-        hooks.append(QdrantSyncHook(client, "memories", embedding_fn=embed, text_field="content"))
-    elif "chroma" in combo:
-        from memstate.integrations.chroma import ChromaSyncHook
-
-        hooks.append(
-            ChromaSyncHook(
-                _chroma_client(spec),
-                spec["collection"],
-                embedding_fn=_chroma_embedding(),
-                text_field="content",
-            )
-        )
-    return MemoryStore(storage, hooks=hooks)
-
-
-async def _memstate_async(spec: dict[str, Any]) -> Any:
-    from memstate import AsyncMemoryStore, AsyncSQLiteStorage
-
-    d = Path(spec["dir"])
-    combo = spec["combo"]
-    if "chroma" in combo and "server" not in combo:
-        raise NotImplementedError("MemState's async Chroma hook needs a Chroma server")
-    storage: Any
-    if combo.startswith("sqlite"):
-        storage = AsyncSQLiteStorage(str(d / "facts.db"))
-        await storage.connect()
-    else:
-        from memstate.backends.postgres import AsyncPostgresStorage
-
-        url = spec["pg_url"].replace("postgresql://", "postgresql+psycopg://")
-        storage = AsyncPostgresStorage(url)
-        await storage.create_tables()
-    hooks: list[Any] = []
-    if "redis" in combo:
-        hooks.append(_AsyncRedisCopy(spec["redis_url"], spec["prefix"]))
-    if "qdrant" in combo:
-        from memstate.integrations.qdrant import AsyncQdrantSyncHook
-        from qdrant_client import AsyncQdrantClient
-
-        client = AsyncQdrantClient(path=str(d / "qdrant"))
-        hooks.append(
-            AsyncQdrantSyncHook(client, "memories", embedding_fn=embed, text_field="content")
-        )
-    elif "chroma" in combo:
-        import chromadb
-        from memstate.integrations.chroma import AsyncChromaSyncHook
-
-        server = await chromadb.AsyncHttpClient(host="127.0.0.1", port=spec["chroma_port"])
-        hooks.append(
-            AsyncChromaSyncHook(
-                server, spec["collection"], embedding_fn=_chroma_embedding(), text_field="content"
-            )
-        )
-    return AsyncMemoryStore(storage, hooks=hooks)
-
-
-# -- the driver -------------------------------------------------------------------------
-
-
-class Servers:
-    """Private Postgres, Redis and Chroma servers, started on first use."""
-
-    def __init__(self, base: Path) -> None:
-        from chaos.campaign import Servers as CampaignServers
-
-        self._servers = CampaignServers(base)
-
-    def spec_for(self, combo: str) -> dict[str, Any]:
-        spec: dict[str, Any] = {"collection": f"c{uuid.uuid4().hex[:12]}"}
-        tag = uuid.uuid4().hex[:10]
-        if combo.startswith("postgres"):
-            pg = self._servers.pg()
-            pg.create_database(f"b{tag}")
-            spec["pg_url"] = f"postgresql://postgres@127.0.0.1:{pg.port}/b{tag}"
-        if "redis" in combo:
-            spec["redis_url"] = self._servers.rd().url
-            spec["prefix"] = f"b{tag}:"
-        if "server" in combo:
-            spec["chroma_port"] = self._servers.ch().port
-        return spec
-
-    def stop(self) -> None:
-        self._servers.stop()
 
 
 def measure(
