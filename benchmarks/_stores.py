@@ -221,5 +221,22 @@ class Servers:
             spec["chroma_port"] = self._servers.ch().port
         return spec
 
+    def release(self, spec: dict[str, Any]) -> None:
+        """Drop what :meth:`spec_for` made on the servers (best effort)."""
+        if "pg_url" in spec:
+            import psycopg
+
+            with psycopg.connect(self._servers.pg().dsn, autocommit=True) as conn:
+                name = spec["pg_url"].rsplit("/", 1)[1]
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if "chroma_port" in spec:
+            import chromadb
+
+            client = chromadb.HttpClient(host="127.0.0.1", port=spec["chroma_port"])
+            try:
+                client.delete_collection(spec["collection"])
+            except Exception:  # noqa: S110 - the run may have died before creating it
+                pass
+
     def stop(self) -> None:
         self._servers.stop()
