@@ -79,3 +79,50 @@ def ensure_memstate_env() -> Path:
         )
         stamp.write_text(wanted)
     return python
+
+
+def run_child(
+    module: str, spec: dict[str, Any], tmp: Path, python: str = sys.executable
+) -> dict[str, Any] | str:
+    """Run one measurement as ``python -m <module> --child <spec>`` in a fresh directory
+    (``spec["dir"]``); its JSON result, or why there is none."""
+    import json
+
+    with tempfile.TemporaryDirectory(dir=tmp) as directory:
+        done = subprocess.run(
+            [python, "-m", module, "--child", json.dumps({**spec, "dir": directory})],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "ANONYMIZED_TELEMETRY": "False"},
+            timeout=1800,
+        )
+    if done.returncode != 0:
+        return (done.stderr.strip().splitlines() or ["failed"])[-1][:120]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def serve_child(measure: Any, spec: str) -> None:
+    """The child's side of :func:`run_child`: print ``measure(spec)`` as JSON, then end the
+    process at once (client threads, pools and aiosqlite must not keep it alive)."""
+    import json
+
+    try:
+        print(json.dumps(measure(json.loads(spec))), flush=True)
+    except BaseException as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        os._exit(1)
+    os._exit(0)
+
+
+def run_threads(work: Any, writers: int) -> None:
+    """Run ``work(w)`` for each writer ``w`` on its own thread; return when all are done."""
+    import threading
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()

@@ -27,9 +27,14 @@ COMBOS = [
 
 
 def lockstep_store(spec: dict[str, Any], asynchronous: bool = False) -> Any:
-    """Lockstep's memory store on the combination, from the stores' URLs."""
+    """Lockstep's memory store on the combination, from the stores' URLs.
+
+    Optional ``spec["policy"]``: Policy fields to change; ``spec["log"]``: a decision log
+    URL instead of the storage's own (``?group_commit=0`` on a SQLite log turns group
+    commit off).
+    """
     from coordinator import AsyncMemoryStore, MemoryStore, Policy
-    from coordinator.plugins import open_participant
+    from coordinator.plugins import open_decision_log, open_participant
 
     d = Path(spec["dir"])
     combo = spec["combo"]
@@ -47,12 +52,17 @@ def lockstep_store(spec: dict[str, Any], asynchronous: bool = False) -> Any:
     def part(url: str, **kwargs: Any) -> Any:
         return open_participant(url, asynchronous=asynchronous, **kwargs)  # type: ignore[call-overload]
 
+    policy = {"deferred_finish": spec["system"] == "lockstep-deferred", **spec.get("policy", {})}
+    log: Any = spec.get("log")
+    if log is not None:
+        log = open_decision_log(log, asynchronous=asynchronous)
     store = AsyncMemoryStore if asynchronous else MemoryStore
     return store(
         part(storage_url, name="facts"),
         [part(url, embedder=SameEmbedder()) for url in index_urls],
         mirrors=[part(url, name="copy") for url in mirror_urls],
-        policy=Policy(deferred_finish=spec["system"] == "lockstep-deferred"),
+        log=log,
+        policy=Policy(**policy),
     )
 
 

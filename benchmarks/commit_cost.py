@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,8 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import ROOT, ensure_memstate_env, machine
+from benchmarks._common import ensure_memstate_env, machine, run_child, run_threads, serve_child
 from benchmarks._stores import COMBOS, Servers, lockstep_store, memstate_store, memstate_store_async
+
+MODULE = "benchmarks.commit_cost"
 
 MODES = {"1 writer": (1, False), "8 threads": (8, False), "8 asyncio tasks": (8, True)}
 OPS = ["insert", "update", "rollback", "delete"]
@@ -63,11 +63,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                 latencies.extend(mine)
 
         started = time.perf_counter()
-        threads = [threading.Thread(target=work, args=(w,)) for w in range(writers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run_threads(work, writers)
         if spec["system"] != "memstate":
             mem.flush()  # deferred work left in the queue is part of the cost
         results[op] = {"latencies": latencies, "seconds": time.perf_counter() - started}
@@ -132,26 +128,6 @@ def _fact(system: str, text: str) -> Any:
     return Fact(type="note", payload={"content": text})
 
 
-def measure(
-    python: str, spec: dict[str, Any], tmp: Path
-) -> dict[str, Any] | str:  # the results, or why there are none
-    with tempfile.TemporaryDirectory(dir=tmp) as directory:
-        spec = {**spec, "dir": directory}
-        done = subprocess.run(
-            [python, "-m", "benchmarks.commit_cost", "--child", json.dumps(spec)],
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "ANONYMIZED_TELEMETRY": "False"},
-            timeout=1800,
-        )
-    if done.returncode != 0:
-        return (done.stderr.strip().splitlines() or ["failed"])[-1][:120]
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
-
-
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
@@ -167,12 +143,7 @@ def main() -> int:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        try:
-            print(json.dumps(child(json.loads(args.child))), flush=True)
-        except BaseException as exc:
-            print(f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-            os._exit(1)  # client threads (aiosqlite, pools) must not keep the child alive
-        os._exit(0)
+        serve_child(child, args.child)
     combos = [c.strip() for c in args.combos.split(",") if c.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     memstate = str(ensure_memstate_env())
@@ -198,7 +169,7 @@ def main() -> int:
                                 "system": system,
                                 "ops": args.ops,
                             }
-                            result = measure(pythons[system], spec, Path(tmp))
+                            result = run_child(MODULE, spec, Path(tmp), pythons[system])
                             if isinstance(result, str):
                                 failures[(combo, mode, system)] = result
                                 continue

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks._common import machine
+from benchmarks._common import machine, run_threads
 from coordinator import Coordinator, FactRecord, Policy, UpsertFact, new_txid
 from coordinator.log import SQLiteDecisionLog
 from participants.sqlite import SQLiteStorage
@@ -89,11 +89,7 @@ def run(config: str, writers: int, commits: int) -> Result:
                 latencies.extend(mine)
 
         started = time.perf_counter()
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(writers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run_threads(worker, writers)
         return Result(config, writers, latencies, time.perf_counter() - started)
 
 

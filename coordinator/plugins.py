@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any, Literal, overload
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from coordinator.abc import AsyncDecisionLog, AsyncParticipant, DecisionLog, Participant
 from coordinator.errors import ConfigurationError
@@ -89,8 +89,9 @@ def open_participant(
 
 
 def open_decision_log(url: str, *, asynchronous: bool = False) -> DecisionLog | AsyncDecisionLog:
-    """Open a decision log: ``sqlite:///path/decisions.db``, ``memory://``, or a backend's
-    (``postgresql://...`` with the postgres extra), found through entry points."""
+    """Open a decision log: ``sqlite:///path/decisions.db`` (``?group_commit=0`` turns
+    group commit off), ``memory://``, or a backend's (``postgresql://...`` with the
+    postgres extra), found through entry points."""
     from coordinator.log import (
         AsyncDecisionLogAdapter,
         MemoryDecisionLog,
@@ -101,7 +102,9 @@ def open_decision_log(url: str, *, asynchronous: bool = False) -> DecisionLog | 
     log: DecisionLog
     found = [ep for ep in entry_points(group=LOGS_GROUP) if ep.name == scheme]
     if scheme == "sqlite":
-        log = SQLiteDecisionLog(path_of(url))
+        query = parse_qs(urlsplit(url).query)
+        grouped = query.get("group_commit", ["1"])[-1].lower() not in ("0", "false", "no")
+        log = SQLiteDecisionLog(path_of(url), group_commit=grouped)
     elif scheme == "memory":
         log = MemoryDecisionLog()
     elif found:

@@ -184,3 +184,26 @@ def test_threads_racing_on_the_postgres_log_agree_on_every_decision(postgres_dsn
     for t in threads:
         t.join()
     assert len(answers) == 4 and all(a == answers[0] for a in answers)
+
+
+@pytest.mark.parametrize(("query", "grouped"), [("", True), ("?group_commit=0", False)])
+def test_a_sqlite_log_url_can_turn_group_commit_off(
+    tmp_path: Path, query: str, grouped: bool
+) -> None:
+    from coordinator.plugins import open_decision_log
+
+    log = open_decision_log(f"sqlite:///{tmp_path / 'log.db'}{query}")
+    assert isinstance(log, SQLiteDecisionLog) and log.group_commit is grouped
+    writers = [
+        threading.Thread(target=log.decide, args=(new_txid(), Decision.COMMIT, ("a",)))
+        for _ in range(8)
+    ]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    assert len(log.unended()) == 8
+    assert Path(log.path).samefile(tmp_path / "log.db")  # the query is not part of the path
+    if not grouped:
+        assert log.flushes == 8  # one forced write per decision
+    log.close()
