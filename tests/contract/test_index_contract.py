@@ -33,7 +33,15 @@ EMBEDDER = HashingEmbedder(16)
 Opener = Callable[[], Index]
 
 
-@pytest.fixture(params=["qdrant-local", "qdrant-memory", "chroma-embedded", "chroma-server"])
+@pytest.fixture(
+    params=[
+        "qdrant-local",
+        "qdrant-local-scan",
+        "qdrant-memory",
+        "chroma-embedded",
+        "chroma-server",
+    ]
+)
 def open_index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """Open the same index again, as a new process would (closing the previous client)."""
     collection = f"c{uuid.uuid4().hex[:12]}"
@@ -45,10 +53,16 @@ def open_index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opene
         for previous in opened:
             previous.close()
         index: Index
-        if kind == "qdrant-local":
+        if kind.startswith("qdrant-local"):  # -scan: filters, as against a server
             client = QdrantClient(path=str(tmp_path / "qdrant"))
             index = QdrantIndex(
-                client, collection, "content", ["role"], embedder=EMBEDDER, owns_client=True
+                client,
+                collection,
+                "content",
+                ["role"],
+                embedder=EMBEDDER,
+                owns_client=True,
+                catalog=kind == "qdrant-local",
             )
         elif kind == "qdrant-memory":
             index = QdrantIndex(memory_client, collection, "content", ["role"], embedder=EMBEDDER)  # type: ignore[arg-type]
@@ -256,3 +270,24 @@ async def test_concurrent_first_prepares_create_the_collection_once(tmp_path: Pa
     assert votes == [Vote.YES] * 8
     assert len(await index.recover()) == 8
     await index.close()
+
+
+def test_local_indexes_on_one_client_share_what_they_know(tmp_path: Path) -> None:
+    """Two indexes on one local-mode client and collection: one stages, the other commits
+    (a catalog each would leave the second blind to the first's points)."""
+    client = QdrantClient(path=str(tmp_path / "qdrant"))
+    first = QdrantIndex(client, "shared", "content", embedder=EMBEDDER)
+    second = QdrantIndex(client, "shared", "content", embedder=EMBEDDER, name="second")
+    first.contents()  # both open the collection before anything is written
+    second.contents()
+    old, new = new_txid(), new_txid()
+    first.prepare(old, [upsert(fact("a", 1, "green tea"))])
+    second.commit(old)
+    second.prepare(new, [upsert(fact("a", 2, "mint tea"))])
+    assert first.recover() == [new]
+    first.commit(new)
+    assert second.contents().committed == {"a": 2}
+    assert [
+        (h.version, h.committed) for h in second.search(EMBEDDER.embed_query("tea"), 5, {})
+    ] == [(2, True)]
+    client.close()

@@ -26,6 +26,7 @@ from participants._vectors import (
     search_filter,
     stage,
 )
+from participants.qdrant._catalog import Entry, PointCatalog, shared_local
 
 _PAGE = 512
 
@@ -45,6 +46,10 @@ class AsyncQdrantIndex(VectorIndexBase):
     :param embedder: turns text into vectors (default: :func:`default_embedder`).
     :param target_types: fact types this index holds (default: every type).
     :param name: participant name (default ``qdrant:<collection_name>``).
+    :param catalog: in local mode, keep the collection's Lockstep points listed in memory
+        so commits, aborts and recovery find them by id instead of by a filter (which
+        local mode answers by testing every point); ``False`` uses filters, as against a
+        server.
     """
 
     def __init__(
@@ -58,6 +63,7 @@ class AsyncQdrantIndex(VectorIndexBase):
         target_types: Sequence[str] | None = None,
         name: str | None = None,
         owns_client: bool = False,
+        catalog: bool = True,
     ) -> None:
         self._client = client
         self._collection = collection_name
@@ -72,7 +78,11 @@ class AsyncQdrantIndex(VectorIndexBase):
         self._owns_client = owns_client
         # Local mode keeps points in process memory and is not safe for concurrent callers
         # (a search beside an upsert can fail); a server client is, so it is not held back.
-        self._guard: Any = ALock() if _is_local(client) else contextlib.nullcontext()
+        self._guard: Any = contextlib.nullcontext()
+        self._catalog: PointCatalog | None = None
+        if _is_local(client):
+            self._guard, known = shared_local(client, collection_name, ALock)
+            self._catalog = known if catalog else None
         self._opening = ALock()
         self._ready = False
 
@@ -84,20 +94,24 @@ class AsyncQdrantIndex(VectorIndexBase):
         if not points:
             return Vote.READ_ONLY
         await self._ensure_collection()
+        structs = [models.PointStruct(id=p.id, vector=p.vector, payload=p.payload) for p in points]
         try:
-            await self._guarded(
-                self._client.upsert,
-                self._collection,
-                [models.PointStruct(id=p.id, vector=p.vector, payload=p.payload) for p in points],
-                wait=True,
-            )
+            async with self._guard:
+                await self._client.upsert(self._collection, structs, wait=True)
+                if self._catalog is not None:
+                    for point in points:
+                        self._catalog.add(point.id, point.payload)
         except Exception as exc:
-            raise self._error("prepare", txid, exc) from exc
+            raise self._failed("prepare", txid, exc) from exc
         return Vote.YES
 
     async def commit(self, txid: str) -> None:
         await self._ensure_collection()
         try:
+            if self._catalog is not None:
+                async with self._guard:
+                    await self._commit_known(self._catalog.of([txid]))
+                return
             staged = await self._scroll(_match("txid", txid))
             await self._mark_committed(staged)
             if staged:  # what the new versions replace, found by the server
@@ -108,22 +122,27 @@ class AsyncQdrantIndex(VectorIndexBase):
                     wait=True,
                 )
         except Exception as exc:
-            raise self._error("commit", txid, exc) from exc
+            raise self._failed("commit", txid, exc) from exc
 
     async def commit_many(self, txids: Sequence[str]) -> None:
-        """Commit many branches with one scroll of the collection and two writes (a
-        filter with a condition per fact costs local mode a pass over every point each)."""
+        """Commit many branches with one lookup and two writes (without a catalog: one
+        scroll of the collection, since a filter with a condition per fact costs local
+        mode a pass over every point each)."""
         if not txids:
             return
         await self._ensure_collection()
-        chosen = set(txids)
         try:
+            if self._catalog is not None:
+                async with self._guard:
+                    await self._commit_known(self._catalog.of(txids))
+                return
+            chosen = set(txids)
             points = await self._scroll(None)
             staged = [p for p in points if (p.payload or {}).get("txid") in chosen]
             await self._mark_committed(staged)
             bounds: dict[str, int] = {}
             for point in staged:
-                fact_id, bound = _replaced_below(point)
+                fact_id, bound = _replaced_below(point.payload or {})
                 bounds[fact_id] = max(bounds.get(fact_id, 0), bound)
             older = [
                 p.id
@@ -139,7 +158,31 @@ class AsyncQdrantIndex(VectorIndexBase):
                     wait=True,
                 )
         except Exception as exc:
-            raise self._error("commit", None, exc) from exc
+            raise self._failed("commit", None, exc) from exc
+
+    async def _commit_known(self, staged: Mapping[str, Entry]) -> None:
+        """(Guard held.) Mark the catalog's ``staged`` points committed and delete the
+        versions they replace, by id."""
+        catalog = self._catalog
+        assert catalog is not None
+        pending: list[models.ExtendedPointId] = [
+            point_id for point_id, e in staged.items() if e.state == PENDING
+        ]
+        if pending:
+            await self._client.set_payload(
+                self._collection, {"state": COMMITTED}, points=pending, wait=True
+            )
+            catalog.mark_committed(map(str, pending))
+        bounds: dict[str, int] = {}
+        for entry in staged.values():
+            bound = entry.version + 1 if entry.op == "delete" else entry.version
+            bounds[entry.fact_id] = max(bounds.get(entry.fact_id, 0), bound)
+        older: list[models.ExtendedPointId] = [*catalog.replaced(bounds)]
+        if older:
+            await self._client.delete(
+                self._collection, models.PointIdsList(points=older), wait=True
+            )
+            catalog.remove(map(str, older))
 
     async def _mark_committed(self, staged: Sequence[models.Record]) -> None:
         pending = [p.id for p in staged if (p.payload or {}).get("state") == PENDING]
@@ -156,6 +199,10 @@ class AsyncQdrantIndex(VectorIndexBase):
         self._fence.add(txid)
         await self._ensure_collection()
         try:
+            if self._catalog is not None:
+                async with self._guard:
+                    await self._abort_known([txid])
+                return
             await self._guarded(
                 self._client.delete,
                 self._collection,
@@ -163,17 +210,21 @@ class AsyncQdrantIndex(VectorIndexBase):
                 wait=True,
             )
         except Exception as exc:
-            raise self._error("abort", txid, exc) from exc
+            raise self._failed("abort", txid, exc) from exc
 
     async def abort_many(self, txids: Sequence[str]) -> None:
-        """Delete the pending points of many branches (one scroll, one delete by id)."""
+        """Delete the pending points of many branches (one lookup, one delete by id)."""
         if not txids:
             return
-        chosen = set(txids)
         for txid in txids:
             self._fence.add(txid)
         await self._ensure_collection()
         try:
+            if self._catalog is not None:
+                async with self._guard:
+                    await self._abort_known(txids)
+                return
+            chosen = set(txids)
             doomed = [
                 p.id
                 for p in await self._scroll(_match("state", PENDING))
@@ -187,10 +238,26 @@ class AsyncQdrantIndex(VectorIndexBase):
                     wait=True,
                 )
         except Exception as exc:
-            raise self._error("abort", None, exc) from exc
+            raise self._failed("abort", None, exc) from exc
+
+    async def _abort_known(self, txids: Sequence[str]) -> None:
+        """(Guard held.) Delete the catalog's pending points of ``txids``, by id."""
+        catalog = self._catalog
+        assert catalog is not None
+        doomed: list[models.ExtendedPointId] = [
+            point_id for point_id, e in catalog.of(txids).items() if e.state == PENDING
+        ]
+        if doomed:
+            await self._client.delete(
+                self._collection, models.PointIdsList(points=doomed), wait=True
+            )
+            catalog.remove(map(str, doomed))
 
     async def recover(self) -> list[str]:
         await self._ensure_collection()
+        if self._catalog is not None:
+            async with self._guard:
+                return sorted(self._catalog.pending())
         try:
             pending = await self._scroll(_match("state", PENDING))
         except Exception as exc:
@@ -239,11 +306,18 @@ class AsyncQdrantIndex(VectorIndexBase):
     # -- internals ----------------------------------------------------------------------
 
     async def _ensure_collection(self) -> None:
-        if self._ready:
+        if self._ready and (self._catalog is None or self._catalog.loaded):
             return
         async with self._opening:  # concurrent first calls create the collection once
             if not self._ready:
                 await self._open_collection()
+            if self._catalog is not None and not self._catalog.loaded:
+                try:
+                    async with self._guard:
+                        points = await self._scroll(None, guarded=False)
+                        self._catalog.load((str(p.id), p.payload or {}) for p in points)
+                except Exception as exc:
+                    raise self._error("open", None, exc) from exc
 
     async def _open_collection(self) -> None:
         try:
@@ -305,12 +379,17 @@ class AsyncQdrantIndex(VectorIndexBase):
                 participant=self._name,
             )
 
-    async def _scroll(self, condition: models.FieldCondition | None) -> list[models.Record]:
+    async def _scroll(
+        self, condition: models.FieldCondition | None, *, guarded: bool = True
+    ) -> list[models.Record]:
+        """Every point matching ``condition``, page by page (``guarded=False``: the caller
+        holds the guard)."""
         found: list[models.Record] = []
         offset = None
         query = None if condition is None else models.Filter(must=[condition])
+        call = self._guarded if guarded else _direct
         while True:
-            page, offset = await self._guarded(
+            page, offset = await call(
                 self._client.scroll,
                 self._collection,
                 scroll_filter=query,
@@ -327,6 +406,13 @@ class AsyncQdrantIndex(VectorIndexBase):
         async with self._guard:
             return await call(*args, **kwargs)
 
+    def _failed(self, action: str, txid: str | None, exc: Exception) -> LockstepError:
+        """The error to raise after a failed write; the catalog is read again before the
+        next call (the write may have been applied in part)."""
+        if self._catalog is not None:
+            self._catalog.loaded = False
+        return self._error(action, txid, exc)
+
     def _error(self, action: str, txid: str | None, exc: Exception) -> LockstepError:
         if isinstance(exc, LockstepError):
             return exc
@@ -337,16 +423,15 @@ class AsyncQdrantIndex(VectorIndexBase):
         )
 
 
-def _replaced_below(point: models.Record) -> tuple[str, int]:
-    """``(fact_id, bound)``: committing ``point`` replaces the fact's versions below
+def _replaced_below(payload: Mapping[str, Any]) -> tuple[str, int]:
+    """``(fact_id, bound)``: committing the point replaces the fact's versions below
     ``bound`` (an upsert: older versions; a delete: every version up to its marker)."""
-    payload = point.payload or {}
     version = int(payload["version"])
     return str(payload["fact_id"]), version + 1 if payload.get("op") == "delete" else version
 
 
 def _older_than(point: models.Record) -> models.Filter:
-    fact_id, bound = _replaced_below(point)
+    fact_id, bound = _replaced_below(point.payload or {})
     return models.Filter(
         must=[
             _match("fact_id", fact_id),
@@ -357,6 +442,10 @@ def _older_than(point: models.Record) -> models.Filter:
 
 def _match(key: str, value: JSONValue) -> models.FieldCondition:
     return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+
+async def _direct(call: Any, *args: Any, **kwargs: Any) -> Any:
+    return await call(*args, **kwargs)
 
 
 def _is_local(client: object) -> bool:

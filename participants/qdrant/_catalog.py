@@ -1,0 +1,127 @@
+"""A local-mode collection's Lockstep points, by fact and by transaction, kept in memory.
+
+Qdrant's local mode keeps every point in process memory and answers a filter by testing
+every point, so a commit that finds its points by ``txid`` and the versions they replace
+by ``fact_id`` costs two passes over the collection: commits grow slower with every fact
+stored. The catalog answers those lookups from dictionaries instead, and the writes go by
+point id. It is valid because local mode locks its directory to one process, and the
+catalog and the guard that serialises every call on the client are shared by every index
+on the same client. It is loaded with one scroll when the collection is opened, updated
+after each write succeeded, and loaded again after any write failed.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from participants._vectors import COMMITTED, PENDING
+
+
+@dataclass
+class Entry:
+    fact_id: str
+    version: int
+    txid: str
+    op: str
+    state: str
+
+
+class PointCatalog:
+    """Lockstep's points of one collection: ``id -> Entry``, with indexes by fact and txid."""
+
+    def __init__(self) -> None:
+        self.loaded = False
+        self._points: dict[str, Entry] = {}
+        self._by_fact: dict[str, set[str]] = {}
+        self._by_txid: dict[str, set[str]] = {}
+
+    def load(self, points: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
+        """Start from what the collection holds: ``(point id, payload)`` pairs."""
+        self._points.clear()
+        self._by_fact.clear()
+        self._by_txid.clear()
+        for point_id, payload in points:
+            self.add(point_id, payload)
+        self.loaded = True
+
+    def add(self, point_id: str, payload: Mapping[str, Any]) -> None:
+        if "fact_id" not in payload or "txid" not in payload:
+            return  # not a Lockstep point
+        self.remove([point_id])
+        entry = Entry(
+            str(payload["fact_id"]),
+            int(payload["version"]),
+            str(payload["txid"]),
+            str(payload.get("op", "upsert")),
+            str(payload.get("state", PENDING)),
+        )
+        self._points[point_id] = entry
+        self._by_fact.setdefault(entry.fact_id, set()).add(point_id)
+        self._by_txid.setdefault(entry.txid, set()).add(point_id)
+
+    def remove(self, point_ids: Iterable[str]) -> None:
+        for point_id in point_ids:
+            entry = self._points.pop(point_id, None)
+            if entry is None:
+                continue
+            for index, key in ((self._by_fact, entry.fact_id), (self._by_txid, entry.txid)):
+                ids = index[key]
+                ids.discard(point_id)
+                if not ids:
+                    del index[key]
+
+    def mark_committed(self, point_ids: Iterable[str]) -> None:
+        for point_id in point_ids:
+            entry = self._points.get(point_id)
+            if entry is not None:
+                entry.state = COMMITTED
+
+    def of(self, txids: Iterable[str]) -> dict[str, Entry]:
+        """The points the transactions staged (or committed)."""
+        return {
+            point_id: self._points[point_id]
+            for txid in txids
+            for point_id in self._by_txid.get(txid, ())
+        }
+
+    def replaced(self, bounds: Mapping[str, int]) -> list[str]:
+        """Points of each fact whose version is below its bound."""
+        return [
+            point_id
+            for fact_id, bound in bounds.items()
+            for point_id in self._by_fact.get(fact_id, ())
+            if self._points[point_id].version < bound
+        ]
+
+    def pending(self) -> set[str]:
+        """Txids with points still staged."""
+        return {e.txid for e in self._points.values() if e.state == PENDING}
+
+    def contents(self) -> tuple[dict[str, int], set[str]]:
+        """Committed ``fact_id -> newest version`` (upserts), and txids still pending."""
+        committed: dict[str, int] = {}
+        for entry in self._points.values():
+            if entry.state != PENDING and entry.op == "upsert":
+                committed[entry.fact_id] = max(committed.get(entry.fact_id, 0), entry.version)
+        return committed, self.pending()
+
+
+@dataclass
+class _Local:
+    guard: Any
+    catalogs: dict[str, PointCatalog]
+
+
+_SHARED: weakref.WeakKeyDictionary[Any, _Local] = weakref.WeakKeyDictionary()
+
+
+def shared_local(client: Any, collection: str, make_lock: Any) -> tuple[Any, PointCatalog]:
+    """The guard of a local-mode ``client`` (it is not safe for concurrent callers) and the
+    catalog of ``collection`` on it, both shared by every index that uses them."""
+    local = _SHARED.get(client)
+    if local is None:
+        local = _SHARED[client] = _Local(make_lock(), {})
+    return local.guard, local.catalogs.setdefault(collection, PointCatalog())
