@@ -35,6 +35,8 @@ class ChromaServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> None:
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError("this chroma server is already running (kill it first)")
         chroma = Path(sys.executable).parent / "chroma"
         env = dict(os.environ, ANONYMIZED_TELEMETRY="False")
         self.process = subprocess.Popen(
@@ -130,6 +132,9 @@ class PostgresServer:
     def start(self, timeout: float = 120.0) -> None:
         import psycopg
 
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError("this server is already running (kill it first)")
+
         self.process = subprocess.Popen(
             [
                 str(self.bindir / "postgres"),
@@ -200,6 +205,9 @@ class RedisServer:
 
     def start(self, timeout: float = 30.0) -> None:
         import redis
+
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError("this server is already running (kill it first)")
 
         self.process = subprocess.Popen(
             [

@@ -54,6 +54,7 @@ def test_a_chroma_server_killed_between_the_phases_is_finished_by_recovery(
             mem.commit(Fact(type="note", payload={"content": "during the crash"}))
         except TransactionAborted:
             pass  # killed before the decision: aborted (the server is gone, its branch too)
+        assert server.process is None, f"the commit never reached {kill_at}"
         server.start()  # same data directory, same port
         healed = MemoryStore(storage, [index()], policy=RECOVER_NOW)
         report = healed.recover()
