@@ -41,6 +41,7 @@ class PostgresDecisionLog:
     def __init__(
         self, conninfo: str, *, connect_timeout: float = 5.0, max_connections: int = 8
     ) -> None:
+        self.conninfo = conninfo
         self._pool = ConnectionPool(
             conninfo,
             min_size=1,

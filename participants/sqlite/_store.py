@@ -28,7 +28,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from coordinator.abc import TransactionEntry, Vote
-from coordinator.errors import LockstepError, ParticipantError, UsageError
+from coordinator.errors import (
+    ConfigurationError,
+    LockstepError,
+    ParticipantError,
+    TransactionAborted,
+    UsageError,
+)
 from coordinator.filters import check_filters
 from coordinator.records import (
     DeleteFact,
@@ -181,6 +187,37 @@ class SQLiteStore:
         for seq, write in enumerate(checked):
             _staged_row(txid, seq, write)  # refuses a payload that is not JSON
         with self._lock, self._translated(txid), self._transaction():
+            self._check(txid, checked)
+            self._apply(txid, checked, transaction_meta(writes))
+
+    def commit_with_decision(
+        self, txid: str, writes: Sequence[Write], participants: Sequence[str]
+    ) -> None:
+        """The last-resource commit: the writes and the COMMIT record, one local
+        transaction (one fsync), in a file that also holds the decision log."""
+        checked = fact_writes(self.name, writes)
+        for seq, write in enumerate(checked):
+            _staged_row(txid, seq, write)
+        with self._lock, self._translated(txid), self._transaction():
+            if not self._one(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'lockstep_decisions'"
+            ):
+                raise ConfigurationError(
+                    f"SQLite store {self.path} holds no decision log; open a "
+                    "SQLiteDecisionLog on this file to commit it as the last resource",
+                    participant=self.name,
+                )
+            inserted = self._conn.execute(
+                "INSERT OR IGNORE INTO lockstep_decisions (txid, decision, participants, "
+                "decided_at) VALUES (?, 'commit', ?, ?)",
+                (txid, json.dumps(list(participants)), time.time()),
+            ).rowcount
+            if inserted != 1:
+                raise TransactionAborted(
+                    "recovery aborted this transaction before its COMMIT was recorded",
+                    txid=txid,
+                    participant=self.name,
+                )
             self._check(txid, checked)
             self._apply(txid, checked, transaction_meta(writes))
 

@@ -4,7 +4,9 @@ COMMIT record riding in the Postgres transaction (no PREPARE there, no separate 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -14,6 +16,7 @@ from coordinator import Fact, MemoryStore, Policy, TransactionAborted, UsageErro
 from coordinator.embeddings import HashingEmbedder
 from participants.postgres import PostgresDecisionLog, PostgresStorage
 from participants.qdrant import QdrantIndex
+from participants.sqlite import SQLiteStorage
 
 LAST = Policy(last_resource="postgres", in_doubt_timeout=0.001, redrive_after=0)
 
@@ -55,16 +58,36 @@ def test_the_commit_record_rides_in_the_postgres_transaction(postgres_dsn: str) 
     mem.close()
 
 
-def test_recovery_that_fences_first_makes_the_last_resource_abort(postgres_dsn: str) -> None:
+@pytest.fixture(params=["postgres", "sqlite"])
+def last_resource_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Callable[..., MemoryStore]:
+    """A store whose storage commits last with the decision: Postgres with its log in the
+    same database, or SQLite with no log given (it keeps one in its own file)."""
+
+    def opener(**kwargs: Any) -> MemoryStore:
+        if request.param == "postgres":
+            return store(request.getfixturevalue("postgres_dsn"), **kwargs)
+        client = QdrantClient(":memory:")
+        vectors = QdrantIndex(client, "notes", "content", embedder=HashingEmbedder(16))
+        return MemoryStore(SQLiteStorage(tmp_path / "facts.db"), [vectors], **kwargs)
+
+    return opener
+
+
+def test_recovery_that_fences_first_makes_the_last_resource_abort(
+    last_resource_store: Callable[..., MemoryStore],
+) -> None:
     stores: list[MemoryStore] = []
 
     def recover_first(point: str) -> None:
         if point == "before_decision":
             # Another process's recoverer decides ABORT for this (old) transaction first.
-            report = stores[0].coordinator_with().recover()
+            report = stores[0].coordinator_with(in_doubt_timeout=0.001).recover()
             assert len(report.fenced) == 1
 
-    mem = store(postgres_dsn, fault_hook=recover_first)
+    mem = last_resource_store(fault_hook=recover_first)
+    assert mem.policy.last_resource == mem.storage.name
     stores.append(mem)
     with pytest.raises(TransactionAborted, match="recovery aborted"), mem.transaction() as tx:
         tx.txid = new_txid(now=1.0)  # already older than the recoverer's timeout

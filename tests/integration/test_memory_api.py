@@ -229,13 +229,18 @@ def test_racing_writers_one_wins_the_other_gets_a_conflict(mem: MemoryStore) -> 
     fid = mem.commit_model(UserPref(content="start", role="r"))
     barrier = threading.Barrier(2)
     errors: list[BaseException] = []
-    original = mem.storage.prepare
+    # The storage commits last with the decision (its log is in its own file): hold both
+    # writers there until each has read version 1.
+    assert mem.policy.last_resource == mem.storage.name
+    storage = mem.storage
+    assert isinstance(storage, SQLiteStorage)
+    original = storage.commit_with_decision
 
-    def slow_prepare(txid, writes):
-        barrier.wait(timeout=10)  # both writers have read version 1 before either prepares
-        return original(txid, writes)
+    def slow_commit(txid, writes, participants):
+        barrier.wait(timeout=10)
+        return original(txid, writes, participants)
 
-    mem.storage.prepare = slow_prepare  # type: ignore[method-assign]
+    storage.commit_with_decision = slow_commit  # type: ignore[method-assign]
 
     def writer(text: str) -> None:
         try:
@@ -248,7 +253,7 @@ def test_racing_writers_one_wins_the_other_gets_a_conflict(mem: MemoryStore) -> 
         t.start()
     for t in threads:
         t.join()
-    mem.storage.prepare = original  # type: ignore[method-assign]
+    storage.commit_with_decision = original  # type: ignore[method-assign]
     assert len(errors) == 1
     fact = mem.get(fid)
     assert fact is not None and fact["version"] == 2 and fact["payload"]["content"] in ("a", "b")

@@ -19,6 +19,7 @@ from qdrant_client import QdrantClient
 from chaos.servers import ChromaServer
 from coordinator import Fact, LockstepError, MemoryStore, Policy, TransactionAborted
 from coordinator.embeddings import HashingEmbedder
+from coordinator.log import SQLiteDecisionLog
 from participants.chroma import ChromaIndex
 from participants.qdrant import QdrantIndex
 from participants.sqlite import SQLiteStorage
@@ -75,6 +76,7 @@ import chromadb
 from coordinator import Fact, MemoryStore, Policy
 from coordinator.embeddings import HashingEmbedder
 from coordinator.faults import hook_from_environment
+from coordinator.log import SQLiteDecisionLog
 from participants.chroma import ChromaIndex
 from participants.sqlite import SQLiteStorage
 
@@ -82,7 +84,10 @@ d = Path(sys.argv[1])
 index = ChromaIndex(chromadb.PersistentClient(path=str(d / "chroma")), "notes", "content",
                     embedder=HashingEmbedder(32))
 policy = Policy(deferred_finish=True, deferred_batch=2) if os.environ.get("DEFERRED") else None
-mem = MemoryStore(SQLiteStorage(d / "facts.db"), [index], policy=policy,
+# Without a log the storage keeps it in its own file and commits last with the decision;
+# a separate log file makes it prepare and commit like any participant.
+log = SQLiteDecisionLog(d / "decisions.db") if os.environ.get("SEPARATE_LOG") else None
+mem = MemoryStore(SQLiteStorage(d / "facts.db"), [index], log=log, policy=policy,
                   fault_hook=hook_from_environment())
 for i in range(int(sys.argv[2])):
     fid = mem.commit(Fact(id=f"f{i % 4}", type="note", payload={"content": f"note {i}"}))
@@ -91,25 +96,29 @@ for i in range(int(sys.argv[2])):
 
 
 @pytest.mark.parametrize(
-    ("kill_at", "deferred"),
+    ("kill_at", "deferred", "separate_log"),
     [
-        ("after_prepare:chroma:notes", False),
-        ("before_decision", False),
-        ("after_decision", False),
-        ("after_commit:sqlite", False),
-        ("after_commit:chroma:notes", False),
+        ("after_prepare:chroma:notes", False, False),
+        ("before_decision", False, False),  # the storage commits last, with the decision
+        ("after_decision", False, False),
+        ("after_commit:chroma:notes", False, False),
+        ("after_prepare:sqlite", False, True),  # a separate log: the storage prepares
+        ("after_decision", False, True),
+        ("after_commit:sqlite", False, True),
         # Deferred finishing: killed with index work queued, inside the batch, before END.
-        ("after_commit:sqlite", True),
-        ("before_commit:chroma:notes", True),
-        ("after_commit:chroma:notes", True),
+        ("after_decision", True, False),
+        ("before_commit:chroma:notes", True, False),
+        ("after_commit:chroma:notes", True, False),
     ],
 )
 def test_an_agent_killed_mid_commit_with_an_embedded_index_reopens_in_agreement(
-    tmp_path: Path, kill_at: str, deferred: bool
+    tmp_path: Path, kill_at: str, deferred: bool, separate_log: bool
 ) -> None:
     env = dict(os.environ, LOCKSTEP_KILL_AT=kill_at, LOCKSTEP_KILL_SKIP="3")
     if deferred:
         env["DEFERRED"] = "1"
+    if separate_log:
+        env["SEPARATE_LOG"] = "1"
     agent = subprocess.run(
         [sys.executable, "-c", AGENT, str(tmp_path), "10"],
         env=env,
@@ -125,7 +134,8 @@ def test_an_agent_killed_mid_commit_with_an_embedded_index_reopens_in_agreement(
         "content",
         embedder=EMBEDDER,
     )
-    mem = MemoryStore(SQLiteStorage(tmp_path / "facts.db"), [index], policy=RECOVER_NOW)
+    log = SQLiteDecisionLog(tmp_path / "decisions.db") if separate_log else None
+    mem = MemoryStore(SQLiteStorage(tmp_path / "facts.db"), [index], log=log, policy=RECOVER_NOW)
     assert mem.recover().clean
     verdict = mem.verify()
     assert verdict.clean, verdict

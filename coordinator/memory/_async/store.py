@@ -466,12 +466,13 @@ class AsyncMemoryStore:
     :param hooks: vector indexes to keep in lockstep (MemState's name; see ``add_index``).
     :param mirrors: further storages that hold a copy of every fact (e.g. Redis beside
         Postgres, for readers that want the facts there); see ``add_mirror``.
-    :param log: the decision log. Default: the storage's own — a SQLite file beside a
-        SQLite store; for Postgres, a table in the same database, and then the storage
-        commits last together with the COMMIT record (``Policy.last_resource``; pass a
-        log to choose otherwise); for Redis and the in-memory storage, this process's
-        memory (decisions do not survive it: pass a durable ``log`` when an index or
-        mirror is kept beside them).
+    :param log: the decision log. Default: the storage's own — for SQLite, a table in the
+        same file (a ``<file>.decisions`` log left by an earlier version stays in use); for
+        Postgres, a table in the same database; with either, the storage commits last
+        together with the COMMIT record (``Policy.last_resource``; pass a log to choose
+        otherwise). For Redis and the in-memory storage, this process's memory (decisions
+        do not survive it: pass a durable ``log`` when an index or mirror is kept beside
+        them).
     :param policy: timeouts and retry bounds of the engine.
     """
 
@@ -498,8 +499,14 @@ class AsyncMemoryStore:
         default_log = getattr(storage, "default_decision_log", None)
         if log is None and default_log is not None:
             log = default_log()
-            if self.policy.last_resource is None and isinstance(storage, AsyncSupportsLastResource):
-                # Its default log lives in its own database: commit it last, with the
+            holds = getattr(storage, "holds_decision_log", None)
+            if (
+                self.policy.last_resource is None
+                and isinstance(storage, AsyncSupportsLastResource)
+                and holds is not None
+                and holds(log)
+            ):
+                # Its own log lives in its own database: commit it last, with the
                 # decision (one local transaction instead of PREPARE, decide, COMMIT).
                 self.policy = replace(self.policy, last_resource=storage.name)
         self.log: AsyncDecisionLog = log or AsyncMemoryDecisionLog()
@@ -521,8 +528,9 @@ class AsyncMemoryStore:
         policy: Policy | None = None,
         fault_hook: FaultHook = no_faults,
     ) -> AsyncMemoryStore:
-        """The embedded default in directory ``path``: SQLite facts and decision log, a
-        Qdrant local-mode vector index, the offline semantic embedder. Recovery runs first.
+        """The embedded default in directory ``path``: SQLite facts with the decision log in
+        the same file (the storage commits last, with the decision), a Qdrant local-mode
+        vector index, the offline semantic embedder. Recovery runs first.
 
         Qdrant's local mode locks its directory to one process, so no other coordinator
         can be half-way through a commit on these files: every in-doubt branch left by an
@@ -539,7 +547,16 @@ class AsyncMemoryStore:
             asynchronous=ASYNC_API,
             embedder=embedder,
         )
-        log = open_decision_log(f"sqlite:///{directory / 'decisions.db'}", asynchronous=ASYNC_API)
+        # Decisions live in facts.db, so the storage commits last with the decision (one
+        # fsync); a decisions.db left by an earlier version stays in use.
+        beside = directory / "decisions.db"
+        policy = policy or Policy()
+        if await ablocking(beside.exists):
+            log = open_decision_log(f"sqlite:///{beside}", asynchronous=ASYNC_API)
+        else:
+            log = open_decision_log(f"sqlite:///{directory / 'facts.db'}", asynchronous=ASYNC_API)
+            if policy.last_resource is None:
+                policy = replace(policy, last_resource="facts")
         store = cls(
             _storage(storage), [_index(index)], log=_log(log), policy=policy, fault_hook=fault_hook
         )

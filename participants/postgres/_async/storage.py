@@ -58,7 +58,7 @@ from participants._checks import (
     version_conflict,
 )
 from participants.postgres import _schema as sql
-from participants.postgres._log import AsyncPostgresDecisionLog
+from participants.postgres._log import AsyncPostgresDecisionLog, PostgresDecisionLog
 
 logger = logging.getLogger("participants.postgres")
 
@@ -109,6 +109,11 @@ class AsyncPostgresStorage:
         """A :class:`PostgresDecisionLog` in this same database, shared by every process
         that uses it; with it this storage commits last, together with the decision."""
         return AsyncPostgresDecisionLog(self._conninfo, connect_timeout=self._connect_timeout)
+
+    def holds_decision_log(self, log: object) -> bool:
+        """True when ``log`` keeps its records in this storage's own database."""
+        inner = getattr(log, "sync", log)  # an async log wraps the synchronous one
+        return isinstance(inner, PostgresDecisionLog) and inner.conninfo == self._conninfo
 
     # -- the participant contract -------------------------------------------------------
 

@@ -112,6 +112,11 @@ class PostgresStorage:
         that uses it; with it this storage commits last, together with the decision."""
         return PostgresDecisionLog(self._conninfo, connect_timeout=self._connect_timeout)
 
+    def holds_decision_log(self, log: object) -> bool:
+        """True when ``log`` keeps its records in this storage's own database."""
+        inner = getattr(log, "sync", log)  # an async log wraps the synchronous one
+        return isinstance(inner, PostgresDecisionLog) and inner.conninfo == self._conninfo
+
     # -- the participant contract -------------------------------------------------------
 
     def prepare(self, txid: str, writes: Sequence[Write]) -> Vote:

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from coordinator._acompat import ablocking
 from coordinator.abc import AsyncDecisionLog, TransactionEntry, Vote
 from coordinator.ids import check_participant_name
-from coordinator.log import AsyncSQLiteDecisionLog
+from coordinator.log import AsyncSQLiteDecisionLog, SQLiteDecisionLog
 from coordinator.records import FactRecord, JSONValue, Write
 from participants.sqlite._store import SQLiteStore
 
@@ -56,6 +56,13 @@ class AsyncSQLiteStorage:
     async def commit_one_phase(self, txid: str, writes: Sequence[Write]) -> None:
         await ablocking(self.store.commit_one_phase, txid, writes)
 
+    async def commit_with_decision(
+        self, txid: str, writes: Sequence[Write], participants: Sequence[str]
+    ) -> None:
+        """Apply ``writes`` and record COMMIT for ``txid`` in one local transaction; this
+        file must hold the decision log (see :meth:`default_decision_log`)."""
+        await ablocking(self.store.commit_with_decision, txid, writes, participants)
+
     async def get(self, fact_id: str) -> FactRecord | None:
         return await ablocking(self.store.get, fact_id)
 
@@ -83,8 +90,21 @@ class AsyncSQLiteStorage:
         return await ablocking(self.store.all_facts)
 
     def default_decision_log(self) -> AsyncDecisionLog:
-        """A SQLite decision log in a file beside this store's (``<file>.decisions``)."""
-        return AsyncSQLiteDecisionLog(self.store.path + ".decisions")
+        """A SQLite decision log in this store's own file, so the storage can commit last
+        together with the decision; a log file left beside it by an earlier version
+        (``<file>.decisions``) is kept in use."""
+        beside = self.store.path + ".decisions"
+        return AsyncSQLiteDecisionLog(beside if os.path.exists(beside) else self.store.path)
+
+    def holds_decision_log(self, log: object) -> bool:
+        """True when ``log`` keeps its records in this store's own file."""
+        inner = getattr(log, "sync", log)  # an async log wraps the synchronous one
+        if not isinstance(inner, SQLiteDecisionLog):
+            return False
+        try:
+            return os.path.samefile(inner.path, self.store.path)
+        except OSError:
+            return False
 
     async def close(self) -> None:
         await ablocking(self.store.close)

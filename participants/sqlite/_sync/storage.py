@@ -58,6 +58,13 @@ class SQLiteStorage:
     def commit_one_phase(self, txid: str, writes: Sequence[Write]) -> None:
         blocking(self.store.commit_one_phase, txid, writes)
 
+    def commit_with_decision(
+        self, txid: str, writes: Sequence[Write], participants: Sequence[str]
+    ) -> None:
+        """Apply ``writes`` and record COMMIT for ``txid`` in one local transaction; this
+        file must hold the decision log (see :meth:`default_decision_log`)."""
+        blocking(self.store.commit_with_decision, txid, writes, participants)
+
     def get(self, fact_id: str) -> FactRecord | None:
         return blocking(self.store.get, fact_id)
 
@@ -85,8 +92,21 @@ class SQLiteStorage:
         return blocking(self.store.all_facts)
 
     def default_decision_log(self) -> DecisionLog:
-        """A SQLite decision log in a file beside this store's (``<file>.decisions``)."""
-        return SQLiteDecisionLog(self.store.path + ".decisions")
+        """A SQLite decision log in this store's own file, so the storage can commit last
+        together with the decision; a log file left beside it by an earlier version
+        (``<file>.decisions``) is kept in use."""
+        beside = self.store.path + ".decisions"
+        return SQLiteDecisionLog(beside if os.path.exists(beside) else self.store.path)
+
+    def holds_decision_log(self, log: object) -> bool:
+        """True when ``log`` keeps its records in this store's own file."""
+        inner = getattr(log, "sync", log)  # an async log wraps the synchronous one
+        if not isinstance(inner, SQLiteDecisionLog):
+            return False
+        try:
+            return os.path.samefile(inner.path, self.store.path)
+        except OSError:
+            return False
 
     def close(self) -> None:
         blocking(self.store.close)
