@@ -162,11 +162,13 @@ def _redis_url(servers: Servers) -> str:
 
 
 COMBOS: dict[str, Callable[[Servers, Path], Urls]] = {
+    # The SQLite and Postgres storages keep the decision log in their own database (and
+    # commit last, with the decision); Redis uses a separate SQLite log (two phases).
     "sqlite + chroma embedded": lambda s, d: Urls(
-        _local(d)["sqlite"], _local(d)["chroma"], _local(d)["log"], ()
+        _local(d)["sqlite"], _local(d)["chroma"], _local(d)["sqlite"], ()
     ),
     "sqlite + qdrant local": lambda s, d: Urls(
-        _local(d)["sqlite"], _local(d)["qdrant"], _local(d)["log"], ()
+        _local(d)["sqlite"], _local(d)["qdrant"], _local(d)["sqlite"], ()
     ),
     "postgres + chroma server": lambda s, d: Urls(
         (pg := _pg_url(s)), _chroma_url(s), pg, ("postgres", "chroma")
@@ -386,7 +388,7 @@ def drift(mode: str, urls: Urls, *, recover: bool = True) -> int:
     storage, mirrors, indexes = stores(urls.storage, [urls.index], urls.mirrors)
     try:
         if mode == "lockstep":
-            log = open_decision_log(urls.log)
+            log = None if urls.log == urls.storage else open_decision_log(urls.log)
             mem = MemoryStore(
                 storage,
                 indexes,
@@ -399,7 +401,7 @@ def drift(mode: str, urls: Urls, *, recover: bool = True) -> int:
             report = mem.verify()
             pending = sum(len(v) for v in report.staged.values())
             pending += sum(len(d.pending) for d in report.derived.values())
-            log.close()
+            mem.log.close()
             return report.drifted_facts + pending
         facts = {f.id: f.version for f in storage.all_facts()}
         copies = [{f.id: f.version for f in m.all_facts()} for m in mirrors]

@@ -73,7 +73,9 @@ def choose(rng: random.Random, existing: list[str]) -> tuple[str, str | None, st
 
 def lockstep(args: argparse.Namespace, rng: random.Random) -> None:
     storage, mirrors, indexes = stores(args.storage, args.index, args.mirror)
-    log = open_decision_log(args.log)
+    # A log in the storage's own database is the storage's default: it then commits last,
+    # together with the decision.
+    log = None if args.log == args.storage else open_decision_log(args.log)
     mem = MemoryStore(
         storage,
         indexes,
