@@ -40,7 +40,7 @@ from chaos.servers import ChromaServer, PostgresServer, RedisServer
 from chaos.worker import stores
 from coordinator import LockstepError, MemoryStore, Policy
 from coordinator._tables import text_table
-from coordinator.faults import commit_points
+from coordinator.faults import commit_points, last_resource_points
 from coordinator.plugins import open_decision_log
 
 RECOVER_NOW = Policy(in_doubt_timeout=0.001, redrive_after=0, prepare_timeout=5)
@@ -233,11 +233,12 @@ def run_once(
     fault = rng.choice(faults)
     env = dict(os.environ)
     if fault == "agent at a fault point":
-        point = (
-            "between_writes"
-            if mode == "unsynchronised"
-            else rng.choice(commit_points(urls.names)[:-1])
+        points = (
+            last_resource_points(urls.names, "facts")  # the storage holds the log
+            if urls.log == urls.storage
+            else commit_points(urls.names)
         )
+        point = "between_writes" if mode == "unsynchronised" else rng.choice(points[:-1])
         env["LOCKSTEP_KILL_AT"] = point
         env["LOCKSTEP_KILL_SKIP"] = str(rng.randrange(writes // 2))
     proxy = None

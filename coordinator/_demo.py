@@ -29,14 +29,15 @@ from typing import Any
 from coordinator._tables import text_table
 from coordinator.abc import Index, Storage, SupportsOnePhase, Vote
 from coordinator.errors import LockstepError, ParticipantError
-from coordinator.faults import commit_points, hook_from_environment
+from coordinator.faults import hook_from_environment, last_resource_points
 from coordinator.ids import new_txid
 from coordinator.memory import Fact, MemoryStore
 from coordinator.plugins import open_participant
 from coordinator.records import DeleteFact, FactRecord, UpsertFact, Write
 
 PARTICIPANTS = ["facts", "vectors"]
-NAMED_POINTS = commit_points(PARTICIPANTS)[:-1]  # up to the (lazy) END
+# The storage commits last, with the decision (its log is in facts.db); up to the lazy END.
+NAMED_POINTS = last_resource_points(PARTICIPANTS, "facts")[:-1]
 TOPICS = [
     "prefers vegetarian food",
     "lives in London",

@@ -6,7 +6,9 @@ so nothing in the driver cleans up after it) or kill the process.
 
 Commit: ``before_prepare:{p}``, ``after_prepare:{p}``, ``before_decision``,
 ``after_decision``, ``before_commit:{p}``, ``after_commit:{p}``, ``before_abort:{p}``,
-``before_one_phase:{p}``, ``after_one_phase:{p}``, ``before_end``.
+``before_one_phase:{p}``, ``after_one_phase:{p}``, ``before_end`` (with a last resource,
+``before_decision``/``after_decision`` surround its commit; deferred finishing passes
+``before_commit:{p}``/``after_commit:{p}`` in the batch).
 Recovery: ``recovery_after_list``, ``recovery_after_decide``, ``recovery_before_resolve:{p}``,
 ``recovery_after_resolve:{p}``.
 
@@ -56,6 +58,13 @@ def commit_points(participants: Sequence[str]) -> list[str]:
         *(f"after_commit:{p}" for p in participants),
         "before_end",
     ]
+
+
+def last_resource_points(participants: Sequence[str], last: str) -> list[str]:
+    """Every point a commit passes when ``last`` commits together with the decision (it
+    neither prepares nor commits on its own: ``before_decision``/``after_decision``
+    surround its local transaction)."""
+    return commit_points([p for p in participants if p != last])
 
 
 def recovery_points(participants: Sequence[str]) -> list[str]:

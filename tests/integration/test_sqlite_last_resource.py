@@ -13,6 +13,7 @@ from qdrant_client import QdrantClient
 
 from coordinator import Fact, MemoryStore, Policy
 from coordinator.embeddings import HashingEmbedder
+from coordinator.faults import last_resource_points
 from coordinator.log import SQLiteDecisionLog
 from participants.qdrant import QdrantIndex
 from participants.sqlite import SQLiteStorage
@@ -105,3 +106,15 @@ def test_the_embedded_default_keeps_its_decisions_in_facts_db(tmp_path: Path) ->
     mem.commit(Fact(type="note", payload={"content": "old layout"}))
     mem.close()
     assert len(rows(old / "decisions.db", "SELECT txid FROM lockstep_decisions")) == 1
+
+
+def test_a_last_resource_commit_passes_exactly_its_named_points(tmp_path: Path) -> None:
+    seen: list[str] = []
+    mem = MemoryStore(
+        SQLiteStorage(tmp_path / "facts.db", name="facts"),
+        [index(tmp_path)],
+        fault_hook=seen.append,
+    )
+    mem.commit(Fact(type="note", payload={"content": "every point once"}))
+    mem.close()
+    assert seen == last_resource_points(["facts", "qdrant:notes"], "facts")
