@@ -26,12 +26,14 @@ from pathlib import Path
 
 from coordinator._demo import PARTICIPANTS, measure
 from coordinator._tables import text_table
-from coordinator.faults import commit_points, recovery_points
+from coordinator.faults import last_resource_points, recovery_points
 
-COMMIT_POINTS = commit_points(PARTICIPANTS)
-RECOVERY_POINTS = recovery_points(PARTICIPANTS)
-# Writer kill points that leave a branch for recovery (after some prepare, before the end).
-LEAVES_WORK = COMMIT_POINTS[COMMIT_POINTS.index("after_prepare:facts") : -2]
+# The embedded default's storage holds the decision log and commits last with the
+# decision: the points a commit passes, and recovery's (only the index holds branches).
+COMMIT_POINTS = last_resource_points(PARTICIPANTS, "facts")
+RECOVERY_POINTS = recovery_points(["vectors"])
+# Writer kill points that leave a branch for recovery (after the prepare, before the end).
+LEAVES_WORK = COMMIT_POINTS[COMMIT_POINTS.index("after_prepare:vectors") : -2]
 OPS = 20
 
 
@@ -48,7 +50,7 @@ def _kill_recovery(directory: Path, point: str) -> bool:
     args = [sys.executable, "-m", "coordinator.cli", "recover", "--in-doubt-timeout", "0.001"]
     args += ["--store", f"facts=sqlite:///{directory / 'facts.db'}"]
     args += ["--store", f"vectors=qdrant+local:///{directory / 'vectors'}?collection=memories"]
-    args += ["--log", f"sqlite:///{directory / 'decisions.db'}"]
+    args += ["--log", f"sqlite:///{directory / 'facts.db'}"]  # the embedded default's log
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, check=False)
     return done.returncode == -signal.SIGKILL
 

@@ -221,6 +221,15 @@ class SQLiteStore:
             self._check(txid, checked)
             self._apply(txid, checked, transaction_meta(writes))
 
+    def holds_decisions(self) -> bool:
+        """True when this file holds decision records (a log was opened on it)."""
+        with self._lock, self._translated():
+            if not self._one(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'lockstep_decisions'"
+            ):
+                return False
+            return self._one("SELECT 1 FROM lockstep_decisions LIMIT 1") is not None
+
     # -- reads (committed data only) ----------------------------------------------------
 
     def get(self, fact_id: str) -> FactRecord | None:

@@ -58,3 +58,48 @@ def test_an_unknown_store_scheme_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "no participant backend for nosuch://" in result.stderr
     assert "sqlite" in result.stderr
+
+
+def test_recover_refuses_a_log_that_would_abort_committed_work(tmp_path: Path) -> None:
+    """An embedded-default directory whose agent died after a decision: the decision is in
+    facts.db. Recovery pointed at a missing or a foreign log would presume abort and undo
+    the index's half of a committed transaction; it refuses and changes nothing."""
+    from coordinator import Fact, MemoryStore
+    from coordinator.embeddings import HashingEmbedder
+
+    class Crash(BaseException):
+        pass
+
+    def die(point: str) -> None:
+        if point == "after_decision":
+            raise Crash
+
+    directory = tmp_path / "memory"
+    mem = MemoryStore.open(directory, embedder=HashingEmbedder(16), fault_hook=die)
+    try:
+        mem.commit(Fact(id="kept", type="note", payload={"content": "decided"}))
+    except Crash:
+        pass
+    mem.indexes[0].close()
+    stores = [
+        "--store",
+        f"facts=sqlite:///{directory / 'facts.db'}",
+        "--store",
+        f"vectors=qdrant+local:///{directory / 'vectors'}?collection=memories&embedder=hashing:16",
+        "--in-doubt-timeout",
+        "0.001",
+        "--json",
+    ]
+    missing = lockstep("recover", *stores, "--log", f"sqlite:///{directory / 'decisions.db'}")
+    assert missing.returncode != 0 and "no such decision log" in missing.stderr
+    assert not (directory / "decisions.db").exists()
+    SQLiteDecisionLog(tmp_path / "other.db").close()
+    foreign = lockstep("recover", *stores, "--log", f"sqlite:///{tmp_path / 'other.db'}")
+    assert foreign.returncode != 0 and "keeps its decisions in its own database" in foreign.stderr
+    right = lockstep("recover", *stores, "--log", f"sqlite:///{directory / 'facts.db'}")
+    assert right.returncode == 0, right.stderr
+    assert "vectors" in [b[0] for b in json.loads(right.stdout)["committed"]]
+    again = MemoryStore.open(directory, embedder=HashingEmbedder(16))
+    assert again.indexes[0].contents().committed == {"kept": 1}
+    assert again.verify().clean
+    again.close()

@@ -98,6 +98,10 @@ class SQLiteStorage:
         beside = self.store.path + ".decisions"
         return SQLiteDecisionLog(beside if os.path.exists(beside) else self.store.path)
 
+    def holds_decisions(self) -> bool:
+        """True when this store's own file holds decision records."""
+        return self.store.holds_decisions()
+
     def holds_decision_log(self, log: object) -> bool:
         """True when ``log`` keeps its records in this store's own file."""
         inner = getattr(log, "sync", log)  # an async log wraps the synchronous one
