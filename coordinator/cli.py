@@ -50,15 +50,9 @@ def _coordinator(args: argparse.Namespace) -> tuple[Coordinator, LeaseFactory | 
             participants.append(open_participant(url, name=name))
         if not args.log:
             raise SystemExit("--store needs --log URL (the decision log of those stores)")
-        if scheme_of(args.log) == "sqlite" and not os.path.exists(path_of(args.log)):
-            # A new, empty log would presume every in-doubt transaction aborted.
-            raise SystemExit(
-                f"--log {args.log}: no such decision log (a SQLite storage opened without a "
-                "log keeps its decisions in its own file: pass that file)"
-            )
-        log = cast(DecisionLog, open_decision_log(args.log))
         for participant in participants:
-            _check_own_log(participant, log, args.log)
+            _refuse_foreign_log(participant, args.log)
+        log = cast(DecisionLog, open_decision_log(args.log))
         hook = hook_from_environment()
         return Coordinator(participants, log, policy=policy, fault_hook=hook), _lease_of(log)
     store = MemoryStore.from_settings(settings)
@@ -66,19 +60,23 @@ def _coordinator(args: argparse.Namespace) -> tuple[Coordinator, LeaseFactory | 
     return coordinator, _lease_of(store.log)
 
 
-def _check_own_log(participant: object, log: object, url: str) -> None:
-    """Refuse a log other than the one a storage keeps decisions in: recovery would find
-    no decision for its transactions and abort them (presumed abort)."""
+def _refuse_foreign_log(participant: object, url: str) -> None:
+    """Refuse a log other than the one a storage keeps its decisions in (checked before
+    the log is opened, so none is created): recovery would find no decision for its
+    transactions and abort them (presumed abort)."""
     holds_decisions = getattr(participant, "holds_decisions", None)
-    holds_log = getattr(participant, "holds_decision_log", None)
-    if holds_decisions is None or holds_log is None or holds_log(log):
+    own = getattr(participant, "decision_log_path", None)
+    if holds_decisions is None or own is None or not holds_decisions():
         return
-    if holds_decisions():
-        name = getattr(participant, "name", "?")
-        raise SystemExit(
-            f"--log {url}: store {name!r} keeps its decisions in its own database; pass "
-            "that as --log (recovery with another log would abort its committed work)"
-        )
+    if scheme_of(url) == "sqlite":
+        theirs = path_of(url)
+        if os.path.exists(theirs) and os.path.samefile(theirs, own):
+            return
+    name = getattr(participant, "name", "?")
+    raise SystemExit(
+        f"--log {url}: store {name!r} keeps its decisions in its own file; pass "
+        f"--log sqlite:///{own} (recovery with another log would abort its committed work)"
+    )
 
 
 def _lease_of(log: object) -> LeaseFactory | None:

@@ -199,9 +199,7 @@ class SQLiteStore:
         for seq, write in enumerate(checked):
             _staged_row(txid, seq, write)
         with self._lock, self._translated(txid), self._transaction():
-            if not self._one(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'lockstep_decisions'"
-            ):
+            if not self._has_decision_table():
                 raise ConfigurationError(
                     f"SQLite store {self.path} holds no decision log; open a "
                     "SQLiteDecisionLog on this file to commit it as the last resource",
@@ -221,14 +219,24 @@ class SQLiteStore:
             self._check(txid, checked)
             self._apply(txid, checked, transaction_meta(writes))
 
-    def holds_decisions(self) -> bool:
-        """True when this file holds decision records (a log was opened on it)."""
+    def has_decision_table(self) -> bool:
+        """True when a decision log was opened on this file."""
         with self._lock, self._translated():
-            if not self._one(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'lockstep_decisions'"
-            ):
+            return self._has_decision_table()
+
+    def holds_decisions(self) -> bool:
+        """True when this file holds decision records."""
+        with self._lock, self._translated():
+            if not self._has_decision_table():
                 return False
             return self._one("SELECT 1 FROM lockstep_decisions LIMIT 1") is not None
+
+    def _has_decision_table(self) -> bool:
+        return bool(
+            self._one(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'lockstep_decisions'"
+            )
+        )
 
     # -- reads (committed data only) ----------------------------------------------------
 

@@ -78,7 +78,7 @@ def test_status_shows_in_doubt_branches_and_their_age(tmp_path: Path) -> None:
 
     mem.storage.prepare(txid, [upsert("left", 1)])
     mem.close()
-    log = f"sqlite:///{tmp_path / 'memory' / 'decisions.db'}"
+    log = f"sqlite:///{tmp_path / 'memory' / 'facts.db'}"  # the embedded default's log
     facts = f"facts=sqlite:///{tmp_path / 'memory' / 'facts.db'}"
     result = lockstep(tmp_path, "status", "--store", facts, "--log", log, "--json")
     status = json.loads(result.stdout)

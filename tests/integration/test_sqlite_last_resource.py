@@ -97,6 +97,11 @@ def test_the_embedded_default_keeps_its_decisions_in_facts_db(tmp_path: Path) ->
     assert not (tmp_path / "memory" / "decisions.db").exists()
     decided = rows(tmp_path / "memory" / "facts.db", "SELECT decision FROM lockstep_decisions")
     assert decided == [("commit",)]
+    # A stray decisions.db does not move a store that keeps its own log.
+    SQLiteDecisionLog(tmp_path / "memory" / "decisions.db").close()
+    mem = MemoryStore.open(tmp_path / "memory", embedder=EMBEDDER)
+    assert mem.policy.last_resource == "facts"
+    mem.close()
     # A directory made by an earlier version goes on with its decisions.db.
     old = tmp_path / "old"
     old.mkdir()

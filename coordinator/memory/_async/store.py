@@ -548,10 +548,12 @@ class AsyncMemoryStore:
             embedder=embedder,
         )
         # Decisions live in facts.db, so the storage commits last with the decision (one
-        # fsync); a decisions.db left by an earlier version stays in use.
+        # fsync); a decisions.db left by an earlier version (facts.db holding no log of its
+        # own) stays in use.
         beside = directory / "decisions.db"
         policy = policy or Policy()
-        if await ablocking(beside.exists):
+        has_own_log = getattr(storage, "has_decision_table", lambda: False)
+        if await ablocking(beside.exists) and not await ablocking(has_own_log):
             log = open_decision_log(f"sqlite:///{beside}", asynchronous=ASYNC_API)
         else:
             log = open_decision_log(f"sqlite:///{directory / 'facts.db'}", asynchronous=ASYNC_API)

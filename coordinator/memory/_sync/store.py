@@ -546,10 +546,12 @@ class MemoryStore:
             embedder=embedder,
         )
         # Decisions live in facts.db, so the storage commits last with the decision (one
-        # fsync); a decisions.db left by an earlier version stays in use.
+        # fsync); a decisions.db left by an earlier version (facts.db holding no log of its
+        # own) stays in use.
         beside = directory / "decisions.db"
         policy = policy or Policy()
-        if blocking(beside.exists):
+        has_own_log = getattr(storage, "has_decision_table", lambda: False)
+        if blocking(beside.exists) and not blocking(has_own_log):
             log = open_decision_log(f"sqlite:///{beside}", asynchronous=SYNC_API)
         else:
             log = open_decision_log(f"sqlite:///{directory / 'facts.db'}", asynchronous=SYNC_API)

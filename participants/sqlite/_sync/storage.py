@@ -94,13 +94,24 @@ class SQLiteStorage:
     def default_decision_log(self) -> DecisionLog:
         """A SQLite decision log in this store's own file, so the storage can commit last
         together with the decision; a log file left beside it by an earlier version
-        (``<file>.decisions``) is kept in use."""
+        (``<file>.decisions``, while this file holds no log of its own) is kept in use."""
         beside = self.store.path + ".decisions"
-        return SQLiteDecisionLog(beside if os.path.exists(beside) else self.store.path)
+        if os.path.exists(beside) and not self.store.has_decision_table():
+            return SQLiteDecisionLog(beside)
+        return SQLiteDecisionLog(self.store.path)
+
+    def has_decision_table(self) -> bool:
+        """True when a decision log was opened on this store's own file."""
+        return self.store.has_decision_table()
 
     def holds_decisions(self) -> bool:
         """True when this store's own file holds decision records."""
         return self.store.holds_decisions()
+
+    @property
+    def decision_log_path(self) -> str:
+        """The file that holds this store's own decision log (its own file)."""
+        return self.store.path
 
     def holds_decision_log(self, log: object) -> bool:
         """True when ``log`` keeps its records in this store's own file."""
