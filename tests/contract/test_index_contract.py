@@ -18,6 +18,7 @@ from coordinator import (
     ConfigurationError,
     DeleteFact,
     FactRecord,
+    LockstepError,
     TransactionAborted,
     UpsertFact,
     UsageError,
@@ -290,4 +291,57 @@ def test_local_indexes_on_one_client_share_what_they_know(tmp_path: Path) -> Non
     assert [
         (h.version, h.committed) for h in second.search(EMBEDDER.embed_query("tea"), 5, {})
     ] == [(2, True)]
+    client.close()
+
+
+def test_a_delete_marker_outlives_what_it_deletes(tmp_path: Path) -> None:
+    """Local mode deletes point by point: the marker must be deleted last, so a commit cut
+    short still leaves it, and committing again (recovery's redrive) finishes the delete."""
+    client = QdrantClient(path=str(tmp_path / "qdrant"))
+    index = QdrantIndex(client, "c", "content", embedder=EMBEDDER)
+    for version, text in ((1, "green tea"), (2, "mint tea")):
+        txid = new_txid()
+        index.prepare(txid, [upsert(fact("a", version, text))])
+        index.commit(txid)
+    delete = new_txid()
+    index.prepare(delete, [DeleteFact("a", 2)])
+    real_delete, calls = client.delete, []
+
+    def cut_short(collection: str, selector: models.PointIdsList, **kwargs: object) -> object:
+        calls.append(selector)
+        if len(calls) == 1:  # the worst prefix: the marker (if in this call) went first
+            doomed = [p for p in selector.points if p in markers_before]
+            if doomed:
+                real_delete(collection, models.PointIdsList(points=doomed), wait=True)
+            raise ConnectionError("killed half way through the delete")
+        return real_delete(collection, selector, **kwargs)  # type: ignore[arg-type]
+
+    markers_before = [
+        p.id for p in client.scroll("c", with_payload=True)[0] if p.payload["op"] == "delete"
+    ]
+
+    client.delete = cut_short  # type: ignore[method-assign]
+    with pytest.raises(LockstepError):
+        index.commit(delete)
+    client.delete = real_delete  # type: ignore[method-assign]
+    again = QdrantIndex(client, "c", "content", embedder=EMBEDDER, name="again")
+    markers = [p for p in client.scroll("c", with_payload=True)[0] if p.payload["op"] == "delete"]
+    assert len(markers) == 1  # the marker is still there to finish from
+    again.commit(delete)  # what recovery does with the COMMIT record
+    assert client.scroll("c")[0] == [] and again.contents().committed == {}
+    client.close()
+
+
+@pytest.mark.parametrize("catalog", [True, False])
+def test_a_batch_with_two_versions_of_a_fact_keeps_the_newest(
+    tmp_path: Path, catalog: bool
+) -> None:
+    client = QdrantClient(path=str(tmp_path / "qdrant"))
+    index = QdrantIndex(client, "c", "content", embedder=EMBEDDER, catalog=catalog)
+    first, second = new_txid(), new_txid()
+    index.prepare(first, [upsert(fact("a", 1, "green tea"))])
+    index.prepare(second, [upsert(fact("a", 2, "mint tea"))])
+    index.commit_many([first, second])
+    assert index.contents().committed == {"a": 2}
+    assert [p.payload["version"] for p in client.scroll("c", with_payload=True)[0]] == [2]
     client.close()

@@ -114,13 +114,17 @@ class AsyncQdrantIndex(VectorIndexBase):
                 return
             staged = await self._scroll(_match("txid", txid))
             await self._mark_committed(staged)
-            if staged:  # what the new versions replace, found by the server
+            if staged:  # what the new versions replace, found by the server; markers last
                 await self._guarded(
                     self._client.delete,
                     self._collection,
-                    models.Filter(should=[_older_than(p) for p in staged]),
+                    models.Filter(
+                        should=[_older_than(p) for p in staged],
+                        must_not=[models.HasIdCondition(has_id=_markers(staged))],
+                    ),
                     wait=True,
                 )
+                await self._delete_markers(staged)
         except Exception as exc:
             raise self._failed("commit", txid, exc) from exc
 
@@ -144,11 +148,13 @@ class AsyncQdrantIndex(VectorIndexBase):
             for point in staged:
                 fact_id, bound = _replaced_below(point.payload or {})
                 bounds[fact_id] = max(bounds.get(fact_id, 0), bound)
+            markers = set(_markers(staged))
             older = [
                 p.id
                 for p in points
                 if (p.payload or {}).get("fact_id") in bounds
                 and int((p.payload or {})["version"]) < bounds[(p.payload or {})["fact_id"]]
+                and p.id not in markers
             ]
             if older:
                 await self._guarded(
@@ -157,6 +163,7 @@ class AsyncQdrantIndex(VectorIndexBase):
                     models.PointIdsList(points=older),
                     wait=True,
                 )
+            await self._delete_markers(staged)
         except Exception as exc:
             raise self._failed("commit", None, exc) from exc
 
@@ -177,12 +184,31 @@ class AsyncQdrantIndex(VectorIndexBase):
         for entry in staged.values():
             bound = entry.version + 1 if entry.op == "delete" else entry.version
             bounds[entry.fact_id] = max(bounds.get(entry.fact_id, 0), bound)
-        older: list[models.ExtendedPointId] = [*catalog.replaced(bounds)]
-        if older:
-            await self._client.delete(
-                self._collection, models.PointIdsList(points=older), wait=True
+        # A transaction's own delete markers go last: local mode deletes point by point,
+        # and a marker gone first would leave a crash nothing to finish the delete from.
+        replaced = catalog.replaced(bounds)
+        markers = {p for p, e in staged.items() if e.op == "delete"}
+        for ids in (
+            [p for p in replaced if p not in markers],
+            [p for p in replaced if p in markers],
+        ):
+            if ids:
+                doomed: list[models.ExtendedPointId] = [*ids]
+                await self._client.delete(
+                    self._collection, models.PointIdsList(points=doomed), wait=True
+                )
+                catalog.remove(ids)
+
+    async def _delete_markers(self, staged: Sequence[models.Record]) -> None:
+        """Delete the staged delete markers, once what they delete is gone."""
+        markers = _markers(staged)
+        if markers:
+            await self._guarded(
+                self._client.delete,
+                self._collection,
+                models.PointIdsList(points=markers),
+                wait=True,
             )
-            catalog.remove(map(str, older))
 
     async def _mark_committed(self, staged: Sequence[models.Record]) -> None:
         pending = [p.id for p in staged if (p.payload or {}).get("state") == PENDING]
@@ -421,6 +447,11 @@ class AsyncQdrantIndex(VectorIndexBase):
             txid=txid,
             participant=self._name,
         )
+
+
+def _markers(points: Sequence[models.Record]) -> list[models.ExtendedPointId]:
+    """The delete markers among ``points``."""
+    return [p.id for p in points if (p.payload or {}).get("op") == "delete"]
 
 
 def _replaced_below(payload: Mapping[str, Any]) -> tuple[str, int]:
