@@ -7,8 +7,8 @@ so nothing in the driver cleans up after it) or kill the process.
 Commit: ``before_prepare:{p}``, ``after_prepare:{p}``, ``before_decision``,
 ``after_decision``, ``before_commit:{p}``, ``after_commit:{p}``, ``before_abort:{p}``,
 ``before_one_phase:{p}``, ``after_one_phase:{p}``, ``before_end`` (with a last resource,
-``before_decision``/``after_decision`` surround its commit; deferred finishing passes
-``before_commit:{p}``/``after_commit:{p}`` in the batch).
+``before_decision``/``after_decision`` surround its commit; a deferred-finishing batch
+passes recovery's ``recovery_before_resolve:{p}``/``recovery_after_resolve:{p}``).
 Recovery: ``recovery_after_list``, ``recovery_after_decide``, ``recovery_before_resolve:{p}``,
 ``recovery_after_resolve:{p}``.
 

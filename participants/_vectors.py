@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from coordinator.abc import Embedder, Hit
 from coordinator.embeddings import default_embedder, embedder_from_spec
@@ -29,6 +30,7 @@ from coordinator.ids import check_participant_name
 from coordinator.records import DeleteFact, FactRecord, JSONValue, UpsertFact, Write
 from participants._fence import AbortFence
 
+T = TypeVar("T")
 NAMESPACE = uuid.UUID("5d0c2b1e-8f2a-4d6b-9c1e-6c0f4e2a7b31")
 PENDING = "pending"
 COMMITTED = "committed"
@@ -165,6 +167,25 @@ def search_filter(where: Mapping[str, JSONValue]) -> dict[str, JSONValue]:
     """Equality conditions a search adds to ``where``: upsert points (staged or committed;
     the caller keeps the current ones)."""
     return {**where, "op": "upsert"}
+
+
+def replaced_bounds(points: Iterable[tuple[str, int, str]]) -> dict[str, int]:
+    """``fact_id -> bound`` for committed ``(fact_id, version, op)`` points: committing
+    them replaces each fact's versions below its bound (an upsert: the older versions; a
+    delete marker: every version up to and including itself)."""
+    bounds: dict[str, int] = {}
+    for fact_id, version, op in points:
+        bound = version + 1 if op == "delete" else version
+        bounds[fact_id] = max(bounds.get(fact_id, 0), bound)
+    return bounds
+
+
+def markers_last(ids: Sequence[T], markers: Collection[T]) -> list[list[T]]:
+    """``ids`` to delete in two rounds, the transaction's own delete ``markers`` last: a
+    store that deletes point by point and is cut short still holds the marker, from which
+    committing again finishes the delete."""
+    rounds = [[i for i in ids if i not in markers], [i for i in ids if i in markers]]
+    return [r for r in rounds if r]
 
 
 def hit_of(payload: Mapping[str, JSONValue], score: float) -> Hit:

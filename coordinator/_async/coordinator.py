@@ -200,8 +200,9 @@ class AsyncCoordinator:
         return report
 
     async def flush(self) -> None:
-        """Finish the phase-2 work queued by deferred commits (``Outcome.deferred``), in one
-        batch per participant, and record END for those transactions.
+        """Finish the phase-2 work queued by deferred commits (``Outcome.deferred``) the
+        way recovery resolves committed branches (a batch per participant, one by one
+        where a batch fails), and record END for those transactions.
 
         Branches that fail stay prepared under their COMMIT decision and go back in the
         queue for the next batch; recovery also finishes them.
@@ -214,15 +215,20 @@ class AsyncCoordinator:
         for txid, names, _ in queued:
             for name in names:
                 by_name.setdefault(name, []).append(txid)
-        failed: set[tuple[str, str]] = set()
         with telemetry.phase_span("commit_deferred", queued[0][0]):
-            for name, txids in by_name.items():
-                if not await self._finish_deferred(name, txids):
-                    failed.update((txid, name) for txid in txids)
+            commit = {name: tuple(txids) for name, txids in by_name.items()}
+            failed = (await self._resolve(commit, {})).failed
+        if failed:
+            logger.warning(
+                "deferred commit of %d branches failed (retried with the next batch; "
+                "recovery also finishes them): %r",
+                len(failed),
+                next(iter(failed.values())),
+            )
         retry = [
             (txid, left, end)
             for txid, names, end in queued
-            if (left := tuple(n for n in names if (txid, n) in failed))
+            if (left := tuple(n for n in names if (n, txid) in failed))
         ]
         if retry:
             with self._deferred_lock:
@@ -234,34 +240,6 @@ class AsyncCoordinator:
         if ended:
             self._fault("before_end")
             await self._record_end(ended)
-
-    async def _finish_deferred(self, name: str, txids: Sequence[str]) -> bool:
-        """Commit ``name``'s queued branches (one batch when it can); False on failure."""
-        (result,) = await agather(
-            [functools.partial(self._commit_batch, name, txids)],
-            timeout=self._policy.prepare_timeout + 0.01 * len(txids),
-        )
-        if isinstance(result, Exception):
-            logger.warning(
-                "deferred commit of %d branches on %s failed (retried with the next batch; "
-                "recovery also finishes them): %r",
-                len(txids),
-                name,
-                result,
-            )
-            return False
-        return True
-
-    async def _commit_batch(self, name: str, txids: Sequence[str]) -> None:
-        participant = self._participants[name]
-        with telemetry.participant_span("commit", name):
-            self._fault(f"before_commit:{name}")
-            if isinstance(participant, AsyncSupportsBatchResolve) and len(txids) > 1:
-                await participant.commit_many(txids)
-            else:
-                for txid in txids:
-                    await participant.commit(txid)
-            self._fault(f"after_commit:{name}")
 
     async def close(self) -> None:
         """Finish deferred work, then close the log and every participant."""

@@ -52,6 +52,32 @@ CREATE INDEX IF NOT EXISTS lockstep_decisions_unended
 """
 
 
+def insert_decisions(
+    conn: sqlite3.Connection,
+    items: Sequence[tuple[str, Decision, Sequence[str]]],
+    now: float | None = None,
+) -> dict[str, Decision]:
+    """Insert-if-absent decision records on ``conn``, inside the caller's transaction;
+    the decision that holds for each txid (the first one recorded wins). Also used by a
+    SQLite storage that keeps the log in its own file (the last-resource commit)."""
+    decided_at = time.time() if now is None else now
+    conn.executemany(
+        "INSERT OR IGNORE INTO lockstep_decisions "
+        "(txid, decision, participants, decided_at) VALUES (?, ?, ?, ?)",
+        [(t, Decision(d).value, json.dumps(list(p)), decided_at) for t, d, p in items],
+    )
+    txids = [txid for txid, _, _ in items]
+    winners: dict[str, Decision] = {}
+    for start in range(0, len(txids), _CHUNK):
+        chunk = txids[start : start + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        for txid, decision in conn.execute(
+            f"SELECT txid, decision FROM lockstep_decisions WHERE txid IN ({marks})", chunk
+        ):
+            winners[txid] = Decision(decision)
+    return winners
+
+
 @dataclass
 class _Request:
     items: Sequence[tuple[str, Decision, Sequence[str]]]
@@ -157,18 +183,9 @@ class SQLiteDecisionLog:
         try:
             self._check_open()
             with self._transaction():
-                rows = [
-                    (txid, Decision(decision).value, json.dumps(list(parts)), now)
-                    for request in batch
-                    for txid, decision, parts in request.items
-                ]
-                self._conn.executemany(
-                    "INSERT OR IGNORE INTO lockstep_decisions "
-                    "(txid, decision, participants, decided_at) VALUES (?, ?, ?, ?)",
-                    rows,
-                )
+                items = [item for request in batch for item in request.items]
+                winners = insert_decisions(self._conn, items, now)
                 self._mark_ended(self._lazy_ends)
-                winners = self._winners([row[0] for row in rows])
             self._lazy_ends.clear()
             self.flushes += 1
         except BaseException as exc:
@@ -180,17 +197,6 @@ class SQLiteDecisionLog:
             return
         for request in batch:
             request.result = {txid: winners[txid] for txid, _, _ in request.items}
-
-    def _winners(self, txids: list[str]) -> dict[str, Decision]:
-        winners: dict[str, Decision] = {}
-        for start in range(0, len(txids), _CHUNK):
-            chunk = txids[start : start + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            for txid, decision in self._conn.execute(
-                f"SELECT txid, decision FROM lockstep_decisions WHERE txid IN ({marks})", chunk
-            ):
-                winners[txid] = Decision(decision)
-        return winners
 
     # -- reading ------------------------------------------------------------------------
 

@@ -100,14 +100,6 @@ class PointCatalog:
         """Txids with points still staged."""
         return {e.txid for e in self._points.values() if e.state == PENDING}
 
-    def contents(self) -> tuple[dict[str, int], set[str]]:
-        """Committed ``fact_id -> newest version`` (upserts), and txids still pending."""
-        committed: dict[str, int] = {}
-        for entry in self._points.values():
-            if entry.state != PENDING and entry.op == "upsert":
-                committed[entry.fact_id] = max(committed.get(entry.fact_id, 0), entry.version)
-        return committed, self.pending()
-
 
 @dataclass
 class _Local:

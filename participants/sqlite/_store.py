@@ -27,7 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from coordinator.abc import TransactionEntry, Vote
+from coordinator.abc import Decision, TransactionEntry, Vote
 from coordinator.errors import (
     ConfigurationError,
     LockstepError,
@@ -36,6 +36,7 @@ from coordinator.errors import (
     UsageError,
 )
 from coordinator.filters import check_filters
+from coordinator.log._sqlite import insert_decisions
 from coordinator.records import (
     DeleteFact,
     FactRecord,
@@ -97,6 +98,7 @@ class SQLiteStore:
         self.path = os.fspath(path)
         self.name = name
         self._lock = threading.RLock()
+        self._log_inside = False
         with self._translated():
             self._conn = sqlite3.connect(
                 self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
@@ -183,41 +185,43 @@ class SQLiteStore:
             return [row[0] for row in rows]
 
     def commit_one_phase(self, txid: str, writes: Sequence[Write]) -> None:
-        checked = fact_writes(self.name, writes)
-        for seq, write in enumerate(checked):
-            _staged_row(txid, seq, write)  # refuses a payload that is not JSON
-        with self._lock, self._translated(txid), self._transaction():
-            self._check(txid, checked)
-            self._apply(txid, checked, transaction_meta(writes))
+        self._commit_locally(txid, writes, None)
 
     def commit_with_decision(
         self, txid: str, writes: Sequence[Write], participants: Sequence[str]
     ) -> None:
         """The last-resource commit: the writes and the COMMIT record, one local
         transaction (one fsync), in a file that also holds the decision log."""
+        self._commit_locally(txid, writes, participants)
+
+    def _commit_locally(
+        self, txid: str, writes: Sequence[Write], decision_for: Sequence[str] | None
+    ) -> None:
+        """Check and apply ``writes`` in one local transaction (recording COMMIT for
+        ``decision_for``, if given, in the decision log this file holds)."""
         checked = fact_writes(self.name, writes)
         for seq, write in enumerate(checked):
-            _staged_row(txid, seq, write)
+            _staged_row(txid, seq, write)  # refuses a payload that is not JSON
         with self._lock, self._translated(txid), self._transaction():
-            if not self._has_decision_table():
-                raise ConfigurationError(
-                    f"SQLite store {self.path} holds no decision log; open a "
-                    "SQLiteDecisionLog on this file to commit it as the last resource",
-                    participant=self.name,
-                )
-            inserted = self._conn.execute(
-                "INSERT OR IGNORE INTO lockstep_decisions (txid, decision, participants, "
-                "decided_at) VALUES (?, 'commit', ?, ?)",
-                (txid, json.dumps(list(participants)), time.time()),
-            ).rowcount
-            if inserted != 1:
-                raise TransactionAborted(
-                    "recovery aborted this transaction before its COMMIT was recorded",
-                    txid=txid,
-                    participant=self.name,
-                )
+            if decision_for is not None:
+                self._record_commit(txid, decision_for)
             self._check(txid, checked)
             self._apply(txid, checked, transaction_meta(writes))
+
+    def _record_commit(self, txid: str, participants: Sequence[str]) -> None:
+        if not self._has_decision_table():
+            raise ConfigurationError(
+                f"SQLite store {self.path} holds no decision log; open a "
+                "SQLiteDecisionLog on this file to commit it as the last resource",
+                participant=self.name,
+            )
+        won = insert_decisions(self._conn, [(txid, Decision.COMMIT, participants)])
+        if won[txid] is not Decision.COMMIT:
+            raise TransactionAborted(
+                "recovery aborted this transaction before its COMMIT was recorded",
+                txid=txid,
+                participant=self.name,
+            )
 
     def has_decision_table(self) -> bool:
         """True when a decision log was opened on this file."""
@@ -232,11 +236,14 @@ class SQLiteStore:
             return self._one("SELECT 1 FROM lockstep_decisions LIMIT 1") is not None
 
     def _has_decision_table(self) -> bool:
-        return bool(
-            self._one(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'lockstep_decisions'"
+        if not self._log_inside:  # once a log is here it stays: asked until then
+            self._log_inside = bool(
+                self._one(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                    "AND name = 'lockstep_decisions'"
+                )
             )
-        )
+        return self._log_inside
 
     # -- reads (committed data only) ----------------------------------------------------
 

@@ -107,8 +107,8 @@ for i in range(int(sys.argv[2])):
         ("after_commit:sqlite", False, True),
         # Deferred finishing: killed with index work queued, inside the batch, before END.
         ("after_decision", True, False),
-        ("before_commit:chroma:notes", True, False),
-        ("after_commit:chroma:notes", True, False),
+        ("recovery_before_resolve:chroma:notes", True, False),
+        ("recovery_after_resolve:chroma:notes", True, False),
     ],
 )
 def test_an_agent_killed_mid_commit_with_an_embedded_index_reopens_in_agreement(

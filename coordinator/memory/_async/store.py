@@ -547,20 +547,16 @@ class AsyncMemoryStore:
             asynchronous=ASYNC_API,
             embedder=embedder,
         )
-        # Decisions live in facts.db, so the storage commits last with the decision (one
-        # fsync); a decisions.db left by an earlier version (facts.db holding no log of its
+        # Without a log the storage keeps its decisions in facts.db and commits last with
+        # them; a decisions.db left by an earlier version (facts.db holding no log of its
         # own) stays in use.
+        log = None
         beside = directory / "decisions.db"
-        policy = policy or Policy()
         has_own_log = getattr(storage, "has_decision_table", lambda: False)
         if await ablocking(beside.exists) and not await ablocking(has_own_log):
-            log = open_decision_log(f"sqlite:///{beside}", asynchronous=ASYNC_API)
-        else:
-            log = open_decision_log(f"sqlite:///{directory / 'facts.db'}", asynchronous=ASYNC_API)
-            if policy.last_resource is None:
-                policy = replace(policy, last_resource="facts")
+            log = _log(open_decision_log(f"sqlite:///{beside}", asynchronous=ASYNC_API))
         store = cls(
-            _storage(storage), [_index(index)], log=_log(log), policy=policy, fault_hook=fault_hook
+            _storage(storage), [_index(index)], log=log, policy=policy, fault_hook=fault_hook
         )
         await store.coordinator_with(in_doubt_timeout=0.001, redrive_after=0.0).recover()
         return store

@@ -26,6 +26,8 @@ from participants._vectors import (
     PENDING,
     VectorIndexBase,
     hit_of,
+    markers_last,
+    replaced_bounds,
     search_filter,
     stage,
 )
@@ -118,13 +120,11 @@ class ChromaIndex(VectorIndexBase):
                 ids=[point for point, _ in marked],
                 metadatas=[metadata for _, metadata in marked],
             )
-        # Then remove what the new versions replace: older versions, and for a delete
-        # every version up to its marker.
-        bounds: dict[str, int] = {}
-        for metadata in staged["metadatas"]:
-            fact_id, version = str(metadata["fact_id"]), int(metadata["version"])
-            bound = version + 1 if metadata.get("op") == "delete" else version
-            bounds[fact_id] = max(bounds.get(fact_id, 0), bound)
+        # Then remove what the new versions replace (for a delete, its marker last).
+        bounds = replaced_bounds(
+            (str(m["fact_id"]), int(m["version"]), str(m.get("op", "upsert")))
+            for m in staged["metadatas"]
+        )
         versions = self._call(
             "commit",
             txid,
@@ -137,8 +137,13 @@ class ChromaIndex(VectorIndexBase):
             for point, metadata in zip(versions["ids"], versions["metadatas"], strict=True)
             if int(metadata["version"]) < bounds[str(metadata["fact_id"])]
         ]
-        if older:
-            self._call("commit", txid, collection.delete, ids=older)
+        markers = {
+            point
+            for point, metadata in zip(staged["ids"], staged["metadatas"], strict=True)
+            if metadata.get("op") == "delete"
+        }
+        for ids in markers_last(older, markers):
+            self._call("commit", txid, collection.delete, ids=ids)
 
     def abort(self, txid: str) -> None:
         self._abort([txid], txid)

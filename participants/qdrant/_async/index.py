@@ -23,6 +23,8 @@ from participants._vectors import (
     PENDING,
     VectorIndexBase,
     hit_of,
+    markers_last,
+    replaced_bounds,
     search_filter,
     stage,
 )
@@ -144,10 +146,7 @@ class AsyncQdrantIndex(VectorIndexBase):
             points = await self._scroll(None)
             staged = [p for p in points if (p.payload or {}).get("txid") in chosen]
             await self._mark_committed(staged)
-            bounds: dict[str, int] = {}
-            for point in staged:
-                fact_id, bound = _replaced_below(point.payload or {})
-                bounds[fact_id] = max(bounds.get(fact_id, 0), bound)
+            bounds = replaced_bounds(_point(p) for p in staged)
             markers = set(_markers(staged))
             older = [
                 p.id
@@ -180,24 +179,15 @@ class AsyncQdrantIndex(VectorIndexBase):
                 self._collection, {"state": COMMITTED}, points=pending, wait=True
             )
             catalog.mark_committed(map(str, pending))
-        bounds: dict[str, int] = {}
-        for entry in staged.values():
-            bound = entry.version + 1 if entry.op == "delete" else entry.version
-            bounds[entry.fact_id] = max(bounds.get(entry.fact_id, 0), bound)
-        # A transaction's own delete markers go last: local mode deletes point by point,
-        # and a marker gone first would leave a crash nothing to finish the delete from.
-        replaced = catalog.replaced(bounds)
+        bounds = replaced_bounds((e.fact_id, e.version, e.op) for e in staged.values())
+        # Local mode deletes point by point: the transaction's delete markers go last.
         markers = {p for p, e in staged.items() if e.op == "delete"}
-        for ids in (
-            [p for p in replaced if p not in markers],
-            [p for p in replaced if p in markers],
-        ):
-            if ids:
-                doomed: list[models.ExtendedPointId] = [*ids]
-                await self._client.delete(
-                    self._collection, models.PointIdsList(points=doomed), wait=True
-                )
-                catalog.remove(ids)
+        for ids in markers_last(catalog.replaced(bounds), markers):
+            doomed: list[models.ExtendedPointId] = [*ids]
+            await self._client.delete(
+                self._collection, models.PointIdsList(points=doomed), wait=True
+            )
+            catalog.remove(ids)
 
     async def _delete_markers(self, staged: Sequence[models.Record]) -> None:
         """Delete the staged delete markers, once what they delete is gone."""
@@ -454,15 +444,14 @@ def _markers(points: Sequence[models.Record]) -> list[models.ExtendedPointId]:
     return [p.id for p in points if (p.payload or {}).get("op") == "delete"]
 
 
-def _replaced_below(payload: Mapping[str, Any]) -> tuple[str, int]:
-    """``(fact_id, bound)``: committing the point replaces the fact's versions below
-    ``bound`` (an upsert: older versions; a delete: every version up to its marker)."""
-    version = int(payload["version"])
-    return str(payload["fact_id"]), version + 1 if payload.get("op") == "delete" else version
+def _point(point: models.Record) -> tuple[str, int, str]:
+    """``(fact_id, version, op)`` of a point."""
+    payload = point.payload or {}
+    return str(payload["fact_id"]), int(payload["version"]), str(payload.get("op", "upsert"))
 
 
 def _older_than(point: models.Record) -> models.Filter:
-    fact_id, bound = _replaced_below(point.payload or {})
+    ((fact_id, bound),) = replaced_bounds([_point(point)]).items()
     return models.Filter(
         must=[
             _match("fact_id", fact_id),
