@@ -30,6 +30,7 @@ from typing import Any
 
 from benchmarks._common import ROOT, embed, ensure_memstate_env, machine
 from benchmarks._stores import Servers, lockstep_store, memstate_store
+from benchmarks.failure import _compare, _points
 
 COMBOS = [
     "sqlite + qdrant local",
@@ -128,24 +129,8 @@ def _memstate_drift(spec: dict[str, Any]) -> int:
             found = hook.collection.get(include=["documents"])
             vectors = dict(zip(found["ids"], found["documents"] or [], strict=True))
         elif hasattr(hook, "client"):  # Qdrant
-            vectors = _qdrant_points(hook.client, hook.collection_name)
-    ids = set(facts) | set(vectors)
-    return sum(facts.get(i) != vectors.get(i) for i in ids)
-
-
-def _qdrant_points(client: Any, collection: str) -> dict[str, str]:
-    if not client.collection_exists(collection):
-        return {}
-    found: dict[str, str] = {}
-    offset = None
-    while True:
-        page, offset = client.scroll(collection, limit=512, offset=offset, with_payload=True)
-        for point in page:
-            payload = point.payload or {}
-            key = str(payload.get("fact_id", point.id))
-            found[key] = str(payload.get("document", payload.get("content", "")))
-        if offset is None:
-            return found
+            vectors = _points(hook.client, hook.collection_name)
+    return int(_compare(facts, vectors)["drift"])
 
 
 # -- the driver ---------------------------------------------------------------------------

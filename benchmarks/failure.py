@@ -104,11 +104,15 @@ def _memstate(
     return _compare(facts, _points(client), *others)
 
 
-def _points(client: Any) -> dict[str, str]:
+def _points(client: Any, collection: str = "memories") -> dict[str, str]:
+    """``fact id -> text`` of a Qdrant collection's committed points (MemState's or ours;
+    empty when the collection was never created)."""
+    if not client.collection_exists(collection):
+        return {}
     found: dict[str, str] = {}
     offset = None
     while True:
-        page, offset = client.scroll("memories", limit=512, offset=offset, with_payload=True)
+        page, offset = client.scroll(collection, limit=512, offset=offset, with_payload=True)
         for point in page:
             payload = point.payload or {}
             if payload.get("state", "committed") == "committed":
