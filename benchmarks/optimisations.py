@@ -2,9 +2,10 @@
 
 One-phase commit (a storage alone), the last-resource commit (the storage holding the
 decision log: the default for SQLite and Postgres, compared here on Postgres with the log
-passed explicitly), concurrent prepares, and deferred finishing of the indexes. Group
-commit acts on a separate decision log, which the memory API's default no longer writes
-to: ``benchmarks.engine`` measures it. Every configuration writes the same workload (inserts, then
+passed explicitly), concurrent prepares, write combining (group commit of a Chroma index's
+prepares: concurrent transactions stage their points in one upsert), and deferred finishing
+of the indexes. Group commit of a separate decision log, which the memory API's default no
+longer writes to, is measured by ``benchmarks.engine``. Every configuration writes the same workload (inserts, then
 updates of the same facts) with 1 writer and 8 writer threads, each run in its own child
 process, configurations alternating inside every round. Each optimisation is compared with
 the default configuration of the same stores in the same run.
@@ -36,6 +37,11 @@ TOGGLES: dict[str, tuple[list[str], dict[str, Any], str]] = {
     "concurrent prepare": (
         ["sqlite + qdrant local", "postgres + redis + chroma server"],
         {"policy": {"concurrent_prepare": False}},
+        "off",
+    ),
+    "write combining": (
+        ["postgres + redis + chroma server"],
+        {"index_query": "&combine_writes=0"},
         "off",
     ),
     "deferred finishing": (

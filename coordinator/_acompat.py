@@ -35,6 +35,8 @@ P = ParamSpec("P")
 
 AsyncEffectRunner = Callable[[Effect], Awaitable[Reply]]
 EffectRunner = Callable[[Effect], Reply]
+AsyncItemsWriter = Callable[[list[T]], Awaitable[None]]
+ItemsWriter = Callable[[list[T]], None]
 
 Lock = threading.Lock
 ALock = anyio.Lock

@@ -244,13 +244,15 @@ class VectorIndexBase:
 @dataclass(frozen=True)
 class UrlOptions:
     """An index URL's query parameters (``collection``, ``text_field``,
-    ``metadata_fields``, ``types``, ``embedder``), parsed once for every backend."""
+    ``metadata_fields``, ``types``, ``embedder``, and for Chroma ``combine_writes``),
+    parsed once for every backend."""
 
     collection: str
     text_field: str | None
     metadata_fields: list[str]
     target_types: list[str] | None
     embedder: Embedder | None
+    combine_writes: bool = True
 
 
 def url_options(url: str, embedder: Embedder | None) -> UrlOptions:
@@ -267,4 +269,5 @@ def url_options(url: str, embedder: Embedder | None) -> UrlOptions:
         metadata_fields=[f for f in params.get("metadata_fields", "").split(",") if f],
         target_types=[t for t in params.get("types", "").split(",") if t] or None,
         embedder=embedder,
+        combine_writes=params.get("combine_writes", "1").lower() not in ("0", "false", "no"),
     )

@@ -23,7 +23,8 @@ def from_url(
 
     Query parameters: ``collection`` (default ``memories``), ``text_field``,
     ``metadata_fields`` (comma-separated), ``types`` (comma-separated target types),
-    ``embedder`` (a spec such as ``hashing:32``, when no ``embedder`` object is passed).
+    ``embedder`` (a spec such as ``hashing:32``, when no ``embedder`` object is passed),
+    ``combine_writes`` (``0`` stages every transaction's points in its own upsert).
     """
     import os
     from urllib.parse import urlsplit
@@ -57,4 +58,5 @@ def from_url(
         embedder=options.embedder,
         target_types=options.target_types,
         name=name,
+        combine_writes=options.combine_writes,
     )

@@ -19,9 +19,11 @@ from coordinator._acompat import ablocking, aresolve
 from coordinator.abc import Embedder, Hit, IndexContents, Vote
 from coordinator.errors import ConfigurationError, LockstepError, ParticipantError
 from coordinator.records import JSONValue, Write
+from participants._async.combine import AsyncWriteCombiner
 from participants._vectors import (
     COMMITTED,
     PENDING,
+    Point,
     VectorIndexBase,
     hit_of,
     markers_last,
@@ -47,6 +49,8 @@ class AsyncChromaIndex(VectorIndexBase):
     :param embedder: turns text into vectors (default: :func:`default_embedder`).
     :param target_types: fact types this index holds (default: every type).
     :param name: participant name (default ``chroma:<collection_name>``).
+    :param combine_writes: let concurrent prepares stage their points in one upsert (a
+        Chroma call costs about the same for one point as for eight); on by default.
     """
 
     def __init__(
@@ -59,6 +63,7 @@ class AsyncChromaIndex(VectorIndexBase):
         embedder: Embedder | None = None,
         target_types: Sequence[str] | None = None,
         name: str | None = None,
+        combine_writes: bool = True,
     ) -> None:
         self._client = client
         self._collection_name = collection_name
@@ -71,6 +76,11 @@ class AsyncChromaIndex(VectorIndexBase):
             name,
         )
         self._collection: Any = None
+        self._combiner: AsyncWriteCombiner[Point] | None = (
+            AsyncWriteCombiner(self._name, self._upsert, self._fence.check)
+            if combine_writes
+            else None
+        )
 
     # -- the participant contract -------------------------------------------------------
 
@@ -79,16 +89,23 @@ class AsyncChromaIndex(VectorIndexBase):
         points = stage(self.shape, txid, writes)
         if not points:
             return Vote.READ_ONLY
-        collection = await self._ensure_collection()
+        await self._ensure_collection()
+        if self._combiner is None:
+            await self._upsert(points)
+        else:
+            await self._combiner.submit(txid, points)
+        return Vote.YES
+
+    async def _upsert(self, points: list[Point]) -> None:
+        txids = {p.payload["txid"] for p in points}
         await self._call(
             "prepare",
-            txid,
-            collection.upsert,
+            str(txids.pop()) if len(txids) == 1 else None,
+            self._collection.upsert,
             ids=[p.id for p in points],
             embeddings=[p.vector for p in points],
             metadatas=[p.payload for p in points],
         )
-        return Vote.YES
 
     async def commit(self, txid: str) -> None:
         await self._commit([txid], txid)

@@ -21,9 +21,11 @@ from coordinator._acompat import blocking, resolve
 from coordinator.abc import Embedder, Hit, IndexContents, Vote
 from coordinator.errors import ConfigurationError, LockstepError, ParticipantError
 from coordinator.records import JSONValue, Write
+from participants._sync.combine import WriteCombiner
 from participants._vectors import (
     COMMITTED,
     PENDING,
+    Point,
     VectorIndexBase,
     hit_of,
     markers_last,
@@ -49,6 +51,8 @@ class ChromaIndex(VectorIndexBase):
     :param embedder: turns text into vectors (default: :func:`default_embedder`).
     :param target_types: fact types this index holds (default: every type).
     :param name: participant name (default ``chroma:<collection_name>``).
+    :param combine_writes: let concurrent prepares stage their points in one upsert (a
+        Chroma call costs about the same for one point as for eight); on by default.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class ChromaIndex(VectorIndexBase):
         embedder: Embedder | None = None,
         target_types: Sequence[str] | None = None,
         name: str | None = None,
+        combine_writes: bool = True,
     ) -> None:
         self._client = client
         self._collection_name = collection_name
@@ -73,6 +78,9 @@ class ChromaIndex(VectorIndexBase):
             name,
         )
         self._collection: Any = None
+        self._combiner: WriteCombiner[Point] | None = (
+            WriteCombiner(self._name, self._upsert, self._fence.check) if combine_writes else None
+        )
 
     # -- the participant contract -------------------------------------------------------
 
@@ -81,16 +89,23 @@ class ChromaIndex(VectorIndexBase):
         points = stage(self.shape, txid, writes)
         if not points:
             return Vote.READ_ONLY
-        collection = self._ensure_collection()
+        self._ensure_collection()
+        if self._combiner is None:
+            self._upsert(points)
+        else:
+            self._combiner.submit(txid, points)
+        return Vote.YES
+
+    def _upsert(self, points: list[Point]) -> None:
+        txids = {p.payload["txid"] for p in points}
         self._call(
             "prepare",
-            txid,
-            collection.upsert,
+            str(txids.pop()) if len(txids) == 1 else None,
+            self._collection.upsert,
             ids=[p.id for p in points],
             embeddings=[p.vector for p in points],
             metadatas=[p.payload for p in points],
         )
-        return Vote.YES
 
     def commit(self, txid: str) -> None:
         self._commit([txid], txid)

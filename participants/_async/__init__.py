@@ -1,0 +1,1 @@
+"""Helpers shared by the participants (async sources of ``participants/_sync``)."""

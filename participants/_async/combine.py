@@ -1,0 +1,143 @@
+"""Write combining: concurrent prepares of one index share one write call.
+
+Some indexes cost a fixed amount per call, whatever the call carries: a Chroma upsert of one
+point costs about as much as an upsert of eight (measured in ``benchmarks/optimisations.py``).
+MemState writes one point per commit behind one lock; a write combiner lets concurrent
+transactions stage their points in one call instead — group commit for the index's phase 1.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from coordinator._acompat import ALock, AsyncItemsWriter
+from coordinator.errors import ParticipantError
+
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class _Request(Generic[T]):
+    key: str
+    items: Sequence[T]
+    done: bool = False
+    error: BaseException | None = None
+
+
+@dataclass(eq=False)
+class _Queue(Generic[T]):
+    requests: list[_Request[T]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def put(self, request: _Request[T]) -> None:
+        with self.lock:
+            self.requests.append(request)
+
+    def take(self) -> list[_Request[T]]:
+        with self.lock:
+            taken, self.requests = self.requests, []
+            return taken
+
+    def drop(self, request: _Request[T]) -> None:
+        with self.lock:
+            if request in self.requests:
+                self.requests.remove(request)
+
+
+class AsyncWriteCombiner(Generic[T]):
+    """Runs ``write(items)`` once for all the callers waiting at that moment.
+
+    The first caller writes its own items. Callers arriving while a write runs queue
+    theirs; the next to get the turn writes everything queued so far in one call, and the
+    others return when that call has. A request is written only if ``admit(key)`` does
+    not raise when its write starts (an index passes its abort fence, so a prepare the
+    coordinator gave up on and aborted is not written late). If a combined write fails,
+    each request is written again on its own, so one transaction's bad items fail that
+    transaction only.
+
+    :param name: the participant's name (for errors).
+    :param write: writes the items of one or more requests, raising on failure.
+    :param admit: called with a request's key when its write starts; raises to refuse it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        write: AsyncItemsWriter[T],
+        admit: Callable[[str], None] | None = None,
+    ) -> None:
+        self._name = name
+        self._write = write
+        self._admit = admit
+        self._turn = ALock()
+        self._queue: _Queue[T] = _Queue()
+        self.calls = 0
+        """Write calls made so far (a measure of combining)."""
+
+    async def submit(self, key: str, items: Sequence[T]) -> None:
+        """Write ``items`` (alone or with other callers'); raise what their write raised."""
+        request = _Request(key, items)
+        self._queue.put(request)
+        try:
+            async with self._turn:
+                if not request.done:
+                    await self._run(self._queue.take())
+        except BaseException:
+            # Cancelled or interrupted while waiting: nobody writes this request later.
+            self._queue.drop(request)
+            raise
+        if request.error is not None:
+            raise request.error
+
+    async def _run(self, batch: list[_Request[T]]) -> None:
+        admitted: list[_Request[T]] = []
+        for request in batch:
+            try:
+                if self._admit is not None:
+                    self._admit(request.key)
+                admitted.append(request)
+            except Exception as exc:
+                request.error = exc
+                request.done = True
+        try:
+            if len(admitted) == 1 or not await self._write_all(admitted):
+                for request in admitted:  # one by one: each gets its own outcome
+                    await self._write_one(request)
+        except BaseException as exc:
+            # Interrupted (a cancellation, a simulated crash): whether the write landed is
+            # unknown, so every request still waiting fails and its transaction aborts.
+            for request in admitted:
+                if not request.done:
+                    request.error = exc if isinstance(exc, Exception) else self._interrupted(exc)
+                    request.done = True
+            raise
+
+    async def _write_all(self, batch: list[_Request[T]]) -> bool:
+        if not batch:
+            return True
+        try:
+            self.calls += 1
+            await self._write([item for request in batch for item in request.items])
+        except Exception:
+            return False
+        for request in batch:
+            request.done = True
+        return True
+
+    async def _write_one(self, request: _Request[T]) -> None:
+        try:
+            self.calls += 1
+            await self._write(list(request.items))
+        except Exception as exc:
+            request.error = exc
+        request.done = True
+
+    def _interrupted(self, exc: BaseException) -> ParticipantError:
+        return ParticipantError(
+            f"a combined write was interrupted ({type(exc).__name__}) before it returned; "
+            "its transactions abort",
+            participant=self._name,
+        )

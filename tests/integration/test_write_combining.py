@@ -1,0 +1,154 @@
+"""Write combining on real Chroma (embedded and server): concurrent prepares share one upsert.
+
+Each test holds the combiner's turn while transactions queue behind it, so the batch the
+next turn writes is known exactly; assertions read the collection's real points.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import chromadb
+import pytest
+
+from chaos.servers import ChromaServer
+from coordinator import TransactionAborted, new_txid
+from coordinator.embeddings import HashingEmbedder
+from participants._async.combine import AsyncWriteCombiner
+from participants._sync.combine import WriteCombiner
+from participants.chroma import AsyncChromaIndex, ChromaIndex
+from tests.contract.test_index_contract import fact, upsert
+
+EMBEDDER = HashingEmbedder(16)
+
+
+@pytest.fixture(params=["embedded", "server"])
+def client(request: pytest.FixtureRequest, tmp_path: Path) -> object:
+    if request.param == "embedded":
+        return chromadb.PersistentClient(path=str(tmp_path / "chroma"))
+    server: ChromaServer = request.getfixturevalue("chroma_server")
+    return chromadb.HttpClient(host="127.0.0.1", port=server.port)
+
+
+@pytest.fixture
+def index(client: object) -> Iterator[ChromaIndex]:
+    opened = ChromaIndex(client, f"c{uuid.uuid4().hex[:12]}", "content", embedder=EMBEDDER)
+    yield opened
+    opened.close()
+
+
+def combiner_of(index: ChromaIndex) -> WriteCombiner[object]:
+    combiner = index._combiner
+    assert combiner is not None
+    return combiner  # type: ignore[return-value]
+
+
+def wait_queued(combiner: WriteCombiner[object] | AsyncWriteCombiner[object], n: int) -> None:
+    deadline = time.monotonic() + 10
+    while len(combiner._queue.requests) < n:
+        assert time.monotonic() < deadline, "the prepares never queued"
+        time.sleep(0.005)
+
+
+def prepare_in_threads(index: ChromaIndex, txids: list[str]) -> dict[str, BaseException | None]:
+    """Prepare one fact per txid, each on its own thread, while the caller holds the turn."""
+    outcome: dict[str, BaseException | None] = {}
+
+    def run(i: int, txid: str) -> None:
+        try:
+            index.prepare(txid, [upsert(fact(f"f{i}", 1, f"note {i}"))])
+            outcome[txid] = None
+        except BaseException as exc:
+            outcome[txid] = exc
+
+    combiner = combiner_of(index)
+    threads = [threading.Thread(target=run, args=(i, t)) for i, t in enumerate(txids)]
+    with combiner._turn:
+        for thread in threads:
+            thread.start()
+        wait_queued(combiner, len(txids))
+        assert outcome == {}, "no prepare may finish while the turn is held"
+        # Abort one of them before its write starts: the fence must keep it out.
+        index.abort(txids[-1])
+    for thread in threads:
+        thread.join(30)
+    return outcome
+
+
+def test_queued_prepares_are_written_in_one_call(index: ChromaIndex) -> None:
+    warm = new_txid()  # opens the collection, so every queued prepare is past that step
+    index.prepare(warm, [upsert(fact("warm", 1, "opens the collection"))])
+    index.abort(warm)
+    txids = [new_txid() for _ in range(5)]
+    calls = combiner_of(index).calls
+    outcome = prepare_in_threads(index, txids)
+    written, fenced = txids[:-1], txids[-1]
+    assert all(outcome[t] is None for t in written), outcome
+    assert isinstance(outcome[fenced], TransactionAborted), outcome
+    assert combiner_of(index).calls == calls + 1, "four prepares, one upsert"
+    assert index.recover() == sorted(written)
+    for txid in written:
+        index.commit(txid)
+    assert index.contents().committed == {f"f{i}": 1 for i in range(4)}
+
+
+def test_a_failing_request_fails_alone(client: object) -> None:
+    """A request Chroma refuses (a duplicate id) fails by itself; its batch mates land."""
+    collection = client.get_or_create_collection(  # type: ignore[attr-defined]
+        f"c{uuid.uuid4().hex[:12]}", embedding_function=None
+    )
+
+    def write(ids: list[str]) -> None:
+        collection.upsert(ids=ids, embeddings=[[1.0, 0.0]] * len(ids))
+
+    combiner: WriteCombiner[str] = WriteCombiner("chroma:test", write)
+    outcome: dict[str, BaseException | None] = {}
+
+    def run(key: str, ids: list[str]) -> None:
+        try:
+            combiner.submit(key, ids)
+            outcome[key] = None
+        except BaseException as exc:
+            outcome[key] = exc
+
+    requests = {"a": ["a1", "a2"], "bad": ["b1", "b1"], "c": ["c1"]}
+    threads = [threading.Thread(target=run, args=item) for item in requests.items()]
+    with combiner._turn:
+        for thread in threads:
+            thread.start()
+        wait_queued(combiner, 3)  # type: ignore[arg-type]
+    for thread in threads:
+        thread.join(30)
+    assert outcome["a"] is None and outcome["c"] is None, outcome
+    assert outcome["bad"] is not None and "b1" in str(outcome["bad"])
+    assert sorted(collection.get()["ids"]) == ["a1", "a2", "c1"]
+    assert combiner.calls == 4, "the combined call, then each request on its own"
+
+
+@pytest.mark.anyio
+async def test_a_prepare_cancelled_while_queued_is_never_written(client: object) -> None:
+    index = AsyncChromaIndex(client, f"c{uuid.uuid4().hex[:12]}", "content", embedder=EMBEDDER)
+    first = new_txid()
+    await index.prepare(first, [upsert(fact("a", 1, "first"))])
+    combiner = index._combiner
+    assert combiner is not None
+    given_up = new_txid()
+    cancelled: list[bool] = []
+
+    async def give_up() -> None:  # as the coordinator does at its prepare timeout
+        with anyio.move_on_after(0.2) as scope:
+            await index.prepare(given_up, [upsert(fact("b", 1, "given up"))])
+        cancelled.append(scope.cancelled_caught)
+
+    async with combiner._turn, anyio.create_task_group() as tasks:
+        tasks.start_soon(give_up)
+    assert cancelled == [True]
+    assert combiner._queue.requests == [], "a cancelled prepare must leave the queue"
+    later = new_txid()
+    await index.prepare(later, [upsert(fact("c", 1, "later"))])
+    assert await index.recover() == sorted([first, later])
