@@ -6,11 +6,13 @@ next turn writes is known exactly; assertions read the collection's real points.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import chromadb
@@ -42,58 +44,79 @@ def index(client: object) -> Iterator[ChromaIndex]:
     opened.close()
 
 
-def combiner_of(index: ChromaIndex) -> WriteCombiner[object]:
-    combiner = index._combiner
-    assert combiner is not None
-    return combiner  # type: ignore[return-value]
+def stager_of(index: ChromaIndex) -> WriteCombiner[Any]:
+    assert index._stager is not None
+    return index._stager
 
 
-def wait_queued(combiner: WriteCombiner[object] | AsyncWriteCombiner[object], n: int) -> None:
+def finisher_of(index: ChromaIndex) -> WriteCombiner[Any]:
+    assert index._finisher is not None
+    return index._finisher
+
+
+def wait_queued(combiner: WriteCombiner[Any] | AsyncWriteCombiner[Any], n: int) -> None:
     deadline = time.monotonic() + 10
     while len(combiner._queue.requests) < n:
-        assert time.monotonic() < deadline, "the prepares never queued"
+        assert time.monotonic() < deadline, "the calls never queued"
         time.sleep(0.005)
 
 
-def prepare_in_threads(index: ChromaIndex, txids: list[str]) -> dict[str, BaseException | None]:
-    """Prepare one fact per txid, each on its own thread, while the caller holds the turn."""
+def queue_behind(
+    combiner: WriteCombiner[Any],
+    calls: dict[str, Callable[[], object]],
+    meanwhile: Callable[[], object] = lambda: None,
+) -> dict[str, BaseException | None]:
+    """Run each call on its own thread while holding ``combiner``'s turn until all have
+    queued (and ``meanwhile`` has run); return what each raised (``None``: nothing)."""
     outcome: dict[str, BaseException | None] = {}
 
-    def run(i: int, txid: str) -> None:
+    def run(key: str, call: Callable[[], object]) -> None:
         try:
-            index.prepare(txid, [upsert(fact(f"f{i}", 1, f"note {i}"))])
-            outcome[txid] = None
+            call()
+            outcome[key] = None
         except BaseException as exc:
-            outcome[txid] = exc
+            outcome[key] = exc
 
-    combiner = combiner_of(index)
-    threads = [threading.Thread(target=run, args=(i, t)) for i, t in enumerate(txids)]
+    threads = [threading.Thread(target=run, args=item) for item in calls.items()]
     with combiner._turn:
         for thread in threads:
             thread.start()
-        wait_queued(combiner, len(txids))
-        assert outcome == {}, "no prepare may finish while the turn is held"
-        # Abort one of them before its write starts: the fence must keep it out.
-        index.abort(txids[-1])
+        wait_queued(combiner, len(calls))
+        assert outcome == {}, "no call may finish while the turn is held"
+        meanwhile()
     for thread in threads:
         thread.join(30)
     return outcome
 
 
-def test_queued_prepares_are_written_in_one_call(index: ChromaIndex) -> None:
+def prepare_call(index: ChromaIndex, i: int, txid: str) -> Callable[[], object]:
+    return lambda: index.prepare(txid, [upsert(fact(f"f{i}", 1, f"note {i}"))])
+
+
+def test_queued_prepares_and_commits_are_written_in_one_call_each(index: ChromaIndex) -> None:
     warm = new_txid()  # opens the collection, so every queued prepare is past that step
     index.prepare(warm, [upsert(fact("warm", 1, "opens the collection"))])
     index.abort(warm)
     txids = [new_txid() for _ in range(5)]
-    calls = combiner_of(index).calls
-    outcome = prepare_in_threads(index, txids)
     written, fenced = txids[:-1], txids[-1]
+    stager, finisher = stager_of(index), finisher_of(index)
+    calls = stager.calls
+    # Abort the last before its write starts: the fence keeps it out of the batch.
+    outcome = queue_behind(
+        stager,
+        {t: prepare_call(index, i, t) for i, t in enumerate(txids)},
+        meanwhile=lambda: index.abort(fenced),
+    )
     assert all(outcome[t] is None for t in written), outcome
     assert isinstance(outcome[fenced], TransactionAborted), outcome
-    assert combiner_of(index).calls == calls + 1, "four prepares, one upsert"
-    assert index.recover() == sorted(written)
-    for txid in written:
-        index.commit(txid)
+    assert stager.calls == calls + 1, "four prepares, one upsert"
+    assert index.recover() == sorted(written) and index.contents().committed == {}
+
+    calls = finisher.calls
+    outcome = queue_behind(finisher, {t: functools.partial(index.commit, t) for t in written})
+    assert all(outcome[t] is None for t in written), outcome
+    assert finisher.calls == calls + 1, "four commits, one batch"
+    assert index.recover() == []
     assert index.contents().committed == {f"f{i}": 1 for i in range(4)}
 
 
@@ -107,23 +130,11 @@ def test_a_failing_request_fails_alone(client: object) -> None:
         collection.upsert(ids=ids, embeddings=[[1.0, 0.0]] * len(ids))
 
     combiner: WriteCombiner[str] = WriteCombiner("chroma:test", write)
-    outcome: dict[str, BaseException | None] = {}
-
-    def run(key: str, ids: list[str]) -> None:
-        try:
-            combiner.submit(key, ids)
-            outcome[key] = None
-        except BaseException as exc:
-            outcome[key] = exc
-
     requests = {"a": ["a1", "a2"], "bad": ["b1", "b1"], "c": ["c1"]}
-    threads = [threading.Thread(target=run, args=item) for item in requests.items()]
-    with combiner._turn:
-        for thread in threads:
-            thread.start()
-        wait_queued(combiner, 3)  # type: ignore[arg-type]
-    for thread in threads:
-        thread.join(30)
+    outcome = queue_behind(
+        combiner,
+        {key: functools.partial(combiner.submit, key, ids) for key, ids in requests.items()},
+    )
     assert outcome["a"] is None and outcome["c"] is None, outcome
     assert outcome["bad"] is not None and "b1" in str(outcome["bad"])
     assert sorted(collection.get()["ids"]) == ["a1", "a2", "c1"]
@@ -135,7 +146,7 @@ async def test_a_prepare_cancelled_while_queued_is_never_written(client: object)
     index = AsyncChromaIndex(client, f"c{uuid.uuid4().hex[:12]}", "content", embedder=EMBEDDER)
     first = new_txid()
     await index.prepare(first, [upsert(fact("a", 1, "first"))])
-    combiner = index._combiner
+    combiner = index._stager
     assert combiner is not None
     given_up = new_txid()
     cancelled: list[bool] = []

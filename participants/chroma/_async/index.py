@@ -76,11 +76,12 @@ class AsyncChromaIndex(VectorIndexBase):
             name,
         )
         self._collection: Any = None
-        self._combiner: AsyncWriteCombiner[Point] | None = (
-            AsyncWriteCombiner(self._name, self._upsert, self._fence.check)
-            if combine_writes
-            else None
-        )
+        # Concurrent prepares share one upsert; concurrent commits one commit_many.
+        self._stager: AsyncWriteCombiner[Point] | None = None
+        self._finisher: AsyncWriteCombiner[str] | None = None
+        if combine_writes:
+            self._stager = AsyncWriteCombiner(self._name, self._upsert, self._fence.check)
+            self._finisher = AsyncWriteCombiner(self._name, self._commit_batch)
 
     # -- the participant contract -------------------------------------------------------
 
@@ -90,10 +91,10 @@ class AsyncChromaIndex(VectorIndexBase):
         if not points:
             return Vote.READ_ONLY
         await self._ensure_collection()
-        if self._combiner is None:
+        if self._stager is None:
             await self._upsert(points)
         else:
-            await self._combiner.submit(txid, points)
+            await self._stager.submit(txid, points)
         return Vote.YES
 
     async def _upsert(self, points: list[Point]) -> None:
@@ -108,14 +109,18 @@ class AsyncChromaIndex(VectorIndexBase):
         )
 
     async def commit(self, txid: str) -> None:
-        await self._commit([txid], txid)
+        if self._finisher is None:
+            await self._commit_batch([txid])
+        else:
+            await self._finisher.submit(txid, [txid])
 
     async def commit_many(self, txids: Sequence[str]) -> None:
         """Commit many branches with two reads and two writes."""
         if txids:
-            await self._commit(txids, None)
+            await self._commit_batch(list(txids))
 
-    async def _commit(self, txids: Sequence[str], txid: str | None) -> None:
+    async def _commit_batch(self, txids: list[str]) -> None:
+        txid = txids[0] if len(txids) == 1 else None  # named in errors when alone
         collection = await self._ensure_collection()
         staged = await self._call(
             "commit", txid, collection.get, where=_any("txid", txids), include=["metadatas"]

@@ -78,9 +78,12 @@ class ChromaIndex(VectorIndexBase):
             name,
         )
         self._collection: Any = None
-        self._combiner: WriteCombiner[Point] | None = (
-            WriteCombiner(self._name, self._upsert, self._fence.check) if combine_writes else None
-        )
+        # Concurrent prepares share one upsert; concurrent commits one commit_many.
+        self._stager: WriteCombiner[Point] | None = None
+        self._finisher: WriteCombiner[str] | None = None
+        if combine_writes:
+            self._stager = WriteCombiner(self._name, self._upsert, self._fence.check)
+            self._finisher = WriteCombiner(self._name, self._commit_batch)
 
     # -- the participant contract -------------------------------------------------------
 
@@ -90,10 +93,10 @@ class ChromaIndex(VectorIndexBase):
         if not points:
             return Vote.READ_ONLY
         self._ensure_collection()
-        if self._combiner is None:
+        if self._stager is None:
             self._upsert(points)
         else:
-            self._combiner.submit(txid, points)
+            self._stager.submit(txid, points)
         return Vote.YES
 
     def _upsert(self, points: list[Point]) -> None:
@@ -108,14 +111,18 @@ class ChromaIndex(VectorIndexBase):
         )
 
     def commit(self, txid: str) -> None:
-        self._commit([txid], txid)
+        if self._finisher is None:
+            self._commit_batch([txid])
+        else:
+            self._finisher.submit(txid, [txid])
 
     def commit_many(self, txids: Sequence[str]) -> None:
         """Commit many branches with two reads and two writes."""
         if txids:
-            self._commit(txids, None)
+            self._commit_batch(list(txids))
 
-    def _commit(self, txids: Sequence[str], txid: str | None) -> None:
+    def _commit_batch(self, txids: list[str]) -> None:
+        txid = txids[0] if len(txids) == 1 else None  # named in errors when alone
         collection = self._ensure_collection()
         staged = self._call(
             "commit", txid, collection.get, where=_any("txid", txids), include=["metadatas"]
