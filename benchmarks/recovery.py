@@ -1,10 +1,17 @@
 """Recovery: time to resolve 10,000 in-doubt transactions, and the start-up cost of
 ``MemoryStore.open`` (the embedded default: SQLite facts and log, Qdrant local vectors).
 
-The in-doubt state is what a crash leaves: every transaction prepared in both stores, half
-of them with a COMMIT decision in the log (the crash came after the decision), half with
-none (it came before). ``MemoryStore.open`` then recovers them all: commits the first half,
-aborts the second. The stores are checked afterwards.
+The in-doubt state is what a crash leaves, for half of the transactions after the commit
+decision and for half before it, in two layouts:
+
+* **last resource** (the default): the decision log lives in the facts file, so a
+  transaction's facts and its COMMIT record land in one local transaction; only the vector
+  index holds prepared branches (all of them), and recovery commits the decided half and
+  aborts the rest.
+* **separate log** (a ``decisions.db`` beside the stores, as earlier versions kept it):
+  every transaction is prepared in both stores.
+
+``MemoryStore.open`` recovers them all; the stores are checked afterwards.
 
     python -m benchmarks.recovery [--transactions 10000] [--json out.json]
 """
@@ -25,9 +32,12 @@ from coordinator.abc import Decision
 from coordinator.log import SQLiteDecisionLog
 from coordinator.plugins import open_participant
 
+LAYOUTS = ("last resource", "separate log")
 
-def leave_in_doubt(directory: Path, transactions: int) -> None:
-    """Prepare ``transactions`` single-fact inserts in both stores; decide half of them."""
+
+def leave_in_doubt(directory: Path, transactions: int, layout: str) -> None:
+    """Stage ``transactions`` single-fact inserts as a crash would leave them in
+    ``layout``; half of them are decided (COMMIT), half are not."""
     directory.mkdir(parents=True, exist_ok=True)
     storage: Any = open_participant(f"sqlite:///{directory / 'facts.db'}", name="facts")
     index: Any = open_participant(
@@ -35,14 +45,22 @@ def leave_in_doubt(directory: Path, transactions: int) -> None:
         name="vectors",
         embedder=SameEmbedder(),
     )
-    log = SQLiteDecisionLog(directory / "decisions.db")
+    log = (
+        storage.default_decision_log()  # creates the log's table in facts.db
+        if layout == "last resource"
+        else SQLiteDecisionLog(directory / "decisions.db")
+    )
     decided = []
     for n in range(transactions):
         txid = new_txid()
         fact = FactRecord(f"f{n}", "note", {"content": f"memory {n}"}, 1, txid=txid)
         vector = tuple(SameEmbedder().embed([f"memory {n}"])[0])
-        storage.prepare(txid, [UpsertFact(fact, 0)])
         index.prepare(txid, [UpsertFact(fact, 0, embedding=vector)])
+        if layout == "last resource":
+            if n % 2 == 0:  # the crash came after the facts and the decision committed
+                storage.commit_with_decision(txid, [UpsertFact(fact, 0)], ("facts", "vectors"))
+            continue
+        storage.prepare(txid, [UpsertFact(fact, 0)])
         if n % 2 == 0:
             decided.append((txid, Decision.COMMIT, ("facts", "vectors")))
     for start in range(0, len(decided), 500):
@@ -71,24 +89,27 @@ def main() -> int:
         mem.close()
         rows.append({"case": "open, empty directory", "seconds": seconds})
 
-        print(f"  preparing {n} in-doubt transactions", file=sys.stderr, flush=True)
-        leave_in_doubt(base / "crashed", n)
-        seconds, mem = timed_open(base / "crashed", embedder=SameEmbedder())
-        facts = {f.id for f in mem.storage.all_facts()}
-        contents = mem.indexes[0].contents()
-        report = mem.verify()
-        assert len(facts) == (n + 1) // 2 and len(contents.committed) == len(facts), "recovery"
-        assert report.clean, "recovery left drift or staged branches"
-        mem.close()
-        rows.append(
-            {
-                "case": f"open + recover {n} in-doubt transactions",
-                "seconds": seconds,
-                "transactions_per_s": n / seconds,
-            }
-        )
+        for layout in LAYOUTS:
+            print(f"  staging {n} in-doubt transactions ({layout})", file=sys.stderr, flush=True)
+            crashed = base / layout.replace(" ", "-")
+            leave_in_doubt(crashed, n, layout)
+            seconds, mem = timed_open(crashed, embedder=SameEmbedder())
+            facts = {f.id for f in mem.storage.all_facts()}
+            contents = mem.indexes[0].contents()
+            report = mem.verify()
+            assert len(facts) == (n + 1) // 2, f"recovery ({layout}): {len(facts)} facts"
+            assert len(contents.committed) == len(facts), f"recovery ({layout}): vectors"
+            assert report.clean, f"recovery ({layout}) left drift or staged branches"
+            mem.close()
+            rows.append(
+                {
+                    "case": f"open + recover {n} in-doubt transactions ({layout})",
+                    "seconds": seconds,
+                    "transactions_per_s": n / seconds,
+                }
+            )
 
-        seconds, mem = timed_open(base / "crashed", embedder=SameEmbedder())
+        seconds, mem = timed_open(crashed, embedder=SameEmbedder())
         mem.close()
         rows.append({"case": f"open, {len(facts)} facts, nothing in doubt", "seconds": seconds})
 

@@ -4,11 +4,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import anyio
 import chromadb
 import pytest
 from qdrant_client import QdrantClient, models
@@ -292,6 +295,32 @@ def test_local_indexes_on_one_client_share_what_they_know(tmp_path: Path) -> Non
         (h.version, h.committed) for h in second.search(EMBEDDER.embed_query("tea"), 5, {})
     ] == [(2, True)]
     client.close()
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_local_collection_keeps_its_points_in_a_write_ahead_log(
+    tmp_path: Path, asynchronous: bool
+) -> None:
+    """Local mode's points file is switched to WAL (one fsync a commit, as durable): read
+    from the file itself, and what was staged is there after the client is reopened."""
+    from coordinator.plugins import open_participant
+
+    url = f"qdrant+local:///{tmp_path / 'qdrant'}?collection=walled"
+    index = open_participant(url, embedder=EMBEDDER, asynchronous=asynchronous)
+    txid = new_txid()
+    staged = [upsert(fact("a", 1, "green tea"))]
+    if asynchronous:
+        anyio.run(index.prepare, txid, staged)
+        anyio.run(index.close)
+    else:
+        index.prepare(txid, staged)
+        index.close()
+    (points_file,) = (tmp_path / "qdrant").glob("collection/walled/storage.sqlite")
+    with contextlib.closing(sqlite3.connect(points_file)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    again = open_participant(url, embedder=EMBEDDER)
+    assert again.recover() == [txid]
+    again.close()
 
 
 def test_a_delete_marker_outlives_what_it_deletes(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from participants._vectors import (
     search_filter,
     stage,
 )
-from participants.qdrant._catalog import Entry, PointCatalog, shared_local
+from participants.qdrant._catalog import Entry, PointCatalog, shared_local, write_ahead_log
 
 _PAGE = 512
 
@@ -344,6 +344,9 @@ class AsyncQdrantIndex(VectorIndexBase):
             raise
         except Exception as exc:
             raise self._error("open", None, exc) from exc
+        if _is_local(self._client):
+            async with self._guard:
+                write_ahead_log(self._client, self._collection)
         self._ready = True
 
     async def _create_collection(self) -> bool:
