@@ -306,13 +306,18 @@ def test_a_local_collection_keeps_its_points_in_a_write_ahead_log(
     from coordinator.plugins import open_participant
 
     url = f"qdrant+local:///{tmp_path / 'qdrant'}?collection=walled"
-    index = open_participant(url, embedder=EMBEDDER, asynchronous=asynchronous)
     txid = new_txid()
     staged = [upsert(fact("a", 1, "green tea"))]
     if asynchronous:
-        anyio.run(index.prepare, txid, staged)
-        anyio.run(index.close)
+
+        async def stage_async() -> None:
+            index = open_participant(url, embedder=EMBEDDER, asynchronous=True)
+            await index.prepare(txid, staged)
+            await index.close()
+
+        anyio.run(stage_async)
     else:
+        index = open_participant(url, embedder=EMBEDDER)
         index.prepare(txid, staged)
         index.close()
     (points_file,) = (tmp_path / "qdrant").glob("collection/walled/storage.sqlite")
