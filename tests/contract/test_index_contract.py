@@ -372,6 +372,40 @@ def test_a_delete_marker_outlives_what_it_deletes(tmp_path: Path) -> None:
     client.close()
 
 
+def test_a_chroma_delete_marker_outlives_what_it_deletes(tmp_path: Path) -> None:
+    """Chroma deletes by call: the versions a delete replaces go in one call, its marker in
+    the next, so a commit cut off after the first still leaves the marker to finish from."""
+    client = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
+    index = ChromaIndex(client, "notes", "content", embedder=EMBEDDER)
+    for version, text in ((1, "green tea"), (2, "mint tea")):
+        txid = new_txid()
+        index.prepare(txid, [upsert(fact("a", version, text))])
+        index.commit(txid)
+    delete = new_txid()
+    index.prepare(delete, [DeleteFact("a", 2)])
+    collection = client.get_collection("notes")
+    marker = collection.get(where={"op": "delete"})["ids"]
+    assert len(marker) == 1
+    real_delete, calls = type(index._collection).delete, []
+
+    def cut_short(self: object, ids: list[str], **kwargs: object) -> None:
+        calls.append(ids)
+        if len(calls) == 1:  # the worst prefix: the marker (if in this call) went first
+            if marker[0] in ids:
+                real_delete(self, ids=marker)
+            raise ConnectionError("killed half way through the delete")
+        real_delete(self, ids=ids, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(index._collection), "delete", cut_short)
+        with pytest.raises(LockstepError):
+            index.commit(delete)
+    assert calls and marker[0] not in calls[0], "the marker must not go with the versions"
+    assert collection.get(where={"op": "delete"})["ids"] == marker
+    index.commit(delete)  # what recovery does with the COMMIT record
+    assert collection.get()["ids"] == [] and index.contents().committed == {}
+
+
 @pytest.mark.parametrize("catalog", [True, False])
 def test_a_batch_with_two_versions_of_a_fact_keeps_the_newest(
     tmp_path: Path, catalog: bool
