@@ -12,15 +12,20 @@ after each write succeeded, and loaded again after any write failed.
 Local mode also keeps each collection's points in a SQLite file that it commits once per
 point, in SQLite's default rollback-journal mode (several fsyncs a commit).
 :func:`write_ahead_log` switches that file to WAL with ``synchronous=FULL``: one fsync a
-commit, just as durable (the setting stays with the file).
+commit, just as durable (the setting stays with the file). A batch of phase-2 work
+(recovery, deferred finishing) goes further with :func:`synced_once`: its point commits
+are appended to the WAL unsynced and made durable together by one checkpoint before the
+batch returns, so before the decision log records the batch's END. A crash in between
+loses at most a tail of the batch (the WAL keeps its prefix), which is redone from the log.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,9 +137,8 @@ def write_ahead_log(client: Any, collection: str) -> bool:
     """Put the points file of a local-mode ``collection`` in WAL mode, ``synchronous=FULL``
     (call with the client's guard held). False, and nothing changed, when the client does
     not keep the file where this version of qdrant-client does."""
-    local_collection = getattr(getattr(client, "_client", None), "collections", {}).get(collection)
-    connection = getattr(getattr(local_collection, "storage", None), "storage", None)
-    if not isinstance(connection, sqlite3.Connection):
+    connection = _points_file(client, collection)
+    if connection is None:
         return False
     try:
         mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -143,3 +147,35 @@ def write_ahead_log(client: Any, collection: str) -> bool:
         log.info("Qdrant local collection %r keeps its journal mode: %s", collection, exc)
         return False
     return str(mode).lower() == "wal"
+
+
+@contextlib.contextmanager
+def synced_once(client: Any, collection: str) -> Iterator[None]:
+    """(Guard held.) The point writes inside share one fsync, taken before this returns.
+
+    :raises sqlite3.OperationalError: the closing checkpoint could not copy every frame
+        (another connection reading the file); the batch is then not known to be durable.
+    """
+    connection = _points_file(client, collection)
+    if connection is None or connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        yield
+        return
+    connection.execute("PRAGMA synchronous=NORMAL")
+    try:
+        yield
+    finally:
+        connection.execute("PRAGMA synchronous=FULL")
+    # Syncs the WAL, copies it into the file and syncs that: every commit above is durable.
+    busy, frames, copied = connection.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+    if busy or frames != copied:
+        raise sqlite3.OperationalError(
+            f"checkpoint of Qdrant collection {collection!r} copied {copied} of {frames} "
+            "frames (the file is being read elsewhere); the batch is redone from the log"
+        )
+
+
+def _points_file(client: Any, collection: str) -> sqlite3.Connection | None:
+    """The SQLite connection in which a local-mode client keeps ``collection``'s points."""
+    local_collection = getattr(getattr(client, "_client", None), "collections", {}).get(collection)
+    connection = getattr(getattr(local_collection, "storage", None), "storage", None)
+    return connection if isinstance(connection, sqlite3.Connection) else None

@@ -328,6 +328,45 @@ def test_a_local_collection_keeps_its_points_in_a_write_ahead_log(
     again.close()
 
 
+def test_a_local_batch_is_durable_when_it_returns_and_says_when_it_is_not(
+    tmp_path: Path,
+) -> None:
+    """A batch of phase-2 work shares one sync, a checkpoint taken before ``commit_many``
+    returns, with the connection back to ``synchronous=FULL`` after; if a reader elsewhere
+    keeps the checkpoint from finishing, the batch fails (so its END is not recorded) and
+    committing again completes it."""
+    client = QdrantClient(path=str(tmp_path / "qdrant"))
+    index = QdrantIndex(client, "batched", "content", embedder=EMBEDDER)
+    txids = [new_txid() for _ in range(6)]
+    for i, txid in enumerate(txids):
+        index.prepare(txid, [upsert(fact(f"f{i}", 1, f"note {i}"))])
+    (points_file,) = (tmp_path / "qdrant").glob("collection/batched/storage.sqlite")
+    connection = client._client.collections["batched"].storage.storage  # type: ignore[attr-defined]
+
+    with contextlib.closing(sqlite3.connect(points_file)) as reader:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM points").fetchone()  # holds a snapshot
+        with pytest.raises(LockstepError, match="checkpoint"):
+            index.commit_many(txids[:3])
+        reader.execute("COMMIT")
+    assert connection.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+    index.commit_many(txids[:3])  # the redrive
+    index.commit_many(txids[3:])
+    assert connection.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert index.recover() == []
+    assert index.contents().committed == {f"f{i}": 1 for i in range(6)}
+    client.close()
+    again = QdrantIndex(
+        QdrantClient(path=str(tmp_path / "qdrant")),
+        "batched",
+        "content",
+        embedder=EMBEDDER,
+        owns_client=True,
+    )
+    assert again.contents().committed == {f"f{i}": 1 for i in range(6)}
+    again.close()
+
+
 def test_a_delete_marker_outlives_what_it_deletes(tmp_path: Path) -> None:
     """Local mode deletes point by point: the marker must be deleted last, so a commit cut
     short still leaves it, and committing again (recovery's redrive) finishes the delete."""

@@ -28,7 +28,13 @@ from participants._vectors import (
     search_filter,
     stage,
 )
-from participants.qdrant._catalog import Entry, PointCatalog, shared_local, write_ahead_log
+from participants.qdrant._catalog import (
+    Entry,
+    PointCatalog,
+    shared_local,
+    synced_once,
+    write_ahead_log,
+)
 
 _PAGE = 512
 
@@ -140,7 +146,8 @@ class AsyncQdrantIndex(VectorIndexBase):
         try:
             if self._catalog is not None:
                 async with self._guard:
-                    await self._commit_known(self._catalog.of(txids))
+                    with synced_once(self._client, self._collection):
+                        await self._commit_known(self._catalog.of(txids))
                 return
             chosen = set(txids)
             points = await self._scroll(None)
@@ -238,7 +245,8 @@ class AsyncQdrantIndex(VectorIndexBase):
         try:
             if self._catalog is not None:
                 async with self._guard:
-                    await self._abort_known(txids)
+                    with synced_once(self._client, self._collection):
+                        await self._abort_known(txids)
                 return
             chosen = set(txids)
             doomed = [

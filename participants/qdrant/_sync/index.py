@@ -30,7 +30,13 @@ from participants._vectors import (
     search_filter,
     stage,
 )
-from participants.qdrant._catalog import Entry, PointCatalog, shared_local, write_ahead_log
+from participants.qdrant._catalog import (
+    Entry,
+    PointCatalog,
+    shared_local,
+    synced_once,
+    write_ahead_log,
+)
 
 _PAGE = 512
 
@@ -141,7 +147,7 @@ class QdrantIndex(VectorIndexBase):
         self._ensure_collection()
         try:
             if self._catalog is not None:
-                with self._guard:
+                with self._guard, synced_once(self._client, self._collection):
                     self._commit_known(self._catalog.of(txids))
                 return
             chosen = set(txids)
@@ -237,7 +243,7 @@ class QdrantIndex(VectorIndexBase):
         self._ensure_collection()
         try:
             if self._catalog is not None:
-                with self._guard:
+                with self._guard, synced_once(self._client, self._collection):
                     self._abort_known(txids)
                 return
             chosen = set(txids)
