@@ -80,6 +80,10 @@ _SCHEMA = (
         fact_id TEXT PRIMARY KEY, txid TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS lockstep_claim_locks (
         claim TEXT PRIMARY KEY, txid TEXT NOT NULL)""",
+    # A branch's locks are released by txid: without these, resolving n branches at once
+    # (recovery) scans both tables n times.
+    "CREATE INDEX IF NOT EXISTS lockstep_locks_txid ON lockstep_locks (txid)",
+    "CREATE INDEX IF NOT EXISTS lockstep_claim_locks_txid ON lockstep_claim_locks (txid)",
     """CREATE TABLE IF NOT EXISTS lockstep_prepared (
         txid TEXT PRIMARY KEY, prepared_at REAL NOT NULL, meta TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS lockstep_aborted (

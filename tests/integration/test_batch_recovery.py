@@ -4,6 +4,7 @@ in the middle of a batch is finished by the next pass (G5)."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -130,3 +131,19 @@ def test_a_crash_inside_a_batch_is_finished_by_the_next_pass(tmp_path: Path, poi
     state.recover()
     state.check_resolved()
     state.mem.close()
+
+
+def test_a_batch_releases_each_branchs_locks_through_an_index(tmp_path: Path) -> None:
+    """Resolving n branches deletes their lock rows by txid n times: each delete must use
+    an index, or a recovery of thousands of branches scans the lock tables thousands of
+    times (asked of SQLite's own query planner, on the file the storage made)."""
+    storage = SQLiteStorage(tmp_path / "facts.db")
+    storage.prepare(new_txid(), [UpsertFact(FactRecord("a", "note", {"content": "x"}, 1), 0)])
+    storage.close()
+    connection = sqlite3.connect(tmp_path / "facts.db")
+    for table in ("lockstep_locks", "lockstep_claim_locks", "lockstep_staged"):
+        plan = connection.execute(
+            f"EXPLAIN QUERY PLAN DELETE FROM {table} WHERE txid = ?", ("t",)
+        ).fetchall()
+        assert any("USING" in str(row[-1]) and "INDEX" in str(row[-1]) for row in plan), plan
+    connection.close()
