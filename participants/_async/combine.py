@@ -103,9 +103,10 @@ class AsyncWriteCombiner(Generic[T]):
                 request.error = exc
                 request.done = True
         try:
-            if len(admitted) == 1 or not await self._write_all(admitted):
-                for request in admitted:  # one by one: each gets its own outcome
-                    await self._write_one(request)
+            if len(admitted) > 1 and await self._write_all(admitted):
+                return
+            for request in admitted:  # one by one: each gets its own outcome
+                await self._write_one(request)
         except BaseException as exc:
             # Interrupted (a cancellation, a simulated crash): whether the write landed is
             # unknown, so every request still waiting fails and its transaction aborts.
@@ -116,8 +117,7 @@ class AsyncWriteCombiner(Generic[T]):
             raise
 
     async def _write_all(self, batch: list[_Request[T]]) -> bool:
-        if not batch:
-            return True
+        """One call for the whole batch; False (nothing marked done) if it failed."""
         try:
             self.calls += 1
             await self._write([item for request in batch for item in request.items])

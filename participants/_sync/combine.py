@@ -105,9 +105,10 @@ class WriteCombiner(Generic[T]):
                 request.error = exc
                 request.done = True
         try:
-            if len(admitted) == 1 or not self._write_all(admitted):
-                for request in admitted:  # one by one: each gets its own outcome
-                    self._write_one(request)
+            if len(admitted) > 1 and self._write_all(admitted):
+                return
+            for request in admitted:  # one by one: each gets its own outcome
+                self._write_one(request)
         except BaseException as exc:
             # Interrupted (a cancellation, a simulated crash): whether the write landed is
             # unknown, so every request still waiting fails and its transaction aborts.
@@ -118,8 +119,7 @@ class WriteCombiner(Generic[T]):
             raise
 
     def _write_all(self, batch: list[_Request[T]]) -> bool:
-        if not batch:
-            return True
+        """One call for the whole batch; False (nothing marked done) if it failed."""
         try:
             self.calls += 1
             self._write([item for request in batch for item in request.items])

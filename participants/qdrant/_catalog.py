@@ -137,7 +137,7 @@ def write_ahead_log(client: Any, collection: str) -> bool:
     """Put the points file of a local-mode ``collection`` in WAL mode, ``synchronous=FULL``
     (call with the client's guard held). False, and nothing changed, when the client does
     not keep the file where this version of qdrant-client does."""
-    connection = _points_file(client, collection)
+    connection = points_file(client, collection)
     if connection is None:
         return False
     try:
@@ -156,7 +156,7 @@ def synced_once(client: Any, collection: str) -> Iterator[None]:
     :raises sqlite3.OperationalError: the closing checkpoint could not copy every frame
         (another connection reading the file); the batch is then not known to be durable.
     """
-    connection = _points_file(client, collection)
+    connection = points_file(client, collection)
     if connection is None or connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
         yield
         return
@@ -174,7 +174,7 @@ def synced_once(client: Any, collection: str) -> Iterator[None]:
         )
 
 
-def _points_file(client: Any, collection: str) -> sqlite3.Connection | None:
+def points_file(client: Any, collection: str) -> sqlite3.Connection | None:
     """The SQLite connection in which a local-mode client keeps ``collection``'s points."""
     local_collection = getattr(getattr(client, "_client", None), "collections", {}).get(collection)
     connection = getattr(getattr(local_collection, "storage", None), "storage", None)

@@ -32,6 +32,7 @@ from coordinator.abc import Index
 from coordinator.embeddings import HashingEmbedder
 from participants.chroma import ChromaIndex
 from participants.qdrant import QdrantIndex
+from participants.qdrant._catalog import points_file
 
 EMBEDDER = HashingEmbedder(16)
 Opener = Callable[[], Index]
@@ -320,8 +321,8 @@ def test_a_local_collection_keeps_its_points_in_a_write_ahead_log(
         index = open_participant(url, embedder=EMBEDDER)
         index.prepare(txid, staged)
         index.close()
-    (points_file,) = (tmp_path / "qdrant").glob("collection/walled/storage.sqlite")
-    with contextlib.closing(sqlite3.connect(points_file)) as conn:
+    (the_file,) = (tmp_path / "qdrant").glob("collection/walled/storage.sqlite")
+    with contextlib.closing(sqlite3.connect(the_file)) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     again = open_participant(url, embedder=EMBEDDER)
     assert again.recover() == [txid]
@@ -340,10 +341,11 @@ def test_a_local_batch_is_durable_when_it_returns_and_says_when_it_is_not(
     txids = [new_txid() for _ in range(6)]
     for i, txid in enumerate(txids):
         index.prepare(txid, [upsert(fact(f"f{i}", 1, f"note {i}"))])
-    (points_file,) = (tmp_path / "qdrant").glob("collection/batched/storage.sqlite")
-    connection = client._client.collections["batched"].storage.storage  # type: ignore[attr-defined]
+    (the_file,) = (tmp_path / "qdrant").glob("collection/batched/storage.sqlite")
+    connection = points_file(client, "batched")
+    assert connection is not None
 
-    with contextlib.closing(sqlite3.connect(points_file)) as reader:
+    with contextlib.closing(sqlite3.connect(the_file)) as reader:
         reader.execute("BEGIN")
         reader.execute("SELECT count(*) FROM points").fetchone()  # holds a snapshot
         with pytest.raises(LockstepError, match="checkpoint"):
@@ -367,17 +369,23 @@ def test_a_local_batch_is_durable_when_it_returns_and_says_when_it_is_not(
     again.close()
 
 
-def test_a_delete_marker_outlives_what_it_deletes(tmp_path: Path) -> None:
-    """Local mode deletes point by point: the marker must be deleted last, so a commit cut
-    short still leaves it, and committing again (recovery's redrive) finishes the delete."""
-    client = QdrantClient(path=str(tmp_path / "qdrant"))
-    index = QdrantIndex(client, "c", "content", embedder=EMBEDDER)
+def stage_a_delete_of_two_versions(index: Index) -> str:
+    """Commit versions 1 and 2 of fact ``a``, then prepare its delete; the delete's txid."""
     for version, text in ((1, "green tea"), (2, "mint tea")):
         txid = new_txid()
         index.prepare(txid, [upsert(fact("a", version, text))])
         index.commit(txid)
     delete = new_txid()
     index.prepare(delete, [DeleteFact("a", 2)])
+    return delete
+
+
+def test_a_delete_marker_outlives_what_it_deletes(tmp_path: Path) -> None:
+    """Local mode deletes point by point: the marker must be deleted last, so a commit cut
+    short still leaves it, and committing again (recovery's redrive) finishes the delete."""
+    client = QdrantClient(path=str(tmp_path / "qdrant"))
+    index = QdrantIndex(client, "c", "content", embedder=EMBEDDER)
+    delete = stage_a_delete_of_two_versions(index)
     real_delete, calls = client.delete, []
 
     def cut_short(collection: str, selector: models.PointIdsList, **kwargs: object) -> object:
@@ -416,12 +424,7 @@ def test_a_chroma_delete_marker_outlives_what_it_deletes(tmp_path: Path) -> None
     the next, so a commit cut off after the first still leaves the marker to finish from."""
     client = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
     index = ChromaIndex(client, "notes", "content", embedder=EMBEDDER)
-    for version, text in ((1, "green tea"), (2, "mint tea")):
-        txid = new_txid()
-        index.prepare(txid, [upsert(fact("a", version, text))])
-        index.commit(txid)
-    delete = new_txid()
-    index.prepare(delete, [DeleteFact("a", 2)])
+    delete = stage_a_delete_of_two_versions(index)
     collection = client.get_collection("notes")
     marker = collection.get(where={"op": "delete"})["ids"]
     assert len(marker) == 1

@@ -49,8 +49,9 @@ class AsyncChromaIndex(VectorIndexBase):
     :param embedder: turns text into vectors (default: :func:`default_embedder`).
     :param target_types: fact types this index holds (default: every type).
     :param name: participant name (default ``chroma:<collection_name>``).
-    :param combine_writes: let concurrent prepares stage their points in one upsert (a
-        Chroma call costs about the same for one point as for eight); on by default.
+    :param combine_writes: let concurrent prepares stage their points in one upsert, and
+        concurrent commits go in one batch (a Chroma call costs about the same for one
+        point as for eight); on by default.
     """
 
     def __init__(
