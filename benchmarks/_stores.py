@@ -32,14 +32,19 @@ def lockstep_store(spec: dict[str, Any], asynchronous: bool = False) -> Any:
     Optional ``spec["policy"]``: Policy fields to change; ``spec["log"]``: a decision log
     URL instead of the storage's own (``?group_commit=0`` on a SQLite log turns group
     commit off); ``spec["index_query"]``: more query parameters for the index URL
-    (``&combine_writes=0``).
+    (``&combine_writes=0``); ``spec["storage_query"]``: a query for a SQLite storage's URL
+    (``?group_commit=0``).
     """
     from coordinator import AsyncMemoryStore, MemoryStore, Policy
     from coordinator.plugins import open_decision_log, open_participant
 
     d = Path(spec["dir"])
     combo = spec["combo"]
-    storage_url = f"sqlite:///{d / 'facts.db'}" if combo.startswith("sqlite") else spec["pg_url"]
+    storage_url = (
+        f"sqlite:///{d / 'facts.db'}{spec.get('storage_query', '')}"
+        if combo.startswith("sqlite")
+        else spec["pg_url"]
+    )
     mirror_urls = [f"{spec['redis_url']}?prefix={spec['prefix']}"] if "redis" in combo else []
     options = f"collection={spec['collection']}&text_field=content{spec.get('index_query', '')}"
     index_urls = []

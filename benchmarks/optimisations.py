@@ -1,11 +1,12 @@
 """Each optimisation of the protocol on and off, through the memory API, on real stores.
 
-One-phase commit (a storage alone), the last-resource commit (the storage holding the
-decision log: the default for SQLite and Postgres, compared here on Postgres with the log
-passed explicitly), concurrent prepares, write combining (group commit of a Chroma index's
-prepares: concurrent transactions stage their points in one upsert), and deferred finishing
-of the indexes. Group commit of a separate decision log, which the memory API's default no
-longer writes to, is measured by ``benchmarks.engine``. Every configuration writes the same workload (inserts, then
+One-phase commit (a storage alone), group commit of the SQLite storage (concurrent
+one-phase and last-resource commits in one local transaction), the last-resource commit
+(the storage holding the decision log: the default for SQLite and Postgres, compared here
+on Postgres with the log passed explicitly), concurrent prepares, write combining (group
+commit of a Chroma index's prepares: concurrent transactions stage their points in one
+upsert), and deferred finishing of the indexes. Group commit of a separate decision log,
+which the memory API's default no longer writes to, is measured by ``benchmarks.engine``. Every configuration writes the same workload (inserts, then
 updates of the same facts) with 1 writer and 8 writer threads, each run in its own child
 process, configurations alternating inside every round. Each optimisation is compared with
 the default configuration of the same stores in the same run.
@@ -33,6 +34,11 @@ MODULE = "benchmarks.optimisations"
 # state in that configuration)
 TOGGLES: dict[str, tuple[list[str], dict[str, Any], str]] = {
     "one-phase commit": (["sqlite"], {"policy": {"one_phase": False}}, "off"),
+    "group commit": (
+        ["sqlite", "sqlite + qdrant local"],
+        {"storage_query": "?group_commit=0"},
+        "off",
+    ),
     "last resource": (["postgres + redis + chroma server"], {"log": "{pg_url}"}, "off"),
     "concurrent prepare": (
         ["sqlite + qdrant local", "postgres + redis + chroma server"],

@@ -42,6 +42,12 @@ def path_of(url: str) -> str:
     return os.path.expanduser(path)
 
 
+def query_flag(url: str, name: str, default: bool = True) -> bool:
+    """A yes/no option from a URL's query (``0``, ``false`` and ``no`` mean off)."""
+    values = parse_qs(urlsplit(url).query).get(name)
+    return default if not values else values[-1].lower() not in ("0", "false", "no")
+
+
 def available_schemes() -> list[str]:
     return sorted(ep.name for ep in entry_points(group=PARTICIPANTS_GROUP))
 
@@ -102,9 +108,7 @@ def open_decision_log(url: str, *, asynchronous: bool = False) -> DecisionLog | 
     log: DecisionLog
     found = [ep for ep in entry_points(group=LOGS_GROUP) if ep.name == scheme]
     if scheme == "sqlite":
-        query = parse_qs(urlsplit(url).query)
-        grouped = query.get("group_commit", ["1"])[-1].lower() not in ("0", "false", "no")
-        log = SQLiteDecisionLog(path_of(url), group_commit=grouped)
+        log = SQLiteDecisionLog(path_of(url), group_commit=query_flag(url, "group_commit"))
     elif scheme == "memory":
         log = MemoryDecisionLog()
     elif found:

@@ -27,6 +27,7 @@ from coordinator.abc import Embedder, Hit
 from coordinator.embeddings import default_embedder, embedder_from_spec
 from coordinator.errors import ConfigurationError, UsageError
 from coordinator.ids import check_participant_name
+from coordinator.plugins import query_flag
 from coordinator.records import DeleteFact, FactRecord, JSONValue, UpsertFact, Write
 from participants._fence import AbortFence
 
@@ -269,5 +270,5 @@ def url_options(url: str, embedder: Embedder | None) -> UrlOptions:
         metadata_fields=[f for f in params.get("metadata_fields", "").split(",") if f],
         target_types=[t for t in params.get("types", "").split(",") if t] or None,
         embedder=embedder,
-        combine_writes=params.get("combine_writes", "1").lower() not in ("0", "false", "no"),
+        combine_writes=query_flag(url, "combine_writes"),
     )

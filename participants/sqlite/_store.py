@@ -13,7 +13,13 @@ Theory of operation:
   ``prepared`` row was already finished.
 * ``abort`` deletes the staging and the locks, and leaves a tombstone that refuses a
   prepare of the same txid arriving later. ``recover`` lists ``prepared`` rows.
-* ``commit_one_phase`` checks and applies in one local transaction, with no staging.
+* ``commit_one_phase`` checks and applies in one local transaction, with no staging;
+  ``commit_with_decision`` does the same and records the COMMIT decision in it (the last
+  resource). Concurrent local commits are group-committed: the first caller commits alone,
+  callers arriving meanwhile queue, and the next turn applies everything queued in one
+  transaction (one fsync), each transaction checked against what the ones before it wrote.
+  If that transaction fails, each is committed again on its own, so a refusal (a version
+  conflict, a decision recovery fenced) fails its own transaction only.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from coordinator.abc import Decision, TransactionEntry, Vote
@@ -54,6 +61,7 @@ from participants._checks import (
     transaction_meta,
     version_conflict,
 )
+from participants._sync.combine import WriteCombiner
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS lockstep_facts (
@@ -95,14 +103,34 @@ ABORT_FENCE_SECONDS = 24 * 3600.0
 _CHUNK = 500
 
 
+@dataclass(frozen=True, slots=True)
+class _LocalCommit:
+    """One transaction's writes for a local (unstaged) commit."""
+
+    txid: str
+    writes: Sequence[FactWrite]
+    meta: TransactionMeta
+    decision_for: Sequence[str] | None
+
+
 class SQLiteStore:
     """Facts, history, the transaction log and staged branches in one SQLite file."""
 
-    def __init__(self, path: str | os.PathLike[str], name: str, busy_timeout: float) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        name: str,
+        busy_timeout: float,
+        group_commit: bool = True,
+    ) -> None:
         self.path = os.fspath(path)
         self.name = name
         self._lock = threading.RLock()
         self._log_inside = False
+        self.local_commits: WriteCombiner[_LocalCommit] | None = (
+            WriteCombiner(name, self._commit_batch) if group_commit else None
+        )
+        """The group committer of local commits (``None``: each commits alone)."""
         with self._translated():
             self._conn = sqlite3.connect(
                 self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
@@ -206,11 +234,21 @@ class SQLiteStore:
         checked = fact_writes(self.name, writes)
         for seq, write in enumerate(checked):
             _staged_row(txid, seq, write)  # refuses a payload that is not JSON
-        with self._lock, self._translated(txid), self._transaction():
-            if decision_for is not None:
-                self._record_commit(txid, decision_for)
-            self._check(txid, checked)
-            self._apply(txid, checked, transaction_meta(writes))
+        local = _LocalCommit(txid, checked, transaction_meta(writes), decision_for)
+        if self.local_commits is None:
+            self._commit_batch([local])
+        else:
+            self.local_commits.submit(txid, [local])
+
+    def _commit_batch(self, batch: list[_LocalCommit]) -> None:
+        """Check and apply each commit of ``batch`` in turn, in one local transaction."""
+        one = batch[0].txid if len(batch) == 1 else None
+        with self._lock, self._translated(one), self._transaction():
+            for local in batch:
+                if local.decision_for is not None:
+                    self._record_commit(local.txid, local.decision_for)
+                self._check(local.txid, local.writes)
+                self._apply(local.txid, local.writes, local.meta)
 
     def _record_commit(self, txid: str, participants: Sequence[str]) -> None:
         if not self._has_decision_table():

@@ -25,13 +25,20 @@ class SQLiteStorage:
     :param path: the database file; created if missing.
     :param name: the participant name (recorded in the decision log; keep it stable).
     :param busy_timeout: seconds to wait for another writer's lock.
+    :param group_commit: let concurrent one-phase and last-resource commits share one
+        local transaction (one fsync); a refused one still fails alone.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, name: str = "sqlite", busy_timeout: float = 30.0
+        self,
+        path: str | os.PathLike[str],
+        *,
+        name: str = "sqlite",
+        busy_timeout: float = 30.0,
+        group_commit: bool = True,
     ) -> None:
         self._name = check_participant_name(name)
-        self.store = SQLiteStore(path, self._name, busy_timeout)
+        self.store = SQLiteStore(path, self._name, busy_timeout, group_commit)
 
     @property
     def name(self) -> str:

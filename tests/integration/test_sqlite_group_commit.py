@@ -1,0 +1,131 @@
+"""Group commit of the SQLite storage's local commits (one-phase and last resource).
+
+Each test holds the group committer's turn while transactions queue behind it, so the
+batch the next turn commits is known exactly; assertions read the SQLite file itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator import ConfigurationError, TransactionAborted, VersionConflict, new_txid
+from coordinator.abc import Decision
+from coordinator.log import SQLiteDecisionLog
+from coordinator.plugins import open_participant
+from coordinator.records import FactRecord, UpsertFact
+from participants._sync.combine import WriteCombiner
+from participants.sqlite import SQLiteStorage
+from tests.integration.test_write_combining import queue_behind
+
+
+def upsert(fact_id: str, version: int, text: str) -> UpsertFact:
+    return UpsertFact(FactRecord(fact_id, "note", {"content": text}, version), version - 1)
+
+
+def committer_of(storage: SQLiteStorage) -> WriteCombiner[object]:
+    combiner = storage.store.local_commits
+    assert combiner is not None
+    return combiner  # type: ignore[return-value]
+
+
+def rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_queued_commits_share_one_local_transaction(tmp_path: Path) -> None:
+    storage = SQLiteStorage(tmp_path / "facts.db")
+    committer = committer_of(storage)
+    calls = committer.calls
+    txids = [new_txid() for _ in range(4)]
+    outcome = queue_behind(
+        committer,
+        {
+            txid: functools.partial(storage.commit_one_phase, txid, [upsert(f"f{i}", 1, "x")])
+            for i, txid in enumerate(txids)
+        },
+    )
+    assert outcome == dict.fromkeys(txids)
+    assert committer.calls == calls + 1, "four commits, one transaction"
+    assert rows(tmp_path / "facts.db", "SELECT id, version FROM lockstep_facts ORDER BY id") == [
+        (f"f{i}", 1) for i in range(4)
+    ]
+    assert sorted(
+        t for (t,) in rows(tmp_path / "facts.db", "SELECT txid FROM lockstep_transactions")
+    ) == sorted(txids)
+    storage.close()
+
+
+def test_a_refused_commit_fails_alone_and_its_batch_mates_land(tmp_path: Path) -> None:
+    storage = SQLiteStorage(tmp_path / "facts.db")
+    storage.commit_one_phase(new_txid(), [upsert("old", 1, "first version")])
+    committer = committer_of(storage)
+    calls = committer.calls
+    first, stale, last = new_txid(), new_txid(), new_txid()
+    outcome = queue_behind(
+        committer,
+        {
+            first: functools.partial(storage.commit_one_phase, first, [upsert("a", 1, "a")]),
+            # Expects version 0 of a fact at version 1: a version conflict.
+            stale: functools.partial(storage.commit_one_phase, stale, [upsert("old", 1, "lost")]),
+            last: functools.partial(storage.commit_one_phase, last, [upsert("c", 1, "c")]),
+        },
+    )
+    assert outcome[first] is None and outcome[last] is None, outcome
+    assert isinstance(outcome[stale], VersionConflict), outcome
+    assert committer.calls == calls + 4, "the batch failed, then each committed on its own"
+    facts = dict(
+        rows(
+            tmp_path / "facts.db",
+            "SELECT id, json_extract(record, '$.payload.content') FROM lockstep_facts",
+        )
+    )
+    assert facts == {"old": "first version", "a": "a", "c": "c"}
+    storage.close()
+
+
+def test_a_decision_fenced_by_recovery_fails_alone(tmp_path: Path) -> None:
+    """Last resource: a txid recovery already decided ABORT for is refused; the others in
+    its batch commit with their COMMIT records."""
+    path = tmp_path / "facts.db"
+    log = SQLiteDecisionLog(path)
+    storage = SQLiteStorage(path, name="facts")
+    fenced, kept = new_txid(), new_txid()
+    assert log.decide(fenced, Decision.ABORT, ["index", "facts"]) is Decision.ABORT
+    committer = committer_of(storage)
+    outcome = queue_behind(
+        committer,
+        {
+            txid: functools.partial(
+                storage.commit_with_decision, txid, [upsert(txid, 1, "x")], ["index", "facts"]
+            )
+            for txid in (fenced, kept)
+        },
+    )
+    assert isinstance(outcome[fenced], TransactionAborted), outcome
+    assert outcome[kept] is None, outcome
+    assert rows(path, "SELECT id FROM lockstep_facts") == [(kept,)]
+    assert dict(rows(path, "SELECT txid, decision FROM lockstep_decisions")) == {
+        fenced: "abort",
+        kept: "commit",
+    }
+    storage.close()
+    log.close()
+
+
+def test_group_commit_can_be_turned_off(tmp_path: Path) -> None:
+    alone = open_participant(f"sqlite:///{tmp_path / 'a.db'}?group_commit=0")
+    assert isinstance(alone, SQLiteStorage) and alone.store.local_commits is None
+    alone.commit_one_phase(new_txid(), [upsert("f", 1, "still commits")])
+    assert rows(tmp_path / "a.db", "SELECT id FROM lockstep_facts") == [("f",)]
+    alone.close()
+    grouped = open_participant(f"sqlite:///{tmp_path / 'b.db'}")
+    assert isinstance(grouped, SQLiteStorage) and grouped.store.local_commits is not None
+    grouped.close()
+    with pytest.raises(ConfigurationError, match="group_comit"):
+        open_participant(f"sqlite:///{tmp_path / 'c.db'}?group_comit=0")
