@@ -10,7 +10,9 @@ the layer is measured, not a model. Every measurement runs in its own child proc
 in its own environment, ``benchmarks/.venv-memstate``); systems alternate inside every round,
 and the first system of a round alternates too. Lockstep is durable (SQLite
 ``synchronous=FULL``, Postgres ``fsync=on``, Redis ``appendfsync always``); MemState keeps its
-own settings (SQLite ``synchronous=NORMAL``).
+own settings (SQLite ``synchronous=NORMAL``). Beside latency and throughput, the writer
+process's CPU time per operation: on in-process stores both systems are CPU-bound on a
+small machine, and throughput follows it.
 
     python -m benchmarks.commit_cost [--ops 200] [--rounds 2] [--combos a,b] [--json out.json]
 """
@@ -62,11 +64,15 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             with lock:
                 latencies.extend(mine)
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         run_threads(work, writers)
         if spec["system"] != "memstate":
             mem.flush()  # deferred work left in the queue is part of the cost
-        results[op] = {"latencies": latencies, "seconds": time.perf_counter() - started}
+        results[op] = {
+            "latencies": latencies,
+            "seconds": time.perf_counter() - started,
+            "cpu_seconds": time.process_time() - cpu,
+        }
     return results
 
 
@@ -110,11 +116,15 @@ async def _async_child(spec: dict[str, Any], writers: int, per_writer: int) -> d
                     ids[w].append(result)
                 latencies.append(time.perf_counter() - started)
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(work(w) for w in range(writers)))
         if system != "memstate":
             await mem.flush()  # deferred work left in the queue is part of the cost
-        results[op] = {"latencies": latencies, "seconds": time.perf_counter() - started}
+        results[op] = {
+            "latencies": latencies,
+            "seconds": time.perf_counter() - started,
+            "cpu_seconds": time.process_time() - cpu,
+        }
     return results
 
 
@@ -175,10 +185,12 @@ def main() -> int:
                                 continue
                             for op, r in result.items():
                                 slot = merged.setdefault(
-                                    (combo, mode, op, system), {"latencies": [], "seconds": 0.0}
+                                    (combo, mode, op, system),
+                                    {"latencies": [], "seconds": 0.0, "cpu_seconds": 0.0},
                                 )
                                 slot["latencies"] += r["latencies"]
                                 slot["seconds"] += r["seconds"]
+                                slot["cpu_seconds"] += r["cpu_seconds"]
                         print(f"  round {round_ + 1}: {combo}, {mode}", file=sys.stderr, flush=True)
         finally:
             servers.stop()
@@ -218,6 +230,9 @@ def _rows(
                     row[f"{system}_p50_ms"] = round(_pct(r["latencies"], 0.5), 2)
                     row[f"{system}_p99_ms"] = round(_pct(r["latencies"], 0.99), 2)
                     row[f"{system}_ops_per_s"] = round(len(r["latencies"]) / r["seconds"], 1)
+                    row[f"{system}_cpu_ms"] = round(
+                        r["cpu_seconds"] / len(r["latencies"]) * 1000, 2
+                    )
                 for system in SYSTEMS[1:]:
                     if "memstate_p50_ms" in row and f"{system}_p50_ms" in row:
                         row[f"{system}_p50_ratio"] = round(
@@ -225,6 +240,9 @@ def _rows(
                         )
                         row[f"{system}_throughput_ratio"] = round(
                             row[f"{system}_ops_per_s"] / row["memstate_ops_per_s"], 2
+                        )
+                        row[f"{system}_cpu_ratio"] = round(
+                            row[f"{system}_cpu_ms"] / max(row["memstate_cpu_ms"], 0.01), 2
                         )
                 rows.append(row)
     return rows
@@ -261,8 +279,27 @@ def _print(
                 str(r[f"{system}_ops_per_s"]) + (f" ({tratio}x)" if tratio is not None else "")
             )
         print("| " + " | ".join([r["combo"], r["mode"], r["op"], *latency, *throughput]) + " |")
+    _print_cpu(rows)
     for (combo, mode, system), why in failures.items():
         print(f"\nnot measured: {LABELS[system]} on {combo}, {mode}: {why}")
+
+
+def _print_cpu(rows: list[dict[str, Any]]) -> None:
+    """CPU time per operation: where a run is CPU-bound (in-process stores, two cores),
+    throughput follows it, whatever the concurrency."""
+    print(
+        "\nCPU time per operation (ms: the writer process's user + system time over the "
+        "run, deferred batches included; the servers' own time is not counted):\n"
+    )
+    print("| stores | writers | op | " + " | ".join(LABELS[s] for s in SYSTEMS) + " |")
+    print("|---|---|---|" + "---:|" * len(SYSTEMS))
+    for r in rows:
+        cells = []
+        for system in SYSTEMS:
+            ratio = r.get(f"{system}_cpu_ratio")
+            cpu = r.get(f"{system}_cpu_ms")
+            cells.append("—" if cpu is None else f"{cpu}" + (f" ({ratio}x)" if ratio else ""))
+        print("| " + " | ".join([r["combo"], r["mode"], r["op"], *cells]) + " |")
 
 
 if __name__ == "__main__":
