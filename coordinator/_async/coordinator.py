@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Collection, Generator, Mapping, Sequence
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from coordinator import telemetry
 from coordinator._acompat import AsyncEffectRunner, agather, asleep
@@ -89,6 +89,11 @@ class AsyncCoordinator:
                 raise UsageError(f"two participants are named {name!r}; names must be unique")
             by_name[name] = participant
         self._participants = by_name
+        # Capabilities, asked once (isinstance on a runtime-checkable Protocol is slow).
+        self._one_phase = {n for n, p in by_name.items() if isinstance(p, AsyncSupportsOnePhase)}
+        self._last_resources = {
+            n for n, p in by_name.items() if isinstance(p, AsyncSupportsLastResource)
+        }
         self._log = log
         self._policy = policy or Policy()
         self._fault = fault_hook
@@ -133,15 +138,9 @@ class AsyncCoordinator:
         txid = new_txid() if txid is None else check_txid(txid)
         branches = self._branches(writes)
         names = tuple(sorted(branches))
-        one_phase = (
-            self._policy.one_phase
-            and len(names) == 1
-            and isinstance(self._participants[names[0]], AsyncSupportsOnePhase)
-        )
+        one_phase = self._policy.one_phase and len(names) == 1 and names[0] in self._one_phase
         last = self._policy.last_resource
-        if last is not None and not isinstance(
-            self._participants.get(last), AsyncSupportsLastResource
-        ):
+        if last is not None and last not in self._last_resources:
             raise UsageError(
                 f"Policy.last_resource={last!r} names no participant able to commit with the "
                 f"decision (configured: {sorted(self._participants)})"
@@ -313,9 +312,8 @@ class AsyncCoordinator:
                 with telemetry.phase_span("commit_one_phase", txid):
                     self._fault(f"before_one_phase:{name}")
                     try:
-                        participant = self._participants[name]
-                        assert isinstance(participant, AsyncSupportsOnePhase)
-                        await participant.commit_one_phase(txid, branches[name])
+                        one = cast(AsyncSupportsOnePhase, self._participants[name])
+                        await one.commit_one_phase(txid, branches[name])
                     except Exception as exc:
                         return CommittedOnePhase(exc)
                     self._fault(f"after_one_phase:{name}")
@@ -324,9 +322,8 @@ class AsyncCoordinator:
                 with telemetry.phase_span("commit_last_resource", txid):
                     self._fault("before_decision")
                     try:
-                        participant = self._participants[name]
-                        assert isinstance(participant, AsyncSupportsLastResource)
-                        await participant.commit_with_decision(txid, branches[name], names)
+                        last = cast(AsyncSupportsLastResource, self._participants[name])
+                        await last.commit_with_decision(txid, branches[name], names)
                     except Exception as exc:
                         return CommittedOnePhase(exc)
                     self._fault("after_decision")

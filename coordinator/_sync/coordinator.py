@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Collection, Generator, Mapping, Sequence
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from coordinator import telemetry
 from coordinator._acompat import EffectRunner, gather, sleep
@@ -91,6 +91,11 @@ class Coordinator:
                 raise UsageError(f"two participants are named {name!r}; names must be unique")
             by_name[name] = participant
         self._participants = by_name
+        # Capabilities, asked once (isinstance on a runtime-checkable Protocol is slow).
+        self._one_phase = {n for n, p in by_name.items() if isinstance(p, SupportsOnePhase)}
+        self._last_resources = {
+            n for n, p in by_name.items() if isinstance(p, SupportsLastResource)
+        }
         self._log = log
         self._policy = policy or Policy()
         self._fault = fault_hook
@@ -135,13 +140,9 @@ class Coordinator:
         txid = new_txid() if txid is None else check_txid(txid)
         branches = self._branches(writes)
         names = tuple(sorted(branches))
-        one_phase = (
-            self._policy.one_phase
-            and len(names) == 1
-            and isinstance(self._participants[names[0]], SupportsOnePhase)
-        )
+        one_phase = self._policy.one_phase and len(names) == 1 and names[0] in self._one_phase
         last = self._policy.last_resource
-        if last is not None and not isinstance(self._participants.get(last), SupportsLastResource):
+        if last is not None and last not in self._last_resources:
             raise UsageError(
                 f"Policy.last_resource={last!r} names no participant able to commit with the "
                 f"decision (configured: {sorted(self._participants)})"
@@ -311,9 +312,8 @@ class Coordinator:
                 with telemetry.phase_span("commit_one_phase", txid):
                     self._fault(f"before_one_phase:{name}")
                     try:
-                        participant = self._participants[name]
-                        assert isinstance(participant, SupportsOnePhase)
-                        participant.commit_one_phase(txid, branches[name])
+                        one = cast(SupportsOnePhase, self._participants[name])
+                        one.commit_one_phase(txid, branches[name])
                     except Exception as exc:
                         return CommittedOnePhase(exc)
                     self._fault(f"after_one_phase:{name}")
@@ -322,9 +322,8 @@ class Coordinator:
                 with telemetry.phase_span("commit_last_resource", txid):
                     self._fault("before_decision")
                     try:
-                        participant = self._participants[name]
-                        assert isinstance(participant, SupportsLastResource)
-                        participant.commit_with_decision(txid, branches[name], names)
+                        last = cast(SupportsLastResource, self._participants[name])
+                        last.commit_with_decision(txid, branches[name], names)
                     except Exception as exc:
                         return CommittedOnePhase(exc)
                     self._fault("after_decision")
