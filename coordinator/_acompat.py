@@ -12,10 +12,13 @@ pair has the same semantics:
   simulated crash, a cancellation) propagates.
 * ``ablocking``/``blocking`` run a blocking call (off the event loop for async callers).
 * ``asleep``/``sleep`` pause.
+* ``ashielded``/``shielded``: a block that a cancellation does not interrupt (cleanup that
+  must finish, such as handing a connection back); nothing in the sync twin.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -139,6 +142,14 @@ async def aresolve(value: Any) -> Any:
 
 def resolve(value: Any) -> Any:
     return value
+
+
+def ashielded() -> anyio.CancelScope:
+    return anyio.CancelScope(shield=True)
+
+
+def shielded() -> contextlib.nullcontext[None]:
+    return contextlib.nullcontext()
 
 
 async def asleep(seconds: float) -> None:

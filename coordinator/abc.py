@@ -150,6 +150,57 @@ class SupportsLastResource(Protocol):
     ) -> None: ...
 
 
+@runtime_checkable
+class AsyncStagedCommit(Protocol):
+    """A last resource's local transaction, staged and left open (see
+    :class:`AsyncSupportsStagedLastResource`). Each method ends it; call one, once."""
+
+    async def commit(self, participants: Sequence[str]) -> None:
+        """Commit it, naming ``participants`` in the COMMIT record: the commit point.
+
+        :raises TransactionInDoubt: the connection failed during COMMIT.
+        """
+        ...
+
+    async def rollback(self) -> None:
+        """Roll it back: its writes and its COMMIT record were never there."""
+        ...
+
+
+@runtime_checkable
+class StagedCommit(Protocol):
+    """The synchronous twin of :class:`AsyncStagedCommit`."""
+
+    def commit(self, participants: Sequence[str]) -> None: ...
+
+    def rollback(self) -> None: ...
+
+
+@runtime_checkable
+class AsyncSupportsStagedLastResource(Protocol):
+    """A last resource that can stage its local transaction while the others prepare.
+
+    ``stage_with_decision`` does all of ``commit_with_decision`` but the COMMIT: the
+    writes are checked and written, the COMMIT record (naming ``participants``) is inserted,
+    and the transaction is left open, holding its locks, until the returned handle commits
+    or rolls it back. It raises what ``commit_with_decision`` raises for a refusal, and
+    leaves nothing open when it does.
+    """
+
+    async def stage_with_decision(
+        self, txid: str, writes: Sequence[Write], participants: Sequence[str]
+    ) -> AsyncStagedCommit: ...
+
+
+@runtime_checkable
+class SupportsStagedLastResource(Protocol):
+    """The synchronous twin of :class:`AsyncSupportsStagedLastResource`."""
+
+    def stage_with_decision(
+        self, txid: str, writes: Sequence[Write], participants: Sequence[str]
+    ) -> StagedCommit: ...
+
+
 @dataclass(frozen=True, slots=True)
 class DecisionRecord:
     """One row of the decision log.

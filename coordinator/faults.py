@@ -7,8 +7,10 @@ so nothing in the driver cleans up after it) or kill the process.
 Commit: ``before_prepare:{p}``, ``after_prepare:{p}``, ``before_decision``,
 ``after_decision``, ``before_commit:{p}``, ``after_commit:{p}``, ``before_abort:{p}``,
 ``before_one_phase:{p}``, ``after_one_phase:{p}``, ``before_end`` (with a last resource,
-``before_decision``/``after_decision`` surround its commit; a deferred-finishing batch
-passes recovery's ``recovery_before_resolve:{p}``/``recovery_after_resolve:{p}``).
+``before_decision``/``after_decision`` surround its commit, and a last resource that
+stages its transaction while the others prepare passes ``before_stage:{p}`` and
+``after_stage:{p}`` meanwhile; a deferred-finishing batch passes recovery's
+``recovery_before_resolve:{p}``/``recovery_after_resolve:{p}``).
 Recovery: ``recovery_after_list``, ``recovery_after_decide``, ``recovery_before_resolve:{p}``,
 ``recovery_after_resolve:{p}``.
 
@@ -60,11 +62,19 @@ def commit_points(participants: Sequence[str]) -> list[str]:
     ]
 
 
-def last_resource_points(participants: Sequence[str], last: str) -> list[str]:
+def last_resource_points(
+    participants: Sequence[str], last: str, *, staged: bool = False
+) -> list[str]:
     """Every point a commit passes when ``last`` commits together with the decision (it
     neither prepares nor commits on its own: ``before_decision``/``after_decision``
-    surround its local transaction)."""
-    return commit_points([p for p in participants if p != last])
+    surround its local transaction; ``staged``: it stages that transaction while the
+    others prepare, passing ``before_stage``/``after_stage``, which come before
+    ``before_decision`` but in no fixed order with the others' prepare points)."""
+    points = commit_points([p for p in participants if p != last])
+    if staged:
+        decision = points.index("before_decision")
+        points[decision:decision] = [f"before_stage:{last}", f"after_stage:{last}"]
+    return points
 
 
 def recovery_points(participants: Sequence[str]) -> list[str]:

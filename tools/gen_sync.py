@@ -32,6 +32,7 @@ REPLACEMENTS = {
     "aresolve": "resolve",
     "ALock": "Lock",
     "aclose": "close",
+    "ashielded": "shielded",
 }
 
 

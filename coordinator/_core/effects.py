@@ -16,10 +16,15 @@ from coordinator.abc import Decision, DecisionRecord, Vote
 
 @dataclass(frozen=True, slots=True)
 class PrepareAll:
-    """Prepare every participant in ``participants``. Reply: :class:`Prepared`."""
+    """Prepare every participant in ``participants``; with ``stage``, also stage that last
+    resource at the same time (its writes and the COMMIT record, naming ``participants``
+    and itself, in a local transaction left open). Reply: :class:`Prepared`, with the
+    staged participant's vote among the others (``YES`` once staged).
+    """
 
     txid: str
     participants: tuple[str, ...]
+    stage: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +50,24 @@ class CommittedOnePhase:
 @dataclass(frozen=True, slots=True)
 class CommitLastResource:
     """Commit the last resource in one local transaction that also records COMMIT for
-    ``txid`` (naming ``participants``) in the decision log it holds. That commit is the
-    commit point. Reply: :class:`CommittedOnePhase`.
+    ``txid`` (naming ``participants``) in the decision log it holds: the transaction
+    ``PrepareAll`` staged, or a new one. That commit is the commit point.
+    Reply: :class:`CommittedOnePhase`.
     """
 
     txid: str
     participant: str
     participants: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RollBackStaged:
+    """Roll back the last resource's staged transaction: now if it is staged, as soon as
+    it is if its staging is still running, not at all if staging failed. Reply: ``None``.
+    """
+
+    txid: str
+    participant: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +210,7 @@ Effect = (
     PrepareAll
     | CommitOnePhase
     | CommitLastResource
+    | RollBackStaged
     | PersistDecision
     | AbortAll
     | FinishAll

@@ -14,9 +14,11 @@ Rule 5. The END record is written lazily, only once every branch acknowledged.
 Rule 6. One participant with a one-phase capability commits in one local step and needs
         no log record; read-only participants leave after phase 1.
 Rule 7. Last resource: when one participant holds the decision log in its own database,
-        the others prepare first; then that participant commits its writes and the COMMIT
-        record in one local transaction, which is the commit point. If that transaction's
-        fate is unknown (connection lost), nothing is aborted: the log will say.
+        it commits its writes and the COMMIT record in one local transaction, which is the
+        commit point, once every other participant voted yes. It may stage that
+        transaction (written, left open) while the others prepare; a staged transaction
+        is rolled back before the others are aborted. If the commit's fate is unknown
+        (connection lost), nothing is aborted: the log will say.
 Rule 8. Deferred finishing: phase 2 of the participants the caller names as deferrable
         (derived indexes whose readers check every hit against the source of truth) is
         not done inside the transaction. The other branches are finished first; then
@@ -43,6 +45,7 @@ from coordinator._core.effects import (
     Prepared,
     RecordEnd,
     Reply,
+    RollBackStaged,
 )
 from coordinator.abc import Decision, Vote
 from coordinator.errors import (
@@ -68,6 +71,7 @@ def commit_protocol(
     *,
     one_phase: bool = False,
     last_resource: str | None = None,
+    stage_last: bool = False,
     deferred: tuple[str, ...] = (),
 ) -> CommitProtocol:
     """Run one transaction over ``participants`` (names, already validated).
@@ -76,6 +80,7 @@ def commit_protocol(
         allows it.
     :param last_resource: a participant (among ``participants``) to commit last together
         with the decision record (Rule 7).
+    :param stage_last: stage the last resource's transaction while the others prepare.
     :param deferred: participants whose phase 2 may be queued for a batch (Rule 8).
     :returns: the :class:`Outcome` once the transaction committed.
     :raises TransactionAborted: (or a subclass) when nothing was committed.
@@ -92,7 +97,11 @@ def commit_protocol(
         return Outcome(txid, Decision.COMMIT, participants, one_phase=True)
 
     if last_resource is not None and last_resource in participants:
-        return (yield from _with_last_resource(txid, participants, last_resource, policy, deferred))
+        return (
+            yield from _with_last_resource(
+                txid, participants, last_resource, policy, deferred, stage_last
+            )
+        )
 
     reply = yield PrepareAll(txid, participants)
     assert isinstance(reply, Prepared)
@@ -178,18 +187,22 @@ def _with_last_resource(
     last: str,
     policy: Policy,
     deferred: tuple[str, ...],
+    staged: bool,
 ) -> CommitProtocol:
     others = tuple(name for name in participants if name != last)
-    reply = yield PrepareAll(txid, others)
+    reply = yield PrepareAll(txid, others, stage=last if staged else None)
     assert isinstance(reply, Prepared)
+    voting = (*others, last) if staged else others
     refusals = {
         name: vote
-        for name in others
+        for name in voting
         if isinstance(vote := reply.votes.get(name, TimeoutError("no vote")), BaseException)
     }
     if refusals:
-        yield AbortAll(txid, others)  # the last resource has nothing staged yet
-        raise _refusal_error(txid, others, refusals)
+        if staged:
+            yield RollBackStaged(txid, last)
+        yield AbortAll(txid, others)  # the last resource holds nothing durable
+        raise _refusal_error(txid, voting, refusals)
     voters = tuple(name for name in others if reply.votes[name] is Vote.YES)
     read_only = tuple(name for name in others if reply.votes[name] is Vote.READ_ONLY)
     committed = yield CommitLastResource(txid, last, (*voters, last))

@@ -41,6 +41,7 @@ from coordinator._core.effects import (
     RecordsRead,
     Reply,
     ResolveBranches,
+    RollBackStaged,
 )
 from coordinator._core.protocol import commit_protocol
 from coordinator._core.recovery import recovery_plan
@@ -48,9 +49,11 @@ from coordinator.abc import (
     Decision,
     DecisionLog,
     Participant,
+    StagedCommit,
     SupportsBatchResolve,
     SupportsLastResource,
     SupportsOnePhase,
+    SupportsStagedLastResource,
     Vote,
 )
 from coordinator.errors import LockstepError, UsageError
@@ -95,6 +98,9 @@ class Coordinator:
         self._one_phase = {n for n, p in by_name.items() if isinstance(p, SupportsOnePhase)}
         self._last_resources = {
             n for n, p in by_name.items() if isinstance(p, SupportsLastResource)
+        }
+        self._stageable = {
+            n for n, p in by_name.items() if isinstance(p, SupportsStagedLastResource)
         }
         self._log = log
         self._policy = policy or Policy()
@@ -158,17 +164,27 @@ class Coordinator:
             self._policy,
             one_phase=one_phase,
             last_resource=last,
+            # Staging the last resource beside the others' prepares only pays when they
+            # run concurrently.
+            stage_last=self._policy.concurrent_prepare and last in self._stageable,
             deferred=deferred,
         )
+        staged = _Staged()
         with telemetry.transaction_span(txid, names) as span:
             try:
                 outcome = self._drive(
-                    protocol, functools.partial(self._run_commit_effect, branches)
+                    protocol, functools.partial(self._run_commit_effect, branches, staged)
                 )
             except LockstepError as err:
                 span.set_attribute(telemetry.ATTR_OUTCOME, type(err).__name__)
                 telemetry.count_abort(type(err).__name__)
                 raise
+            finally:
+                left = staged.take()
+                if left is not None:
+                    # Only a crash inside the protocol leaves it open: end it as the
+                    # server would end a dead client's (nothing was committed).
+                    left.rollback()
             span.set_attribute(
                 telemetry.ATTR_OUTCOME, "committed" if outcome.complete else "unfinished"
             )
@@ -297,17 +313,30 @@ class Coordinator:
             return result
 
     def _run_commit_effect(
-        self, branches: Mapping[str, tuple[Write, ...]], effect: Effect
+        self, branches: Mapping[str, tuple[Write, ...]], staged: _Staged, effect: Effect
     ) -> Reply:
         match effect:
-            case PrepareAll(txid, names):
+            case PrepareAll(txid, names, stage):
+                calls = [functools.partial(self._prepare, txid, n, branches[n]) for n in names]
+                if stage is not None:
+                    calls.append(
+                        functools.partial(
+                            self._stage_last, txid, stage, branches[stage], (*names, stage), staged
+                        )
+                    )
+                    names = (*names, stage)
                 with telemetry.phase_span("prepare", txid):
                     votes = gather(
-                        [functools.partial(self._prepare, txid, n, branches[n]) for n in names],
+                        calls,
                         timeout=self._policy.prepare_timeout,
                         concurrent=self._policy.concurrent_prepare,
                     )
                 return Prepared(dict(zip(names, votes, strict=True)))
+            case RollBackStaged():
+                handle = staged.take()
+                if handle is not None:
+                    handle.rollback()
+                return None
             case CommitOnePhase(txid, name):
                 with telemetry.phase_span("commit_one_phase", txid):
                     self._fault(f"before_one_phase:{name}")
@@ -322,8 +351,12 @@ class Coordinator:
                 with telemetry.phase_span("commit_last_resource", txid):
                     self._fault("before_decision")
                     try:
-                        last = cast(SupportsLastResource, self._participants[name])
-                        last.commit_with_decision(txid, branches[name], names)
+                        handle = staged.take()
+                        if handle is not None:
+                            handle.commit(names)
+                        else:
+                            last = cast(SupportsLastResource, self._participants[name])
+                            last.commit_with_decision(txid, branches[name], names)
                     except Exception as exc:
                         return CommittedOnePhase(exc)
                     self._fault("after_decision")
@@ -363,6 +396,25 @@ class Coordinator:
                 len(self._deferred) >= self._policy.deferred_batch
                 or now - self._deferred_since >= self._policy.deferred_max_age
             )
+
+    def _stage_last(
+        self,
+        txid: str,
+        name: str,
+        writes: Sequence[Write],
+        names: tuple[str, ...],
+        staged: _Staged,
+    ) -> Vote:
+        with telemetry.participant_span("stage", name):
+            self._fault(f"before_stage:{name}")
+            participant = cast(SupportsStagedLastResource, self._participants[name])
+            handle = participant.stage_with_decision(txid, writes, names)
+        if not staged.put(handle):
+            # The commit moved on without it (its prepare timeout): nothing may stay open.
+            handle.rollback()
+            raise TimeoutError(f"{name} was staged after the transaction gave up on it")
+        self._fault(f"after_stage:{name}")
+        return Vote.YES
 
     def _prepare(self, txid: str, name: str, writes: Sequence[Write]) -> Vote:
         with telemetry.participant_span("prepare", name):
@@ -499,3 +551,28 @@ class Coordinator:
         else:
             participant.abort(txid)
         self._fault(f"recovery_after_resolve:{name}")
+
+
+class _Staged:
+    """One commit's staged last-resource transaction, handed from staging (possibly on
+    another thread, possibly after the commit gave up waiting) to whoever ends it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._handle: StagedCommit | None = None
+        self._closed = False
+
+    def put(self, handle: StagedCommit) -> bool:
+        """Keep ``handle``; False if the commit has moved on (the caller must end it)."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._handle = handle
+            return True
+
+    def take(self) -> StagedCommit | None:
+        """The staged handle, if any, for the caller to end; later ``put``s are refused."""
+        with self._lock:
+            self._closed = True
+            handle, self._handle = self._handle, None
+            return handle

@@ -50,6 +50,7 @@ INSERT_COMMIT_DECISION = (
     "INSERT INTO lockstep_decisions (txid, decision, participants, decided_at) "
     "VALUES (%s, 'commit', %s, %s) ON CONFLICT (txid) DO NOTHING RETURNING txid"
 )
+SET_DECISION_PARTICIPANTS = "UPDATE lockstep_decisions SET participants = %s WHERE txid = %s"
 SCHEMA = TABLES + DECISIONS_SCHEMA
 SCHEMA_PRESENT = (
     "SELECT to_regclass('lockstep_markers') IS NOT NULL "

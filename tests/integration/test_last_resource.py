@@ -4,6 +4,8 @@ COMMIT record riding in the Postgres transaction (no PREPARE there, no separate 
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,8 +14,18 @@ import psycopg
 import pytest
 from qdrant_client import QdrantClient
 
-from coordinator import Fact, MemoryStore, Policy, TransactionAborted, UsageError, new_txid
+from coordinator import (
+    Fact,
+    MemoryStore,
+    Policy,
+    RecoveryReport,
+    TransactionAborted,
+    UsageError,
+    VersionConflict,
+    new_txid,
+)
 from coordinator.embeddings import HashingEmbedder
+from coordinator.records import FactRecord, UpsertFact
 from participants.postgres import PostgresDecisionLog, PostgresStorage
 from participants.qdrant import QdrantIndex
 from participants.sqlite import SQLiteStorage
@@ -38,6 +50,33 @@ def prepared_here(dsn: str) -> list[str]:
             "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()"
         ).fetchall()
     return [r[0] for r in rows]
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.01)
+
+
+def lock_waits(dsn: str) -> int:
+    """Sessions of this database waiting on a lock."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def open_transactions(dsn: str) -> int:
+    """Other sessions of this database inside a transaction."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%%'"
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def test_the_commit_record_rides_in_the_postgres_transaction(postgres_dsn: str) -> None:
@@ -81,7 +120,10 @@ def test_recovery_that_fences_first_makes_the_last_resource_abort(
     stores: list[MemoryStore] = []
 
     def recover_first(point: str) -> None:
-        if point == "before_decision":
+        # SQLite commits after the index prepared; Postgres stages its transaction while
+        # the index prepares: fence before that staging writes the COMMIT record.
+        if point in ("before_decision", "before_stage:postgres"):
+            wait_for(lambda: stores[0].indexes[0].recover() != [], "the index to prepare")
             # Another process's recoverer decides ABORT for this (old) transaction first.
             report = stores[0].coordinator_with(in_doubt_timeout=0.001).recover()
             assert len(report.fenced) == 1
@@ -94,6 +136,62 @@ def test_recovery_that_fences_first_makes_the_last_resource_abort(
         tx.commit(Fact(id="x", type="note", payload={"content": "too slow"}))
     assert mem.get("x") is None
     assert mem.indexes[0].contents().committed == {} and mem.indexes[0].recover() == []
+    mem.close()
+
+
+def test_a_recovery_racing_a_staged_last_resource_waits_and_obeys_its_commit(
+    postgres_dsn: str,
+) -> None:
+    """Postgres staged its writes and the COMMIT record, uncommitted, when a recoverer
+    finds the index's branch in doubt: the recoverer's ABORT waits on the record's row
+    lock, then finds COMMIT and obeys it."""
+    stores: list[MemoryStore] = []
+    reports: list[RecoveryReport] = []
+    racers: list[threading.Thread] = []
+
+    def race(point: str) -> None:
+        if point == "before_decision":  # staged, not yet committed
+            recoverer = stores[0].coordinator_with(in_doubt_timeout=0.001)
+            racers.append(threading.Thread(target=lambda: reports.append(recoverer.recover())))
+            racers[0].start()
+            wait_for(lambda: lock_waits(postgres_dsn) == 1, "the recoverer to wait on a lock")
+
+    mem = store(postgres_dsn, fault_hook=race)
+    stores.append(mem)
+    with mem.transaction() as tx:
+        tx.txid = new_txid(now=1.0)  # already older than the recoverer's timeout
+        tx.commit(Fact(id="x", type="note", payload={"content": "staged, then committed"}))
+    racers[0].join(30)
+    assert len(reports) == 1 and reports[0].fenced == ()
+    assert mem.get("x") is not None
+    assert mem.indexes[0].contents().committed == {"x": 1} and mem.indexes[0].recover() == []
+    with psycopg.connect(postgres_dsn) as conn:
+        rows = conn.execute("SELECT txid, decision FROM lockstep_decisions").fetchall()
+    assert rows == [(tx.txid, "commit")]
+    assert mem.verify().clean
+    mem.close()
+
+
+def test_a_staged_last_resource_that_is_refused_leaves_nothing_open(postgres_dsn: str) -> None:
+    """A version conflict found while staging aborts the index's prepared branch and
+    rolls the staged transaction back: no connection stays in a transaction."""
+    mem = store(postgres_dsn)
+    mem.commit(Fact(id="f", type="note", payload={"content": "first"}))
+    # A writer that still believes "f" is new: Postgres finds version 1.
+    stale = FactRecord("f", "note", {"content": "stale"}, 1)
+    embedding = tuple(HashingEmbedder(16).embed(["stale"])[0])
+    with pytest.raises(VersionConflict):
+        mem.coordinator.commit(
+            {
+                "postgres": [UpsertFact(stale, 0)],
+                "qdrant:notes": [UpsertFact(stale, 0, embedding=embedding)],
+            }
+        )
+    assert mem.indexes[0].recover() == []  # the index's prepared branch was aborted
+    assert open_transactions(postgres_dsn) == 0
+    assert (mem.get("f") or {}).get("payload") == {"content": "first"}
+    assert mem.indexes[0].contents().committed == {"f": 1}
+    assert mem.verify().clean
     mem.close()
 
 

@@ -34,6 +34,7 @@ from coordinator._core.effects import (
     Prepared,
     RecordEnd,
     Reply,
+    RollBackStaged,
 )
 from coordinator._core.protocol import commit_protocol
 from coordinator.outcomes import Outcome
@@ -370,11 +371,53 @@ def test_an_unknown_last_resource_outcome_is_in_doubt_and_aborts_nothing() -> No
     assert error is doubt
 
 
+def test_a_staged_last_resource_is_prepared_beside_the_others_then_committed() -> None:
+    def answer(effect: Effect) -> Reply:
+        if isinstance(effect, CommitLastResource):
+            return CommittedOnePhase()
+        return votes(a=Vote.YES, b=Vote.READ_ONLY, pg=Vote.YES)(effect)
+
+    effects, outcome = run_with_last(("a", "b", "pg"), "pg", answer, stage_last=True)
+    assert effects == [
+        PrepareAll(TXID, ("a", "b"), stage="pg"),
+        CommitLastResource(TXID, "pg", ("a", "pg")),  # the read-only voter is left out
+        FinishAll(TXID, ("a",)),
+        RecordEnd((TXID,)),
+    ]
+    assert isinstance(outcome, Outcome) and outcome.complete
+
+
+def test_a_refused_staging_rolls_back_then_aborts_the_others() -> None:
+    effects, error = run_with_last(
+        ("a", "pg"), "pg", votes(a=Vote.YES, pg=VersionConflict("stale")), stage_last=True
+    )
+    assert effects == [
+        PrepareAll(TXID, ("a",), stage="pg"),
+        RollBackStaged(TXID, "pg"),
+        AbortAll(TXID, ("a",)),
+    ]
+    assert isinstance(error, VersionConflict)
+
+
+def test_a_refusal_beside_a_staged_last_resource_rolls_it_back_first() -> None:
+    effects, error = run_with_last(
+        ("a", "pg"), "pg", votes(a=RuntimeError("no"), pg=Vote.YES), stage_last=True
+    )
+    assert effects[1:] == [RollBackStaged(TXID, "pg"), AbortAll(TXID, ("a",))]
+    assert isinstance(error, VoteRejected)
+
+
 def run_with_last(
-    participants: tuple[str, ...], last: str, answer: Callable[[Effect], Reply]
+    participants: tuple[str, ...],
+    last: str,
+    answer: Callable[[Effect], Reply],
+    *,
+    stage_last: bool = False,
 ) -> tuple[list[Effect], Outcome | BaseException]:
     effects: list[Effect] = []
-    protocol = commit_protocol(TXID, participants, POLICY, last_resource=last)
+    protocol = commit_protocol(
+        TXID, participants, POLICY, last_resource=last, stage_last=stage_last
+    )
     reply: Reply = None
     try:
         while True:
@@ -385,3 +428,60 @@ def run_with_last(
         return effects, stop.value
     except Exception as exc:
         return effects, exc
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["a", "b"]),
+        st.sampled_from(["yes", "read_only", "no", "timeout"]),
+        min_size=1,
+    ),
+    st.sampled_from(["yes", "no", "timeout"]),
+    st.sampled_from(["committed", "refused", "in doubt"]),
+)
+def test_a_staged_last_resource_commits_only_after_every_yes_and_is_never_left_open(
+    script: dict[str, str], staging: str, last_commit: str
+) -> None:
+    """Rules 1, 3 and 7 with the last resource staged beside the others' prepares."""
+    others = tuple(sorted(script))
+    as_vote: dict[str, Vote | BaseException] = {
+        "yes": Vote.YES,
+        "read_only": Vote.READ_ONLY,
+        "no": RuntimeError("no"),
+        "timeout": TimeoutError("late"),
+    }
+    replies = {n: as_vote[v] for n, v in script.items()} | {"pg": as_vote[staging]}
+    commit_error: BaseException | None = {
+        "committed": None,
+        "refused": TransactionAborted("recovery decided first"),
+        "in doubt": TransactionInDoubt("connection lost during COMMIT"),
+    }[last_commit]
+
+    def answer(effect: Effect) -> Reply:
+        if isinstance(effect, CommitLastResource):
+            return CommittedOnePhase(commit_error)
+        return votes(**replies)(effect)
+
+    effects, result = run_with_last((*others, "pg"), "pg", answer, stage_last=True)
+    assert effects[0] == PrepareAll(TXID, others, stage="pg")
+    everyone_yes = all(not isinstance(v, BaseException) for v in replies.values())
+    commits = [e for e in effects if isinstance(e, CommitLastResource)]
+    if not everyone_yes:
+        # Rule 3: the staged transaction is rolled back, then the others aborted.
+        assert effects[1:] == [RollBackStaged(TXID, "pg"), AbortAll(TXID, others)]
+        assert isinstance(result, TransactionAborted)
+        return
+    voters = tuple(n for n in others if replies[n] is Vote.YES)
+    assert commits == [CommitLastResource(TXID, "pg", (*voters, "pg"))]
+    assert not any(isinstance(e, RollBackStaged) for e in effects)  # it committed or tried
+    finishes = [e for e in effects if isinstance(e, FinishAll)]
+    if commit_error is None:
+        assert isinstance(result, Outcome) and not any(isinstance(e, AbortAll) for e in effects)
+        if voters:  # Rule 1: the others are told to commit only after the commit point
+            assert effects.index(commits[0]) < effects.index(finishes[0])
+    elif isinstance(commit_error, TransactionInDoubt):
+        assert result is commit_error and not finishes
+        assert not any(isinstance(e, AbortAll) for e in effects)  # the log will say
+    else:
+        assert isinstance(result, TransactionAborted) and not finishes
+        assert effects[-1] == AbortAll(TXID, voters)

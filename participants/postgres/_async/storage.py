@@ -29,7 +29,7 @@ from psycopg import AsyncConnection, errors
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from coordinator._acompat import ALock, asleep
+from coordinator._acompat import ALock, ashielded, asleep
 from coordinator.abc import AsyncDecisionLog, TransactionEntry, Vote
 from coordinator.errors import (
     ConfigurationError,
@@ -218,42 +218,76 @@ class AsyncPostgresStorage:
         """
         await self._commit_locally(txid, writes, participants)
 
+    async def stage_with_decision(
+        self, txid: str, writes: Sequence[Write], participants: Sequence[str]
+    ) -> AsyncStagedPostgresCommit:
+        """The last-resource commit, staged: these writes and the COMMIT decision written
+        in one local transaction that stays open (holding its row locks and a pooled
+        connection) until the returned handle commits or rolls it back. The coordinator
+        stages it while the other participants prepare, and commits it once they all voted
+        yes. A recovery deciding the same txid meanwhile waits on the decision row's lock.
+        """
+        await self._open()
+        conn = await self._pool.getconn()
+        try:
+            await self._stage_locally(conn, txid, writes, participants)
+        except BaseException:
+            with ashielded():  # a cancelled stage still hands its connection back
+                await _rollback_local(conn)
+                await self._pool.putconn(conn)
+            raise
+        return AsyncStagedPostgresCommit(self, conn, txid, tuple(participants))
+
     async def _commit_locally(
         self, txid: str, writes: Sequence[Write], decision_for: Sequence[str] | None
     ) -> None:
         """Stage and commit in one local transaction (with the COMMIT decision, if asked)."""
+        await self._open()
+        async with self._pool.connection() as conn:
+            await self._stage_locally(conn, txid, writes, decision_for)
+            await self._commit_staged(conn, txid)
+
+    async def _stage_locally(
+        self,
+        conn: AsyncConnection[Any],
+        txid: str,
+        writes: Sequence[Write],
+        decision_for: Sequence[str] | None,
+    ) -> None:
+        """Check and write ``writes`` (and the COMMIT decision, if asked) in ``conn``'s
+        transaction, left open; on a refusal, roll it back and raise."""
         facts = fact_writes(self._name, [w for w in writes if not isinstance(w, Execute)])
         statements = [w for w in writes if isinstance(w, Execute)]
         meta = transaction_meta(writes)
-        await self._open()
-        async with self._pool.connection() as conn:
-            try:
-                await self._stage(conn, txid, facts, statements, meta)
-                if decision_for is not None:
-                    inserted = await conn.execute(
-                        sql.INSERT_COMMIT_DECISION,
-                        (txid, Jsonb(list(decision_for)), time.time()),
+        try:
+            await self._stage(conn, txid, facts, statements, meta)
+            if decision_for is not None:
+                inserted = await conn.execute(
+                    sql.INSERT_COMMIT_DECISION,
+                    (txid, Jsonb(list(decision_for)), time.time()),
+                )
+                if await inserted.fetchone() is None:
+                    raise TransactionAborted(
+                        "recovery aborted this transaction before its COMMIT was recorded",
+                        txid=txid,
+                        participant=self._name,
                     )
-                    if await inserted.fetchone() is None:
-                        raise TransactionAborted(
-                            "recovery aborted this transaction before its COMMIT was recorded",
-                            txid=txid,
-                            participant=self._name,
-                        )
-            except LockstepError:
-                await conn.rollback()
-                raise
-            except psycopg.Error as exc:
-                await conn.rollback()
-                raise self._refusal(txid, exc) from exc
-            try:
-                await conn.commit()
-            except psycopg.OperationalError as exc:
-                raise TransactionInDoubt(
-                    f"the connection to Postgres failed during COMMIT: {exc}",
-                    txid=txid,
-                    participant=self._name,
-                ) from exc
+        except LockstepError:
+            await conn.rollback()
+            raise
+        except psycopg.Error as exc:
+            await conn.rollback()
+            raise self._refusal(txid, exc) from exc
+
+    async def _commit_staged(self, conn: AsyncConnection[Any], txid: str) -> None:
+        try:
+            await conn.commit()
+        except psycopg.OperationalError as exc:
+            raise TransactionInDoubt(
+                f"the connection to Postgres failed during COMMIT: {exc}",
+                txid=txid,
+                participant=self._name,
+            ) from exc
 
     # -- reads (committed data only) ----------------------------------------------------
 
@@ -467,6 +501,54 @@ class AsyncPostgresStorage:
         )
 
 
+class AsyncStagedPostgresCommit:
+    """A last-resource transaction staged by the storage's ``stage_with_decision``: open on
+    its own pooled connection until :meth:`commit` or :meth:`rollback` ends it."""
+
+    def __init__(
+        self,
+        storage: AsyncPostgresStorage,
+        conn: AsyncConnection[Any],
+        txid: str,
+        participants: tuple[str, ...],
+    ) -> None:
+        self._storage = storage
+        self._conn: AsyncConnection[Any] | None = conn
+        self._txid = txid
+        self._participants = participants
+
+    async def commit(self, participants: Sequence[str]) -> None:
+        """Commit (the commit point), first correcting the COMMIT record's participants
+        if some of those it was staged with turned out to have nothing to commit."""
+        conn = self._take()
+        try:
+            if tuple(participants) != self._participants:
+                try:
+                    await conn.execute(
+                        sql.SET_DECISION_PARTICIPANTS,
+                        (Jsonb(list(participants)), self._txid),
+                    )
+                except psycopg.Error as exc:
+                    await _rollback_local(conn)
+                    raise self._storage._refusal(self._txid, exc) from exc
+            await self._storage._commit_staged(conn, self._txid)
+        finally:
+            with ashielded():
+                await self._storage._pool.putconn(conn)
+
+    async def rollback(self) -> None:
+        conn = self._take()
+        with ashielded():
+            await _rollback_local(conn)
+            await self._storage._pool.putconn(conn)
+
+    def _take(self) -> AsyncConnection[Any]:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            raise UsageError(f"the staged commit of {self._txid} has already ended")
+        return conn
+
+
 async def _rollback_quietly(conn: AsyncConnection[Any]) -> None:
     """End a branch that failed before PREPARE (the server may have ended it already)."""
     try:
@@ -476,3 +558,12 @@ async def _rollback_quietly(conn: AsyncConnection[Any]) -> None:
             await conn.rollback()
         except psycopg.Error:
             pass
+
+
+async def _rollback_local(conn: AsyncConnection[Any]) -> None:
+    """Roll back a local transaction whose connection may be broken already (the server
+    then rolls it back itself)."""
+    try:
+        await conn.rollback()
+    except psycopg.Error:
+        pass

@@ -31,7 +31,7 @@ from psycopg import Connection, errors
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from coordinator._acompat import Lock, sleep
+from coordinator._acompat import Lock, shielded, sleep
 from coordinator.abc import DecisionLog, TransactionEntry, Vote
 from coordinator.errors import (
     ConfigurationError,
@@ -220,42 +220,76 @@ class PostgresStorage:
         """
         self._commit_locally(txid, writes, participants)
 
+    def stage_with_decision(
+        self, txid: str, writes: Sequence[Write], participants: Sequence[str]
+    ) -> StagedPostgresCommit:
+        """The last-resource commit, staged: these writes and the COMMIT decision written
+        in one local transaction that stays open (holding its row locks and a pooled
+        connection) until the returned handle commits or rolls it back. The coordinator
+        stages it while the other participants prepare, and commits it once they all voted
+        yes. A recovery deciding the same txid meanwhile waits on the decision row's lock.
+        """
+        self._open()
+        conn = self._pool.getconn()
+        try:
+            self._stage_locally(conn, txid, writes, participants)
+        except BaseException:
+            with shielded():  # a cancelled stage still hands its connection back
+                _rollback_local(conn)
+                self._pool.putconn(conn)
+            raise
+        return StagedPostgresCommit(self, conn, txid, tuple(participants))
+
     def _commit_locally(
         self, txid: str, writes: Sequence[Write], decision_for: Sequence[str] | None
     ) -> None:
         """Stage and commit in one local transaction (with the COMMIT decision, if asked)."""
+        self._open()
+        with self._pool.connection() as conn:
+            self._stage_locally(conn, txid, writes, decision_for)
+            self._commit_staged(conn, txid)
+
+    def _stage_locally(
+        self,
+        conn: Connection[Any],
+        txid: str,
+        writes: Sequence[Write],
+        decision_for: Sequence[str] | None,
+    ) -> None:
+        """Check and write ``writes`` (and the COMMIT decision, if asked) in ``conn``'s
+        transaction, left open; on a refusal, roll it back and raise."""
         facts = fact_writes(self._name, [w for w in writes if not isinstance(w, Execute)])
         statements = [w for w in writes if isinstance(w, Execute)]
         meta = transaction_meta(writes)
-        self._open()
-        with self._pool.connection() as conn:
-            try:
-                self._stage(conn, txid, facts, statements, meta)
-                if decision_for is not None:
-                    inserted = conn.execute(
-                        sql.INSERT_COMMIT_DECISION,
-                        (txid, Jsonb(list(decision_for)), time.time()),
+        try:
+            self._stage(conn, txid, facts, statements, meta)
+            if decision_for is not None:
+                inserted = conn.execute(
+                    sql.INSERT_COMMIT_DECISION,
+                    (txid, Jsonb(list(decision_for)), time.time()),
+                )
+                if inserted.fetchone() is None:
+                    raise TransactionAborted(
+                        "recovery aborted this transaction before its COMMIT was recorded",
+                        txid=txid,
+                        participant=self._name,
                     )
-                    if inserted.fetchone() is None:
-                        raise TransactionAborted(
-                            "recovery aborted this transaction before its COMMIT was recorded",
-                            txid=txid,
-                            participant=self._name,
-                        )
-            except LockstepError:
-                conn.rollback()
-                raise
-            except psycopg.Error as exc:
-                conn.rollback()
-                raise self._refusal(txid, exc) from exc
-            try:
-                conn.commit()
-            except psycopg.OperationalError as exc:
-                raise TransactionInDoubt(
-                    f"the connection to Postgres failed during COMMIT: {exc}",
-                    txid=txid,
-                    participant=self._name,
-                ) from exc
+        except LockstepError:
+            conn.rollback()
+            raise
+        except psycopg.Error as exc:
+            conn.rollback()
+            raise self._refusal(txid, exc) from exc
+
+    def _commit_staged(self, conn: Connection[Any], txid: str) -> None:
+        try:
+            conn.commit()
+        except psycopg.OperationalError as exc:
+            raise TransactionInDoubt(
+                f"the connection to Postgres failed during COMMIT: {exc}",
+                txid=txid,
+                participant=self._name,
+            ) from exc
 
     # -- reads (committed data only) ----------------------------------------------------
 
@@ -467,6 +501,54 @@ class PostgresStorage:
         )
 
 
+class StagedPostgresCommit:
+    """A last-resource transaction staged by the storage's ``stage_with_decision``: open on
+    its own pooled connection until :meth:`commit` or :meth:`rollback` ends it."""
+
+    def __init__(
+        self,
+        storage: PostgresStorage,
+        conn: Connection[Any],
+        txid: str,
+        participants: tuple[str, ...],
+    ) -> None:
+        self._storage = storage
+        self._conn: Connection[Any] | None = conn
+        self._txid = txid
+        self._participants = participants
+
+    def commit(self, participants: Sequence[str]) -> None:
+        """Commit (the commit point), first correcting the COMMIT record's participants
+        if some of those it was staged with turned out to have nothing to commit."""
+        conn = self._take()
+        try:
+            if tuple(participants) != self._participants:
+                try:
+                    conn.execute(
+                        sql.SET_DECISION_PARTICIPANTS,
+                        (Jsonb(list(participants)), self._txid),
+                    )
+                except psycopg.Error as exc:
+                    _rollback_local(conn)
+                    raise self._storage._refusal(self._txid, exc) from exc
+            self._storage._commit_staged(conn, self._txid)
+        finally:
+            with shielded():
+                self._storage._pool.putconn(conn)
+
+    def rollback(self) -> None:
+        conn = self._take()
+        with shielded():
+            _rollback_local(conn)
+            self._storage._pool.putconn(conn)
+
+    def _take(self) -> Connection[Any]:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            raise UsageError(f"the staged commit of {self._txid} has already ended")
+        return conn
+
+
 def _rollback_quietly(conn: Connection[Any]) -> None:
     """End a branch that failed before PREPARE (the server may have ended it already)."""
     try:
@@ -476,3 +558,12 @@ def _rollback_quietly(conn: Connection[Any]) -> None:
             conn.rollback()
         except psycopg.Error:
             pass
+
+
+def _rollback_local(conn: Connection[Any]) -> None:
+    """Roll back a local transaction whose connection may be broken already (the server
+    then rolls it back itself)."""
+    try:
+        conn.rollback()
+    except psycopg.Error:
+        pass
