@@ -27,7 +27,9 @@ class Policy:
     :ivar last_resource: the name of a participant whose database also holds the decision
         log (e.g. Postgres with :class:`PostgresDecisionLog` on the same database): it is
         committed last, in one local transaction that also records the COMMIT decision,
-        so it needs no PREPARE and the commit needs no separate log write.
+        so it needs no PREPARE and the commit needs no separate log write. One that can
+        stage that transaction (Postgres) does so while the others prepare, when
+        ``concurrent_prepare`` is on.
     :ivar deferred_finish: let the memory API queue its vector indexes' phase 2 (mark
         points committed, remove replaced versions) and finish it in batches, so a commit
         costs the index one write. ``MemoryStore.search`` stays exact (every hit is

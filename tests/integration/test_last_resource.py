@@ -25,7 +25,7 @@ from coordinator import (
     new_txid,
 )
 from coordinator.embeddings import HashingEmbedder
-from coordinator.records import FactRecord, UpsertFact
+from coordinator.records import FactRecord, TransactionMeta, UpsertFact
 from participants.postgres import PostgresDecisionLog, PostgresStorage
 from participants.qdrant import QdrantIndex
 from participants.sqlite import SQLiteStorage
@@ -192,6 +192,28 @@ def test_a_staged_last_resource_that_is_refused_leaves_nothing_open(postgres_dsn
     assert (mem.get("f") or {}).get("payload") == {"content": "first"}
     assert mem.indexes[0].contents().committed == {"f": 1}
     assert mem.verify().clean
+    mem.close()
+
+
+def test_a_staged_commit_record_names_only_the_participants_that_had_work(
+    postgres_dsn: str,
+) -> None:
+    """The record is staged naming every participant; an index with nothing to stage
+    votes read-only, and the record is corrected before COMMIT, so recovery never waits
+    on that index."""
+    mem = store(postgres_dsn)
+    task = FactRecord("t", "task", {"content": "the index has nothing to do"}, 1)
+    outcome = mem.coordinator.commit(
+        {"postgres": [UpsertFact(task, 0)], "qdrant:notes": [TransactionMeta("s1")]}
+    )
+    assert outcome.read_only == ("qdrant:notes",)
+    mem.commit(Fact(id="n", type="note", payload={"content": "for this index"}))
+    with psycopg.connect(postgres_dsn) as conn:
+        rows = conn.execute(
+            "SELECT participants FROM lockstep_decisions ORDER BY decided_at"
+        ).fetchall()
+    assert rows == [(["postgres"],), (["qdrant:notes", "postgres"],)]
+    assert mem.get("t") is not None and mem.indexes[0].contents().committed == {"n": 1}
     mem.close()
 
 
