@@ -3,7 +3,8 @@
 One-phase commit (a storage alone), group commit of the SQLite storage (concurrent
 one-phase and last-resource commits in one local transaction), the last-resource commit
 (the storage holding the decision log: the default for SQLite and Postgres, compared here
-on Postgres with the log passed explicitly), concurrent prepares, write combining (group
+on Postgres with the log passed explicitly), the last resource staged while the others
+prepare (Postgres), concurrent prepares, write combining (group
 commit of a Chroma index's prepares: concurrent transactions stage their points in one
 upsert), and deferred finishing of the indexes. Group commit of a separate decision log,
 which the memory API's default no longer writes to, is measured by ``benchmarks.engine``. Every configuration writes the same workload (inserts, then
@@ -40,6 +41,11 @@ TOGGLES: dict[str, tuple[list[str], dict[str, Any], str]] = {
         "off",
     ),
     "last resource": (["postgres + redis + chroma server"], {"log": "{pg_url}"}, "off"),
+    "staged last resource": (
+        ["postgres + qdrant local", "postgres + redis + chroma server"],
+        {"policy": {"stage_last_resource": False}},
+        "off",
+    ),
     "concurrent prepare": (
         ["sqlite + qdrant local", "postgres + redis + chroma server"],
         {"policy": {"concurrent_prepare": False}},
@@ -56,7 +62,12 @@ TOGGLES: dict[str, tuple[list[str], dict[str, Any], str]] = {
         "on",
     ),
 }
-COMBOS = ["sqlite", "sqlite + qdrant local", "postgres + redis + chroma server"]
+COMBOS = [
+    "sqlite",
+    "sqlite + qdrant local",
+    "postgres + qdrant local",
+    "postgres + redis + chroma server",
+]
 MODES = {"1 writer": 1, "8 threads": 8}
 
 

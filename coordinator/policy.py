@@ -27,9 +27,10 @@ class Policy:
     :ivar last_resource: the name of a participant whose database also holds the decision
         log (e.g. Postgres with :class:`PostgresDecisionLog` on the same database): it is
         committed last, in one local transaction that also records the COMMIT decision,
-        so it needs no PREPARE and the commit needs no separate log write. One that can
-        stage that transaction (Postgres) does so while the others prepare, when
-        ``concurrent_prepare`` is on.
+        so it needs no PREPARE and the commit needs no separate log write.
+    :ivar stage_last_resource: let a last resource that can (Postgres) stage that
+        transaction while the others prepare, so only its COMMIT waits for their votes
+        (with ``concurrent_prepare``); off, it starts once they voted.
     :ivar deferred_finish: let the memory API queue its vector indexes' phase 2 (mark
         points committed, remove replaced versions) and finish it in batches, so a commit
         costs the index one write. ``MemoryStore.search`` stays exact (every hit is
@@ -51,6 +52,7 @@ class Policy:
     concurrent_prepare: bool = True
     recovery_concurrency: int = 16
     last_resource: str | None = None
+    stage_last_resource: bool = True
     deferred_finish: bool = False
     deferred_batch: int = 64
     deferred_max_age: float = 1.0

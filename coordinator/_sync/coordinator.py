@@ -166,7 +166,11 @@ class Coordinator:
             last_resource=last,
             # Staging the last resource beside the others' prepares only pays when they
             # run concurrently.
-            stage_last=self._policy.concurrent_prepare and last in self._stageable,
+            stage_last=(
+                self._policy.stage_last_resource
+                and self._policy.concurrent_prepare
+                and last in self._stageable
+            ),
             deferred=deferred,
         )
         staged = _Staged()

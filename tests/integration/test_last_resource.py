@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,12 @@ from coordinator import (
     new_txid,
 )
 from coordinator.embeddings import HashingEmbedder
+from coordinator.faults import last_resource_points
 from coordinator.records import FactRecord, TransactionMeta, UpsertFact
 from participants.postgres import PostgresDecisionLog, PostgresStorage
 from participants.qdrant import QdrantIndex
 from participants.sqlite import SQLiteStorage
+from tests.support.crash import CrashAt, SimulatedCrash
 
 LAST = Policy(last_resource="postgres", in_doubt_timeout=0.001, redrive_after=0)
 
@@ -214,6 +217,51 @@ def test_a_staged_commit_record_names_only_the_participants_that_had_work(
         ).fetchall()
     assert rows == [(["postgres"],), (["qdrant:notes", "postgres"],)]
     assert mem.get("t") is not None and mem.indexes[0].contents().committed == {"n": 1}
+    mem.close()
+
+
+STAGED_POINTS = last_resource_points(["postgres", "qdrant:notes"], "postgres", staged=True)
+
+
+@pytest.mark.parametrize("staged", [True, False])
+def test_staging_the_last_resource_can_be_turned_off(postgres_dsn: str, staged: bool) -> None:
+    seen: list[str] = []
+    policy = replace(LAST, stage_last_resource=staged)
+    mem = store(postgres_dsn, fault_hook=seen.append)
+    mem.coordinator = mem.coordinator_with(stage_last_resource=staged)
+    assert mem.coordinator.policy == policy
+    mem.commit(Fact(id="x", type="note", payload={"content": "committed either way"}))
+    expected = last_resource_points(["postgres", "qdrant:notes"], "postgres", staged=staged)
+    assert sorted(seen) == sorted(expected)
+    assert mem.indexes[0].contents().committed == {"x": 1} and mem.verify().clean
+    mem.close()
+
+
+@pytest.mark.parametrize("point", STAGED_POINTS)
+def test_a_crash_at_any_point_of_a_staged_commit_is_settled_by_recovery(
+    postgres_dsn: str, point: str
+) -> None:
+    """The coordinator 'dies' at ``point`` (the staged transaction then ends as a dead
+    client's does: rolled back unless it committed); recovery must leave both stores
+    agreeing with the decision log, nothing staged, no transaction open."""
+    crash = CrashAt(point)
+    mem = store(postgres_dsn, fault_hook=crash)
+    with pytest.raises(SimulatedCrash), mem.transaction() as tx:
+        tx.txid = new_txid(now=1.0)  # already older than the in-doubt timeout
+        tx.commit(Fact(id="x", type="note", payload={"content": f"cut at {point}"}))
+    assert crash.fired
+    mem.coordinator_with(in_doubt_timeout=0.001, redrive_after=0).recover()
+    with psycopg.connect(postgres_dsn) as conn:
+        decided = conn.execute("SELECT decision FROM lockstep_decisions").fetchall()
+    committed = STAGED_POINTS.index(point) >= STAGED_POINTS.index("after_decision")
+    if committed:
+        assert decided == [("commit",)]
+    else:  # presumed abort: no record, or the ABORT recovery wrote to fence the index's branch
+        assert decided in ([], [("abort",)])
+    assert (mem.get("x") is not None) == committed
+    assert mem.indexes[0].contents().committed == ({"x": 1} if committed else {})
+    assert mem.indexes[0].recover() == [] and open_transactions(postgres_dsn) == 0
+    assert mem.verify().clean
     mem.close()
 
 
