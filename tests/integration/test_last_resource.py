@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,15 +19,17 @@ from coordinator import (
     Fact,
     MemoryStore,
     Policy,
+    PrepareTimeout,
     RecoveryReport,
     TransactionAborted,
     UsageError,
     VersionConflict,
     new_txid,
 )
+from coordinator.abc import Vote
 from coordinator.embeddings import HashingEmbedder
 from coordinator.faults import last_resource_points
-from coordinator.records import FactRecord, TransactionMeta, UpsertFact
+from coordinator.records import FactRecord, TransactionMeta, UpsertFact, Write
 from participants.postgres import PostgresDecisionLog, PostgresStorage
 from participants.qdrant import QdrantIndex
 from participants.sqlite import SQLiteStorage
@@ -263,6 +265,62 @@ def test_a_crash_at_any_point_of_a_staged_commit_is_settled_by_recovery(
     assert mem.indexes[0].recover() == [] and open_transactions(postgres_dsn) == 0
     assert mem.verify().clean
     mem.close()
+
+
+def test_a_staging_that_outlives_the_prepare_timeout_is_rolled_back_when_it_lands(
+    postgres_dsn: str,
+) -> None:
+    """The coordinator gives up on a slow staging at its timeout and aborts; the staging,
+    still running on its worker thread, finds the transaction abandoned when it returns
+    and rolls its open transaction back instead of leaving it holding locks."""
+
+    def slow(point: str) -> None:
+        if point == "before_stage:postgres":
+            time.sleep(1.0)
+
+    mem = store(postgres_dsn, fault_hook=slow)
+    mem.coordinator = mem.coordinator_with(prepare_timeout=0.3)
+    with pytest.raises(PrepareTimeout):
+        mem.commit(Fact(id="late", type="note", payload={"content": "staged too late"}))
+    time.sleep(1.0)  # the staging lands meanwhile
+    wait_for(lambda: open_transactions(postgres_dsn) == 0, "the late staging to roll back")
+    with psycopg.connect(postgres_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM lockstep_decisions").fetchone() == (0,)
+    assert mem.get("late") is None and mem.indexes[0].recover() == []
+    assert mem.indexes[0].contents().committed == {}
+    mem.close()
+
+
+@pytest.mark.anyio
+async def test_an_index_timing_out_beside_an_async_staging_rolls_it_back(
+    postgres_dsn: str,
+) -> None:
+    import anyio
+    from qdrant_client import AsyncQdrantClient
+
+    from coordinator import AsyncMemoryStore
+    from participants.postgres import AsyncPostgresDecisionLog, AsyncPostgresStorage
+    from participants.qdrant import AsyncQdrantIndex
+
+    class SlowIndex(AsyncQdrantIndex):
+        async def prepare(self, txid: str, writes: Sequence[Write]) -> Vote:
+            await anyio.sleep(1.0)
+            return await super().prepare(txid, writes)
+
+    index = SlowIndex(
+        AsyncQdrantClient(":memory:"), "notes", "content", embedder=HashingEmbedder(16)
+    )
+    mem = AsyncMemoryStore(
+        AsyncPostgresStorage(postgres_dsn),
+        [index],
+        log=AsyncPostgresDecisionLog(postgres_dsn),
+        policy=replace(LAST, prepare_timeout=0.3),
+    )
+    with pytest.raises(PrepareTimeout):
+        await mem.commit(Fact(id="slow", type="note", payload={"content": "index too slow"}))
+    assert open_transactions(postgres_dsn) == 0  # rolled back before the commit raised
+    assert await mem.get("slow") is None and await index.recover() == []
+    await mem.close()
 
 
 def test_last_resource_must_name_a_capable_participant(postgres_dsn: str) -> None:
