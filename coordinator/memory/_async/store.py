@@ -787,7 +787,9 @@ class AsyncMemoryStore:
             for fact_id, version in sorted(earliest.items()):
                 history = await self.storage.history(fact_id)
                 target = next((h for h in history if h.version == version - 1), None)
-                current = await self.storage.get(fact_id)
+                # Read through the transaction: the undo then expects the very version it
+                # was decided on, read once.
+                current = await tx._current(fact_id)
                 if target is not None and target.deleted:
                     target = None
                 if current is not None:

@@ -783,7 +783,9 @@ class MemoryStore:
             for fact_id, version in sorted(earliest.items()):
                 history = self.storage.history(fact_id)
                 target = next((h for h in history if h.version == version - 1), None)
-                current = self.storage.get(fact_id)
+                # Read through the transaction: the undo then expects the very version it
+                # was decided on, read once.
+                current = tx._current(fact_id)
                 if target is not None and target.deleted:
                     target = None
                 if current is not None:
