@@ -22,6 +22,7 @@ from coordinator import (
     PrepareTimeout,
     RecoveryReport,
     TransactionAborted,
+    TransactionInDoubt,
     UsageError,
     VersionConflict,
     new_txid,
@@ -64,24 +65,26 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.01)
 
 
-def lock_waits(dsn: str) -> int:
-    """Sessions of this database waiting on a lock."""
+WAITING_ON_A_LOCK = "wait_event_type = 'Lock'"
+IN_A_TRANSACTION = "state LIKE 'idle in transaction%%'"
+
+
+def other_sessions(dsn: str, where: str) -> list[int]:
+    """The pids of this database's other sessions matching ``where``."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        ).fetchone()
-    return int(row[0]) if row else 0
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            f"AND pid <> pg_backend_pid() AND {where}"
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def lock_waits(dsn: str) -> int:
+    return len(other_sessions(dsn, WAITING_ON_A_LOCK))
 
 
 def open_transactions(dsn: str) -> int:
-    """Other sessions of this database inside a transaction."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%%'"
-        ).fetchone()
-    return int(row[0]) if row else 0
+    return len(other_sessions(dsn, IN_A_TRANSACTION))
 
 
 def test_the_commit_record_rides_in_the_postgres_transaction(postgres_dsn: str) -> None:
@@ -174,6 +177,31 @@ def test_a_recovery_racing_a_staged_last_resource_waits_and_obeys_its_commit(
         rows = conn.execute("SELECT txid, decision FROM lockstep_decisions").fetchall()
     assert rows == [(tx.txid, "commit")]
     assert mem.verify().clean
+    mem.close()
+
+
+def test_a_staged_commit_whose_connection_dies_is_in_doubt_and_the_log_decides(
+    postgres_dsn: str,
+) -> None:
+    """The staged transaction's session is killed just before its COMMIT: the commit
+    cannot tell whether it happened, so it raises TransactionInDoubt and aborts nothing;
+    the log (no COMMIT record, the transaction died with its session) decides: abort."""
+
+    def kill_the_staged_session(point: str) -> None:
+        if point == "before_decision":
+            [pid] = other_sessions(postgres_dsn, IN_A_TRANSACTION)
+            with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+                conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+    mem = store(postgres_dsn, fault_hook=kill_the_staged_session)
+    with pytest.raises(TransactionInDoubt), mem.transaction() as tx:
+        tx.txid = new_txid(now=1.0)  # already older than the in-doubt timeout
+        tx.commit(Fact(id="x", type="note", payload={"content": "fate unknown"}))
+    assert mem.indexes[0].recover() == [tx.txid]  # nothing aborted by the coordinator
+    report = mem.coordinator_with(in_doubt_timeout=0.001, redrive_after=0).recover()
+    assert report.fenced == (tx.txid,)
+    assert mem.get("x") is None and mem.indexes[0].recover() == []
+    assert mem.indexes[0].contents().committed == {} and mem.verify().clean
     mem.close()
 
 

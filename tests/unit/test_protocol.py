@@ -40,6 +40,13 @@ from coordinator._core.protocol import commit_protocol
 from coordinator.outcomes import Outcome
 
 TXID = "01a1ff0000007000800000000000000a"
+AS_VOTE: dict[str, Vote | BaseException] = {
+    "yes": Vote.YES,
+    "read_only": Vote.READ_ONLY,
+    "no": RuntimeError("no"),
+    "timeout": TimeoutError("late"),
+}
+"""What a scripted participant answers to a prepare, by name."""
 POLICY = Policy(finish_attempts=3)
 
 
@@ -277,17 +284,11 @@ def test_no_branch_is_committed_unless_commit_was_decided_first(
     deferrable: set[str],
 ) -> None:
     names = tuple(sorted(script))
-    as_vote: dict[str, Vote | BaseException] = {
-        "yes": Vote.YES,
-        "read_only": Vote.READ_ONLY,
-        "no": RuntimeError("no"),
-        "timeout": TimeoutError(),
-    }
     failures = iter(finish_failures)
 
     def answer(effect: Effect) -> Reply:
         if isinstance(effect, PrepareAll):
-            return Prepared({n: as_vote[script[n]] for n in names})
+            return Prepared({n: AS_VOTE[script[n]] for n in names})
         if isinstance(effect, PersistDecision):
             return DecisionPersisted(decision, None if decision else OSError("log down"))
         if isinstance(effect, FinishAll):
@@ -444,13 +445,7 @@ def test_a_staged_last_resource_commits_only_after_every_yes_and_is_never_left_o
 ) -> None:
     """Rules 1, 3 and 7 with the last resource staged beside the others' prepares."""
     others = tuple(sorted(script))
-    as_vote: dict[str, Vote | BaseException] = {
-        "yes": Vote.YES,
-        "read_only": Vote.READ_ONLY,
-        "no": RuntimeError("no"),
-        "timeout": TimeoutError("late"),
-    }
-    replies = {n: as_vote[v] for n, v in script.items()} | {"pg": as_vote[staging]}
+    replies = {n: AS_VOTE[v] for n, v in script.items()} | {"pg": AS_VOTE[staging]}
     commit_error: BaseException | None = {
         "committed": None,
         "refused": TransactionAborted("recovery decided first"),

@@ -554,10 +554,7 @@ async def _rollback_quietly(conn: AsyncConnection[Any]) -> None:
     try:
         await conn.tpc_rollback()
     except psycopg.Error:
-        try:
-            await conn.rollback()
-        except psycopg.Error:
-            pass
+        await _rollback_local(conn)
 
 
 async def _rollback_local(conn: AsyncConnection[Any]) -> None:

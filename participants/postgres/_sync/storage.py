@@ -554,10 +554,7 @@ def _rollback_quietly(conn: Connection[Any]) -> None:
     try:
         conn.tpc_rollback()
     except psycopg.Error:
-        try:
-            conn.rollback()
-        except psycopg.Error:
-            pass
+        _rollback_local(conn)
 
 
 def _rollback_local(conn: Connection[Any]) -> None:
