@@ -33,6 +33,7 @@ REPLACEMENTS = {
     "ALock": "Lock",
     "aclose": "close",
     "ashielded": "shielded",
+    "aidle_check": "idle_check",
 }
 
 

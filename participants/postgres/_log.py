@@ -23,6 +23,7 @@ from psycopg_pool import ConnectionPool
 from coordinator.abc import Decision, DecisionRecord
 from coordinator.errors import DecisionLogError, UsageError
 from coordinator.log import AsyncDecisionLogAdapter
+from participants.postgres._pool import idle_check
 from participants.postgres._schema import DECISIONS_SCHEMA
 
 logger = logging.getLogger("participants.postgres")
@@ -49,7 +50,7 @@ class PostgresDecisionLog:
             kwargs={"connect_timeout": max(1, int(connect_timeout))},
             timeout=connect_timeout,
             open=False,
-            check=ConnectionPool.check_connection,
+            check=idle_check,
         )
         try:
             self._pool.open(wait=True, timeout=connect_timeout)

@@ -162,6 +162,57 @@ def test_a_connection_cut_between_the_phases_completes_after_recovery(
     healed.close()
 
 
+def end_other_sessions(dsn: str) -> int:
+    """Terminate this database's other sessions (the pools' idle connections) and wait
+    until they are gone; returns how many there were."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return len(rows)
+
+
+def test_pooled_sessions_the_server_ended_are_replaced_before_use(postgres_dsn: str) -> None:
+    """The pool hands out no connection whose session the server has ended: the read and
+    the commit after it run on fresh connections, with no error."""
+    mem = MemoryStore(PostgresStorage(postgres_dsn), [index()])
+    mem.commit(Fact(id="a", type="note", payload={"content": "before"}))
+    assert mem.get("a") is not None
+    assert end_other_sessions(postgres_dsn) >= 1
+    assert mem.get("a") == mem.history("a")[-1]
+    mem.commit(Fact(id="b", type="note", payload={"content": "after"}))
+    assert [f["id"] for f in mem.query("note")] == ["a", "b"]
+    assert mem.verify().clean
+    mem.close()
+
+
+def test_a_storage_outlives_a_postgres_restart(own_postgres: PostgresServer) -> None:
+    dsn = own_postgres.create_database(f"restart_{new_txid()[-8:]}")
+    mem = MemoryStore(PostgresStorage(dsn), [index()])
+    mem.commit(Fact(id="a", type="note", payload={"content": "before"}))
+    own_postgres.kill()
+    own_postgres.start()
+    assert mem.get("a") is not None
+    mem.update("a", {"payload": {"content": "after"}})
+    after = mem.get("a")
+    assert after is not None and after["payload"] == {"content": "after"}
+    assert mem.verify().clean
+    mem.close()
+
+
+def test_a_read_hands_its_connection_back_transactional(postgres_dsn: str) -> None:
+    """Reads run in autocommit (one round trip); the connection must not stay so, or a
+    later commit's statements would each commit alone."""
+    storage = PostgresStorage(postgres_dsn, max_connections=1)
+    mem = MemoryStore(storage, [index()])
+    mem.commit(Fact(id="a", type="note", payload={"content": "x"}))
+    assert mem.get("a") is not None and mem.get("missing") is None
+    with storage._pool.connection() as conn:  # the pool's only connection
+        assert conn.autocommit is False
+    mem.close()
+
+
 AGENT = r"""
 import sys, time
 from pathlib import Path

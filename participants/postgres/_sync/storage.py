@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
-from psycopg import Connection, errors
+from psycopg import Connection, errors, pq
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
@@ -61,6 +61,7 @@ from participants._checks import (
 )
 from participants.postgres import _schema as sql
 from participants.postgres._log import PostgresDecisionLog
+from participants.postgres._pool import idle_check
 
 logger = logging.getLogger("participants.postgres")
 
@@ -97,7 +98,7 @@ class PostgresStorage:
             kwargs={"connect_timeout": max(1, int(connect_timeout))},
             timeout=connect_timeout,
             open=False,
-            check=ConnectionPool.check_connection,
+            check=idle_check,
         )
         self._ready = False
         self._opening = Lock()  # concurrent first calls open the pool once
@@ -455,14 +456,22 @@ class PostgresStorage:
 
     def _read(self, statement: str, params: Any) -> list[Any]:
         self._open()
-        with self._pool.connection() as conn:
-            try:
-                cursor = conn.execute(statement, params)
-                rows = cursor.fetchall()
-                conn.rollback()
-                return rows
-            except psycopg.Error as exc:
-                raise self._error("read", None, exc) from exc
+        try:  # a pool that cannot hand out a connection in time is a failed read too
+            with self._pool.connection() as conn:
+                # One statement sees one snapshot either way; in autocommit it costs one
+                # round trip instead of three (BEGIN, the query, ROLLBACK).
+                conn.set_autocommit(True)
+                try:
+                    cursor = conn.execute(statement, params)
+                    rows: list[Any] = cursor.fetchall()
+                    return rows
+                finally:
+                    if conn.info.transaction_status == pq.TransactionStatus.IDLE:
+                        conn.set_autocommit(False)
+                    else:  # broken: it must never go back to the pool in autocommit
+                        conn.close()
+        except psycopg.Error as exc:
+            raise self._error("read", None, exc) from exc
 
     def _refusal(self, txid: str, exc: psycopg.Error) -> LockstepError:
         """Why Postgres refused a branch, in Lockstep's terms."""
