@@ -215,3 +215,37 @@ def test_a_commit_makes_only_the_calls_it_needs(client: object) -> None:
         index.commit(elsewhere)
     assert calls == ["get", "update"]
     assert index.contents().committed == {"b": 1} and index.recover() == []
+
+
+@pytest.mark.parametrize("linger", [0.0, 0.5])
+def test_after_a_combined_write_the_next_turn_waits_for_the_callers_it_released(
+    linger: float,
+) -> None:
+    """Without the wait, callers released by one write come back while the next runs and
+    write in alternate turns; with it, a caller arriving shortly after joins the turn."""
+    batches: list[list[str]] = []
+
+    def write(items: list[str]) -> None:
+        time.sleep(0.2)  # the wait is up to linger x this
+        batches.append(list(items))
+
+    combiner: WriteCombiner[str] = WriteCombiner("chroma:test", write, linger=linger)
+    combiner.submit("alone", ["alone"])  # no contention: written at once, nothing waits
+    assert batches == [["alone"]] and not combiner._waited
+    outcome = queue_behind(
+        combiner, {key: functools.partial(combiner.submit, key, [key]) for key in "ab"}
+    )
+    assert outcome == {"a": None, "b": None} and batches[-1] == ["a", "b"]
+
+    def late() -> None:
+        time.sleep(0.01)  # after "c" took the turn, well inside the wait
+        combiner.submit("d", ["d"])
+
+    thread = threading.Thread(target=late)
+    thread.start()
+    combiner.submit("c", ["c"])
+    thread.join(30)
+    if linger:
+        assert batches[2:] == [["c", "d"]] and list(combiner._waited) == [2]
+    else:
+        assert batches[2:] == [["c"], ["d"]] and not combiner._waited

@@ -31,6 +31,10 @@ from participants._vectors import (
 )
 
 MARKER = "lockstep_dim"
+#: Under contention, a combined write waits up to this fraction of the last write's
+#: duration for more transactions (a Chroma server writes one call at a time, so the
+#: points a call carries are what sets the throughput of concurrent writers).
+LINGER = 0.5
 
 
 class AsyncChromaIndex(VectorIndexBase):
@@ -82,8 +86,10 @@ class AsyncChromaIndex(VectorIndexBase):
         self._stager: AsyncWriteCombiner[Point] | None = None
         self._finisher: AsyncWriteCombiner[str] | None = None
         if combine_writes:
-            self._stager = AsyncWriteCombiner(self._name, self._upsert, self._fence.check)
-            self._finisher = AsyncWriteCombiner(self._name, self._commit_batch)
+            self._stager = AsyncWriteCombiner(
+                self._name, self._upsert, self._fence.check, linger=LINGER
+            )
+            self._finisher = AsyncWriteCombiner(self._name, self._commit_batch, linger=LINGER)
 
     # -- the participant contract -------------------------------------------------------
 
@@ -120,7 +126,7 @@ class AsyncChromaIndex(VectorIndexBase):
             await self._finisher.submit(txid, [txid])
 
     async def commit_many(self, txids: Sequence[str]) -> None:
-        """Commit many branches with two reads and two writes."""
+        """Commit many branches in one batch (see :meth:`_commit_batch`)."""
         if txids:
             await self._commit_batch(list(txids))
 

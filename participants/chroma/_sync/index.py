@@ -33,6 +33,10 @@ from participants._vectors import (
 )
 
 MARKER = "lockstep_dim"
+#: Under contention, a combined write waits up to this fraction of the last write's
+#: duration for more transactions (a Chroma server writes one call at a time, so the
+#: points a call carries are what sets the throughput of concurrent writers).
+LINGER = 0.5
 
 
 class ChromaIndex(VectorIndexBase):
@@ -84,8 +88,8 @@ class ChromaIndex(VectorIndexBase):
         self._stager: WriteCombiner[Point] | None = None
         self._finisher: WriteCombiner[str] | None = None
         if combine_writes:
-            self._stager = WriteCombiner(self._name, self._upsert, self._fence.check)
-            self._finisher = WriteCombiner(self._name, self._commit_batch)
+            self._stager = WriteCombiner(self._name, self._upsert, self._fence.check, linger=LINGER)
+            self._finisher = WriteCombiner(self._name, self._commit_batch, linger=LINGER)
 
     # -- the participant contract -------------------------------------------------------
 
@@ -122,7 +126,7 @@ class ChromaIndex(VectorIndexBase):
             self._finisher.submit(txid, [txid])
 
     def commit_many(self, txids: Sequence[str]) -> None:
-        """Commit many branches with two reads and two writes."""
+        """Commit many branches in one batch (see :meth:`_commit_batch`)."""
         if txids:
             self._commit_batch(list(txids))
 
