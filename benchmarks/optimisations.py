@@ -46,8 +46,10 @@ TOGGLES: dict[str, tuple[list[str], dict[str, Any], str]] = {
         {"policy": {"stage_last_resource": False}},
         "off",
     ),
+    # Only where two or more participants prepare: on SQLite + Qdrant local the storage
+    # commits last and the index alone prepares, so turning this off changes nothing.
     "concurrent prepare": (
-        ["sqlite + qdrant local", "postgres + redis + chroma server"],
+        ["postgres + redis + chroma server"],
         {"policy": {"concurrent_prepare": False}},
         "off",
     ),
