@@ -113,11 +113,29 @@ def drift(spec: dict[str, Any]) -> int:
             facts = {f.id: f.version for f in mem.storage.all_facts()}
             held = dict(mem.indexes[0].contents().committed)
             return sum(facts.get(k) != held.get(k) for k in set(facts) | set(held))
-        mem.coordinator_with(in_doubt_timeout=0.001, redrive_after=0).recover()
+        recovered = mem.coordinator_with(in_doubt_timeout=0.001, redrive_after=0).recover()
         report = mem.verify()
-        return int(report.drifted_facts + sum(len(d.pending) for d in report.derived.values()))
+        count = int(report.drifted_facts + sum(len(d.pending) for d in report.derived.values()))
+        if count and spec.get("explain"):
+            _explain(Path(spec["explain"]), spec, mem, recovered, report)
+        return count
     finally:
         mem.close()
+
+
+def _explain(path: Path, spec: dict[str, Any], mem: Any, recovered: Any, report: Any) -> None:
+    """Append what a drifted run left: the recovery and verify reports, each fact's
+    version and txid, and what each index holds (``--explain``)."""
+    facts = {f.id: (f.version, f.txid) for f in mem.storage.all_facts()}
+    lines = [
+        f"== {spec['combo']}, {spec['system']}, {spec['dir']}",
+        f"recovery: {recovered!r}",
+        f"verify: {report!r}",
+        f"facts: {facts!r}",
+        *(f"{index.name}: {index.contents()!r}" for index in mem.indexes),
+    ]
+    with path.open("a") as out:
+        out.write("\n".join(lines) + "\n")
 
 
 def _memstate_drift(spec: dict[str, Any]) -> int:
@@ -180,6 +198,9 @@ def main() -> int:
     parser.add_argument("--combos", default=",".join(COMBOS))
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--explain", type=Path, help="append what each Lockstep run with drift left to this file"
+    )
     parser.add_argument("--child", nargs=2, metavar=("SPEC", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("--drift", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -202,6 +223,8 @@ def main() -> int:
         def run(combo: str, system: str, n: int, rng: random.Random) -> int:
             with tempfile.TemporaryDirectory(dir=tmp) as directory:
                 spec = {**servers.spec_for(combo), "combo": combo, "system": system}
+                if args.explain:
+                    spec["explain"] = str(args.explain.resolve())
                 try:
                     return one_run(pythons[system], {**spec, "dir": directory}, n, rng)
                 finally:
