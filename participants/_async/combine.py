@@ -67,14 +67,14 @@ class AsyncWriteCombiner(Generic[T]):
     requests before it writes. Without it, the callers a write releases come back while
     the next write (of those who queued meanwhile) runs, so under steady load the callers
     split into two groups that write in alternate turns, each carrying half of them. The
-    wait lasts at most ``linger`` times the last write's duration, and ends as soon as
+    wait lasts at most ``linger`` times the last turn's duration, and ends as soon as
     as many requests are queued as the largest batch of the recent turns that waited.
     Nothing waits without contention: a turn after a single request writes at once.
 
     :param name: the participant's name (for errors).
     :param write: writes the items of one or more requests, raising on failure.
     :param admit: called with a request's key when its write starts; raises to refuse it.
-    :param linger: the wait for more requests, as a fraction of the last write's duration
+    :param linger: the wait for more requests, as a fraction of the last turn's duration
         (0: none).
     """
 
@@ -106,7 +106,10 @@ class AsyncWriteCombiner(Generic[T]):
             async with self._turn:
                 if not request.done:
                     await self._gather()
-                    await self._run(self._queue.take())
+                    batch = self._queue.take()
+                    started = time.monotonic()
+                    await self._run(batch)
+                    self._last_batch, self._last_seconds = len(batch), time.monotonic() - started
         except BaseException:
             # Cancelled or interrupted while waiting: nobody writes this request later.
             self._queue.drop(request)
@@ -125,7 +128,6 @@ class AsyncWriteCombiner(Generic[T]):
         self._waited.append(len(self._queue))
 
     async def _run(self, batch: list[_Request[T]]) -> None:
-        self._last_batch = len(batch)
         admitted: list[_Request[T]] = []
         for request in batch:
             try:
@@ -153,9 +155,7 @@ class AsyncWriteCombiner(Generic[T]):
         """One call for the whole batch; False (nothing marked done) if it failed."""
         try:
             self.calls += 1
-            started = time.monotonic()
             await self._write([item for request in batch for item in request.items])
-            self._last_seconds = time.monotonic() - started
         except Exception:
             return False
         for request in batch:
@@ -165,9 +165,7 @@ class AsyncWriteCombiner(Generic[T]):
     async def _write_one(self, request: _Request[T]) -> None:
         try:
             self.calls += 1
-            started = time.monotonic()
             await self._write(list(request.items))
-            self._last_seconds = time.monotonic() - started
         except Exception as exc:
             request.error = exc
         request.done = True

@@ -213,6 +213,18 @@ def test_a_read_hands_its_connection_back_transactional(postgres_dsn: str) -> No
     mem.close()
 
 
+def test_a_read_that_gets_no_connection_in_time_is_a_participant_error(
+    postgres_dsn: str,
+) -> None:
+    storage = PostgresStorage(postgres_dsn, connect_timeout=1, max_connections=1)
+    assert storage.get("a") is None  # the pool is open
+    held = storage._pool.connection()  # holds its only connection
+    with held, pytest.raises(ParticipantError, match="Postgres read failed"):
+        storage.get("a")
+    assert storage.get("a") is None  # the connection came back: reads work again
+    storage.close()
+
+
 AGENT = r"""
 import sys, time
 from pathlib import Path

@@ -33,7 +33,7 @@ from participants._vectors import (
 )
 
 MARKER = "lockstep_dim"
-#: Under contention, a combined write waits up to this fraction of the last write's
+#: Under contention, a combined write waits up to this fraction of the last turn's
 #: duration for more transactions (a Chroma server writes one call at a time, so the
 #: points a call carries are what sets the throughput of concurrent writers).
 LINGER = 0.5
