@@ -52,6 +52,8 @@ bench: install
 	$(PY) -m benchmarks.embedded_index
 	$(PY) -m benchmarks.failure
 	$(PY) -m benchmarks.crash --runs 200 --json crash.json
+	$(PY) -m benchmarks.late_writes --runs 100
+	$(PY) -m benchmarks.late_writes --runs 100 --load
 	$(PY) -m benchmarks.commit_cost --ops 200 --rounds 2 --json commit-cost.json
 	$(PY) -m benchmarks.optimisations --ops 200 --rounds 2 --json optimisations.json
 	$(PY) -m benchmarks.recovery --transactions 10000 --json recovery.json
@@ -61,6 +63,7 @@ bench-quick: install
 	$(PY) -m benchmarks.embedded_index --quick
 	$(PY) -m benchmarks.failure --ops 200
 	$(PY) -m benchmarks.crash --runs 5 --combos "sqlite + qdrant local"
+	$(PY) -m benchmarks.late_writes --runs 5
 	$(PY) -m benchmarks.commit_cost --ops 24 --rounds 1 --combos "sqlite,sqlite + qdrant local"
 	$(PY) -m benchmarks.optimisations --ops 24 --rounds 1
 	$(PY) -m benchmarks.recovery --transactions 500
