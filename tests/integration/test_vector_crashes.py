@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import chromadb
@@ -17,12 +18,13 @@ import pytest
 from qdrant_client import QdrantClient
 
 from chaos.servers import ChromaServer
-from coordinator import Fact, LockstepError, MemoryStore, Policy, TransactionAborted
+from coordinator import Fact, LockstepError, MemoryStore, Policy, TransactionAborted, new_txid
 from coordinator.embeddings import HashingEmbedder
 from coordinator.log import SQLiteDecisionLog
 from participants.chroma import ChromaIndex
 from participants.qdrant import QdrantIndex
 from participants.sqlite import SQLiteStorage
+from tests.support.crash import upsert
 
 EMBEDDER = HashingEmbedder(32)
 RECOVER_NOW = Policy(in_doubt_timeout=0.001, redrive_after=0, finish_attempts=2, prepare_timeout=5)
@@ -65,6 +67,41 @@ def test_a_chroma_server_killed_between_the_phases_is_finished_by_recovery(
         facts = {f["payload"]["content"] for f in healed.query()}
         assert "before the crash" in facts
         assert healed.get(kept) is not None
+    finally:
+        server.kill()
+
+
+def test_a_staged_write_landing_after_a_recovery_pass_is_aborted_by_the_next(
+    tmp_path: Path,
+) -> None:
+    """A server carries out a request it received though its client has died, so a killed
+    process's last upsert can reach the index after a pass listed what was staged. Here a
+    second client stages it after the pass: searches never return it, verify lists it,
+    and the next pass aborts it."""
+    server = ChromaServer(tmp_path / "chroma")
+    server.start()
+    try:
+
+        def index() -> ChromaIndex:
+            client = chromadb.HttpClient(host="127.0.0.1", port=server.port)
+            return ChromaIndex(client, "notes", "content", embedder=EMBEDDER)
+
+        mem = MemoryStore(SQLiteStorage(tmp_path / "facts.db"), [index()], policy=RECOVER_NOW)
+        kept = mem.commit(Fact(id="tea", type="note", payload={"content": "green tea"}))
+        assert mem.recover().clean
+        late = new_txid()  # the dead process's transaction: prepared, never decided
+        coffee = tuple(EMBEDDER.embed_query("black coffee"))
+        index().prepare(late, [replace(upsert(kept, 2, content="black coffee"), embedding=coffee)])
+
+        hits = mem.search("black coffee", k=5)
+        assert [(h.fact["id"], h.fact["payload"]["content"]) for h in hits] == [
+            ("tea", "green tea")
+        ]
+        assert mem.verify().derived["chroma:notes"].pending == [late]
+        report = mem.recover()
+        assert report.aborted == (("chroma:notes", late),)
+        assert mem.verify().clean
+        assert mem.search("black coffee", k=5)[0].fact["payload"] == {"content": "green tea"}
     finally:
         server.kill()
 
