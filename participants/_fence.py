@@ -28,6 +28,10 @@ class AbortFence:
             while len(self._aborted) > self._size:
                 self._aborted.popitem(last=False)
 
+    def __contains__(self, txid: object) -> bool:
+        with self._lock:
+            return txid in self._aborted
+
     def check(self, txid: str) -> None:
         """Raise ``TransactionAborted`` if ``txid`` was aborted here."""
         with self._lock:

@@ -1,5 +1,5 @@
-"""Write combining on real Chroma (embedded and server): concurrent prepares share one
-upsert, concurrent commits one batch, and a turn waits for the writers the last released.
+"""Chroma's calls, on real Chroma (embedded and server): concurrent prepares share one
+upsert, concurrent commits one batch, and a commit makes only the calls it needs.
 
 Each test holds the combiner's turn while transactions queue behind it, so the batch the
 next turn writes is known exactly; assertions read the collection's real points.
@@ -7,6 +7,7 @@ next turn writes is known exactly; assertions read the collection's real points.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
@@ -20,8 +21,9 @@ import chromadb
 import pytest
 
 from chaos.servers import ChromaServer
-from coordinator import TransactionAborted, new_txid
+from coordinator import DeleteFact, TransactionAborted, new_txid
 from coordinator.embeddings import HashingEmbedder
+from coordinator.records import Write
 from participants._async.combine import AsyncWriteCombiner
 from participants._sync.combine import WriteCombiner
 from participants.chroma import AsyncChromaIndex, ChromaIndex
@@ -164,6 +166,55 @@ async def test_a_prepare_cancelled_while_queued_is_never_written(client: object)
     later = new_txid()
     await index.prepare(later, [upsert(fact("c", 1, "later"))])
     assert await index.recover() == sorted([first, later])
+
+
+@contextlib.contextmanager
+def chroma_calls(index: ChromaIndex) -> Iterator[list[str]]:
+    """The names of the collection methods called inside the block, in order."""
+    calls: list[str] = []
+    cls = type(index._collection)
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("get", "update", "upsert", "delete"):
+            real = getattr(cls, name)
+
+            def counted(
+                self: object, *args: Any, _real: Any = real, _name: str = name, **kwargs: Any
+            ) -> Any:
+                calls.append(_name)
+                return _real(self, *args, **kwargs)
+
+            patch.setattr(cls, name, counted)
+        yield calls
+
+
+def test_a_commit_makes_only_the_calls_it_needs(client: object) -> None:
+    """Points this process staged are committed without reading them back: an insert is
+    one update, an update also deletes the version it replaces (one call, by filter), a
+    delete then removes its marker. A branch staged elsewhere is read once."""
+    name = f"c{uuid.uuid4().hex[:12]}"
+    index = ChromaIndex(client, name, "content", embedder=EMBEDDER, combine_writes=False)
+    steps: list[tuple[list[Write], list[str], dict[str, int]]] = [
+        ([upsert(fact("a", 1, "green tea"))], ["update"], {"a": 1}),
+        ([upsert(fact("a", 2, "mint tea"))], ["update", "delete"], {"a": 2}),
+        ([DeleteFact("a", 2)], ["update", "delete", "delete"], {}),
+    ]
+    for writes, expected, committed in steps:
+        txid = new_txid()
+        index.prepare(txid, writes)
+        with chroma_calls(index) as calls:
+            index.commit(txid)
+        assert calls == expected
+        assert index.contents().committed == committed and index.recover() == []
+    assert client.get_collection(name).get()["ids"] == []  # type: ignore[attr-defined]
+
+    elsewhere = new_txid()  # staged by another process: this one knows nothing of it
+    ChromaIndex(client, name, "content", embedder=EMBEDDER).prepare(
+        elsewhere, [upsert(fact("b", 1, "oolong"))]
+    )
+    with chroma_calls(index) as calls:
+        index.commit(elsewhere)
+    assert calls == ["get", "update"]
+    assert index.contents().committed == {"b": 1} and index.recover() == []
 
 
 @pytest.mark.parametrize("linger", [0.0, 0.5])

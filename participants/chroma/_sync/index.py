@@ -28,8 +28,6 @@ from participants._vectors import (
     Point,
     VectorIndexBase,
     hit_of,
-    markers_last,
-    replaced_bounds,
     search_filter,
     stage,
 )
@@ -83,6 +81,9 @@ class ChromaIndex(VectorIndexBase):
             name,
         )
         self._collection: Any = None
+        # What this process staged, by txid, until the branch ends: a commit then needs
+        # no read to find its points (recovery and other processes' branches read them).
+        self._staged: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         # Concurrent prepares share one upsert; concurrent commits one commit_many.
         self._stager: WriteCombiner[Point] | None = None
         self._finisher: WriteCombiner[str] | None = None
@@ -102,6 +103,9 @@ class ChromaIndex(VectorIndexBase):
             self._upsert(points)
         else:
             self._stager.submit(txid, points)
+        self._staged[txid] = [(p.id, dict(p.payload)) for p in points]
+        if txid in self._fence:  # aborted while its upsert ran: abort() may have missed it
+            self._staged.pop(txid, None)
         return Vote.YES
 
     def _upsert(self, points: list[Point]) -> None:
@@ -122,22 +126,33 @@ class ChromaIndex(VectorIndexBase):
             self._finisher.submit(txid, [txid])
 
     def commit_many(self, txids: Sequence[str]) -> None:
-        """Commit many branches with two reads and two writes."""
+        """Commit many branches in one batch (see :meth:`_commit_batch`)."""
         if txids:
             self._commit_batch(list(txids))
 
     def _commit_batch(self, txids: list[str]) -> None:
+        """Mark the branches' points committed, then delete what they replace: one call
+        each (and one more for a delete's marker), plus a read of the points of branches
+        this process did not stage."""
         txid = txids[0] if len(txids) == 1 else None  # named in errors when alone
         collection = self._ensure_collection()
-        staged = self._call(
-            "commit", txid, collection.get, where=_any("txid", txids), include=["metadatas"]
-        )
-        if not staged["ids"]:
+        points: list[tuple[str, dict[str, Any]]] = []
+        unknown: list[str] = []
+        for each in txids:
+            known = self._staged.pop(each, None)
+            if known is None:
+                unknown.append(each)
+            else:
+                points += known
+        if unknown:
+            found = self._call(
+                "commit", txid, collection.get, where=_any("txid", unknown), include=["metadatas"]
+            )
+            points += zip(found["ids"], found["metadatas"], strict=True)
+        if not points:
             return
         marked = [
-            (point, {**metadata, "state": COMMITTED})
-            for point, metadata in zip(staged["ids"], staged["metadatas"], strict=True)
-            if metadata.get("state") == PENDING
+            (point, {**m, "state": COMMITTED}) for point, m in points if m.get("state") == PENDING
         ]
         if marked:
             self._call(
@@ -147,30 +162,27 @@ class ChromaIndex(VectorIndexBase):
                 ids=[point for point, _ in marked],
                 metadatas=[metadata for _, metadata in marked],
             )
-        # Then remove what the new versions replace (for a delete, its marker last).
-        bounds = replaced_bounds(
-            (str(m["fact_id"]), int(m["version"]), str(m.get("op", "upsert")))
-            for m in staged["metadatas"]
-        )
-        versions = self._call(
-            "commit",
-            txid,
-            collection.get,
-            where=_any("fact_id", sorted(bounds)),
-            include=["metadatas"],
-        )
+        # Then remove what the new versions replace; a delete's marker goes last, once
+        # the versions it stands for are gone.
+        newest: dict[str, int] = {}
+        for _, m in points:
+            fact_id = str(m["fact_id"])
+            newest[fact_id] = max(newest.get(fact_id, 0), int(m["version"]))
         older = [
-            point
-            for point, metadata in zip(versions["ids"], versions["metadatas"], strict=True)
-            if int(metadata["version"]) < bounds[str(metadata["fact_id"])]
+            {"$and": [{"fact_id": fact_id}, {"version": {"$lt": version}}]}
+            for fact_id, version in sorted(newest.items())
+            if version > 1  # a first version replaces nothing
         ]
-        markers = {
+        if older:
+            where = older[0] if len(older) == 1 else {"$or": older}
+            self._call("commit", txid, collection.delete, where=where)
+        markers = [
             point
-            for point, metadata in zip(staged["ids"], staged["metadatas"], strict=True)
-            if metadata.get("op") == "delete"
-        }
-        for ids in markers_last(older, markers):
-            self._call("commit", txid, collection.delete, ids=ids)
+            for point, m in points
+            if m.get("op") == "delete" and int(m["version"]) == newest[str(m["fact_id"])]
+        ]
+        if markers:
+            self._call("commit", txid, collection.delete, ids=markers)
 
     def abort(self, txid: str) -> None:
         self._abort([txid], txid)
@@ -183,6 +195,7 @@ class ChromaIndex(VectorIndexBase):
     def _abort(self, txids: Sequence[str], txid: str | None) -> None:
         for each in txids:
             self._fence.add(each)
+            self._staged.pop(each, None)
         collection = self._ensure_collection()
         self._call(
             "abort",
