@@ -249,3 +249,36 @@ def test_after_a_combined_write_the_next_turn_waits_for_the_callers_it_released(
         assert batches[2:] == [["c", "d"]] and list(combiner._waited) == [2]
     else:
         assert batches[2:] == [["c"], ["d"]] and not combiner._waited
+
+
+@pytest.mark.anyio
+async def test_a_caller_cancelled_while_its_turn_waits_is_never_written() -> None:
+    """The turn's holder cancelled inside the wait (its prepare timed out) leaves the queue
+    and the turn; the caller queued behind it is written without it."""
+    batches: list[list[str]] = []
+
+    async def write(items: list[str]) -> None:
+        await anyio.sleep(0.2)  # the next turn waits up to half of this
+        batches.append(list(items))
+
+    combiner: AsyncWriteCombiner[str] = AsyncWriteCombiner("chroma:test", write, linger=0.5)
+    async with anyio.create_task_group() as tasks:  # one combined write: the next turn waits
+        tasks.start_soon(combiner.submit, "a", ["a"])
+        await anyio.sleep(0.05)
+        tasks.start_soon(combiner.submit, "b", ["b"])
+        tasks.start_soon(combiner.submit, "c", ["c"])
+    assert batches == [["a"], ["b", "c"]]
+    cancelled: list[bool] = []
+
+    async def give_up() -> None:
+        with anyio.move_on_after(0.04) as scope:  # inside the wait of up to 0.1 s
+            await combiner.submit("x", ["x"])
+        cancelled.append(scope.cancelled_caught)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(give_up)
+        await anyio.sleep(0.01)  # "x" holds the turn and waits
+        tasks.start_soon(combiner.submit, "y", ["y"])
+    assert cancelled == [True]
+    assert batches[2:] == [["y"]], "the cancelled caller must not be written"
+    assert combiner._queue.requests == []
