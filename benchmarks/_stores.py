@@ -147,6 +147,8 @@ def memstate_store(spec: dict[str, Any]) -> Any:
     storage: Any
     if combo.startswith("sqlite"):
         storage = SQLiteStorage(str(d / "facts.db"))
+        if spec.get("memstate_synchronous", "normal") != "normal":  # MemState sets NORMAL
+            storage._conn.execute(f"PRAGMA synchronous={spec['memstate_synchronous'].upper()}")
     else:
         from memstate.backends.postgres import PostgresStorage
 
@@ -182,6 +184,8 @@ async def memstate_store_async(spec: dict[str, Any]) -> Any:
     if "chroma" in combo and "server" not in combo:
         raise NotImplementedError("MemState's async Chroma hook needs a Chroma server")
     storage: Any
+    if spec.get("memstate_synchronous", "normal") != "normal":
+        raise NotImplementedError("--memstate-synchronous applies to the threaded modes")
     if combo.startswith("sqlite"):
         storage = AsyncSQLiteStorage(str(d / "facts.db"))
         await storage.connect()

@@ -150,6 +150,13 @@ def main() -> int:
     parser.add_argument("--combos", default=",".join(COMBOS))
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--memstate-synchronous",
+        choices=["normal", "full"],
+        default="normal",
+        help="MemState's SQLite synchronous setting (its own: normal; full: as durable as "
+        "Lockstep's, to compare like with like)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -178,6 +185,7 @@ def main() -> int:
                                 "mode": mode,
                                 "system": system,
                                 "ops": args.ops,
+                                "memstate_synchronous": args.memstate_synchronous,
                             }
                             result = run_child(MODULE, spec, Path(tmp), pythons[system])
                             if isinstance(result, str):
@@ -195,7 +203,7 @@ def main() -> int:
         finally:
             servers.stop()
     rows = _rows(merged, combos, modes)
-    _print(rows, args.ops, args.rounds, failures)
+    _print(rows, args.ops, args.rounds, failures, args.memstate_synchronous)
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -203,6 +211,7 @@ def main() -> int:
                     "machine": machine(),
                     "ops": args.ops,
                     "rounds": args.rounds,
+                    "memstate_synchronous": args.memstate_synchronous,
                     "results": rows,
                     "not_measured": [
                         {"combo": c, "mode": m, "system": s, "why": why}
@@ -249,9 +258,18 @@ def _rows(
 
 
 def _print(
-    rows: list[dict[str, Any]], ops: int, rounds: int, failures: dict[tuple[str, str, str], str]
+    rows: list[dict[str, Any]],
+    ops: int,
+    rounds: int,
+    failures: dict[tuple[str, str, str], str],
+    memstate_synchronous: str = "normal",
 ) -> None:
     print(f"## Commit cost: Lockstep vs MemState 0.5.1\n\nMachine: {machine()}\n")
+    if memstate_synchronous != "normal":
+        print(
+            f"MemState's SQLite set to synchronous={memstate_synchronous.upper()} here "
+            "(its own setting is NORMAL), as durable as Lockstep's.\n"
+        )
     print(
         f"{ops} operations of each kind per run and system, {rounds} rounds. Latency: p50 / p99 "
         "ms; throughput: operations/s; Lockstep's ratios are to MemState's.\n"
