@@ -280,12 +280,13 @@ def main() -> int:
     )
     print(
         "Lockstep: drift after one recovery pass, plus anything still staged after a second; "
-        "the last column counts the runs where points of the killed process's last write "
-        "arrived after the first pass had listed what was staged (settled by the second).\n"
+        "the last column counts the runs where something was still staged after the first "
+        "pass (a write of the killed process that arrived after the pass had listed what was "
+        "staged), which the second pass must settle.\n"
     )
     print(
         "| stores | system | runs | runs with drift | share | drifted facts "
-        "| runs with late staged points |"
+        "| runs with branches staged after one pass |"
     )
     print("|---|---|---:|---:|---:|---:|---:|")
     for combo, by_system in drifted.items():
