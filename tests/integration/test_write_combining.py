@@ -258,7 +258,7 @@ async def test_a_caller_cancelled_while_its_turn_waits_is_never_written() -> Non
     batches: list[list[str]] = []
 
     async def write(items: list[str]) -> None:
-        await anyio.sleep(0.2)  # the next turn waits up to half of this
+        await anyio.sleep(0.4)  # the next turn waits up to half of this
         batches.append(list(items))
 
     combiner: AsyncWriteCombiner[str] = AsyncWriteCombiner("chroma:test", write, linger=0.5)
@@ -271,7 +271,7 @@ async def test_a_caller_cancelled_while_its_turn_waits_is_never_written() -> Non
     cancelled: list[bool] = []
 
     async def give_up() -> None:
-        with anyio.move_on_after(0.04) as scope:  # inside the wait of up to 0.1 s
+        with anyio.move_on_after(0.08) as scope:  # inside the wait of up to 0.2 s
             await combiner.submit("x", ["x"])
         cancelled.append(scope.cancelled_caught)
 
