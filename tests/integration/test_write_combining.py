@@ -215,6 +215,44 @@ def test_a_commit_makes_only_the_calls_it_needs(client: object) -> None:
         index.commit(elsewhere)
     assert calls == ["get", "update"]
     assert index.contents().committed == {"b": 1} and index.recover() == []
+    assert index._staged == {}, "a branch that ended is forgotten"
+
+
+def test_remembered_points_are_forgotten_and_a_stale_memory_writes_nothing(
+    client: object,
+) -> None:
+    """What a prepare remembers goes when the branch ends, also when the abort lands while
+    its upsert runs; and a commit from memory whose points another process has since
+    replaced (its finish deferred meanwhile) leaves the newer version alone."""
+    name = f"c{uuid.uuid4().hex[:12]}"
+    index = ChromaIndex(client, name, "content", embedder=EMBEDDER, combine_writes=False)
+    aborted = new_txid()
+    index.prepare(aborted, [upsert(fact("a", 1, "green tea"))])
+    index.abort(aborted)
+    assert index._staged == {} and index.recover() == []
+
+    racing = new_txid()  # its abort lands while the upsert runs
+    real_upsert = type(index._collection).upsert
+
+    def upsert_then_aborted(self: object, *args: Any, **kwargs: Any) -> None:
+        real_upsert(self, *args, **kwargs)
+        index.abort(racing)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(index._collection), "upsert", upsert_then_aborted)
+        index.prepare(racing, [upsert(fact("a", 1, "green tea"))])
+    assert index._staged == {} and index.recover() == []
+
+    first = new_txid()  # committed, its index finish deferred
+    index.prepare(first, [upsert(fact("a", 1, "green tea"))])
+    other = ChromaIndex(client, name, "content", embedder=EMBEDDER)  # another process
+    second = new_txid()
+    other.prepare(second, [upsert(fact("a", 2, "mint tea"))])
+    other.commit_many([first, second])  # its recovery finishes both
+    assert other.contents().committed == {"a": 2}
+    index.commit(first)  # the deferred finish, from memory: its points are gone
+    assert index.contents().committed == {"a": 2} and index.recover() == []
+    assert index._staged == {}
 
 
 @pytest.mark.parametrize("linger", [0.0, 0.5])
