@@ -3,6 +3,7 @@ get, and MemState's own environment (never a project dependency)."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import math
 import os
@@ -11,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,18 @@ class SameEmbedder:
 
     def embed_query(self, text: str) -> list[float]:
         return embed(text)
+
+
+def pick(parser: argparse.ArgumentParser, flag: str, text: str, known: Iterable[str]) -> list[str]:
+    """The comma-separated names of ``text`` given to ``flag``; exits with the known names
+    when one is not among them."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        wanted = ", ".join(repr(k) for k in known)
+        given = f"unknown {', '.join(repr(n) for n in unknown)}" if unknown else "nothing given"
+        parser.error(f"{flag}: {given}; expected a comma-separated list of {wanted}")
+    return names
 
 
 def machine() -> str:

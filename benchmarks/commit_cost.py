@@ -29,7 +29,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import ensure_memstate_env, machine, run_child, run_threads, serve_child
+from benchmarks._common import (
+    ensure_memstate_env,
+    machine,
+    pick,
+    run_child,
+    run_threads,
+    serve_child,
+)
 from benchmarks._stores import COMBOS, Servers, lockstep_store, memstate_store, memstate_store_async
 
 MODULE = "benchmarks.commit_cost"
@@ -161,8 +168,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.child:
         serve_child(child, args.child)
-    combos = [c.strip() for c in args.combos.split(",") if c.strip()]
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    combos = pick(parser, "--combos", args.combos, COMBOS)
+    modes = pick(parser, "--modes", args.modes, MODES)
     memstate = str(ensure_memstate_env())
     pythons = {
         "memstate": memstate,

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import ROOT, embed, ensure_memstate_env, machine
+from benchmarks._common import ROOT, embed, ensure_memstate_env, machine, pick
 from benchmarks._stores import Servers, lockstep_store, memstate_store
 from benchmarks.failure import _compare, _points
 
@@ -234,8 +234,8 @@ def main() -> int:
     if args.drift:
         print(*drift(json.loads(args.drift)), flush=True)
         os._exit(0)  # client threads must not keep a measuring process alive
-    combos = [c.strip() for c in args.combos.split(",") if c.strip()]
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    combos = pick(parser, "--combos", args.combos, COMBOS)
+    systems = pick(parser, "--systems", args.systems, SYSTEMS)
     pythons = dict.fromkeys(systems, sys.executable)
     if "memstate" in systems:
         pythons["memstate"] = str(ensure_memstate_env())
