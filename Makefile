@@ -57,6 +57,7 @@ bench: install
 	$(PY) -m benchmarks.commit_cost --ops 200 --rounds 2 --json commit-cost.json
 	$(PY) -m benchmarks.optimisations --ops 200 --rounds 2 --json optimisations.json
 	$(PY) -m benchmarks.recovery --transactions 10000 --json recovery.json
+	$(PY) -m benchmarks.rollback_log --lengths 0,1000,10000 --json rollback-log.json
 
 bench-quick: install
 	$(PY) -m benchmarks.engine --quick
@@ -67,6 +68,7 @@ bench-quick: install
 	$(PY) -m benchmarks.commit_cost --ops 24 --rounds 1 --combos "sqlite,sqlite + qdrant local"
 	$(PY) -m benchmarks.optimisations --ops 24 --rounds 1
 	$(PY) -m benchmarks.recovery --transactions 500
+	$(PY) -m benchmarks.rollback_log --lengths 0,200 --stores sqlite,redis
 
 unit: install
 	$(PY) -m pytest -q tests/unit

@@ -12,6 +12,22 @@ from coordinator.records import FactRecord, JSONValue
 FORMAT_ID = 0x4C6B
 """XA format id of every Lockstep branch: recovery touches only branches with it."""
 
+#: Indexes added after the tables were first released. A new database gets them with the
+#: tables; an existing one on open, unless a prepared branch holds the table (they only
+#: speed reads up, so the open goes on without them and tries again next time).
+LATER_INDEXES = (
+    # What a rollback may undo, newest first, without walking the whole log.
+    """CREATE INDEX IF NOT EXISTS lockstep_transactions_undoable ON lockstep_transactions
+        (seq) WHERE kind = 'write' AND rolled_back_by IS NULL""",
+    """CREATE INDEX IF NOT EXISTS lockstep_transactions_undoable_session
+        ON lockstep_transactions (session_id, seq)
+        WHERE kind = 'write' AND rolled_back_by IS NULL""",
+)
+LATER_INDEXES_PRESENT = (
+    "SELECT to_regclass('lockstep_transactions_undoable') IS NOT NULL "
+    "AND to_regclass('lockstep_transactions_undoable_session') IS NOT NULL"
+)
+
 TABLES = (
     """CREATE TABLE IF NOT EXISTS lockstep_facts (
         id text PRIMARY KEY, type text NOT NULL, session_id text, version integer NOT NULL,
@@ -27,6 +43,7 @@ TABLES = (
         seq bigserial PRIMARY KEY, txid text NOT NULL UNIQUE, session_id text,
         kind text NOT NULL, undoes jsonb NOT NULL, rolled_back_by text,
         committed_at double precision NOT NULL, actor text, reason text)""",
+    *LATER_INDEXES,
     """CREATE TABLE IF NOT EXISTS lockstep_claims (
         claim text PRIMARY KEY, fact_id text NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS lockstep_claims_fact ON lockstep_claims (fact_id)",
@@ -71,11 +88,14 @@ INSERT_TRANSACTION = (
     "reason) VALUES (%s, %s, %s, %s, %s, %s, %s)"
 )
 MARK_ROLLED_BACK = "UPDATE lockstep_transactions SET rolled_back_by = %s WHERE txid = ANY(%s)"
-SELECT_TRANSACTIONS = (
+# Two statements, not one with "(%s IS NULL OR session_id = %s)": a generic plan for that
+# form cannot use the session's index.
+SELECT_UNDOABLE = (
     "SELECT seq, txid, session_id, kind, undoes, rolled_back_by, committed_at, actor, reason "
     "FROM lockstep_transactions WHERE kind = 'write' AND rolled_back_by IS NULL "
-    "AND (%s::text IS NULL OR session_id = %s) ORDER BY seq DESC LIMIT %s"
+    "ORDER BY seq DESC LIMIT %s"
 )
+SELECT_UNDOABLE_IN_SESSION = SELECT_UNDOABLE.replace("ORDER BY", "AND session_id = %s ORDER BY")
 
 
 def fact_row(fact: FactRecord) -> tuple[Any, ...]:

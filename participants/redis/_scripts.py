@@ -2,7 +2,11 @@
 
 Each script runs as one atomic step on the server: no other command interleaves, so the
 checks and the writes of ``prepare`` are one step, and ``commit`` applies a whole stage or
-nothing of it. All three are idempotent by txid.
+nothing of it. ``prepare``, ``commit`` and ``abort`` are idempotent by txid.
+
+``commit`` also keeps the transactions a rollback can still undo (writes not rolled
+back) in sorted sets by sequence, ``undo:all`` and ``undo:s:<session>``, so ``UNDOABLE``
+reads the latest of them without walking the whole log.
 """
 
 PREPARE = """
@@ -82,8 +86,15 @@ end
 local meta = stage.meta
 for _, undone in ipairs(meta.undoes) do
   redis.call('HSET', p .. 'tx:' .. undone, 'rolled_back_by', txid)
+  redis.call('ZREM', p .. 'undo:all', undone)
+  local s = redis.call('HGET', p .. 'tx:' .. undone, 'session_id')
+  if s and s ~= '' then redis.call('ZREM', p .. 'undo:s:' .. s, undone) end
 end
 local seq = redis.call('INCR', p .. 'seq')
+if meta.kind == 'write' then
+  redis.call('ZADD', p .. 'undo:all', seq, txid)
+  if meta.session_id ~= '' then redis.call('ZADD', p .. 'undo:s:' .. meta.session_id, seq, txid) end
+end
 redis.call('HSET', p .. 'tx:' .. txid, 'seq', seq, 'session_id', meta.session_id,
   'kind', meta.kind, 'undoes', cjson.encode(meta.undoes), 'committed_at', now,
   'actor', meta.actor, 'reason', meta.reason, 'written', table.concat(written, '\\30'))
@@ -91,6 +102,30 @@ redis.call('ZADD', p .. 'txlog', seq, txid)
 redis.call('DEL', p .. 'stage:' .. txid)
 redis.call('SREM', p .. 'prepared', txid)
 return 1
+"""
+
+UNDOABLE = """
+local p, limit = ARGV[1], tonumber(ARGV[2])
+local key = p .. 'undo:all'
+if ARGV[3] then key = p .. 'undo:s:' .. ARGV[3] end
+if not redis.call('GET', p .. 'undo:ready') then
+  -- A store committed to before these sets existed: build them from the log, once.
+  local log = redis.call('ZRANGE', p .. 'txlog', 0, -1, 'WITHSCORES')
+  for i = 1, #log, 2 do
+    local txid, seq = log[i], log[i + 1]
+    local t = redis.call('HMGET', p .. 'tx:' .. txid, 'kind', 'rolled_back_by', 'session_id')
+    if t[1] == 'write' and (not t[2] or t[2] == '') then
+      redis.call('ZADD', p .. 'undo:all', seq, txid)
+      if t[3] and t[3] ~= '' then redis.call('ZADD', p .. 'undo:s:' .. t[3], seq, txid) end
+    end
+  end
+  redis.call('SET', p .. 'undo:ready', '1')
+end
+local rows = {}
+for _, txid in ipairs(redis.call('ZREVRANGE', key, 0, limit - 1)) do
+  table.insert(rows, {txid, redis.call('HGETALL', p .. 'tx:' .. txid)})
+end
+return rows
 """
 
 ABORT = """

@@ -77,6 +77,12 @@ _SCHEMA = (
         seq INTEGER PRIMARY KEY AUTOINCREMENT, txid TEXT NOT NULL UNIQUE, session_id TEXT,
         kind TEXT NOT NULL, undoes TEXT NOT NULL, rolled_back_by TEXT,
         committed_at REAL NOT NULL, actor TEXT, reason TEXT)""",
+    # What a rollback may undo, newest first, without walking the whole log.
+    """CREATE INDEX IF NOT EXISTS lockstep_transactions_undoable ON lockstep_transactions
+        (seq) WHERE kind = 'write' AND rolled_back_by IS NULL""",
+    """CREATE INDEX IF NOT EXISTS lockstep_transactions_undoable_session
+        ON lockstep_transactions (session_id, seq)
+        WHERE kind = 'write' AND rolled_back_by IS NULL""",
     """CREATE TABLE IF NOT EXISTS lockstep_claims (
         claim TEXT PRIMARY KEY, fact_id TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS lockstep_claims_fact ON lockstep_claims (fact_id)",
@@ -98,6 +104,13 @@ _SCHEMA = (
         txid TEXT PRIMARY KEY, aborted_at REAL NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS lockstep_aborted_at ON lockstep_aborted (aborted_at)",
 )
+#: The writes a rollback may undo, newest first: each planned on its index above.
+SELECT_UNDOABLE = (
+    "SELECT seq, txid, session_id, kind, undoes, rolled_back_by, committed_at, actor, reason "
+    "FROM lockstep_transactions WHERE kind = 'write' AND rolled_back_by IS NULL "
+    "ORDER BY seq DESC LIMIT ?"
+)
+SELECT_UNDOABLE_IN_SESSION = SELECT_UNDOABLE.replace("ORDER BY", "AND session_id = ? ORDER BY")
 ABORT_FENCE_SECONDS = 24 * 3600.0
 """How long an abort keeps refusing a late prepare of the same txid."""
 _CHUNK = 500
@@ -353,16 +366,11 @@ class SQLiteStore:
         return found
 
     def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]:
-        sql = (
-            "SELECT seq, txid, session_id, kind, undoes, rolled_back_by, committed_at, actor, "
-            "reason FROM lockstep_transactions WHERE kind = 'write' AND rolled_back_by IS NULL"
-        )
-        params: list[object] = []
-        if session_id is not None:
-            sql += " AND session_id = ?"
-            params.append(session_id)
         with self._lock, self._translated():
-            rows = self._conn.execute(sql + " ORDER BY seq DESC LIMIT ?", [*params, limit])
+            if session_id is None:
+                rows = self._conn.execute(SELECT_UNDOABLE, (limit,))
+            else:
+                rows = self._conn.execute(SELECT_UNDOABLE_IN_SESSION, (session_id, limit))
             return [
                 TransactionEntry(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), *r[5:])
                 for r in rows.fetchall()

@@ -327,7 +327,10 @@ class AsyncPostgresStorage:
         return [sql.record_of(row[0]) for row in rows]
 
     async def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]:
-        rows = await self._read(sql.SELECT_TRANSACTIONS, (session_id, session_id, limit))
+        if session_id is None:
+            rows = await self._read(sql.SELECT_UNDOABLE, (limit,))
+        else:
+            rows = await self._read(sql.SELECT_UNDOABLE_IN_SESSION, (session_id, limit))
         return [
             TransactionEntry(r[0], r[1], r[2], r[3], tuple(r[4]), r[5], r[6], r[7], r[8])
             for r in rows
@@ -370,17 +373,21 @@ class AsyncPostgresStorage:
                 # DDL on a table a prepared branch holds would wait for that branch, which
                 # may wait for this very process's recovery: create only what is missing.
                 present = await (await conn.execute(sql.SCHEMA_PRESENT)).fetchone()
+                later = await (await conn.execute(sql.LATER_INDEXES_PRESENT)).fetchone()
                 if not (present and present[0]):
                     await conn.execute("SET LOCAL lock_timeout = '10s'")
                     await conn.execute("SELECT pg_advisory_xact_lock(4242424242)")
                     for statement in sql.SCHEMA:
                         await conn.execute(statement)
+                    later = (True,)
                 prepared = await (await conn.execute("SHOW max_prepared_transactions")).fetchone()
                 fsync = await (await conn.execute("SHOW fsync")).fetchone()
                 await conn.commit()
             except psycopg.Error as exc:
                 raise self._error("open", None, exc) from exc
             self._database = conn.info.dbname
+            if not (later and later[0]):
+                await self._add_later_indexes(conn)
         if prepared is None or int(prepared[0]) <= 0:
             raise ConfigurationError(
                 "Postgres has max_prepared_transactions = 0, so it cannot take part in "
@@ -391,6 +398,27 @@ class AsyncPostgresStorage:
         if fsync is not None and fsync[0] != "on":
             logger.warning("Postgres runs with fsync=%s: a crash can lose commits (G2)", fsync[0])
         self._ready = True
+
+    async def _add_later_indexes(self, conn: AsyncConnection[Any]) -> None:
+        """Create the indexes a database made by an earlier release lacks, waiting at most
+        two seconds for its tables: a prepared branch holds them until it is resolved,
+        perhaps by this very process's recovery."""
+        try:
+            await conn.execute("SET LOCAL lock_timeout = '2s'")
+            await conn.execute("SELECT pg_advisory_xact_lock(4242424242)")
+            for statement in sql.LATER_INDEXES:
+                await conn.execute(statement)
+            await conn.commit()
+        except errors.LockNotAvailable:
+            await conn.rollback()
+            logger.warning(
+                "Postgres store %s: prepared branches hold lockstep_transactions, so its "
+                "rollback indexes were not created; rollbacks work without them (slower on "
+                "a long log) and the next open tries again",
+                self._database,
+            )
+        except psycopg.Error as exc:
+            raise self._error("open", None, exc) from exc
 
     async def _stage(
         self,

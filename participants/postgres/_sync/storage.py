@@ -327,7 +327,10 @@ class PostgresStorage:
         return [sql.record_of(row[0]) for row in rows]
 
     def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]:
-        rows = self._read(sql.SELECT_TRANSACTIONS, (session_id, session_id, limit))
+        if session_id is None:
+            rows = self._read(sql.SELECT_UNDOABLE, (limit,))
+        else:
+            rows = self._read(sql.SELECT_UNDOABLE_IN_SESSION, (session_id, limit))
         return [
             TransactionEntry(r[0], r[1], r[2], r[3], tuple(r[4]), r[5], r[6], r[7], r[8])
             for r in rows
@@ -370,17 +373,21 @@ class PostgresStorage:
                 # DDL on a table a prepared branch holds would wait for that branch, which
                 # may wait for this very process's recovery: create only what is missing.
                 present = (conn.execute(sql.SCHEMA_PRESENT)).fetchone()
+                later = (conn.execute(sql.LATER_INDEXES_PRESENT)).fetchone()
                 if not (present and present[0]):
                     conn.execute("SET LOCAL lock_timeout = '10s'")
                     conn.execute("SELECT pg_advisory_xact_lock(4242424242)")
                     for statement in sql.SCHEMA:
                         conn.execute(statement)
+                    later = (True,)
                 prepared = (conn.execute("SHOW max_prepared_transactions")).fetchone()
                 fsync = (conn.execute("SHOW fsync")).fetchone()
                 conn.commit()
             except psycopg.Error as exc:
                 raise self._error("open", None, exc) from exc
             self._database = conn.info.dbname
+            if not (later and later[0]):
+                self._add_later_indexes(conn)
         if prepared is None or int(prepared[0]) <= 0:
             raise ConfigurationError(
                 "Postgres has max_prepared_transactions = 0, so it cannot take part in "
@@ -391,6 +398,27 @@ class PostgresStorage:
         if fsync is not None and fsync[0] != "on":
             logger.warning("Postgres runs with fsync=%s: a crash can lose commits (G2)", fsync[0])
         self._ready = True
+
+    def _add_later_indexes(self, conn: Connection[Any]) -> None:
+        """Create the indexes a database made by an earlier release lacks, waiting at most
+        two seconds for its tables: a prepared branch holds them until it is resolved,
+        perhaps by this very process's recovery."""
+        try:
+            conn.execute("SET LOCAL lock_timeout = '2s'")
+            conn.execute("SELECT pg_advisory_xact_lock(4242424242)")
+            for statement in sql.LATER_INDEXES:
+                conn.execute(statement)
+            conn.commit()
+        except errors.LockNotAvailable:
+            conn.rollback()
+            logger.warning(
+                "Postgres store %s: prepared branches hold lockstep_transactions, so its "
+                "rollback indexes were not created; rollbacks work without them (slower on "
+                "a long log) and the next open tries again",
+                self._database,
+            )
+        except psycopg.Error as exc:
+            raise self._error("open", None, exc) from exc
 
     def _stage(
         self,

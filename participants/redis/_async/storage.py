@@ -68,6 +68,7 @@ class AsyncRedisStorage:
         self._prepare_script = self._client.register_script(_scripts.PREPARE)
         self._commit_script = self._client.register_script(_scripts.COMMIT)
         self._abort_script = self._client.register_script(_scripts.ABORT)
+        self._undoable_script = self._client.register_script(_scripts.UNDOABLE)
         self._checked = False
 
     @property
@@ -184,25 +185,14 @@ class AsyncRedisStorage:
         return found
 
     async def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]:
-        entries: list[TransactionEntry] = []
-        start = 0
-        while len(entries) < limit:
-            txids = await self._call(
-                "read", self._client.zrevrange, self._key("txlog"), start, start + 99
-            )
-            if not txids:
-                break
-            start += len(txids)
-            for txid in txids:
-                row = await self._call("read", self._client.hgetall, self._key("tx:" + txid))
-                entry = _entry(txid, row)
-                if (
-                    entry.kind == "write"
-                    and entry.rolled_back_by is None
-                    and (session_id is None or entry.session_id == session_id)
-                ):
-                    entries.append(entry)
-        return entries[:limit]
+        args: list[Any] = [self._prefix, limit]
+        if session_id is not None:
+            args.append(session_id)
+        try:
+            rows = await self._undoable_script(keys=[], args=args)
+        except RedisError as exc:
+            raise ParticipantError(f"Redis read failed: {exc}", participant=self._name) from exc
+        return [_entry(txid, dict(zip(flat[::2], flat[1::2], strict=True))) for txid, flat in rows]
 
     async def all_facts(self) -> list[FactRecord]:
         ids = await self._call("read", self._client.smembers, self._key("facts"))

@@ -288,3 +288,30 @@ def test_history_and_the_transaction_log_record_every_commit(open_store: Opener)
     undo = commit_writes(store, TransactionMeta(session_id="s1", kind="rollback", undoes=(second,)))
     assert [t.txid for t in store.transactions("s1", 10)] == [first]
     assert undo not in [t.txid for t in store.transactions(None, 10)]
+
+
+def test_the_log_gives_the_latest_writes_a_rollback_may_undo_in_each_session(
+    open_store: Opener,
+) -> None:
+    store = open_store()
+    sessions = ["s1", "s2", None]
+    live: list[tuple[str, str | None]] = []  # (txid, session), oldest first
+    for i in range(24):
+        session = sessions[i % 3]
+        txid = commit_writes(store, upsert(f"f{i}", 1), TransactionMeta(session_id=session))
+        live.append((txid, session))
+    # Undo one write of each session, then two more across sessions in one rollback.
+    txids = [txid for txid, _ in live]
+    for undone in ([txids[21]], [txids[22]], [txids[23]], [txids[3], txids[10]]):
+        commit_writes(
+            store, TransactionMeta(session_id="s1", kind="rollback", undoes=tuple(undone))
+        )
+        live = [entry for entry in live if entry[0] not in undone]
+    store = open_store()
+    for session in ["s1", "s2"]:
+        expected = [txid for txid, s in reversed(live) if s == session]
+        assert [t.txid for t in store.transactions(session, 3)] == expected[:3]
+        assert [t.txid for t in store.transactions(session, 100)] == expected
+    newest = [t.txid for t in store.transactions(None, 5)]
+    assert newest == [txid for txid, _ in reversed(live)][:5]
+    assert [t.session_id for t in store.transactions(None, 3)] == [None, "s2", "s1"]
