@@ -222,8 +222,9 @@ def test_remembered_points_are_forgotten_and_a_stale_memory_writes_nothing(
     client: object,
 ) -> None:
     """What a prepare remembers goes when the branch ends, also when the abort lands while
-    its upsert runs; and a commit from memory whose points another process has since
-    replaced (its finish deferred meanwhile) leaves the newer version alone."""
+    its upsert runs or comes from another process (a recovery listing forgets it); and a
+    commit from memory whose points another process has since replaced (its finish
+    deferred meanwhile) leaves the newer version alone."""
     name = f"c{uuid.uuid4().hex[:12]}"
     index = ChromaIndex(client, name, "content", embedder=EMBEDDER, combine_writes=False)
     aborted = new_txid()
@@ -253,6 +254,14 @@ def test_remembered_points_are_forgotten_and_a_stale_memory_writes_nothing(
     index.commit(first)  # the deferred finish, from memory: its points are gone
     assert index.contents().committed == {"a": 2} and index.recover() == []
     assert index._staged == {}
+
+    left = new_txid()  # this process's coordinator gave up on it; another's recovery aborts it
+    index.prepare(left, [upsert(fact("b", 1, "oolong"))])
+    kept = new_txid()  # still staged: its memory stays
+    index.prepare(kept, [upsert(fact("c", 1, "sencha"))])
+    other.abort(left)
+    assert index.recover() == [kept]
+    assert list(index._staged) == [kept], "a branch another process ended is forgotten"
 
 
 @pytest.mark.parametrize("linger", [0.0, 0.5])

@@ -206,10 +206,17 @@ class AsyncChromaIndex(VectorIndexBase):
 
     async def recover(self) -> list[str]:
         collection = await self._ensure_collection()
+        # A remembered branch's points were written before it was remembered: if the
+        # listing does not show them, another process ended the branch, and this one
+        # (its coordinator interrupted, say) would otherwise remember it until it exits.
+        remembered = set(self._staged)
         staged = await self._call(
             "recover", None, collection.get, where={"state": PENDING}, include=["metadatas"]
         )
-        return sorted({str(m["txid"]) for m in staged["metadatas"]})
+        listed = {str(m["txid"]) for m in staged["metadatas"]}
+        for ended in remembered - listed:
+            self._staged.pop(ended, None)
+        return sorted(listed)
 
     # -- reads --------------------------------------------------------------------------
 
