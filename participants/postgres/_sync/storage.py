@@ -21,6 +21,7 @@ Theory of operation:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -402,23 +403,26 @@ class PostgresStorage:
     def _add_later_indexes(self, conn: Connection[Any]) -> None:
         """Create the indexes a database made by an earlier release lacks, waiting at most
         two seconds for its tables: a prepared branch holds them until it is resolved,
-        perhaps by this very process's recovery."""
+        perhaps by this very process's recovery. The reads they speed up work without
+        them, so a refusal (that wait, or a role that may not create indexes) is a
+        warning, not a failed open."""
         try:
             conn.execute("SET LOCAL lock_timeout = '2s'")
             conn.execute("SELECT pg_advisory_xact_lock(4242424242)")
             for statement in sql.LATER_INDEXES:
                 conn.execute(statement)
             conn.commit()
-        except errors.LockNotAvailable:
-            conn.rollback()
-            logger.warning(
-                "Postgres store %s: prepared branches hold lockstep_transactions, so its "
-                "rollback indexes were not created; rollbacks work without them (slower on "
-                "a long log) and the next open tries again",
-                self._database,
-            )
         except psycopg.Error as exc:
-            raise self._error("open", None, exc) from exc
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+            held = isinstance(exc, errors.LockNotAvailable)
+            logger.warning(
+                "Postgres store %s: the transaction log's rollback indexes were not "
+                "created (%s); rollbacks work without them, slower on a long log, and the "
+                "next open tries again",
+                self._database,
+                "prepared branches hold lockstep_transactions" if held else exc,
+            )
 
     def _stage(
         self,

@@ -185,6 +185,8 @@ class AsyncRedisStorage:
         return found
 
     async def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]:
+        if limit <= 0:
+            return []
         args: list[Any] = [self._prefix, limit]
         if session_id is not None:
             args.append(session_id)

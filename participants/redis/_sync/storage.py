@@ -183,6 +183,8 @@ class RedisStorage:
         return found
 
     def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]:
+        if limit <= 0:
+            return []
         args: list[Any] = [self._prefix, limit]
         if session_id is not None:
             args.append(session_id)

@@ -315,3 +315,4 @@ async def test_the_log_gives_the_latest_writes_a_rollback_may_undo_in_each_sessi
     newest = [t.txid for t in await store.transactions(None, 5)]
     assert newest == [txid for txid, _ in reversed(live)][:5]
     assert [t.session_id for t in await store.transactions(None, 3)] == [None, "s2", "s1"]
+    assert await store.transactions("s1", 0) == [] and await store.transactions(None, 0) == []

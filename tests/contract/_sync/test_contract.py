@@ -315,3 +315,4 @@ def test_the_log_gives_the_latest_writes_a_rollback_may_undo_in_each_session(
     newest = [t.txid for t in store.transactions(None, 5)]
     assert newest == [txid for txid, _ in reversed(live)][:5]
     assert [t.session_id for t in store.transactions(None, 3)] == [None, "s2", "s1"]
+    assert store.transactions("s1", 0) == [] and store.transactions(None, 0) == []
