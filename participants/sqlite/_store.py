@@ -153,6 +153,16 @@ class SQLiteStore:
             with self._transaction():
                 for statement in _SCHEMA:
                     self._conn.execute(statement)
+            # Reads of committed data that arrive while a commit holds the connection take
+            # a second one: WAL lets them run beside the commit, so they do not wait for
+            # its fsync. (A private in-memory database is one connection's own: there
+            # they wait.)
+            self._reader, self._read_lock = self._conn, self._lock
+            if self.path != ":memory:":
+                self._reader = sqlite3.connect(
+                    self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+                )
+                self._read_lock = threading.RLock()
 
     # -- the participant contract -------------------------------------------------------
 
@@ -309,11 +319,11 @@ class SQLiteStore:
     def get_many(self, fact_ids: Sequence[str]) -> dict[str, FactRecord]:
         found: dict[str, FactRecord] = {}
         ids = list(fact_ids)
-        with self._lock, self._translated():
+        with self._reading() as conn:
             for start in range(0, len(ids), _CHUNK):
                 chunk = ids[start : start + _CHUNK]
                 marks = ",".join("?" * len(chunk))
-                for (record,) in self._conn.execute(
+                for (record,) in conn.execute(
                     f"SELECT record FROM lockstep_facts WHERE id IN ({marks})", chunk
                 ):
                     fact = FactRecord.from_json(record)
@@ -336,15 +346,15 @@ class SQLiteStore:
             clauses.append("json_extract(record, ?) IS ?")
             params += ["$." + ".".join(path), value]
         where = " AND ".join(clauses) or "1"
-        with self._lock, self._translated():
-            rows = self._conn.execute(
+        with self._reading() as conn:
+            rows = conn.execute(
                 f"SELECT record FROM lockstep_facts WHERE {where} ORDER BY ts, id", params
             ).fetchall()
         return [FactRecord.from_json(row[0]) for row in rows]
 
     def history(self, fact_id: str) -> list[FactRecord]:
-        with self._lock, self._translated():
-            rows = self._conn.execute(
+        with self._reading() as conn:
+            rows = conn.execute(
                 "SELECT record FROM lockstep_fact_history WHERE id = ? ORDER BY version",
                 (fact_id,),
             ).fetchall()
@@ -353,11 +363,11 @@ class SQLiteStore:
     def written_by(self, txids: Sequence[str]) -> list[FactRecord]:
         found: list[FactRecord] = []
         ids = list(txids)
-        with self._lock, self._translated():
+        with self._reading() as conn:
             for start in range(0, len(ids), _CHUNK):
                 chunk = ids[start : start + _CHUNK]
                 marks = ",".join("?" * len(chunk))
-                rows = self._conn.execute(
+                rows = conn.execute(
                     "SELECT record FROM lockstep_fact_history "
                     f"WHERE txid IN ({marks}) ORDER BY id, version",
                     chunk,
@@ -366,22 +376,24 @@ class SQLiteStore:
         return found
 
     def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]:
-        with self._lock, self._translated():
+        with self._reading() as conn:
             if session_id is None:
-                rows = self._conn.execute(SELECT_UNDOABLE, (limit,))
+                rows = conn.execute(SELECT_UNDOABLE, (limit,))
             else:
-                rows = self._conn.execute(SELECT_UNDOABLE_IN_SESSION, (session_id, limit))
+                rows = conn.execute(SELECT_UNDOABLE_IN_SESSION, (session_id, limit))
             return [
                 TransactionEntry(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), *r[5:])
                 for r in rows.fetchall()
             ]
 
     def all_facts(self) -> list[FactRecord]:
-        with self._lock, self._translated():
-            rows = self._conn.execute("SELECT record FROM lockstep_facts ORDER BY id").fetchall()
+        with self._reading() as conn:
+            rows = conn.execute("SELECT record FROM lockstep_facts ORDER BY id").fetchall()
         return [FactRecord.from_json(row[0]) for row in rows]
 
     def close(self) -> None:
+        with self._read_lock:
+            self._reader.close()
         with self._lock:
             self._conn.close()
 
@@ -473,9 +485,25 @@ class SQLiteStore:
         return row
 
     def _read_one(self, sql: str, *params: object) -> tuple[str, ...] | None:
-        with self._lock, self._translated():
-            row: tuple[str, ...] | None = self._conn.execute(sql, params).fetchone()
+        with self._reading() as conn:
+            row: tuple[str, ...] | None = conn.execute(sql, params).fetchone()
             return row
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A connection for a read of committed data: the writing one while it is free
+        (its page cache is warm: it made the last writes, which another connection would
+        read from the file again), the reading one while a commit holds it."""
+        if self._lock.acquire(blocking=False):
+            lock, conn = self._lock, self._conn
+        else:
+            self._read_lock.acquire()
+            lock, conn = self._read_lock, self._reader
+        try:
+            with self._translated():
+                yield conn
+        finally:
+            lock.release()
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:

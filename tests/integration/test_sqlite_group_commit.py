@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +130,29 @@ def test_group_commit_can_be_turned_off(tmp_path: Path) -> None:
     grouped.close()
     with pytest.raises(ConfigurationError, match="group_comit"):
         open_participant(f"sqlite:///{tmp_path / 'c.db'}?group_comit=0")
+
+
+def test_reads_go_on_while_a_commit_holds_the_writing_connection(tmp_path: Path) -> None:
+    """Reads of committed data have a connection of their own (WAL lets them run beside a
+    commit), so a commit holding the writing one — through its fsync, or a batch — does
+    not hold them up; and each commit is visible to them once it has returned."""
+    storage = SQLiteStorage(tmp_path / "facts.db")
+    storage.commit_one_phase(new_txid(), [upsert("a", 1, "first")])
+    seen: list[object] = []
+
+    def read() -> None:
+        seen.append(storage.get("a"))
+        seen.append(storage.transactions(None, 5)[0].txid)
+
+    with storage.store._lock:  # what a commit holds while it writes and syncs
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(timeout=5)
+        assert not reader.is_alive(), "a read waited for the writing connection"
+    assert seen[0] == FactRecord("a", "note", {"content": "first"}, 1)
+    for version in (2, 3):
+        txid = new_txid()
+        storage.commit_one_phase(txid, [upsert("a", version, f"v{version}")])
+        assert storage.get("a").version == version  # type: ignore[union-attr]
+        assert storage.transactions(None, 1)[0].txid == txid
+    storage.close()
