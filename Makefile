@@ -58,6 +58,7 @@ bench: install
 	$(PY) -m benchmarks.optimisations --ops 200 --rounds 2 --json optimisations.json
 	$(PY) -m benchmarks.recovery --transactions 10000 --json recovery.json
 	$(PY) -m benchmarks.rollback_log --lengths 0,1000,10000 --json rollback-log.json
+	$(PY) -m benchmarks.reads_beside_commits --reads 1000 --rounds 2 --json reads.json
 
 bench-quick: install
 	$(PY) -m benchmarks.engine --quick
@@ -69,6 +70,7 @@ bench-quick: install
 	$(PY) -m benchmarks.optimisations --ops 24 --rounds 1
 	$(PY) -m benchmarks.recovery --transactions 500
 	$(PY) -m benchmarks.rollback_log --lengths 0,200 --stores sqlite,redis
+	$(PY) -m benchmarks.reads_beside_commits --reads 200 --rounds 1 --writers 0,4
 
 unit: install
 	$(PY) -m pytest -q tests/unit
