@@ -13,8 +13,9 @@ FORMAT_ID = 0x4C6B
 """XA format id of every Lockstep branch: recovery touches only branches with it."""
 
 #: Indexes added after the tables were first released. A new database gets them with the
-#: tables; an existing one on open, unless a prepared branch holds the table (they only
-#: speed reads up, so the open goes on without them and tries again next time).
+#: tables; an existing one on open, unless it cannot (a prepared branch holds the table, or
+#: the role does not own it): they only speed reads up, so the open then goes on without
+#: them and tries again next time.
 LATER_INDEXES = (
     # What a rollback may undo, newest first, without walking the whole log.
     """CREATE INDEX IF NOT EXISTS lockstep_transactions_undoable ON lockstep_transactions
