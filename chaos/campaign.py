@@ -475,6 +475,12 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     combos = [c.strip() for c in args.combos.split(",") if c.strip()]
+    unknown = [c for c in combos if c not in COMBOS]
+    if unknown or not combos:
+        parser.error(
+            f"--combos: {'unknown ' + ', '.join(map(repr, unknown)) if unknown else 'none given'}"
+            f"; expected a comma-separated list of {', '.join(map(repr, COMBOS))}"
+        )
     tallies = campaign(combos, args.runs, args.writes, args.seed)
     rows = [{**asdict(t), "faults": t.faults} for t in tallies]
     if args.json:
