@@ -6,7 +6,10 @@ nothing of it. ``prepare``, ``commit`` and ``abort`` are idempotent by txid.
 
 ``commit`` also keeps the transactions a rollback can still undo (writes not rolled
 back) in sorted sets by sequence, ``undo:all`` and ``undo:s:<session>``, so ``UNDOABLE``
-reads the latest of them without walking the whole log.
+reads the latest of them without walking the whole log. ``undo:seq`` is the last commit
+the sets account for; commits they miss (a store written before them, or an earlier
+release's commit script still running somewhere) are read from the log by ``UNDOABLE``
+before it answers.
 """
 
 PREPARE = """
@@ -36,7 +39,21 @@ redis.call('SADD', p .. 'prepared', txid)
 return {'YES'}
 """
 
-COMMIT = """
+UNDO_SETS = """
+local function add_undoable(p, txid, seq, session)
+  redis.call('ZADD', p .. 'undo:all', seq, txid)
+  if session ~= '' then redis.call('ZADD', p .. 'undo:s:' .. session, seq, txid) end
+end
+local function forget_undoable(p, txid)
+  redis.call('ZREM', p .. 'undo:all', txid)
+  local session = redis.call('HGET', p .. 'tx:' .. txid, 'session_id')
+  if session and session ~= '' then redis.call('ZREM', p .. 'undo:s:' .. session, txid) end
+end
+"""
+
+COMMIT = (
+    UNDO_SETS
+    + """
 local p, txid, now = ARGV[1], ARGV[2], ARGV[3]
 local raw = redis.call('GET', p .. 'stage:' .. txid)
 if not raw then return 0 end
@@ -86,14 +103,12 @@ end
 local meta = stage.meta
 for _, undone in ipairs(meta.undoes) do
   redis.call('HSET', p .. 'tx:' .. undone, 'rolled_back_by', txid)
-  redis.call('ZREM', p .. 'undo:all', undone)
-  local s = redis.call('HGET', p .. 'tx:' .. undone, 'session_id')
-  if s and s ~= '' then redis.call('ZREM', p .. 'undo:s:' .. s, undone) end
+  forget_undoable(p, undone)
 end
 local seq = redis.call('INCR', p .. 'seq')
-if meta.kind == 'write' then
-  redis.call('ZADD', p .. 'undo:all', seq, txid)
-  if meta.session_id ~= '' then redis.call('ZADD', p .. 'undo:s:' .. meta.session_id, seq, txid) end
+if meta.kind == 'write' then add_undoable(p, txid, seq, meta.session_id) end
+if tonumber(redis.call('GET', p .. 'undo:seq') or '0') == seq - 1 then
+  redis.call('SET', p .. 'undo:seq', seq)  -- the sets account for every commit so far
 end
 redis.call('HSET', p .. 'tx:' .. txid, 'seq', seq, 'session_id', meta.session_id,
   'kind', meta.kind, 'undoes', cjson.encode(meta.undoes), 'committed_at', now,
@@ -103,30 +118,39 @@ redis.call('DEL', p .. 'stage:' .. txid)
 redis.call('SREM', p .. 'prepared', txid)
 return 1
 """
+)
 
-UNDOABLE = """
+UNDOABLE = (
+    UNDO_SETS
+    + """
 local p, limit = ARGV[1], tonumber(ARGV[2])
-local key = p .. 'undo:all'
-if ARGV[3] then key = p .. 'undo:s:' .. ARGV[3] end
-if not redis.call('GET', p .. 'undo:ready') then
-  -- A store committed to before these sets existed: build them from the log, once.
-  local log = redis.call('ZRANGE', p .. 'txlog', 0, -1, 'WITHSCORES')
+local done = tonumber(redis.call('GET', p .. 'undo:seq') or '0')
+local last = redis.call('GET', p .. 'seq')
+if last and done < tonumber(last) then
+  -- Commits the sets do not account for (made before they existed, or by an earlier
+  -- release's commit script): bring the sets up to date from the log.
+  local log = redis.call('ZRANGEBYSCORE', p .. 'txlog', '(' .. done, '+inf', 'WITHSCORES')
   for i = 1, #log, 2 do
     local txid, seq = log[i], log[i + 1]
-    local t = redis.call('HMGET', p .. 'tx:' .. txid, 'kind', 'rolled_back_by', 'session_id')
+    local t = redis.call('HMGET', p .. 'tx:' .. txid, 'kind', 'rolled_back_by', 'session_id',
+      'undoes')
     if t[1] == 'write' and (not t[2] or t[2] == '') then
-      redis.call('ZADD', p .. 'undo:all', seq, txid)
-      if t[3] and t[3] ~= '' then redis.call('ZADD', p .. 'undo:s:' .. t[3], seq, txid) end
+      add_undoable(p, txid, seq, t[3] or '')
+    elseif t[1] == 'rollback' then
+      for _, undone in ipairs(cjson.decode(t[4] or '[]')) do forget_undoable(p, undone) end
     end
   end
-  redis.call('SET', p .. 'undo:ready', '1')
+  redis.call('SET', p .. 'undo:seq', last)
 end
+local key = p .. 'undo:all'
+if ARGV[3] then key = p .. 'undo:s:' .. ARGV[3] end
 local rows = {}
 for _, txid in ipairs(redis.call('ZREVRANGE', key, 0, limit - 1)) do
   table.insert(rows, {txid, redis.call('HGETALL', p .. 'tx:' .. txid)})
 end
 return rows
 """
+)
 
 ABORT = """
 local p, txid, now = ARGV[1], ARGV[2], tonumber(ARGV[3])

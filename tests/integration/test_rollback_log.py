@@ -6,6 +6,7 @@ get it when they are opened; until then rollbacks still find the right writes.""
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import uuid
@@ -16,7 +17,7 @@ import pytest
 import redis
 
 from chaos.servers import RedisServer
-from coordinator import Fact, MemoryStore, new_txid
+from coordinator import Fact, MemoryStore, TransactionMeta, new_txid
 from coordinator.abc import Storage
 from participants.postgres import PostgresStorage
 from participants.postgres import _schema as SQL
@@ -123,10 +124,10 @@ def test_redis_builds_its_sets_from_a_log_written_without_them(redis_server: Red
     quiet, busy = write_two_sessions(open_redis())
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     undo_keys = client.keys(f"{prefix}undo:*")
-    assert f"{prefix}undo:ready" in undo_keys
+    assert client.get(f"{prefix}undo:seq") == client.get(f"{prefix}seq")
     client.delete(*undo_keys)  # as an earlier release left the store
     rollbacks_undo_the_right_writes(open_redis(), quiet, busy)
-    assert client.get(f"{prefix}undo:ready") == "1"
+    assert client.get(f"{prefix}undo:seq") == client.get(f"{prefix}seq")
     # Live writes: quiet's first (its update was undone), busy's 27 of 30.
     assert client.zcard(f"{prefix}undo:s:quiet") == 1
     assert client.zcard(f"{prefix}undo:s:busy") == 27
@@ -154,3 +155,47 @@ def test_postgres_opens_for_a_role_that_may_not_create_the_indexes(
         storage = PostgresStorage(app_dsn)
         rollbacks_undo_the_right_writes(storage, quiet, busy)
     assert "rollback indexes were not created (must be owner" in caplog.text
+
+
+def test_redis_sets_catch_up_with_commits_an_earlier_release_made(
+    redis_server: RedisServer,
+) -> None:
+    """A process still running an earlier release's commit script logs its transactions
+    (and marks what a rollback undid) without keeping the sets: the next read of them
+    takes those commits from the log first, so a write it rolled back is not offered for
+    undoing again and its own writes are."""
+    prefix = f"t{uuid.uuid4().hex[:12]}:"
+    storage = RedisStorage(redis_server.url, prefix=prefix)
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+
+    def commit(fact_id: str) -> str:
+        txid = new_txid()
+        storage.prepare(txid, [upsert(fact_id, 1), TransactionMeta(session_id="s")])
+        storage.commit(txid)
+        return txid
+
+    def earlier_release_commit(kind: str, undoes: tuple[str, ...] = ()) -> str:
+        txid = new_txid()
+        for undone in undoes:
+            client.hset(f"{prefix}tx:{undone}", "rolled_back_by", txid)
+        seq = client.incr(f"{prefix}seq")
+        entry: dict[str, str | int] = {"seq": seq, "session_id": "s", "kind": kind}
+        entry |= {"undoes": json.dumps(undoes), "committed_at": 1, "written": ""}
+        client.hset(f"{prefix}tx:{txid}", mapping=entry)  # type: ignore[arg-type]
+        client.zadd(f"{prefix}txlog", {txid: seq})
+        return txid
+
+    a, b = commit("a"), commit("b")
+    assert client.get(f"{prefix}undo:seq") == "2"
+    c = earlier_release_commit("write")
+    earlier_release_commit("rollback", (b,))
+    d = commit("d")
+    assert client.get(f"{prefix}undo:seq") == "2", "the sets miss commits 3 and 4"
+    assert [t.txid for t in storage.transactions("s", 10)] == [d, c, a]
+    assert [t.txid for t in storage.transactions(None, 10)] == [d, c, a]
+    assert client.get(f"{prefix}undo:seq") == "5"
+    e = commit("e")
+    assert client.get(f"{prefix}undo:seq") == "6"
+    assert [t.txid for t in storage.transactions("s", 2)] == [e, d]
+    storage.close()
+    client.close()
