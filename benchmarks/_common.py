@@ -1,5 +1,6 @@
 """What every benchmark shares: the machine line, the deterministic embedder both systems
-get, and MemState's own environment (never a project dependency)."""
+get, MemState's own environment (never a project dependency), and the check of named
+choices on the command line (the chaos campaign's too)."""
 
 from __future__ import annotations
 

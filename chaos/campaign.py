@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from benchmarks._common import pick
 from chaos.proxy import FaultProxy
 from chaos.servers import ChromaServer, PostgresServer, RedisServer
 from chaos.worker import stores
@@ -474,13 +475,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    combos = [c.strip() for c in args.combos.split(",") if c.strip()]
-    unknown = [c for c in combos if c not in COMBOS]
-    if unknown or not combos:
-        parser.error(
-            f"--combos: {'unknown ' + ', '.join(map(repr, unknown)) if unknown else 'none given'}"
-            f"; expected a comma-separated list of {', '.join(map(repr, COMBOS))}"
-        )
+    combos = pick(parser, "--combos", args.combos, COMBOS)
     tallies = campaign(combos, args.runs, args.writes, args.seed)
     rows = [{**asdict(t), "faults": t.faults} for t in tallies]
     if args.json:

@@ -24,10 +24,6 @@ LATER_INDEXES = (
         ON lockstep_transactions (session_id, seq)
         WHERE kind = 'write' AND rolled_back_by IS NULL""",
 )
-LATER_INDEXES_PRESENT = (
-    "SELECT to_regclass('lockstep_transactions_undoable') IS NOT NULL "
-    "AND to_regclass('lockstep_transactions_undoable_session') IS NOT NULL"
-)
 
 TABLES = (
     """CREATE TABLE IF NOT EXISTS lockstep_facts (
@@ -70,10 +66,13 @@ INSERT_COMMIT_DECISION = (
 )
 SET_DECISION_PARTICIPANTS = "UPDATE lockstep_decisions SET participants = %s WHERE txid = %s"
 SCHEMA = TABLES + DECISIONS_SCHEMA
+#: Two columns: the tables are there; the later indexes are there too.
 SCHEMA_PRESENT = (
     "SELECT to_regclass('lockstep_markers') IS NOT NULL "
     "AND to_regclass('lockstep_claims_fact') IS NOT NULL "
-    "AND to_regclass('lockstep_decisions_unended') IS NOT NULL"
+    "AND to_regclass('lockstep_decisions_unended') IS NOT NULL, "
+    "to_regclass('lockstep_transactions_undoable') IS NOT NULL "
+    "AND to_regclass('lockstep_transactions_undoable_session') IS NOT NULL"
 )
 SELECT_VERSIONS = "SELECT id, version FROM lockstep_facts WHERE id = ANY(%s) FOR UPDATE NOWAIT"
 SELECT_CLAIM = "SELECT fact_id FROM lockstep_claims WHERE claim = %s FOR UPDATE NOWAIT"

@@ -9,8 +9,9 @@ from __future__ import annotations
 import functools
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -22,6 +23,8 @@ from coordinator.records import FactRecord, UpsertFact
 from participants._sync.combine import WriteCombiner
 from participants.sqlite import SQLiteStorage
 from tests.integration.test_write_combining import queue_behind
+
+T = TypeVar("T")
 
 
 def upsert(fact_id: str, version: int, text: str) -> UpsertFact:
@@ -132,27 +135,44 @@ def test_group_commit_can_be_turned_off(tmp_path: Path) -> None:
         open_participant(f"sqlite:///{tmp_path / 'c.db'}?group_comit=0")
 
 
-def test_reads_go_on_while_a_commit_holds_the_writing_connection(tmp_path: Path) -> None:
-    """Reads of committed data have a connection of their own (WAL lets them run beside a
-    commit), so a commit holding the writing one — through its fsync, or a batch — does
-    not hold them up; and each commit is visible to them once it has returned."""
-    storage = SQLiteStorage(tmp_path / "facts.db")
-    storage.commit_one_phase(new_txid(), [upsert("a", 1, "first")])
-    seen: list[object] = []
-
-    def read() -> None:
-        seen.append(storage.get("a"))
-        seen.append(storage.transactions(None, 5)[0].txid)
-
-    with storage.store._lock:  # what a commit holds while it writes and syncs
-        reader = threading.Thread(target=read)
+def read_beside_a_commit(storage: SQLiteStorage, read: Callable[[], T]) -> T:
+    """``read()`` on another thread while this one holds the writing connection, as a
+    commit does through its writes and fsync; fails if the read waits for it."""
+    seen: list[T] = []
+    with storage.store._lock:
+        reader = threading.Thread(target=lambda: seen.append(read()))
         reader.start()
         reader.join(timeout=5)
         assert not reader.is_alive(), "a read waited for the writing connection"
-    assert seen[0] == FactRecord("a", "note", {"content": "first"}, 1)
-    for version in (2, 3):
+    return seen[0]
+
+
+def test_reads_go_on_while_a_commit_holds_the_writing_connection(tmp_path: Path) -> None:
+    """Reads of committed data that arrive while a commit holds the writing connection
+    take a second one (WAL lets it run beside the commit), so they are not held up; and
+    every commit that has returned is visible to it (G4), also after it has read before."""
+    storage = SQLiteStorage(tmp_path / "facts.db")
+    for version in (1, 2, 3):
         txid = new_txid()
         storage.commit_one_phase(txid, [upsert("a", version, f"v{version}")])
-        assert storage.get("a").version == version  # type: ignore[union-attr]
-        assert storage.transactions(None, 1)[0].txid == txid
+        fact = read_beside_a_commit(storage, lambda: storage.get("a"))
+        assert fact == FactRecord("a", "note", {"content": f"v{version}"}, version)
+        newest = read_beside_a_commit(storage, lambda: storage.transactions(None, 1))
+        assert [t.txid for t in newest] == [txid]
+    storage.close()
+
+
+def test_an_in_memory_store_reads_its_own_database() -> None:
+    """A second connection to ``:memory:`` would open another, empty database: there a
+    read waits for the writing connection instead."""
+    storage = SQLiteStorage(":memory:")
+    storage.commit_one_phase(new_txid(), [upsert("a", 1, "kept")])
+    got: list[FactRecord | None] = []
+    with storage.store._lock:
+        reader = threading.Thread(target=lambda: got.append(storage.get("a")))
+        reader.start()
+        reader.join(timeout=0.2)
+        assert reader.is_alive(), "it waits for the commit"
+    reader.join(timeout=5)
+    assert got == [FactRecord("a", "note", {"content": "kept"}, 1)]
     storage.close()

@@ -373,21 +373,21 @@ class AsyncPostgresStorage:
             try:
                 # DDL on a table a prepared branch holds would wait for that branch, which
                 # may wait for this very process's recovery: create only what is missing.
-                present = await (await conn.execute(sql.SCHEMA_PRESENT)).fetchone()
-                later = await (await conn.execute(sql.LATER_INDEXES_PRESENT)).fetchone()
-                if not (present and present[0]):
+                row = await (await conn.execute(sql.SCHEMA_PRESENT)).fetchone()
+                tables, later_indexes = row if row else (False, False)
+                if not tables:
                     await conn.execute("SET LOCAL lock_timeout = '10s'")
                     await conn.execute("SELECT pg_advisory_xact_lock(4242424242)")
-                    for statement in sql.SCHEMA:
+                    for statement in sql.SCHEMA:  # the later indexes included
                         await conn.execute(statement)
-                    later = (True,)
+                    later_indexes = True
                 prepared = await (await conn.execute("SHOW max_prepared_transactions")).fetchone()
                 fsync = await (await conn.execute("SHOW fsync")).fetchone()
                 await conn.commit()
             except psycopg.Error as exc:
                 raise self._error("open", None, exc) from exc
             self._database = conn.info.dbname
-            if not (later and later[0]):
+            if not later_indexes:
                 await self._add_later_indexes(conn)
         if prepared is None or int(prepared[0]) <= 0:
             raise ConfigurationError(

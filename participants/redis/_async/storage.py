@@ -190,10 +190,7 @@ class AsyncRedisStorage:
         args: list[Any] = [self._prefix, limit]
         if session_id is not None:
             args.append(session_id)
-        try:
-            rows = await self._undoable_script(keys=[], args=args)
-        except RedisError as exc:
-            raise ParticipantError(f"Redis read failed: {exc}", participant=self._name) from exc
+        rows = await self._call("read", self._undoable_script, [], args)
         return [_entry(txid, dict(zip(flat[::2], flat[1::2], strict=True))) for txid, flat in rows]
 
     async def all_facts(self) -> list[FactRecord]:
