@@ -69,7 +69,7 @@ bench-quick: install
 	$(PY) -m benchmarks.commit_cost --ops 24 --rounds 1 --combos "sqlite,sqlite + qdrant local"
 	$(PY) -m benchmarks.optimisations --ops 24 --rounds 1
 	$(PY) -m benchmarks.recovery --transactions 500
-	$(PY) -m benchmarks.rollback_log --lengths 0,200 --stores sqlite,redis
+	$(PY) -m benchmarks.rollback_log --lengths 0,200 --versions 10,500 --stores sqlite,redis
 	$(PY) -m benchmarks.reads_beside_commits --reads 200 --rounds 1 --writers 0,4
 
 unit: install

@@ -11,7 +11,13 @@ fact, then ``rollback(1, "quiet")``, p50 of 20). On SQLite and Postgres the same
 measured with the indexes dropped, as a store of an earlier release has them; on Redis the
 walk was the earlier release's code (one round trip per transaction) and is not measured.
 
-    python -m benchmarks.rollback_log [--lengths 0,1000,10000] [--stores sqlite,postgres,redis]
+Then against the length of one fact's history: a fact updated until it has each number of
+versions in turn; the step alone — reading the version a rollback returns to, directly
+(``versions([(fact, version)])``, p50 of 50) and by reading the fact's whole history as
+the earlier release did (``history(fact)``) — and whole rollbacks (p50 of 20).
+
+    python -m benchmarks.rollback_log [--lengths 0,1000,10000] [--versions 10,1000,5000]
+        [--stores sqlite,postgres,redis]
 """
 
 from __future__ import annotations
@@ -53,13 +59,18 @@ def p50_ms(call: Callable[[], Any], times: int) -> float:
 def measure(mem: MemoryStore, quiet: str) -> tuple[float, float]:
     """The step alone and whole rollbacks, p50 ms."""
     step = p50_ms(lambda: mem.storage.transactions("quiet", 1), 200)
-    rollbacks = []
+    return step, rollbacks_p50(mem, quiet, "quiet")
+
+
+def rollbacks_p50(mem: MemoryStore, fact: str, session: str | None) -> float:
+    """p50 ms of 20 rollbacks (of ``session``), each undoing an update of ``fact``."""
+    samples = []
     for i in range(20):
-        mem.update(quiet, {"payload": {"content": f"quiet, revised {i}"}})
+        mem.update(fact, {"payload": {"content": f"revised {i}"}})
         started = time.perf_counter()
-        assert mem.rollback(1, "quiet") == [quiet]
-        rollbacks.append(time.perf_counter() - started)
-    return step, statistics.median(rollbacks) * 1000
+        assert mem.rollback(1, session) == [fact]
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples) * 1000
 
 
 @contextmanager
@@ -83,17 +94,50 @@ def without_indexes(store: str, where: str) -> Iterator[None]:
                 conn.execute(statement)
 
 
-def run_store(store: str, lengths: list[int], servers: Servers, tmp: Path) -> list[dict[str, Any]]:
+def open_storage(store: str, servers: Servers, tmp: Path) -> tuple[Any, str]:
+    """A new storage of the kind, and where it is (a file, a database URL, a server URL)."""
     if store == "sqlite":
         where = str(tmp / f"{uuid.uuid4().hex}.db")
-        storage: Any = SQLiteStorage(where)
-    elif store == "postgres":
-        name = f"r{uuid.uuid4().hex[:12]}"
-        where = servers.pg().create_database(name)
-        storage = PostgresStorage(where)
-    else:
-        where = servers.rd().url
-        storage = RedisStorage(where, prefix=f"r{uuid.uuid4().hex[:12]}:")
+        return SQLiteStorage(where), where
+    if store == "postgres":
+        where = servers.pg().create_database(f"r{uuid.uuid4().hex[:12]}")
+        return PostgresStorage(where), where
+    where = servers.rd().url
+    return RedisStorage(where, prefix=f"r{uuid.uuid4().hex[:12]}:"), where
+
+
+def run_history(store: str, counts: list[int], servers: Servers, tmp: Path) -> list[dict[str, Any]]:
+    """Rollbacks of a fact against the length of its history."""
+    storage, _ = open_storage(store, servers, tmp)
+    mem = MemoryStore(storage)
+    fact = mem.commit(Fact(type="note", payload={"content": "version 1"}), "s")
+    versions = 1
+    rows = []
+    for count in counts:
+        while versions < count:
+            versions += 1
+            mem.update(fact, {"payload": {"content": f"version {versions}"}})
+        target = versions - 1
+        direct = p50_ms(lambda: storage.versions([(fact, target)]), 50)  # noqa: B023
+        whole = p50_ms(lambda: storage.history(fact), 50)
+        rollback = rollbacks_p50(mem, fact, None)
+        versions += 40  # each of the 20 an update and its undo
+        rows.append(
+            {
+                "store": store,
+                "versions": count,
+                "find_ms": direct,
+                "find_history_ms": whole,
+                "rollback_ms": rollback,
+            }
+        )
+        print(f"  {store}: {count} versions", file=sys.stderr, flush=True)
+    mem.close()
+    return rows
+
+
+def run_store(store: str, lengths: list[int], servers: Servers, tmp: Path) -> list[dict[str, Any]]:
+    storage, where = open_storage(store, servers, tmp)
     mem = MemoryStore(storage)
     quiet = mem.commit(Fact(type="note", payload={"content": "quiet"}), "quiet")
     logged = 1
@@ -119,20 +163,26 @@ def run_store(store: str, lengths: list[int], servers: Servers, tmp: Path) -> li
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lengths", default="0,1000,10000")
+    parser.add_argument("--versions", default="10,1000,5000")
     parser.add_argument("--stores", default=",".join(STORES))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     stores = pick(parser, "--stores", args.stores, STORES)
     try:
         lengths = sorted(int(n) for n in args.lengths.split(","))
+        counts = sorted(int(n) for n in args.versions.split(","))
     except ValueError:
-        parser.error(f"--lengths: expected comma-separated integers, got {args.lengths!r}")
+        parser.error("--lengths, --versions: expected comma-separated integers")
+    if not counts or counts[0] < 2:
+        parser.error("--versions: a rollback needs facts of at least 2 versions")
     rows: list[dict[str, Any]] = []
+    history_rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="lockstep-rollback-log-") as tmp:
         servers = Servers(Path(tmp))
         try:
             for store in stores:
                 rows += run_store(store, lengths, servers, Path(tmp))
+                history_rows += run_history(store, counts, servers, Path(tmp))
         finally:
             servers.stop()
 
@@ -156,8 +206,22 @@ def main() -> int:
             f"{cell(row, 'step_walk_ms')} | {cell(row, 'rollback_ms')} | "
             f"{cell(row, 'rollback_walk_ms')} |"
         )
+    print("\n## Rollback against the length of the fact's history\n")
+    print(
+        "A fact with each number of versions: reading the version a rollback returns to "
+        "(p50 of 50) directly and through the fact's whole history (the earlier release's "
+        "read), and whole rollbacks (p50 of 20), in ms.\n"
+    )
+    print("| store | versions | find, direct | find, whole history | rollback |")
+    print("|---|---:|---:|---:|---:|")
+    for row in history_rows:
+        print(
+            f"| {row['store']} | {row['versions']:,} | {row['find_ms']:.3f} | "
+            f"{row['find_history_ms']:.3f} | {row['rollback_ms']:.3f} |"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "results": rows}, indent=2))
+        results = {"machine": machine(), "results": rows, "history": history_rows}
+        args.json.write_text(json.dumps(results, indent=2))
     return 0
 
 

@@ -126,6 +126,15 @@ class MemoryBackend:
         with self._lock:
             return list(self.history.get(fact_id, ()))
 
+    def versions(self, keys: Sequence[tuple[str, int]]) -> list[FactRecord]:
+        with self._lock:
+            return [
+                record
+                for fact_id, version in keys
+                for record in self.history.get(fact_id, ())
+                if record.version == version
+            ]
+
     def written_by(self, txids: Sequence[str]) -> list[FactRecord]:
         wanted = set(txids)
         with self._lock:

@@ -360,6 +360,24 @@ class SQLiteStore:
             ).fetchall()
         return [FactRecord.from_json(row[0]) for row in rows]
 
+    def versions(self, keys: Sequence[tuple[str, int]]) -> list[FactRecord]:
+        found: list[FactRecord] = []
+        pairs = list(keys)
+        step = _CHUNK // 2  # two parameters a pair
+        with self._reading() as conn:
+            for start in range(0, len(pairs), step):
+                chunk = pairs[start : start + step]
+                values = ",".join(["(?, ?)"] * len(chunk))
+                # A join, not "(id, version) IN (VALUES ...)": SQLite scans the whole
+                # table for that form, and seeks the primary key for this one.
+                rows = conn.execute(
+                    f"SELECT h.record FROM (VALUES {values}) AS k JOIN lockstep_fact_history h "
+                    "ON h.id = k.column1 AND h.version = k.column2",
+                    [param for pair in chunk for param in pair],
+                ).fetchall()
+                found += [FactRecord.from_json(row[0]) for row in rows]
+        return found
+
     def written_by(self, txids: Sequence[str]) -> list[FactRecord]:
         found: list[FactRecord] = []
         ids = list(txids)
@@ -485,25 +503,35 @@ class SQLiteStore:
         return row
 
     def _read_one(self, sql: str, *params: object) -> tuple[str, ...] | None:
-        with self._reading() as conn:
+        """:meth:`_reading` for one row, without its context managers (a ``get`` is
+        short enough for theirs to show)."""
+        lock, conn = self._read_connection()
+        try:
             row: tuple[str, ...] | None = conn.execute(sql, params).fetchone()
-            return row
+        except sqlite3.Error as exc:
+            raise self._failure(exc) from exc
+        finally:
+            lock.release()
+        return row
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
-        """A connection for a read of committed data: the writing one while it is free
-        (its page cache is warm: it made the last writes, which another connection would
-        read from the file again), the reading one while a commit holds it."""
-        if self._lock.acquire(blocking=False):
-            lock, conn = self._lock, self._conn
-        else:
-            self._read_lock.acquire()
-            lock, conn = self._read_lock, self._reader
+        """A connection for a read of committed data (see :meth:`_read_connection`)."""
+        lock, conn = self._read_connection()
         try:
             with self._translated():
                 yield conn
         finally:
             lock.release()
+
+    def _read_connection(self) -> tuple[Any, sqlite3.Connection]:
+        """A connection for a read, and its lock, taken: the writing one while it is free
+        (its page cache is warm: it made the last writes, which another connection would
+        read from the file again), the reading one while a commit holds it."""
+        if self._lock.acquire(blocking=False):
+            return self._lock, self._conn
+        self._read_lock.acquire()
+        return self._read_lock, self._reader
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -522,9 +550,12 @@ class SQLiteStore:
         except LockstepError:
             raise
         except sqlite3.Error as exc:
-            raise ParticipantError(
-                f"SQLite store {self.path} failed: {exc}", txid=txid, participant=self.name
-            ) from exc
+            raise self._failure(exc, txid) from exc
+
+    def _failure(self, exc: sqlite3.Error, txid: str | None = None) -> ParticipantError:
+        return ParticipantError(
+            f"SQLite store {self.path} failed: {exc}", txid=txid, participant=self.name
+        )
 
 
 def _staged_row(txid: str, seq: int, write: FactWrite) -> tuple[object, ...]:

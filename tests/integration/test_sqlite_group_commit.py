@@ -15,7 +15,13 @@ from typing import Any, TypeVar
 
 import pytest
 
-from coordinator import ConfigurationError, TransactionAborted, VersionConflict, new_txid
+from coordinator import (
+    ConfigurationError,
+    ParticipantError,
+    TransactionAborted,
+    VersionConflict,
+    new_txid,
+)
 from coordinator.abc import Decision
 from coordinator.log import SQLiteDecisionLog
 from coordinator.plugins import open_participant
@@ -137,13 +143,24 @@ def test_group_commit_can_be_turned_off(tmp_path: Path) -> None:
 
 def read_beside_a_commit(storage: SQLiteStorage, read: Callable[[], T]) -> T:
     """``read()`` on another thread while this one holds the writing connection, as a
-    commit does through its writes and fsync; fails if the read waits for it."""
+    commit does through its writes and fsync; fails if the read waits for it, and raises
+    what the read raised."""
     seen: list[T] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            seen.append(read())
+        except BaseException as exc:
+            failed.append(exc)
+
     with storage.store._lock:
-        reader = threading.Thread(target=lambda: seen.append(read()))
+        reader = threading.Thread(target=run, daemon=True)
         reader.start()
         reader.join(timeout=5)
         assert not reader.is_alive(), "a read waited for the writing connection"
+    if failed:
+        raise failed[0]
     return seen[0]
 
 
@@ -175,4 +192,26 @@ def test_an_in_memory_store_reads_its_own_database() -> None:
         assert reader.is_alive(), "it waits for the commit"
     reader.join(timeout=5)
     assert got == [FactRecord("a", "note", {"content": "kept"}, 1)]
+    storage.close()
+
+
+def test_a_failed_read_names_the_store_and_releases_its_connection(tmp_path: Path) -> None:
+    """A read SQLite refuses raises ParticipantError naming the file, on either
+    connection, and leaves the connection free for the reads and commits after it."""
+    path = tmp_path / "facts.db"
+    storage = SQLiteStorage(path)
+    storage.commit_one_phase(new_txid(), [upsert("a", 1, "kept")])
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE lockstep_facts RENAME TO hidden")
+    for read in (lambda: storage.get("a"), lambda: storage.query("note", {}, None)):
+        with pytest.raises(ParticipantError, match=f"SQLite store {path} failed: no such table"):
+            read()
+        with pytest.raises(ParticipantError, match="no such table"):
+            read_beside_a_commit(storage, read)
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE hidden RENAME TO lockstep_facts")
+    assert storage.get("a") == FactRecord("a", "note", {"content": "kept"}, 1)
+    assert read_beside_a_commit(storage, lambda: storage.get("a")) is not None
+    storage.commit_one_phase(new_txid(), [upsert("a", 2, "changed")])
+    assert [f.payload for f in storage.query("note", {}, None)] == [{"content": "changed"}]
     storage.close()

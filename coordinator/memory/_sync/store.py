@@ -131,6 +131,14 @@ class MemoryTransaction:
             self._reads[fact_id] = self._store.storage.get(fact_id)
         return self._reads[fact_id]
 
+    def _read_many(self, fact_ids: Sequence[str]) -> None:
+        """:meth:`_read` of many facts in one read of the storage."""
+        missing = [fact_id for fact_id in fact_ids if fact_id not in self._reads]
+        if missing:
+            found = self._store.storage.get_many(missing)
+            for fact_id in missing:
+                self._reads[fact_id] = found.get(fact_id)
+
     # -- changes ------------------------------------------------------------------------
 
     def commit(
@@ -770,6 +778,11 @@ class MemoryStore:
         earliest: dict[str, int] = {}
         for record in written:
             earliest[record.id] = min(earliest.get(record.id, record.version), record.version)
+        # The version each fact goes back to, found directly (not by reading its history).
+        before = self.storage.versions(
+            [(fact_id, version - 1) for fact_id, version in sorted(earliest.items()) if version > 1]
+        )
+        targets = {record.id: record for record in before}
         tx = MemoryTransaction(
             self,
             session_id,
@@ -780,11 +793,11 @@ class MemoryStore:
         )
         changed: list[str] = []
         with tx:
-            for fact_id, version in sorted(earliest.items()):
-                history = self.storage.history(fact_id)
-                target = next((h for h in history if h.version == version - 1), None)
-                # Read through the transaction: the undo then expects the very version it
-                # was decided on, read once.
+            # Read through the transaction: the undo then expects the very versions it
+            # was decided on, read once (all in one read).
+            tx._read_many(sorted(earliest))
+            for fact_id in sorted(earliest):
+                target = targets.get(fact_id)
                 current = tx._current(fact_id)
                 if target is not None and target.deleted:
                     target = None

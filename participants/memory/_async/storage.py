@@ -59,6 +59,9 @@ class AsyncInMemoryStorage:
     async def history(self, fact_id: str) -> list[FactRecord]:
         return self.backend.history_of(fact_id)
 
+    async def versions(self, keys: Sequence[tuple[str, int]]) -> list[FactRecord]:
+        return self.backend.versions(keys)
+
     async def written_by(self, txids: Sequence[str]) -> list[FactRecord]:
         return self.backend.written_by(txids)
 

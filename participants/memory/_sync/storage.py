@@ -61,6 +61,9 @@ class InMemoryStorage:
     def history(self, fact_id: str) -> list[FactRecord]:
         return self.backend.history_of(fact_id)
 
+    def versions(self, keys: Sequence[tuple[str, int]]) -> list[FactRecord]:
+        return self.backend.versions(keys)
+
     def written_by(self, txids: Sequence[str]) -> list[FactRecord]:
         return self.backend.written_by(txids)
 

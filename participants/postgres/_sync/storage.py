@@ -320,6 +320,15 @@ class PostgresStorage:
         )
         return [sql.record_of(row[0]) for row in rows]
 
+    def versions(self, keys: Sequence[tuple[str, int]]) -> list[FactRecord]:
+        pairs = list(keys)
+        rows = self._read(
+            "SELECT h.record FROM lockstep_fact_history h "
+            "JOIN unnest(%s::text[], %s::integer[]) AS k(id, version) USING (id, version)",
+            ([fact_id for fact_id, _ in pairs], [version for _, version in pairs]),
+        )
+        return [sql.record_of(row[0]) for row in rows]
+
     def written_by(self, txids: Sequence[str]) -> list[FactRecord]:
         rows = self._read(
             "SELECT record FROM lockstep_fact_history WHERE txid = ANY(%s) ORDER BY id, version",

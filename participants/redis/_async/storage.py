@@ -168,6 +168,16 @@ class AsyncRedisStorage:
         )
         return sorted((FactRecord.from_json(v) for v in versions.values()), key=lambda f: f.version)
 
+    async def versions(self, keys: Sequence[tuple[str, int]]) -> list[FactRecord]:
+        found: list[FactRecord] = []
+        for fact_id, version in keys:
+            raw = await self._call(
+                "read", self._client.hget, self._key("history:" + fact_id), str(version)
+            )
+            if raw is not None:
+                found.append(FactRecord.from_json(raw))
+        return found
+
     async def written_by(self, txids: Sequence[str]) -> list[FactRecord]:
         found: list[FactRecord] = []
         for txid in txids:

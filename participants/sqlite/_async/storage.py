@@ -87,6 +87,9 @@ class AsyncSQLiteStorage:
     async def history(self, fact_id: str) -> list[FactRecord]:
         return await ablocking(self.store.history, fact_id)
 
+    async def versions(self, keys: Sequence[tuple[str, int]]) -> list[FactRecord]:
+        return await ablocking(self.store.versions, keys)
+
     async def written_by(self, txids: Sequence[str]) -> list[FactRecord]:
         return await ablocking(self.store.written_by, txids)
 

@@ -89,6 +89,9 @@ class SQLiteStorage:
     def history(self, fact_id: str) -> list[FactRecord]:
         return blocking(self.store.history, fact_id)
 
+    def versions(self, keys: Sequence[tuple[str, int]]) -> list[FactRecord]:
+        return blocking(self.store.versions, keys)
+
     def written_by(self, txids: Sequence[str]) -> list[FactRecord]:
         return blocking(self.store.written_by, txids)
 

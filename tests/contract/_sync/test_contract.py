@@ -290,6 +290,21 @@ def test_history_and_the_transaction_log_record_every_commit(open_store: Opener)
     assert undo not in [t.txid for t in store.transactions(None, 10)]
 
 
+def test_versions_are_read_by_fact_and_version(open_store: Opener) -> None:
+    store = open_store()
+    for version in (1, 2, 3):
+        commit_writes(store, upsert("a", version, text=f"a{version}"))
+    commit_writes(store, upsert("b", 1, text="b1"))
+    # Absent pairs are left out, and enough of them to need more than one query.
+    keys = [("a", 2), *((f"x{i}", 1) for i in range(300)), ("a", 9), ("b", 1)]
+    found = open_store().versions(keys)
+    assert sorted((f.id, f.version, f.payload["text"]) for f in found) == [
+        ("a", 2, "a2"),
+        ("b", 1, "b1"),
+    ]
+    assert store.versions([]) == []
+
+
 def test_the_log_gives_the_latest_writes_a_rollback_may_undo_in_each_session(
     open_store: Opener,
 ) -> None:
