@@ -460,6 +460,14 @@ def campaign(combos: list[str], runs: int, writes: int, seed: int) -> list[Tally
                     tally.runs += 1
                     print(f"  {combo}: run {n + 1}/{runs}", file=sys.stderr, flush=True)
                 tallies.append(tally)
+                # Each combination's result as it ends: a long campaign cut short keeps it.
+                print(
+                    f"  {combo}: done, {tally.runs} runs, {tally.faults} faults, "
+                    f"drift: Lockstep {tally.lockstep_drift}, "
+                    f"unsynchronised {tally.unsynchronised_drift}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         finally:
             servers.stop()
     return tallies
