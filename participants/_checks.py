@@ -85,6 +85,17 @@ def version_conflict(
     )
 
 
+def history_conflict(participant: str, txid: str, fact_id: str, version: int) -> VersionConflict:
+    """A re-creation numbered before the fact was re-created (and deleted) again: its
+    version is taken, and history is never rewritten."""
+    return VersionConflict(
+        f"version {version} of fact {fact_id!r} is already in its history: the fact was "
+        "re-created since this write was numbered",
+        txid=txid,
+        participant=participant,
+    )
+
+
 def locked_conflict(participant: str, txid: str, fact_id: str) -> VersionConflict:
     return VersionConflict(
         f"fact {fact_id!r} is staged by another transaction that has not finished",

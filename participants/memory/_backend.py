@@ -22,6 +22,7 @@ from participants._checks import (
     already_aborted,
     claim_conflict,
     fact_writes,
+    history_conflict,
     locked_conflict,
     transaction_meta,
     version_conflict,
@@ -166,6 +167,10 @@ class MemoryBackend:
             actual = 0 if current is None else current.version
             if actual != write.expected_version:
                 raise version_conflict(name, txid, write.fact_id, write.expected_version, actual)
+            if isinstance(write, UpsertFact) and write.expected_version == 0:
+                version = write.fact.version
+                if any(r.version == version for r in self.history.get(write.fact_id, ())):
+                    raise history_conflict(name, txid, write.fact_id, version)
             if isinstance(write, UpsertFact) and write.claim is not None:
                 owner = self.claims.get(write.claim)
                 if owner is not None and owner != write.fact_id:

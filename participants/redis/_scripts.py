@@ -18,11 +18,15 @@ if redis.call('SISMEMBER', p .. 'prepared', txid) == 1 then return {'YES'} end
 if redis.call('ZSCORE', p .. 'aborted', txid) then return {'ABORTED'} end
 local n = tonumber(ARGV[4])
 for i = 0, n - 1 do
-  local id, expected, claim = ARGV[5 + 3*i], tonumber(ARGV[6 + 3*i]), ARGV[7 + 3*i]
+  local id, expected, claim = ARGV[5 + 4*i], tonumber(ARGV[6 + 4*i]), ARGV[7 + 4*i]
+  local recreated = ARGV[8 + 4*i]
   local holder = redis.call('GET', p .. 'lock:' .. id)
   if holder and holder ~= txid then return {'LOCKED', id} end
   local actual = tonumber(redis.call('HGET', p .. 'versions', id) or '0')
   if actual ~= expected then return {'VERSION', id, tostring(actual)} end
+  if recreated ~= '0' and redis.call('HEXISTS', p .. 'history:' .. id, recreated) == 1 then
+    return {'HISTORY', id, recreated}
+  end
   if claim ~= '' then
     local owner = redis.call('HGET', p .. 'claims', claim)
     if owner and owner ~= id then return {'CLAIM', claim, owner} end
@@ -31,8 +35,8 @@ for i = 0, n - 1 do
   end
 end
 for i = 0, n - 1 do
-  redis.call('SET', p .. 'lock:' .. ARGV[5 + 3*i], txid)
-  if ARGV[7 + 3*i] ~= '' then redis.call('SET', p .. 'claimlock:' .. ARGV[7 + 3*i], txid) end
+  redis.call('SET', p .. 'lock:' .. ARGV[5 + 4*i], txid)
+  if ARGV[7 + 4*i] ~= '' then redis.call('SET', p .. 'claimlock:' .. ARGV[7 + 4*i], txid) end
 end
 redis.call('SET', p .. 'stage:' .. txid, stage)
 redis.call('SADD', p .. 'prepared', txid)

@@ -57,6 +57,7 @@ from participants._checks import (
     already_aborted,
     claim_conflict,
     fact_writes,
+    history_conflict,
     locked_conflict,
     transaction_meta,
     version_conflict,
@@ -428,6 +429,14 @@ class SQLiteStore:
                 raise version_conflict(
                     self.name, txid, write.fact_id, write.expected_version, actual
                 )
+            if isinstance(write, UpsertFact) and write.expected_version == 0:
+                version = write.fact.version
+                if self._one(
+                    "SELECT 1 FROM lockstep_fact_history WHERE id = ? AND version = ?",
+                    write.fact_id,
+                    version,
+                ):
+                    raise history_conflict(self.name, txid, write.fact_id, version)
             if isinstance(write, UpsertFact) and write.claim is not None:
                 owner = self._one(
                     "SELECT fact_id FROM lockstep_claims WHERE claim = ?", write.claim

@@ -55,6 +55,7 @@ from participants._checks import (
     already_aborted,
     claim_conflict,
     fact_writes,
+    history_conflict,
     transaction_meta,
     version_conflict,
 )
@@ -464,9 +465,13 @@ class AsyncPostgresStorage:
                     )
                 fact = write.fact
                 await conn.execute(sql.UPSERT_FACT, sql.fact_row(fact))
-                await conn.execute(
-                    sql.INSERT_HISTORY, (fact.id, fact.version, False, fact.txid, fact.to_json())
-                )
+                try:
+                    await conn.execute(
+                        sql.INSERT_HISTORY,
+                        (fact.id, fact.version, False, fact.txid, fact.to_json()),
+                    )
+                except errors.UniqueViolation as exc:
+                    raise history_conflict(self._name, txid, fact.id, fact.version) from exc
             else:
                 await conn.execute("DELETE FROM lockstep_facts WHERE id = %s", (write.fact_id,))
                 if write.tombstone is not None:

@@ -57,6 +57,7 @@ from participants._checks import (
     already_aborted,
     claim_conflict,
     fact_writes,
+    history_conflict,
     transaction_meta,
     version_conflict,
 )
@@ -464,9 +465,13 @@ class PostgresStorage:
                     )
                 fact = write.fact
                 conn.execute(sql.UPSERT_FACT, sql.fact_row(fact))
-                conn.execute(
-                    sql.INSERT_HISTORY, (fact.id, fact.version, False, fact.txid, fact.to_json())
-                )
+                try:
+                    conn.execute(
+                        sql.INSERT_HISTORY,
+                        (fact.id, fact.version, False, fact.txid, fact.to_json()),
+                    )
+                except errors.UniqueViolation as exc:
+                    raise history_conflict(self._name, txid, fact.id, fact.version) from exc
             else:
                 conn.execute("DELETE FROM lockstep_facts WHERE id = %s", (write.fact_id,))
                 if write.tombstone is not None:

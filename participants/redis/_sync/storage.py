@@ -29,6 +29,7 @@ from participants._checks import (
     already_aborted,
     claim_conflict,
     fact_writes,
+    history_conflict,
     locked_conflict,
     transaction_meta,
     version_conflict,
@@ -105,7 +106,13 @@ class RedisStorage:
         args: list[Any] = [self._prefix, txid, json.dumps(stage), len(facts)]
         for write in facts:
             claim = write.claim if isinstance(write, UpsertFact) and write.claim else ""
-            args += [write.fact_id, write.expected_version, claim]
+            # A re-creation's version, checked against history (0: nothing to check).
+            recreated = (
+                write.fact.version
+                if isinstance(write, UpsertFact) and write.expected_version == 0
+                else 0
+            )
+            args += [write.fact_id, write.expected_version, claim, recreated]
         self._check_durability()
         reply = self._run("prepare", txid, self._prepare_script, args)
         match reply:
@@ -115,6 +122,8 @@ class RedisStorage:
                 raise already_aborted(self._name, txid)
             case ["LOCKED", fact_id]:
                 raise locked_conflict(self._name, txid, fact_id)
+            case ["HISTORY", fact_id, version]:
+                raise history_conflict(self._name, txid, fact_id, int(version))
             case ["VERSION", fact_id, actual]:
                 expected = next(w.expected_version for w in facts if w.fact_id == fact_id)
                 raise version_conflict(self._name, txid, fact_id, expected, int(actual))

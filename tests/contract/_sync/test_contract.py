@@ -290,6 +290,33 @@ def test_history_and_the_transaction_log_record_every_commit(open_store: Opener)
     assert undo not in [t.txid for t in store.transactions(None, 10)]
 
 
+def test_a_version_history_holds_is_never_written_again(open_store: Opener) -> None:
+    """A fact re-created after a delete continues its numbering. A writer that numbered
+    its re-creation before another one re-created and deleted the fact again is refused,
+    instead of replacing that version in history."""
+    store = open_store()
+
+    def tombstone(version: int) -> FactRecord:
+        return FactRecord("a", "note", {}, version, deleted=True)
+
+    commit_writes(store, upsert("a", 1, text="first"))
+    commit_writes(store, DeleteFact("a", 1, tombstone(2)))
+    late = UpsertFact(fact("a", 3, text="late"), 0)  # numbered now, prepared below
+    commit_writes(store, UpsertFact(fact("a", 3, text="again"), 0))
+    commit_writes(store, DeleteFact("a", 3, tombstone(4)))
+    with pytest.raises(VersionConflict, match="version 3 of fact 'a' is already in its history"):
+        store.prepare(new_txid(), [late])
+    history = open_store().history("a")
+    assert [(f.version, f.payload.get("text")) for f in history] == [
+        (1, "first"),
+        (2, None),
+        (3, "again"),
+        (4, None),
+    ]
+    commit_writes(store, UpsertFact(fact("a", 5, text="numbered after"), 0))
+    assert (store.get("a")) == fact("a", 5, text="numbered after")
+
+
 def test_versions_are_read_by_fact_and_version(open_store: Opener) -> None:
     store = open_store()
     for version in (1, 2, 3):
