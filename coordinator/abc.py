@@ -336,6 +336,12 @@ class AsyncStorage(AsyncParticipant, Protocol):
 
     async def get_many(self, fact_ids: Sequence[str]) -> dict[str, FactRecord]: ...
 
+    async def head(self, fact_id: str) -> tuple[FactRecord | None, int]:
+        """The fact's committed state (``None``: never written, or deleted) and the
+        newest version its history holds (0: never written), in one read: what a write
+        needs to number the fact's next version."""
+        ...
+
     async def query(
         self,
         typename: str | None,
@@ -364,6 +370,8 @@ class Storage(Participant, Protocol):
     def get(self, fact_id: str) -> FactRecord | None: ...
 
     def get_many(self, fact_ids: Sequence[str]) -> dict[str, FactRecord]: ...
+
+    def head(self, fact_id: str) -> tuple[FactRecord | None, int]: ...
 
     def query(
         self,

@@ -123,6 +123,11 @@ class MemoryBackend:
             key=lambda f: (f.ts, f.id),
         )
 
+    def head(self, fact_id: str) -> tuple[FactRecord | None, int]:
+        with self._lock:
+            history = self.history.get(fact_id)
+            return self.facts.get(fact_id), history[-1].version if history else 0
+
     def history_of(self, fact_id: str) -> list[FactRecord]:
         with self._lock:
             return list(self.history.get(fact_id, ()))

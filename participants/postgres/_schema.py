@@ -74,6 +74,10 @@ SCHEMA_PRESENT = (
     "to_regclass('lockstep_transactions_undoable') IS NOT NULL "
     "AND to_regclass('lockstep_transactions_undoable_session') IS NOT NULL"
 )
+SELECT_HEAD = (
+    "SELECT (SELECT record FROM lockstep_facts WHERE id = %(id)s), "
+    "(SELECT max(version) FROM lockstep_fact_history WHERE id = %(id)s)"
+)
 SELECT_VERSIONS = "SELECT id, version FROM lockstep_facts WHERE id = ANY(%s) FOR UPDATE NOWAIT"
 SELECT_CLAIM = "SELECT fact_id FROM lockstep_claims WHERE claim = %s FOR UPDATE NOWAIT"
 UPSERT_FACT = (

@@ -43,6 +43,18 @@ redis.call('SADD', p .. 'prepared', txid)
 return {'YES'}
 """
 
+# A fact's record, or (deleted or never written) the newest version its history holds.
+HEAD = """
+local p, id = ARGV[1], ARGV[2]
+local record = redis.call('GET', p .. 'fact:' .. id)
+if record then return {record, ''} end
+local newest = 0
+for _, field in ipairs(redis.call('HKEYS', p .. 'history:' .. id)) do
+  newest = math.max(newest, tonumber(field))
+end
+return {false, tostring(newest)}
+"""
+
 UNDO_SETS = """
 local function add_undoable(p, txid, seq, session)
   redis.call('ZADD', p .. 'undo:all', seq, txid)

@@ -317,6 +317,16 @@ class SQLiteStore:
         row = self._read_one("SELECT record FROM lockstep_facts WHERE id = ?", fact_id)
         return None if row is None else FactRecord.from_json(row[0])
 
+    def head(self, fact_id: str) -> tuple[FactRecord | None, int]:
+        row = self._read_one(
+            "SELECT (SELECT record FROM lockstep_facts WHERE id = ?1), "
+            "(SELECT max(version) FROM lockstep_fact_history WHERE id = ?1)",
+            fact_id,
+        )
+        assert row is not None  # one row, always
+        record, newest = row
+        return (None if record is None else FactRecord.from_json(record)), int(newest or 0)
+
     def get_many(self, fact_ids: Sequence[str]) -> dict[str, FactRecord]:
         found: dict[str, FactRecord] = {}
         ids = list(fact_ids)

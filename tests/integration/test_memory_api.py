@@ -126,6 +126,26 @@ def test_rollback_is_a_compensating_transaction_in_history(mem: MemoryStore) -> 
     assert mem.verify().clean
 
 
+def test_a_fact_recreated_after_a_delete_continues_its_numbering(mem: MemoryStore) -> None:
+    """By commit with the same id, and by the rollback of a delete: history and the
+    index never reuse a version."""
+    mem.commit(Fact(id="plan", type="note", payload={"content": "first"}))
+    mem.delete(None, "plan")
+    mem.commit(Fact(id="plan", type="note", payload={"content": "again"}))
+    mem.delete(None, "plan")
+    assert mem.rollback(1) == ["plan"]
+    versions = [(h["version"], h["payload"]["content"], h["deleted"]) for h in mem.history("plan")]
+    assert versions == [
+        (1, "first", False),
+        (2, "first", True),
+        (3, "again", False),
+        (4, "again", True),
+        (5, "again", False),
+    ]
+    assert mem.indexes[0].contents().committed == {"plan": 5}
+    assert mem.verify().clean
+
+
 def test_rollback_of_a_session_leaves_other_sessions_alone(mem: MemoryStore) -> None:
     keep = mem.commit_model(UserPref(content="keep", role="a"), session_id="s1")
     undo = mem.commit_model(UserPref(content="undo", role="b"), session_id="s2")

@@ -92,6 +92,7 @@ class MemoryTransaction:
         self._undoes = undoes
         self._changes: dict[str, _Change] = {}
         self._reads: dict[str, FactRecord | None] = {}
+        self._newest: dict[str, int] = {}  # the newest version in history, where read
         self._sql: dict[str, list[Write]] = {}
         self.outcome: Outcome | None = None
 
@@ -128,7 +129,10 @@ class MemoryTransaction:
     def _read(self, fact_id: str) -> FactRecord | None:
         """The committed state, read once per transaction (later writes expect it)."""
         if fact_id not in self._reads:
-            self._reads[fact_id] = self._store.storage.get(fact_id)
+            # With the newest version in history, in the same read: a fact it creates
+            # is numbered without another one.
+            record, self._newest[fact_id] = self._store.storage.head(fact_id)
+            self._reads[fact_id] = record
         return self._reads[fact_id]
 
     def _read_many(self, fact_ids: Sequence[str]) -> None:
@@ -413,9 +417,11 @@ class MemoryTransaction:
 
     def _next_version(self, fact_id: str) -> int:
         # A fact re-created after a delete continues its numbering, so history and index
-        # points never reuse a version.
-        history = self._store.storage.history(fact_id)
-        return history[-1].version + 1 if history else 1
+        # points never reuse a version (the storages refuse one history holds).
+        newest = self._newest.get(fact_id)
+        if newest is None:
+            _, newest = self._store.storage.head(fact_id)
+        return newest + 1
 
     def _index_writes(
         self,

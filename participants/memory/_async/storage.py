@@ -45,6 +45,9 @@ class AsyncInMemoryStorage:
     async def get(self, fact_id: str) -> FactRecord | None:
         return self.backend.get(fact_id)
 
+    async def head(self, fact_id: str) -> tuple[FactRecord | None, int]:
+        return self.backend.head(fact_id)
+
     async def get_many(self, fact_ids: Sequence[str]) -> dict[str, FactRecord]:
         return self.backend.get_many(fact_ids)
 

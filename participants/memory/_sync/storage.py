@@ -47,6 +47,9 @@ class InMemoryStorage:
     def get(self, fact_id: str) -> FactRecord | None:
         return self.backend.get(fact_id)
 
+    def head(self, fact_id: str) -> tuple[FactRecord | None, int]:
+        return self.backend.head(fact_id)
+
     def get_many(self, fact_ids: Sequence[str]) -> dict[str, FactRecord]:
         return self.backend.get_many(fact_ids)
 

@@ -298,6 +298,11 @@ class AsyncPostgresStorage:
         rows = await self._read("SELECT record FROM lockstep_facts WHERE id = %s", (fact_id,))
         return sql.record_of(rows[0][0]) if rows else None
 
+    async def head(self, fact_id: str) -> tuple[FactRecord | None, int]:
+        rows = await self._read(sql.SELECT_HEAD, {"id": fact_id})
+        record, newest = rows[0]
+        return (None if record is None else sql.record_of(record)), int(newest or 0)
+
     async def get_many(self, fact_ids: Sequence[str]) -> dict[str, FactRecord]:
         rows = await self._read(
             "SELECT record FROM lockstep_facts WHERE id = ANY(%s)", (list(fact_ids),)

@@ -70,6 +70,7 @@ class AsyncRedisStorage:
         self._commit_script = self._client.register_script(_scripts.COMMIT)
         self._abort_script = self._client.register_script(_scripts.ABORT)
         self._undoable_script = self._client.register_script(_scripts.UNDOABLE)
+        self._head_script = self._client.register_script(_scripts.HEAD)
         self._checked = False
 
     @property
@@ -144,6 +145,13 @@ class AsyncRedisStorage:
     async def get(self, fact_id: str) -> FactRecord | None:
         raw = await self._call("get", self._client.get, self._key("fact:" + fact_id))
         return None if raw is None else FactRecord.from_json(raw)
+
+    async def head(self, fact_id: str) -> tuple[FactRecord | None, int]:
+        raw, newest = await self._call("get", self._head_script, [], [self._prefix, fact_id])
+        if raw is not None:
+            fact = FactRecord.from_json(raw)
+            return fact, fact.version
+        return None, int(newest)
 
     async def get_many(self, fact_ids: Sequence[str]) -> dict[str, FactRecord]:
         if not fact_ids:

@@ -72,6 +72,7 @@ class RedisStorage:
         self._commit_script = self._client.register_script(_scripts.COMMIT)
         self._abort_script = self._client.register_script(_scripts.ABORT)
         self._undoable_script = self._client.register_script(_scripts.UNDOABLE)
+        self._head_script = self._client.register_script(_scripts.HEAD)
         self._checked = False
 
     @property
@@ -146,6 +147,13 @@ class RedisStorage:
     def get(self, fact_id: str) -> FactRecord | None:
         raw = self._call("get", self._client.get, self._key("fact:" + fact_id))
         return None if raw is None else FactRecord.from_json(raw)
+
+    def head(self, fact_id: str) -> tuple[FactRecord | None, int]:
+        raw, newest = self._call("get", self._head_script, [], [self._prefix, fact_id])
+        if raw is not None:
+            fact = FactRecord.from_json(raw)
+            return fact, fact.version
+        return None, int(newest)
 
     def get_many(self, fact_ids: Sequence[str]) -> dict[str, FactRecord]:
         if not fact_ids:

@@ -73,6 +73,9 @@ class AsyncSQLiteStorage:
     async def get(self, fact_id: str) -> FactRecord | None:
         return await ablocking(self.store.get, fact_id)
 
+    async def head(self, fact_id: str) -> tuple[FactRecord | None, int]:
+        return await ablocking(self.store.head, fact_id)
+
     async def get_many(self, fact_ids: Sequence[str]) -> dict[str, FactRecord]:
         return await ablocking(self.store.get_many, fact_ids)
 

@@ -75,6 +75,9 @@ class SQLiteStorage:
     def get(self, fact_id: str) -> FactRecord | None:
         return blocking(self.store.get, fact_id)
 
+    def head(self, fact_id: str) -> tuple[FactRecord | None, int]:
+        return blocking(self.store.head, fact_id)
+
     def get_many(self, fact_ids: Sequence[str]) -> dict[str, FactRecord]:
         return blocking(self.store.get_many, fact_ids)
 

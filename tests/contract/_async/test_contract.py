@@ -317,6 +317,19 @@ async def test_a_version_history_holds_is_never_written_again(open_store: Opener
     assert (await store.get("a")) == fact("a", 5, text="numbered after")
 
 
+async def test_head_gives_the_state_and_the_newest_version_in_history(
+    open_store: Opener,
+) -> None:
+    store = open_store()
+    assert await store.head("a") == (None, 0)
+    await commit_writes(store, upsert("a", 1, text="first"))
+    assert await store.head("a") == (fact("a", 1, text="first"), 1)
+    await commit_writes(store, DeleteFact("a", 1, FactRecord("a", "note", {}, 2, deleted=True)))
+    assert await open_store().head("a") == (None, 2)
+    await commit_writes(store, UpsertFact(fact("a", 3, text="again"), 0))
+    assert await open_store().head("a") == (fact("a", 3, text="again"), 3)
+
+
 async def test_versions_are_read_by_fact_and_version(open_store: Opener) -> None:
     store = open_store()
     for version in (1, 2, 3):

@@ -317,6 +317,19 @@ def test_a_version_history_holds_is_never_written_again(open_store: Opener) -> N
     assert (store.get("a")) == fact("a", 5, text="numbered after")
 
 
+def test_head_gives_the_state_and_the_newest_version_in_history(
+    open_store: Opener,
+) -> None:
+    store = open_store()
+    assert store.head("a") == (None, 0)
+    commit_writes(store, upsert("a", 1, text="first"))
+    assert store.head("a") == (fact("a", 1, text="first"), 1)
+    commit_writes(store, DeleteFact("a", 1, FactRecord("a", "note", {}, 2, deleted=True)))
+    assert open_store().head("a") == (None, 2)
+    commit_writes(store, UpsertFact(fact("a", 3, text="again"), 0))
+    assert open_store().head("a") == (fact("a", 3, text="again"), 3)
+
+
 def test_versions_are_read_by_fact_and_version(open_store: Opener) -> None:
     store = open_store()
     for version in (1, 2, 3):
