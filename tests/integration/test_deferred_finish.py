@@ -85,6 +85,28 @@ def test_search_sees_deferred_commits_and_only_current_versions(open_store: Open
     assert mem.verify().clean
 
 
+def test_a_batch_replacing_many_facts_leaves_only_their_current_versions(
+    open_store: Opener,
+) -> None:
+    """One batch finishing updates of six facts (three of them twice) and a delete: every
+    replaced version and the delete's marker are gone, the rest stays."""
+    mem = open_store(**NEVER)
+    index = mem.indexes[0]
+    ids = [mem.commit(note(f"note {i}")) for i in range(6)]
+    mem.flush()
+    for fact_id in ids:
+        mem.update(fact_id, {"payload": {"content": f"{fact_id} again"}})
+    for fact_id in ids[:3]:
+        mem.update(fact_id, {"payload": {"content": f"{fact_id} once more"}})
+    mem.delete(None, ids[5])
+    mem.flush()
+    expected = {ids[0]: 3, ids[1]: 3, ids[2]: 3, ids[3]: 2, ids[4]: 2}
+    assert index.contents().committed == expected and index.contents().pending == ()
+    every_point = index.search(EMBEDDER.embed_query("note"), 100, {})
+    assert sorted((h.fact_id, h.version) for h in every_point) == sorted(expected.items())
+    assert mem.verify().clean
+
+
 def test_a_point_staged_by_a_transaction_that_never_committed_is_not_read(
     open_store: Opener,
 ) -> None:
