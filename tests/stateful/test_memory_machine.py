@@ -138,6 +138,17 @@ class MemoryMachine(RuleBasedStateMachine):
         if self.attempt(fail, lambda: self.mem.delete(session, fact_id)):
             self.model.apply(session, {fact_id: None})
 
+    @rule(data=st.data(), word=st.sampled_from(WORDS), fail=st.booleans())
+    def recreate(self, data: st.DataObject, word: str, fail: bool) -> None:
+        """Commit a deleted fact's id again: its versions continue where history ends."""
+        deleted = sorted(set(self.model.versions) - set(self.model.facts))
+        if not deleted:
+            return
+        fact_id = data.draw(st.sampled_from(deleted))
+        fact = Fact(id=fact_id, type="note", payload={"content": f"again {word}"})
+        if self.attempt(fail, lambda: self.mem.commit(fact)):
+            self.model.apply(None, {fact_id: (f"again {word}", None)})
+
     @rule(steps=st.integers(1, 3), session=st.sampled_from(SESSIONS), fail=st.booleans())
     def rollback(self, steps: int, session: str | None, fail: bool) -> None:
         undone = [
