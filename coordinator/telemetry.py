@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from opentelemetry import metrics, trace
+from opentelemetry.util.types import Attributes
 
 ATTR_TXID = "lockstep.txid"
 ATTR_PARTICIPANT = "lockstep.participant"
@@ -42,33 +43,23 @@ _daemon_passes = _meter.create_counter(
 )
 
 
-def _tracing() -> bool:
-    """Whether a tracer provider is installed (asked at every span: one may be installed
-    after this module is imported). Until then spans would record nothing, and each
-    costs about 10 µs to open and close; a commit opens eight."""
-    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+def _span(name: str, attributes: Attributes = None) -> AbstractContextManager[trace.Span]:
+    """A span made current for the block, or a no-op while no tracer provider is installed
+    (asked at every span: one may be installed after this module is imported). Without a
+    provider a span records nothing, yet costs about 9 µs to open and close; a commit
+    across two stores opens eight."""
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return nullcontext(trace.INVALID_SPAN)
+    return _tracer.start_as_current_span(name, attributes=attributes)
 
 
-@contextmanager
-def transaction_span(txid: str, participants: Sequence[str]) -> Iterator[trace.Span]:
+def transaction_span(txid: str, participants: Sequence[str]) -> AbstractContextManager[trace.Span]:
     """The span of one transaction; the caller sets ``ATTR_OUTCOME`` on it."""
-    if not _tracing():
-        yield trace.INVALID_SPAN
-        return
-    with _tracer.start_as_current_span(
-        SPAN_TRANSACTION,
-        attributes={ATTR_TXID: txid, ATTR_PARTICIPANTS: list(participants)},
-    ) as span:
-        yield span
+    return _span(SPAN_TRANSACTION, {ATTR_TXID: txid, ATTR_PARTICIPANTS: list(participants)})
 
 
-@contextmanager
-def recovery_span() -> Iterator[trace.Span]:
-    if not _tracing():
-        yield trace.INVALID_SPAN
-        return
-    with _tracer.start_as_current_span(SPAN_RECOVER) as span:
-        yield span
+def recovery_span() -> AbstractContextManager[trace.Span]:
+    return _span(SPAN_RECOVER)
 
 
 @contextmanager
@@ -79,25 +70,16 @@ def phase_span(phase: str, txid: str | None = None) -> Iterator[trace.Span]:
         attributes[ATTR_TXID] = txid
     started = time.perf_counter()
     try:
-        if not _tracing():
-            yield trace.INVALID_SPAN
-        else:
-            with _tracer.start_as_current_span(f"lockstep.{phase}", attributes=attributes) as span:
-                yield span
+        with _span(f"lockstep.{phase}", attributes) as span:
+            yield span
     finally:
         _phase_duration.record(time.perf_counter() - started, {ATTR_PHASE: phase})
 
 
-@contextmanager
-def participant_span(phase: str, participant: str) -> Iterator[trace.Span]:
-    if not _tracing():
-        yield trace.INVALID_SPAN
-        return
-    with _tracer.start_as_current_span(
-        f"lockstep.{phase}.participant",
-        attributes={ATTR_PHASE: phase, ATTR_PARTICIPANT: participant},
-    ) as span:
-        yield span
+def participant_span(phase: str, participant: str) -> AbstractContextManager[trace.Span]:
+    return _span(
+        f"lockstep.{phase}.participant", {ATTR_PHASE: phase, ATTR_PARTICIPANT: participant}
+    )
 
 
 def count_abort(reason: str) -> None:

@@ -7,6 +7,7 @@ batch the next turn commits is known exactly; assertions read the SQLite file it
 from __future__ import annotations
 
 import functools
+import re
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -204,7 +205,9 @@ def test_a_failed_read_names_the_store_and_releases_its_connection(tmp_path: Pat
     with sqlite3.connect(path) as conn:
         conn.execute("ALTER TABLE lockstep_facts RENAME TO hidden")
     for read in (lambda: storage.get("a"), lambda: storage.query("note", {}, None)):
-        with pytest.raises(ParticipantError, match=f"SQLite store {path} failed: no such table"):
+        with pytest.raises(
+            ParticipantError, match=re.escape(f"SQLite store {path} failed: no such table")
+        ):
             read()
         with pytest.raises(ParticipantError, match="no such table"):
             read_beside_a_commit(storage, read)
