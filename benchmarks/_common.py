@@ -65,6 +65,17 @@ def pick(parser: argparse.ArgumentParser, flag: str, text: str, known: Iterable[
     return names
 
 
+def positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -132,12 +143,149 @@ def serve_child(measure: Any, spec: str) -> None:
     os._exit(0)
 
 
+#: How a served child marks its answers on stdout (libraries may print there too).
+ANSWER = "@answer "
+
+
+class Child:
+    """A measurement process that stays up between commands, so that systems can take
+    turns every few operations on stores each keeps open (server-side noise, such as a
+    Chroma server's latency drifting between 13 and 24 ms a write, then falls on every
+    system alike). Started as ``python -m <module> --child <spec> --serve``; each command
+    is a JSON line on its stdin, answered by one line on its stdout (see
+    :func:`serve_commands`)."""
+
+    def __init__(
+        self, module: str, spec: dict[str, Any], tmp: Path, python: str = sys.executable
+    ) -> None:
+        import json
+        import queue
+        import threading
+
+        self._dir = tempfile.TemporaryDirectory(dir=tmp)
+        self._stderr = open(Path(self._dir.name) / "stderr", "w+")  # noqa: SIM115 - closed in close()
+        self._process = subprocess.Popen(
+            [
+                python,
+                "-m",
+                module,
+                "--child",
+                json.dumps({**spec, "dir": self._dir.name}),
+                "--serve",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "ANONYMIZED_TELEMETRY": "False"},
+        )
+        self._answers: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.failed: str | None = None
+        self._await()  # the stores are open
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            if line.startswith(ANSWER):
+                self._answers.put(line[len(ANSWER) :])
+        self._answers.put(None)  # the process ended
+
+    def ask(self, command: dict[str, Any]) -> dict[str, Any] | str:
+        """The child's answer to ``command``, or why there is none (then and after)."""
+        import json
+
+        if self.failed is not None:
+            return self.failed
+        assert self._process.stdin is not None
+        try:
+            self._process.stdin.write(json.dumps(command) + "\n")
+            self._process.stdin.flush()
+        except OSError:
+            pass  # it died: _await says why
+        return self._await()
+
+    def _await(self, timeout: float = 1800) -> dict[str, Any] | str:
+        import json
+        import queue
+
+        try:
+            line = self._answers.get(timeout=timeout)
+        except queue.Empty:
+            line = None
+            self._process.kill()
+        if line is None:
+            self._process.wait()
+            self._stderr.seek(0)
+            said = self._stderr.read().strip().splitlines() or [
+                f"exited {self._process.returncode}"
+            ]
+            self.failed = said[-1][:120]
+            return self.failed
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def close(self) -> None:
+        """End the process (its stdin closed, killed if it does not end) and remove its
+        directory."""
+        if self._process.stdin is not None:
+            try:
+                self._process.stdin.close()
+            except OSError:
+                pass
+        try:
+            self._process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._reader.join(timeout=10)  # at the end of stdout once the process is gone
+        if self._process.stdout is not None and not self._reader.is_alive():
+            self._process.stdout.close()
+        self._stderr.close()
+        self._dir.cleanup()
+
+
+def serve_commands(start: Any, spec: str) -> None:
+    """The child's side of :class:`Child`: ``run = start(spec)`` opens the stores, then
+    every command line read is answered with ``run(command)`` as JSON, until stdin
+    closes; the process then ends at once (as in :func:`serve_child`)."""
+    import json
+
+    def answer(value: Any) -> None:
+        print(ANSWER + json.dumps(value), flush=True)
+
+    try:
+        run = start(json.loads(spec))
+        answer({"ready": True})
+        for line in sys.stdin:
+            answer(run(json.loads(line)))
+    except BaseException as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        os._exit(1)
+    os._exit(0)
+
+
 def run_threads(work: Any, writers: int) -> None:
-    """Run ``work(w)`` for each writer ``w`` on its own thread; return when all are done."""
+    """Run ``work(w)`` for each writer ``w`` on its own thread; return when all are done.
+
+    :raises Exception: the first error a writer raised (a writer that failed must not
+        pass for one that ran fewer operations)."""
     import threading
 
-    threads = [threading.Thread(target=work, args=(w,)) for w in range(writers)]
+    errors: list[BaseException] = []
+
+    def run(w: int) -> None:
+        try:
+            work(w)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(writers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    if errors:
+        raise errors[0]

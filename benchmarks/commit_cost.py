@@ -6,15 +6,18 @@ as configured by default, and with ``Policy(deferred_finish=True)`` (the indexes
 batched; the time of the last batch, run by ``flush()`` after each kind of operation, is
 counted in the throughput). Each writer has its
 own facts and session (no conflicts). Both systems get the same deterministic embedder, so
-the layer is measured, not a model. Every measurement runs in its own child process (MemState
-in its own environment, ``benchmarks/.venv-memstate``); systems alternate inside every round,
-and the first system of a round alternates too. Lockstep is durable (SQLite
+the layer is measured, not a model. Each system runs in its own child process (MemState in
+its own environment, ``benchmarks/.venv-memstate``), which keeps its store open for the
+round while the systems take turns: each writer runs ``--slice`` operations of one kind,
+then the next system does, the first of a turn rotating. A store's latency drifts over
+seconds (a Chroma server's write from 13 to 24 ms p50 between batches of a hundred), and
+short turns spread that drift over every system alike. Lockstep is durable (SQLite
 ``synchronous=FULL``, Postgres ``fsync=on``, Redis ``appendfsync always``); MemState keeps its
 own settings (SQLite ``synchronous=NORMAL``). Beside latency and throughput, the writer
 process's CPU time per operation: on in-process stores both systems are CPU-bound on a
 small machine, and throughput follows it.
 
-    python -m benchmarks.commit_cost [--ops 200] [--rounds 2] [--combos a,b] [--json out.json]
+    python -m benchmarks.commit_cost [--ops 200] [--rounds 2] [--slice 25] [--combos a,b] [--json out.json]
 """
 
 from __future__ import annotations
@@ -30,12 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import (
+    Child,
     ensure_memstate_env,
     machine,
     pick,
-    run_child,
+    positive,
     run_threads,
-    serve_child,
+    serve_commands,
 )
 from benchmarks._stores import COMBOS, Servers, lockstep_store, memstate_store, memstate_store_async
 
@@ -47,40 +51,76 @@ SYSTEMS = ["memstate", "lockstep", "lockstep-deferred"]
 LABELS = {"memstate": "MemState", "lockstep": "Lockstep", "lockstep-deferred": "Lockstep deferred"}
 
 
-# -- the child: one system, one combination, one mode -------------------------------------
+# -- the child: one system, one combination, one mode, its store kept open ---------------
 
 
-def child(spec: dict[str, Any]) -> dict[str, Any]:
-    writers, asynchronous = MODES[spec["mode"]]
-    per_writer = max(1, spec["ops"] // writers)
-    if asynchronous:
-        return asyncio.run(_async_child(spec, writers, per_writer))
-    mem = memstate_store(spec) if spec["system"] == "memstate" else lockstep_store(spec)
-    results: dict[str, Any] = {}
-    ids: list[list[str]] = [[] for _ in range(writers)]
-    lock = threading.Lock()
-    for op in OPS:
+class Writers:
+    """One system's store on one combination, with the mode's writers; each command is
+    a turn: every writer runs the next ``ops`` operations of one kind (``flush``: then the
+    deferred queue is finished, inside the turn's time)."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.system = spec["system"]
+        self.writers, self.asynchronous = MODES[spec["mode"]]
+        self.ids: list[list[str]] = [[] for _ in range(self.writers)]
+        self.done = dict.fromkeys(OPS, 0)  # operations of each kind each writer has run
+        self.loop: asyncio.AbstractEventLoop | None = None
+        if self.asynchronous:
+            self.loop = asyncio.new_event_loop()
+            self.mem = self.loop.run_until_complete(self._open_async(spec))
+        elif self.system == "memstate":
+            self.mem = memstate_store(spec)
+        else:
+            self.mem = lockstep_store(spec)
+
+    @staticmethod
+    async def _open_async(spec: dict[str, Any]) -> Any:
+        if spec["system"] == "memstate":
+            return await memstate_store_async(spec)
+        return lockstep_store(spec, asynchronous=True)
+
+    def __call__(self, command: dict[str, Any]) -> dict[str, Any]:
+        op, count = command["op"], command["ops"]
+        numbers = range(self.done[op], self.done[op] + count)
+        self.done[op] += count
         latencies: list[float] = []
-
-        def work(w: int, op: str = op, latencies: list[float] = latencies) -> None:
-            mine = []
-            for i in range(per_writer):
-                started = time.perf_counter()
-                _one(spec["system"], mem, op, w, i, ids[w])
-                mine.append(time.perf_counter() - started)
-            with lock:
-                latencies.extend(mine)
-
         started, cpu = time.perf_counter(), time.process_time()
-        run_threads(work, writers)
-        if spec["system"] != "memstate":
-            mem.flush()  # deferred work left in the queue is part of the cost
-        results[op] = {
+        if self.loop is not None:
+            self.loop.run_until_complete(self._async_turn(op, numbers, latencies))
+            if command["flush"] and self.system != "memstate":
+                self.loop.run_until_complete(self.mem.flush())
+        else:
+            lock = threading.Lock()
+
+            def work(w: int) -> None:
+                mine = []
+                for i in numbers:
+                    began = time.perf_counter()
+                    _one(self.system, self.mem, op, w, i, self.ids[w])
+                    mine.append(time.perf_counter() - began)
+                with lock:
+                    latencies.extend(mine)
+
+            run_threads(work, self.writers)
+            if command["flush"] and self.system != "memstate":
+                self.mem.flush()  # deferred work left in the queue is part of the cost
+        return {
             "latencies": latencies,
             "seconds": time.perf_counter() - started,
             "cpu_seconds": time.process_time() - cpu,
         }
-    return results
+
+    async def _async_turn(self, op: str, numbers: range, latencies: list[float]) -> None:
+        async def work(w: int) -> None:
+            for i in numbers:
+                began = time.perf_counter()
+                method, args = _call(self.system, op, w, i, self.ids[w])
+                result = await getattr(self.mem, method)(*args)
+                if op == "insert":
+                    self.ids[w].append(result)
+                latencies.append(time.perf_counter() - began)
+
+        await asyncio.gather(*(work(w) for w in range(self.writers)))
 
 
 def _call(system: str, op: str, w: int, i: int, ids: list[str]) -> tuple[str, tuple[Any, ...]]:
@@ -103,38 +143,6 @@ def _one(system: str, mem: Any, op: str, w: int, i: int, ids: list[str]) -> None
         ids.append(result)
 
 
-async def _async_child(spec: dict[str, Any], writers: int, per_writer: int) -> dict[str, Any]:
-    if spec["system"] == "memstate":
-        mem = await memstate_store_async(spec)
-    else:
-        mem = lockstep_store(spec, asynchronous=True)
-    results: dict[str, Any] = {}
-    ids: list[list[str]] = [[] for _ in range(writers)]
-    system = spec["system"]
-    for op in OPS:
-        latencies: list[float] = []
-
-        async def work(w: int, op: str = op, latencies: list[float] = latencies) -> None:
-            for i in range(per_writer):
-                started = time.perf_counter()
-                method, args = _call(system, op, w, i, ids[w])
-                result = await getattr(mem, method)(*args)
-                if op == "insert":
-                    ids[w].append(result)
-                latencies.append(time.perf_counter() - started)
-
-        started, cpu = time.perf_counter(), time.process_time()
-        await asyncio.gather(*(work(w) for w in range(writers)))
-        if system != "memstate":
-            await mem.flush()  # deferred work left in the queue is part of the cost
-        results[op] = {
-            "latencies": latencies,
-            "seconds": time.perf_counter() - started,
-            "cpu_seconds": time.process_time() - cpu,
-        }
-    return results
-
-
 def _fact(system: str, text: str) -> Any:
     if system == "memstate":
         from memstate import Fact as MemStateFact
@@ -154,6 +162,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ops", type=int, default=200, help="operations of each kind per run")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--slice",
+        type=positive,
+        default=25,
+        help="operations each writer runs in a system's turn before the next system's",
+    )
     parser.add_argument("--combos", default=",".join(COMBOS))
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--json", type=Path)
@@ -165,9 +179,10 @@ def main() -> int:
         "Lockstep's, to compare like with like)",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        serve_child(child, args.child)
+        serve_commands(Writers, args.child)
     combos = pick(parser, "--combos", args.combos, COMBOS)
     modes = pick(parser, "--modes", args.modes, MODES)
     memstate = str(ensure_memstate_env())
@@ -184,33 +199,22 @@ def main() -> int:
             for round_ in range(args.rounds):
                 for combo in combos:
                     for mode in modes:
-                        order = SYSTEMS[round_ % 3 :] + SYSTEMS[: round_ % 3]
-                        for system in order:
-                            spec = {
+                        specs = {
+                            system: {
                                 **servers.spec_for(combo),
                                 "combo": combo,
                                 "mode": mode,
                                 "system": system,
-                                "ops": args.ops,
                                 "memstate_synchronous": args.memstate_synchronous,
                             }
-                            result = run_child(MODULE, spec, Path(tmp), pythons[system])
-                            if isinstance(result, str):
-                                failures[(combo, mode, system)] = result
-                                continue
-                            for op, r in result.items():
-                                slot = merged.setdefault(
-                                    (combo, mode, op, system),
-                                    {"latencies": [], "seconds": 0.0, "cpu_seconds": 0.0},
-                                )
-                                slot["latencies"] += r["latencies"]
-                                slot["seconds"] += r["seconds"]
-                                slot["cpu_seconds"] += r["cpu_seconds"]
+                            for system in SYSTEMS
+                        }
+                        _measure(specs, pythons, Path(tmp), args, round_, merged, failures)
                         print(f"  round {round_ + 1}: {combo}, {mode}", file=sys.stderr, flush=True)
         finally:
             servers.stop()
     rows = _rows(merged, combos, modes)
-    _print(rows, args.ops, args.rounds, failures, args.memstate_synchronous)
+    _print(rows, args, failures)
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -218,6 +222,7 @@ def main() -> int:
                     "machine": machine(),
                     "ops": args.ops,
                     "rounds": args.rounds,
+                    "slice": args.slice,
                     "memstate_synchronous": args.memstate_synchronous,
                     "results": rows,
                     "not_measured": [
@@ -229,6 +234,50 @@ def main() -> int:
             )
         )
     return 0
+
+
+def _measure(
+    specs: dict[str, dict[str, Any]],
+    pythons: dict[str, str],
+    tmp: Path,
+    args: argparse.Namespace,
+    round_: int,
+    merged: dict[tuple[str, str, str, str], dict[str, Any]],
+    failures: dict[tuple[str, str, str], str],
+) -> None:
+    """One round of one combination and mode: each system's child opens its store, then
+    the systems take turns of ``--slice`` operations a writer, the first of a turn
+    rotating, until every writer has run its share of each kind."""
+    some = next(iter(specs.values()))
+    combo, mode = some["combo"], some["mode"]
+    writers = MODES[mode][0]
+    share = max(1, args.ops // writers)
+    turns = -(-share // args.slice)
+    children: dict[str, Child] = {}
+    try:
+        for system in SYSTEMS:
+            children[system] = Child(MODULE, specs[system], tmp, pythons[system])
+        for op in OPS:
+            for turn in range(turns):
+                count = min(args.slice, share - turn * args.slice)
+                first = (round_ + turn) % len(SYSTEMS)
+                for system in SYSTEMS[first:] + SYSTEMS[:first]:
+                    result = children[system].ask(
+                        {"op": op, "ops": count, "flush": turn == turns - 1}
+                    )
+                    if isinstance(result, str):
+                        failures[(combo, mode, system)] = result
+                        continue
+                    slot = merged.setdefault(
+                        (combo, mode, op, system),
+                        {"latencies": [], "seconds": 0.0, "cpu_seconds": 0.0},
+                    )
+                    slot["latencies"] += result["latencies"]
+                    slot["seconds"] += result["seconds"]
+                    slot["cpu_seconds"] += result["cpu_seconds"]
+    finally:
+        for child in children.values():
+            child.close()
 
 
 def _rows(
@@ -266,20 +315,19 @@ def _rows(
 
 def _print(
     rows: list[dict[str, Any]],
-    ops: int,
-    rounds: int,
+    args: argparse.Namespace,
     failures: dict[tuple[str, str, str], str],
-    memstate_synchronous: str = "normal",
 ) -> None:
     print(f"## Commit cost: Lockstep vs MemState 0.5.1\n\nMachine: {machine()}\n")
-    if memstate_synchronous != "normal":
+    if args.memstate_synchronous != "normal":
         print(
-            f"MemState's SQLite set to synchronous={memstate_synchronous.upper()} here "
+            f"MemState's SQLite set to synchronous={args.memstate_synchronous.upper()} here "
             "(its own setting is NORMAL), as durable as Lockstep's.\n"
         )
     print(
-        f"{ops} operations of each kind per run and system, {rounds} rounds. Latency: p50 / p99 "
-        "ms; throughput: operations/s; Lockstep's ratios are to MemState's.\n"
+        f"{args.ops} operations of each kind per round and system, {args.rounds} rounds, the "
+        f"systems taking turns of {args.slice} operations a writer. Latency: p50 / p99 ms; "
+        "throughput: operations/s; Lockstep's ratios are to MemState's.\n"
     )
     head = ["stores", "writers", "op"]
     head += [f"{LABELS[s]} p50 / p99" for s in SYSTEMS]
