@@ -8,11 +8,13 @@ prepare (Postgres), concurrent prepares, write combining (group
 commit of a Chroma index's prepares: concurrent transactions stage their points in one
 upsert), and deferred finishing of the indexes. Group commit of a separate decision log,
 which the memory API's default no longer writes to, is measured by ``benchmarks.engine``. Every configuration writes the same workload (inserts, then
-updates of the same facts) with 1 writer and 8 writer threads, each run in its own child
-process, configurations alternating inside every round. Each optimisation is compared with
-the default configuration of the same stores in the same run.
+updates of the same facts) with 1 writer and 8 writer threads. Each configuration runs in
+its own child process (the commit-cost benchmark's), which keeps its store open while the
+configurations of a combination take turns of ``--slice`` writes a writer, the first of a
+turn rotating. Each optimisation is compared with the default configuration of the same
+stores in the same run.
 
-    python -m benchmarks.optimisations [--ops 200] [--rounds 2] [--json out.json]
+    python -m benchmarks.optimisations [--ops 200] [--rounds 2] [--slice 25] [--json out.json]
 """
 
 from __future__ import annotations
@@ -21,15 +23,12 @@ import argparse
 import json
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import machine, run_child, run_threads, serve_child
-from benchmarks._stores import Servers, lockstep_store
-
-MODULE = "benchmarks.optimisations"
+from benchmarks import commit_cost
+from benchmarks._common import Child, machine, positive
+from benchmarks._stores import Servers
 
 # optimisation -> (the combinations it acts on, the configuration that flips it, its
 # state in that configuration)
@@ -73,47 +72,11 @@ COMBOS = [
 MODES = {"1 writer": 1, "8 threads": 8}
 
 
-def child(spec: dict[str, Any]) -> dict[str, Any]:
-    from coordinator import Fact
-
-    for key in ("log",):  # placeholders only the child can fill
-        if key in spec:
-            spec[key] = spec[key].format(dir=spec["dir"], pg_url=spec.get("pg_url", ""))
-    mem = lockstep_store(spec)
-    writers = MODES[spec["mode"]]
-    per_writer = max(1, spec["ops"] // writers // 2)
-    latencies: list[float] = []
-    lock = threading.Lock()
-
-    def work(w: int) -> None:
-        mine, ids = [], []
-        for i in range(per_writer):
-            started = time.perf_counter()
-            ids.append(mem.commit(Fact(type="note", payload={"content": f"w{w} thing {i}"})))
-            mine.append(time.perf_counter() - started)
-        for i, fact_id in enumerate(ids):
-            started = time.perf_counter()
-            mem.update(fact_id, {"payload": {"content": f"w{w} revised thing {i}"}})
-            mine.append(time.perf_counter() - started)
-        with lock:
-            latencies.extend(mine)
-
-    started = time.perf_counter()
-    run_threads(work, writers)
-    mem.flush()  # deferred work still queued is part of the cost
-    seconds = time.perf_counter() - started
-    return {"latencies": latencies, "seconds": seconds}
-
-
-def _configs() -> list[tuple[str, str, dict[str, Any]]]:
-    """(combination, configuration name, changes) for every run of a round."""
-    runs: list[tuple[str, str, dict[str, Any]]] = []
-    for combo in COMBOS:
-        runs.append((combo, "default", {}))
-        for name, (combos, changes, _) in TOGGLES.items():
-            if combo in combos:
-                runs.append((combo, name, changes))
-    return runs
+def _configs(combo: str) -> list[tuple[str, dict[str, Any]]]:
+    """(configuration name, changes) of every configuration measured on ``combo``."""
+    return [("default", {})] + [
+        (name, changes) for name, (combos, changes, _) in TOGGLES.items() if combo in combos
+    ]
 
 
 def _p50(values: list[float]) -> float:
@@ -125,55 +88,84 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ops", type=int, default=200, help="writes per run")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--slice",
+        type=positive,
+        default=25,
+        help="writes each writer makes in a configuration's turn before the next one's",
+    )
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        serve_child(child, args.child)
     merged: dict[tuple[str, str, str], dict[str, Any]] = {}
     failures: dict[tuple[str, str, str], str] = {}
-    runs = _configs()
     with tempfile.TemporaryDirectory(prefix="lockstep-optimisations-") as tmp:
         servers = Servers(Path(tmp))
         try:
             for round_ in range(args.rounds):
-                order = runs if round_ % 2 == 0 else runs[::-1]
-                for combo, name, changes in order:
+                for combo in COMBOS:
                     for mode in MODES:
-                        spec = {
-                            **servers.spec_for(combo),
-                            **changes,
-                            "combo": combo,
-                            "mode": mode,
-                            "system": "lockstep",
-                            "ops": args.ops,
-                        }
-                        result = run_child(MODULE, spec, Path(tmp))
-                        if isinstance(result, str):
-                            failures[(combo, name, mode)] = result
-                            continue
-                        slot = merged.setdefault(
-                            (combo, name, mode), {"latencies": [], "seconds": 0.0}
-                        )
-                        slot["latencies"] += result["latencies"]
-                        slot["seconds"] += result["seconds"]
+                        specs = {}
+                        for name, changes in _configs(combo):
+                            spec = {**servers.spec_for(combo), **changes}
+                            if "log" in spec:  # the decision log in the storage's database
+                                spec["log"] = spec["log"].format(pg_url=spec["pg_url"])
+                            specs[name] = {**spec, "combo": combo, "mode": mode}
+                        _measure(specs, Path(tmp), args, round_, merged, failures)
                 print(f"  round {round_ + 1} done", file=sys.stderr, flush=True)
         finally:
             servers.stop()
     rows = _rows(merged)
-    _print(rows, args.ops, args.rounds, failures)
+    _print(rows, args, failures)
     if args.json:
         args.json.write_text(
-            json.dumps({"machine": machine(), "ops": args.ops, "results": rows}, indent=2)
+            json.dumps(
+                {"machine": machine(), "ops": args.ops, "slice": args.slice, "results": rows},
+                indent=2,
+            )
         )
     return 0
 
 
+def _measure(
+    specs: dict[str, dict[str, Any]],
+    tmp: Path,
+    args: argparse.Namespace,
+    round_: int,
+    merged: dict[tuple[str, str, str], dict[str, Any]],
+    failures: dict[tuple[str, str, str], str],
+) -> None:
+    """One round of one combination and mode: every configuration's child opens its
+    store, then they take turns until each writer has made its inserts, then its updates."""
+    some = next(iter(specs.values()))
+    combo, mode = some["combo"], some["mode"]
+    share = max(1, args.ops // MODES[mode] // 2)
+    turns = -(-share // args.slice)
+    names = list(specs)
+    children: dict[str, Child] = {}
+    try:
+        for name in names:
+            children[name] = Child(commit_cost.MODULE, {**specs[name], "system": "lockstep"}, tmp)
+        for op in ("insert", "update"):
+            for turn in range(turns):
+                count = min(args.slice, share - turn * args.slice)
+                first = (round_ + turn) % len(names)
+                for name in names[first:] + names[:first]:
+                    last = op == "update" and turn == turns - 1
+                    result = children[name].ask({"op": op, "ops": count, "flush": last})
+                    if isinstance(result, str):
+                        failures[(combo, name, mode)] = result
+                        continue
+                    slot = merged.setdefault((combo, name, mode), {"latencies": [], "seconds": 0.0})
+                    slot["latencies"] += result["latencies"]
+                    slot["seconds"] += result["seconds"]
+    finally:
+        for child in children.values():
+            child.close()
+
+
 def _rows(merged: dict[tuple[str, str, str], dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
-    for combo, name, _ in _configs():
-        if name == "default":
-            continue
+    for combo, name in [(c, n) for c in COMBOS for n, _ in _configs(c) if n != "default"]:
         state = TOGGLES[name][2]
         for mode in MODES:
             toggled, default = merged.get((combo, name, mode)), merged.get((combo, "default", mode))
@@ -191,12 +183,13 @@ def _rows(merged: dict[tuple[str, str, str], dict[str, Any]]) -> list[dict[str, 
 
 
 def _print(
-    rows: list[dict[str, Any]], ops: int, rounds: int, failures: dict[tuple[str, str, str], str]
+    rows: list[dict[str, Any]], args: argparse.Namespace, failures: dict[tuple[str, str, str], str]
 ) -> None:
     print(f"## Optimisations on and off\n\nMachine: {machine()}\n")
     print(
-        f"{ops} writes per run (inserts, then updates of the same facts), {rounds} rounds; "
-        "ratios are on / off.\n"
+        f"{args.ops} writes per round and configuration (inserts, then updates of the same "
+        f"facts), {args.rounds} rounds, the configurations taking turns of {args.slice} writes "
+        "a writer; ratios are on / off.\n"
     )
     print(
         "| optimisation | stores | writers | on: p50 ms | off: p50 ms | p50 on/off "
