@@ -279,6 +279,31 @@ class TransactionEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class UndoReads:
+    """What undoing some transactions reads from a storage (:meth:`AsyncStorage.undo_reads`).
+
+    :ivar written: the history records the transactions wrote, by fact and version.
+    :ivar before: for each fact they wrote, the history record of the version before the
+        earliest one they wrote (absent: they created the fact).
+    :ivar heads: for each fact they wrote, what :meth:`AsyncStorage.head` returns: its
+        committed state (``None``: deleted) and the newest version its history holds.
+    """
+
+    written: tuple[FactRecord, ...]
+    before: Mapping[str, FactRecord]
+    heads: Mapping[str, tuple[FactRecord | None, int]]
+
+
+def versions_before(written: Iterable[FactRecord]) -> list[tuple[str, int]]:
+    """The ``(fact_id, version)`` of the version before each fact's earliest one among
+    ``written`` (facts they created have none): the ``before`` of :class:`UndoReads`."""
+    earliest: dict[str, int] = {}
+    for record in written:
+        earliest[record.id] = min(earliest.get(record.id, record.version), record.version)
+    return [(fact_id, version - 1) for fact_id, version in sorted(earliest.items()) if version > 1]
+
+
+@dataclass(frozen=True, slots=True)
 class Hit:
     """A vector index's answer: the point's fact, the version it embeds, its similarity,
     the transaction that wrote it, and whether that transaction's phase 2 marked it
@@ -358,6 +383,11 @@ class AsyncStorage(AsyncParticipant, Protocol):
 
     async def written_by(self, txids: Sequence[str]) -> list[FactRecord]: ...
 
+    async def undo_reads(self, txids: Sequence[str]) -> UndoReads:
+        """What a rollback of ``txids`` reads, in one read of the store: the records they
+        wrote, the versions the facts go back to and the facts' heads."""
+        ...
+
     async def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]: ...
 
     async def all_facts(self) -> list[FactRecord]: ...
@@ -385,6 +415,8 @@ class Storage(Participant, Protocol):
     def versions(self, keys: Sequence[tuple[str, int]]) -> list[FactRecord]: ...
 
     def written_by(self, txids: Sequence[str]) -> list[FactRecord]: ...
+
+    def undo_reads(self, txids: Sequence[str]) -> UndoReads: ...
 
     def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]: ...
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from coordinator.abc import TransactionEntry, Vote
+from coordinator.abc import TransactionEntry, UndoReads, Vote, versions_before
 from coordinator.filters import check_filters, matches
 from coordinator.records import (
     DeleteFact,
@@ -145,6 +145,24 @@ class MemoryBackend:
         wanted = set(txids)
         with self._lock:
             return [v for versions in self.history.values() for v in versions if v.txid in wanted]
+
+    def undo_reads(self, txids: Sequence[str]) -> UndoReads:
+        wanted = set(txids)
+        with self._lock:  # one consistent view, as a store's one read
+            written = [
+                v for versions in self.history.values() for v in versions if v.txid in wanted
+            ]
+            before = {
+                record.id: record
+                for fact_id, version in versions_before(written)
+                for record in self.history.get(fact_id, ())
+                if record.version == version
+            }
+            heads = {
+                fact_id: (self.facts.get(fact_id), self.history[fact_id][-1].version)
+                for fact_id in {record.id for record in written}
+            }
+        return UndoReads(tuple(written), before, heads)
 
     def transaction_log(self, session_id: str | None, limit: int) -> list[TransactionEntry]:
         with self._lock:

@@ -78,6 +78,22 @@ SELECT_HEAD = (
     "SELECT (SELECT record FROM lockstep_facts WHERE id = %(id)s), "
     "(SELECT max(version) FROM lockstep_fact_history WHERE id = %(id)s)"
 )
+# What a rollback of some transactions reads, in one statement: the history records they
+# wrote, the version before each fact's earliest one among them, and each fact's head
+# (its committed state and the newest version its history holds). Parts by name.
+SELECT_UNDO_READS = """
+WITH w AS (SELECT id, version, record FROM lockstep_fact_history WHERE txid = ANY(%s)),
+     f AS (SELECT id, min(version) AS first FROM w GROUP BY id)
+SELECT 'written', id, version, record FROM w
+UNION ALL
+SELECT 'before', h.id, h.version, h.record
+  FROM f JOIN lockstep_fact_history h ON h.id = f.id AND h.version = f.first - 1
+UNION ALL
+SELECT 'head', f.id,
+       (SELECT max(version) FROM lockstep_fact_history WHERE id = f.id),
+       (SELECT record FROM lockstep_facts WHERE id = f.id)
+  FROM f
+ORDER BY 1, 2, 3"""
 SELECT_VERSIONS = "SELECT id, version FROM lockstep_facts WHERE id = ANY(%s) FOR UPDATE NOWAIT"
 SELECT_CLAIM = "SELECT fact_id FROM lockstep_claims WHERE claim = %s FOR UPDATE NOWAIT"
 UPSERT_FACT = (

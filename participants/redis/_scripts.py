@@ -55,6 +55,48 @@ end
 return {false, tostring(newest)}
 """
 
+# What a rollback of the transactions ARGV[2..] reads (AsyncStorage.undo_reads): the
+# history records they wrote; and for each fact they wrote, in the order first met, its
+# id, the record of the version before its earliest one among them (or false), its
+# committed record (or false) and the newest version its history holds.
+UNDO_READS = """
+local p = ARGV[1]
+local written, order, first = {}, {}, {}
+for i = 2, #ARGV do
+  local items = redis.call('HGET', p .. 'tx:' .. ARGV[i], 'written')
+  if items then
+    for item in string.gmatch(items, '[^\\30]+') do
+      local id, version = string.match(item, '^(.-)\\31(%d+)$')
+      local raw = redis.call('HGET', p .. 'history:' .. id, version)
+      if raw then
+        table.insert(written, raw)
+        local v = tonumber(version)
+        if first[id] == nil then
+          table.insert(order, id)
+          first[id] = v
+        elseif v < first[id] then
+          first[id] = v
+        end
+      end
+    end
+  end
+end
+local before, records, newest = {}, {}, {}
+for j, id in ipairs(order) do
+  before[j] = false
+  if first[id] > 1 then
+    before[j] = redis.call('HGET', p .. 'history:' .. id, tostring(first[id] - 1)) or false
+  end
+  records[j] = redis.call('GET', p .. 'fact:' .. id) or false
+  local top = 0
+  for _, field in ipairs(redis.call('HKEYS', p .. 'history:' .. id)) do
+    top = math.max(top, tonumber(field))
+  end
+  newest[j] = tostring(top)
+end
+return {written, order, before, records, newest}
+"""
+
 UNDO_SETS = """
 local function add_undoable(p, txid, seq, session)
   redis.call('ZADD', p .. 'undo:all', seq, txid)

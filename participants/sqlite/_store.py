@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from coordinator.abc import Decision, TransactionEntry, Vote
+from coordinator.abc import Decision, TransactionEntry, UndoReads, Vote, versions_before
 from coordinator.errors import (
     ConfigurationError,
     LockstepError,
@@ -328,18 +328,8 @@ class SQLiteStore:
         return (None if record is None else FactRecord.from_json(record)), int(newest or 0)
 
     def get_many(self, fact_ids: Sequence[str]) -> dict[str, FactRecord]:
-        found: dict[str, FactRecord] = {}
-        ids = list(fact_ids)
         with self._reading() as conn:
-            for start in range(0, len(ids), _CHUNK):
-                chunk = ids[start : start + _CHUNK]
-                marks = ",".join("?" * len(chunk))
-                for (record,) in conn.execute(
-                    f"SELECT record FROM lockstep_facts WHERE id IN ({marks})", chunk
-                ):
-                    fact = FactRecord.from_json(record)
-                    found[fact.id] = fact
-        return found
+            return _get_many(conn, fact_ids)
 
     def query(
         self, typename: str | None, filters: Mapping[str, JSONValue], session_id: str | None
@@ -372,37 +362,22 @@ class SQLiteStore:
         return [FactRecord.from_json(row[0]) for row in rows]
 
     def versions(self, keys: Sequence[tuple[str, int]]) -> list[FactRecord]:
-        found: list[FactRecord] = []
-        pairs = list(keys)
-        step = _CHUNK // 2  # two parameters a pair
         with self._reading() as conn:
-            for start in range(0, len(pairs), step):
-                chunk = pairs[start : start + step]
-                values = ",".join(["(?, ?)"] * len(chunk))
-                # A join, not "(id, version) IN (VALUES ...)": SQLite scans the whole
-                # table for that form, and seeks the primary key for this one.
-                rows = conn.execute(
-                    f"SELECT h.record FROM (VALUES {values}) AS k JOIN lockstep_fact_history h "
-                    "ON h.id = k.column1 AND h.version = k.column2",
-                    [param for pair in chunk for param in pair],
-                ).fetchall()
-                found += [FactRecord.from_json(row[0]) for row in rows]
-        return found
+            return _versions(conn, keys)
 
     def written_by(self, txids: Sequence[str]) -> list[FactRecord]:
-        found: list[FactRecord] = []
-        ids = list(txids)
         with self._reading() as conn:
-            for start in range(0, len(ids), _CHUNK):
-                chunk = ids[start : start + _CHUNK]
-                marks = ",".join("?" * len(chunk))
-                rows = conn.execute(
-                    "SELECT record FROM lockstep_fact_history "
-                    f"WHERE txid IN ({marks}) ORDER BY id, version",
-                    chunk,
-                ).fetchall()
-                found += [FactRecord.from_json(row[0]) for row in rows]
-        return found
+            return _written_by(conn, txids)
+
+    def undo_reads(self, txids: Sequence[str]) -> UndoReads:
+        with self._reading() as conn:  # one read transaction: one snapshot
+            written = _written_by(conn, txids)
+            before = {record.id: record for record in _versions(conn, versions_before(written))}
+            ids = sorted({record.id for record in written})
+            facts = _get_many(conn, ids)
+            newest = _newest_versions(conn, ids)
+        heads = {fact_id: (facts.get(fact_id), newest.get(fact_id, 0)) for fact_id in ids}
+        return UndoReads(tuple(written), before, heads)
 
     def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]:
         with self._reading() as conn:
@@ -616,3 +591,66 @@ def _meta_from(text: object) -> TransactionMeta:
     return TransactionMeta(
         data["session_id"], data["kind"], tuple(data["undoes"]), data["actor"], data["reason"]
     )
+
+
+# -- reads on a connection: each store read is one of these, or several in one snapshot ---
+
+
+def _in_chunks(values: Sequence[str]) -> Iterator[tuple[list[str], str]]:
+    """``values`` in chunks of at most ``_CHUNK``, each with its ``?`` placeholders."""
+    items = list(values)
+    for start in range(0, len(items), _CHUNK):
+        chunk = items[start : start + _CHUNK]
+        yield chunk, ",".join("?" * len(chunk))
+
+
+def _get_many(conn: sqlite3.Connection, fact_ids: Sequence[str]) -> dict[str, FactRecord]:
+    found: dict[str, FactRecord] = {}
+    for chunk, marks in _in_chunks(fact_ids):
+        for (record,) in conn.execute(
+            f"SELECT record FROM lockstep_facts WHERE id IN ({marks})", chunk
+        ):
+            fact = FactRecord.from_json(record)
+            found[fact.id] = fact
+    return found
+
+
+def _versions(conn: sqlite3.Connection, keys: Sequence[tuple[str, int]]) -> list[FactRecord]:
+    found: list[FactRecord] = []
+    pairs = list(keys)
+    step = _CHUNK // 2  # two parameters a pair
+    for start in range(0, len(pairs), step):
+        chunk = pairs[start : start + step]
+        values = ",".join(["(?, ?)"] * len(chunk))
+        # A join, not "(id, version) IN (VALUES ...)": SQLite scans the whole table for
+        # that form, and seeks the primary key for this one.
+        rows = conn.execute(
+            f"SELECT h.record FROM (VALUES {values}) AS k JOIN lockstep_fact_history h "
+            "ON h.id = k.column1 AND h.version = k.column2",
+            [param for pair in chunk for param in pair],
+        ).fetchall()
+        found += [FactRecord.from_json(row[0]) for row in rows]
+    return found
+
+
+def _written_by(conn: sqlite3.Connection, txids: Sequence[str]) -> list[FactRecord]:
+    found: list[FactRecord] = []
+    for chunk, marks in _in_chunks(txids):
+        rows = conn.execute(
+            f"SELECT record FROM lockstep_fact_history WHERE txid IN ({marks}) ORDER BY id, version",
+            chunk,
+        ).fetchall()
+        found += [FactRecord.from_json(row[0]) for row in rows]
+    return found
+
+
+def _newest_versions(conn: sqlite3.Connection, fact_ids: Sequence[str]) -> dict[str, int]:
+    """The newest version each fact's history holds (facts without history left out)."""
+    newest: dict[str, int] = {}
+    for chunk, marks in _in_chunks(fact_ids):
+        for fact_id, version in conn.execute(
+            f"SELECT id, max(version) FROM lockstep_fact_history WHERE id IN ({marks}) GROUP BY id",
+            chunk,
+        ):
+            newest[str(fact_id)] = int(version)
+    return newest

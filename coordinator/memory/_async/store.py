@@ -133,13 +133,12 @@ class AsyncMemoryTransaction:
             self._reads[fact_id] = record
         return self._reads[fact_id]
 
-    async def _read_many(self, fact_ids: Sequence[str]) -> None:
-        """:meth:`_read` of many facts in one read of the storage."""
-        missing = [fact_id for fact_id in fact_ids if fact_id not in self._reads]
-        if missing:
-            found = await self._store.storage.get_many(missing)
-            for fact_id in missing:
-                self._reads[fact_id] = found.get(fact_id)
+    def _know(self, heads: Mapping[str, tuple[FactRecord | None, int]]) -> None:
+        """Take ``heads`` (as :meth:`AsyncStorage.head` returns them) as this transaction's
+        reads of facts it has not read yet."""
+        for fact_id, (record, newest) in heads.items():
+            if fact_id not in self._reads:
+                self._reads[fact_id], self._newest[fact_id] = record, newest
 
     # -- changes ------------------------------------------------------------------------
 
@@ -784,15 +783,10 @@ class AsyncMemoryStore:
         if not entries:
             return []
         undone = tuple(e.txid for e in entries)
-        written = await self.storage.written_by(undone)
-        earliest: dict[str, int] = {}
-        for record in written:
-            earliest[record.id] = min(earliest.get(record.id, record.version), record.version)
-        # The version each fact goes back to, found directly (not by reading its history).
-        before = await self.storage.versions(
-            [(fact_id, version - 1) for fact_id, version in sorted(earliest.items()) if version > 1]
-        )
-        targets = {record.id: record for record in before}
+        # What they wrote, the version each fact goes back to (found directly, not by
+        # reading its history) and the facts' heads, in one read.
+        reads = await self.storage.undo_reads(undone)
+        targets = reads.before
         tx = AsyncMemoryTransaction(
             self,
             session_id,
@@ -803,10 +797,10 @@ class AsyncMemoryStore:
         )
         changed: list[str] = []
         async with tx:
-            # Read through the transaction: the undo then expects the very versions it
-            # was decided on, read once (all in one read).
-            await tx._read_many(sorted(earliest))
-            for fact_id in sorted(earliest):
+            # The heads become the transaction's reads: the undo then expects the very
+            # versions it was decided on.
+            tx._know(reads.heads)
+            for fact_id in sorted(reads.heads):
                 target = targets.get(fact_id)
                 current = await tx._current(fact_id)
                 if target is not None and target.deleted:

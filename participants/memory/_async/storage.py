@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from coordinator.abc import AsyncDecisionLog, TransactionEntry, Vote
+from coordinator.abc import AsyncDecisionLog, TransactionEntry, UndoReads, Vote
 from coordinator.ids import check_participant_name
 from coordinator.log import AsyncMemoryDecisionLog
 from coordinator.records import FactRecord, JSONValue, Write
@@ -67,6 +67,9 @@ class AsyncInMemoryStorage:
 
     async def written_by(self, txids: Sequence[str]) -> list[FactRecord]:
         return self.backend.written_by(txids)
+
+    async def undo_reads(self, txids: Sequence[str]) -> UndoReads:
+        return self.backend.undo_reads(txids)
 
     async def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]:
         return self.backend.transaction_log(session_id, limit)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from coordinator.abc import DecisionLog, TransactionEntry, Vote
+from coordinator.abc import DecisionLog, TransactionEntry, UndoReads, Vote
 from coordinator.ids import check_participant_name
 from coordinator.log import MemoryDecisionLog
 from coordinator.records import FactRecord, JSONValue, Write
@@ -69,6 +69,9 @@ class InMemoryStorage:
 
     def written_by(self, txids: Sequence[str]) -> list[FactRecord]:
         return self.backend.written_by(txids)
+
+    def undo_reads(self, txids: Sequence[str]) -> UndoReads:
+        return self.backend.undo_reads(txids)
 
     def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]:
         return self.backend.transaction_log(session_id, limit)

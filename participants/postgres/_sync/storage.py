@@ -33,7 +33,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from coordinator._acompat import Lock, shielded, sleep
-from coordinator.abc import DecisionLog, TransactionEntry, Vote
+from coordinator.abc import DecisionLog, TransactionEntry, UndoReads, Vote
 from coordinator.errors import (
     ConfigurationError,
     LockstepError,
@@ -341,6 +341,19 @@ class PostgresStorage:
             (list(txids),),
         )
         return [sql.record_of(row[0]) for row in rows]
+
+    def undo_reads(self, txids: Sequence[str]) -> UndoReads:
+        written: list[FactRecord] = []
+        before: dict[str, FactRecord] = {}
+        heads: dict[str, tuple[FactRecord | None, int]] = {}
+        for part, fact_id, version, record in self._read(sql.SELECT_UNDO_READS, (list(txids),)):
+            if part == "written":
+                written.append(sql.record_of(record))
+            elif part == "before":
+                before[fact_id] = sql.record_of(record)
+            else:
+                heads[fact_id] = (None if record is None else sql.record_of(record)), int(version)
+        return UndoReads(tuple(written), before, heads)
 
     def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]:
         if session_id is None:

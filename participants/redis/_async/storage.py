@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from coordinator.abc import AsyncDecisionLog, TransactionEntry, Vote
+from coordinator.abc import AsyncDecisionLog, TransactionEntry, UndoReads, Vote
 from coordinator.errors import ParticipantError
 from coordinator.filters import check_filters, matches
 from coordinator.ids import check_participant_name
@@ -71,6 +71,7 @@ class AsyncRedisStorage:
         self._abort_script = self._client.register_script(_scripts.ABORT)
         self._undoable_script = self._client.register_script(_scripts.UNDOABLE)
         self._head_script = self._client.register_script(_scripts.HEAD)
+        self._undo_reads_script = self._client.register_script(_scripts.UNDO_READS)
         self._checked = False
 
     @property
@@ -210,6 +211,18 @@ class AsyncRedisStorage:
                     if raw is not None:
                         found.append(FactRecord.from_json(raw))
         return found
+
+    async def undo_reads(self, txids: Sequence[str]) -> UndoReads:
+        written, order, before, records, newest = await self._call(
+            "read", self._undo_reads_script, [], [self._prefix, *txids]
+        )
+        heads: dict[str, tuple[FactRecord | None, int]] = {}
+        previous: dict[str, FactRecord] = {}
+        for fact_id, raw_before, raw, top in zip(order, before, records, newest, strict=True):
+            if raw_before is not None:
+                previous[fact_id] = FactRecord.from_json(raw_before)
+            heads[fact_id] = (None if raw is None else FactRecord.from_json(raw)), int(top)
+        return UndoReads(tuple(FactRecord.from_json(raw) for raw in written), previous, heads)
 
     async def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]:
         if limit <= 0:

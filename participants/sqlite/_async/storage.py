@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 from coordinator._acompat import ablocking
-from coordinator.abc import AsyncDecisionLog, TransactionEntry, Vote
+from coordinator.abc import AsyncDecisionLog, TransactionEntry, UndoReads, Vote
 from coordinator.ids import check_participant_name
 from coordinator.log import AsyncSQLiteDecisionLog, SQLiteDecisionLog
 from coordinator.records import FactRecord, JSONValue, Write
@@ -95,6 +95,9 @@ class AsyncSQLiteStorage:
 
     async def written_by(self, txids: Sequence[str]) -> list[FactRecord]:
         return await ablocking(self.store.written_by, txids)
+
+    async def undo_reads(self, txids: Sequence[str]) -> UndoReads:
+        return await ablocking(self.store.undo_reads, txids)
 
     async def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]:
         return await ablocking(self.store.transactions, session_id, limit)

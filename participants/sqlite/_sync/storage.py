@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 from coordinator._acompat import blocking
-from coordinator.abc import DecisionLog, TransactionEntry, Vote
+from coordinator.abc import DecisionLog, TransactionEntry, UndoReads, Vote
 from coordinator.ids import check_participant_name
 from coordinator.log import SQLiteDecisionLog
 from coordinator.records import FactRecord, JSONValue, Write
@@ -97,6 +97,9 @@ class SQLiteStorage:
 
     def written_by(self, txids: Sequence[str]) -> list[FactRecord]:
         return blocking(self.store.written_by, txids)
+
+    def undo_reads(self, txids: Sequence[str]) -> UndoReads:
+        return blocking(self.store.undo_reads, txids)
 
     def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]:
         return blocking(self.store.transactions, session_id, limit)
