@@ -58,7 +58,8 @@ return {false, tostring(newest)}
 # What a rollback of the transactions ARGV[2..] reads (AsyncStorage.undo_reads): the
 # history records they wrote; and for each fact they wrote, in the order first met, its
 # id, the record of the version before its earliest one among them (or false), its
-# committed record (or false) and the newest version its history holds.
+# committed record (or false) and, for a deleted one, the newest version its history holds
+# (as HEAD).
 UNDO_READS = """
 local p = ARGV[1]
 local written, order, first = {}, {}, {}
@@ -88,11 +89,14 @@ for j, id in ipairs(order) do
     before[j] = redis.call('HGET', p .. 'history:' .. id, tostring(first[id] - 1)) or false
   end
   records[j] = redis.call('GET', p .. 'fact:' .. id) or false
-  local top = 0
-  for _, field in ipairs(redis.call('HKEYS', p .. 'history:' .. id)) do
-    top = math.max(top, tonumber(field))
+  newest[j] = ''  -- a fact's record is its newest version: read only for a deleted one
+  if not records[j] then
+    local top = 0
+    for _, field in ipairs(redis.call('HKEYS', p .. 'history:' .. id)) do
+      top = math.max(top, tonumber(field))
+    end
+    newest[j] = tostring(top)
   end
-  newest[j] = tostring(top)
 end
 return {written, order, before, records, newest}
 """

@@ -370,13 +370,10 @@ class SQLiteStore:
             return _written_by(conn, txids)
 
     def undo_reads(self, txids: Sequence[str]) -> UndoReads:
-        with self._reading() as conn:  # one read transaction: one snapshot
+        with self._reading() as conn:  # one connection for the three statements
             written = _written_by(conn, txids)
             before = {record.id: record for record in _versions(conn, versions_before(written))}
-            ids = sorted({record.id for record in written})
-            facts = _get_many(conn, ids)
-            newest = _newest_versions(conn, ids)
-        heads = {fact_id: (facts.get(fact_id), newest.get(fact_id, 0)) for fact_id in ids}
+            heads = _heads(conn, sorted({record.id for record in written}))
         return UndoReads(tuple(written), before, heads)
 
     def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]:
@@ -644,13 +641,22 @@ def _written_by(conn: sqlite3.Connection, txids: Sequence[str]) -> list[FactReco
     return found
 
 
-def _newest_versions(conn: sqlite3.Connection, fact_ids: Sequence[str]) -> dict[str, int]:
-    """The newest version each fact's history holds (facts without history left out)."""
-    newest: dict[str, int] = {}
-    for chunk, marks in _in_chunks(fact_ids):
-        for fact_id, version in conn.execute(
-            f"SELECT id, max(version) FROM lockstep_fact_history WHERE id IN ({marks}) GROUP BY id",
-            chunk,
-        ):
-            newest[str(fact_id)] = int(version)
-    return newest
+def _heads(
+    conn: sqlite3.Connection, fact_ids: Sequence[str]
+) -> dict[str, tuple[FactRecord | None, int]]:
+    """:meth:`SQLiteStore.head` of many facts in one statement (each newest version found
+    by one seek of the history's primary key, whatever the history's length)."""
+    heads: dict[str, tuple[FactRecord | None, int]] = {}
+    if not fact_ids:
+        return heads
+    for fact_id, record, newest in conn.execute(
+        "SELECT k.value, (SELECT record FROM lockstep_facts WHERE id = k.value), "
+        "(SELECT max(version) FROM lockstep_fact_history WHERE id = k.value) "
+        "FROM json_each(?) AS k",
+        (json.dumps(list(fact_ids)),),
+    ):
+        heads[str(fact_id)] = (
+            (None if record is None else FactRecord.from_json(record)),
+            int(newest or 0),
+        )
+    return heads

@@ -221,7 +221,8 @@ class AsyncRedisStorage:
         for fact_id, raw_before, raw, top in zip(order, before, records, newest, strict=True):
             if raw_before is not None:
                 previous[fact_id] = FactRecord.from_json(raw_before)
-            heads[fact_id] = (None if raw is None else FactRecord.from_json(raw)), int(top)
+            fact = None if raw is None else FactRecord.from_json(raw)
+            heads[fact_id] = fact, (fact.version if fact is not None else int(top))
         return UndoReads(tuple(FactRecord.from_json(raw) for raw in written), previous, heads)
 
     async def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]:
