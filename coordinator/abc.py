@@ -385,7 +385,9 @@ class AsyncStorage(AsyncParticipant, Protocol):
 
     async def undo_reads(self, txids: Sequence[str]) -> UndoReads:
         """What a rollback of ``txids`` reads, in one read of the store: the records they
-        wrote, the versions the facts go back to and the facts' heads."""
+        wrote, the versions the facts go back to and the facts' heads. It need not be one
+        snapshot: history records never change, and the rollback's commit expects the
+        heads' versions (a fact changed since fails it with ``VersionConflict``)."""
         ...
 
     async def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]: ...
