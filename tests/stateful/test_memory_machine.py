@@ -1,6 +1,7 @@
 """Hypothesis drives the memory API; after every step the stores equal a simple model.
 
-Storage: a SQLite file. Index: Qdrant (in memory) behind a switch that makes its prepare
+Storage: a SQLite file (and, in shorter runs, Redis and Postgres: each storage reads a
+rollback's undo its own way). Index: Qdrant (in memory) behind a switch that makes its prepare
 fail (a flaky vector store). The model is a dict of facts plus the list of transactions
 (for rollback). Invariants: the storage holds exactly the model; the index holds exactly
 the model's facts at their current versions (G1, G7); search returns only committed,
@@ -11,18 +12,29 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 from qdrant_client import QdrantClient
 
+from chaos.servers import PostgresServer, RedisServer
 from coordinator import Fact, MemoryStore, Policy, TransactionAborted, Vote, Write
+from coordinator.abc import Storage
 from coordinator.embeddings import HashingEmbedder
+from participants.postgres import PostgresStorage
 from participants.qdrant import QdrantIndex
+from participants.redis import RedisStorage
 from participants.sqlite import SQLiteStorage
 
 SESSIONS = [None, "s1", "s2"]
@@ -72,6 +84,9 @@ class FlakyIndex(QdrantIndex):
 class MemoryMachine(RuleBasedStateMachine):
     policy = Policy()
 
+    def storage(self) -> Storage:
+        return SQLiteStorage(self.dir / "facts.db")
+
     @initialize()
     def open_store(self) -> None:
         self.dir = Path(tempfile.mkdtemp(dir=SCRATCH))
@@ -82,9 +97,7 @@ class MemoryMachine(RuleBasedStateMachine):
             embedder=HashingEmbedder(32),
             owns_client=True,
         )
-        self.mem = MemoryStore(
-            SQLiteStorage(self.dir / "facts.db"), hooks=[self.index], policy=self.policy
-        )
+        self.mem = MemoryStore(self.storage(), hooks=[self.index], policy=self.policy)
         self.model = Model()
         self.counter = 0
 
@@ -233,3 +246,37 @@ class DeferredMemoryMachine(MemoryMachine):
 
 TestDeferredMemoryMachine = DeferredMemoryMachine.TestCase
 TestDeferredMemoryMachine.settings = settings(stateful_step_count=30)
+
+
+class RedisMemoryMachine(MemoryMachine):
+    """The same on a Redis storage (a new key prefix for every example)."""
+
+    url = ""
+
+    def storage(self) -> Storage:
+        return RedisStorage(self.url, prefix=f"m{uuid.uuid4().hex[:12]}:")
+
+
+class PostgresMemoryMachine(MemoryMachine):
+    """The same on a Postgres storage (a new database for every example)."""
+
+    server: PostgresServer | None = None
+
+    def storage(self) -> Storage:
+        assert self.server is not None
+        return PostgresStorage(self.server.create_database(f"m{uuid.uuid4().hex[:12]}"))
+
+
+# A quarter of the loaded profile's examples: a server's round trips make each step slower.
+def _server_settings() -> settings:
+    return settings(stateful_step_count=30, max_examples=max(10, settings().max_examples // 4))
+
+
+def test_the_memory_machine_on_redis(redis_server: RedisServer) -> None:
+    RedisMemoryMachine.url = redis_server.url
+    run_state_machine_as_test(RedisMemoryMachine, settings=_server_settings())
+
+
+def test_the_memory_machine_on_postgres(postgres_server: PostgresServer) -> None:
+    PostgresMemoryMachine.server = postgres_server
+    run_state_machine_as_test(PostgresMemoryMachine, settings=_server_settings())
