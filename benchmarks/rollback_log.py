@@ -14,7 +14,9 @@ walk was the earlier release's code (one round trip per transaction) and is not 
 Then against the length of one fact's history: a fact updated until it has each number of
 versions in turn; the step alone — reading the version a rollback returns to, directly
 (``versions([(fact, version)])``, p50 of 50) and by reading the fact's whole history as
-the earlier release did (``history(fact)``) — and whole rollbacks (p50 of 20).
+an earlier release did (``history(fact)``) — then everything a rollback of the last
+update reads after the log (``undo_reads([txid])``: what it wrote, the version it returns
+to and the fact's head, p50 of 50), and whole rollbacks (p50 of 20).
 
     python -m benchmarks.rollback_log [--lengths 0,1000,10000] [--versions 10,1000,5000]
         [--stores sqlite,postgres,redis]
@@ -120,6 +122,8 @@ def run_history(store: str, counts: list[int], servers: Servers, tmp: Path) -> l
         target = versions - 1
         direct = p50_ms(lambda: storage.versions([(fact, target)]), 50)  # noqa: B023
         whole = p50_ms(lambda: storage.history(fact), 50)
+        last = storage.get(fact).txid
+        undo = p50_ms(lambda: storage.undo_reads([last]), 50)  # noqa: B023
         rollback = rollbacks_p50(mem, fact, None)
         versions = mem.get(fact)["version"]  # type: ignore[index]
         rows.append(
@@ -128,6 +132,7 @@ def run_history(store: str, counts: list[int], servers: Servers, tmp: Path) -> l
                 "versions": count,
                 "find_ms": direct,
                 "find_history_ms": whole,
+                "undo_reads_ms": undo,
                 "rollback_ms": rollback,
             }
         )
@@ -209,15 +214,17 @@ def main() -> int:
     print("\n## Rollback against the length of the fact's history\n")
     print(
         "A fact with each number of versions: reading the version a rollback returns to "
-        "(p50 of 50) directly and through the fact's whole history (the earlier release's "
-        "read), and whole rollbacks (p50 of 20), in ms.\n"
+        "(p50 of 50) directly and through the fact's whole history (an earlier release's "
+        "read); all that a rollback of the last update reads after the log (`undo_reads`, "
+        "p50 of 50); and whole rollbacks (p50 of 20), in ms.\n"
     )
-    print("| store | versions | find, direct | find, whole history | rollback |")
-    print("|---|---:|---:|---:|---:|")
+    print("| store | versions | find, direct | find, whole history | undo reads | rollback |")
+    print("|---|---:|---:|---:|---:|---:|")
     for row in history_rows:
         print(
             f"| {row['store']} | {row['versions']:,} | {row['find_ms']:.3f} | "
-            f"{row['find_history_ms']:.3f} | {row['rollback_ms']:.3f} |"
+            f"{row['find_history_ms']:.3f} | {row['undo_reads_ms']:.3f} | "
+            f"{row['rollback_ms']:.3f} |"
         )
     if args.json:
         results = {"machine": machine(), "results": rows, "history": history_rows}

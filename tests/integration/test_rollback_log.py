@@ -199,3 +199,33 @@ def test_redis_sets_catch_up_with_commits_an_earlier_release_made(
     assert [t.txid for t in storage.transactions("s", 2)] == [e, d]
     storage.close()
     client.close()
+
+
+def test_postgres_undo_reads_seek_each_fact_whatever_plan_serves_them(postgres_dsn: str) -> None:
+    """psycopg prepares a statement from its fifth run, and Postgres may then serve it with
+    a generic plan, made without the txids and here before autovacuum has analysed the
+    grown table: the version a fact goes back to must still be found on the primary key,
+    not by hashing the whole history (a join did that)."""
+    storage = PostgresStorage(postgres_dsn)
+    storage.transactions(None, 1)  # the schema
+    history = [("f", n, new_txid()) for n in range(1, 5001)]  # one fact, a long history
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO lockstep_fact_history VALUES (%s, %s, false, %s, %s)",
+                [
+                    (i, v, t, json.dumps({"id": i, "type": "note", "payload": {}, "version": v}))
+                    for i, v, t in history
+                ],
+            )
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        conn.execute("PREPARE undo(text[]) AS " + SQL.SELECT_UNDO_READS.replace("%s", "$1"))
+        txid = history[1234][2]  # version 1235
+        plan = "\n".join(
+            r[0] for r in conn.execute(f"EXPLAIN EXECUTE undo(ARRAY['{txid}'])").fetchall()
+        )
+    assert "Seq Scan on lockstep_fact_history" not in plan, plan
+    reads = storage.undo_reads([txid])
+    assert [(r.id, r.version) for r in reads.written] == [("f", 1235)]
+    assert reads.before["f"].version == 1234 and reads.heads == {"f": (None, 5000)}
+    storage.close()

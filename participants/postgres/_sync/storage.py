@@ -350,7 +350,8 @@ class PostgresStorage:
             if part == "written":
                 written.append(sql.record_of(record))
             elif part == "before":
-                before[fact_id] = sql.record_of(record)
+                if record is not None:  # a history without that version: nothing to go back to
+                    before[fact_id] = sql.record_of(record)
             else:
                 heads[fact_id] = (None if record is None else sql.record_of(record)), int(version)
         return UndoReads(tuple(written), before, heads)
