@@ -1,19 +1,24 @@
 """What every benchmark shares: the machine line, the deterministic embedder both systems
-get, MemState's own environment (never a project dependency), and the check of named
-choices on the command line (the chaos campaign's too)."""
+get, MemState's own environment (never a project dependency), the check of named choices
+on the command line (the chaos campaign's too), and the child processes measurements run
+in (one run each, or kept open while systems take turns)."""
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import os
 import platform
+import queue
 import sqlite3
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +117,6 @@ def run_child(
 ) -> dict[str, Any] | str:
     """Run one measurement as ``python -m <module> --child <spec>`` in a fresh directory
     (``spec["dir"]``); its JSON result, or why there is none."""
-    import json
 
     with tempfile.TemporaryDirectory(dir=tmp) as directory:
         done = subprocess.run(
@@ -133,7 +137,6 @@ def run_child(
 def serve_child(measure: Any, spec: str) -> None:
     """The child's side of :func:`run_child`: print ``measure(spec)`` as JSON, then end the
     process at once (client threads, pools and aiosqlite must not keep it alive)."""
-    import json
 
     try:
         print(json.dumps(measure(json.loads(spec))), flush=True)
@@ -151,16 +154,13 @@ class Child:
     """A measurement process that stays up between commands, so that systems can take
     turns every few operations on stores each keeps open (server-side noise, such as a
     Chroma server's latency drifting between 13 and 24 ms a write, then falls on every
-    system alike). Started as ``python -m <module> --child <spec> --serve``; each command
+    system alike). Started as ``python -m <module> --child <spec>``; each command
     is a JSON line on its stdin, answered by one line on its stdout (see
     :func:`serve_commands`)."""
 
     def __init__(
         self, module: str, spec: dict[str, Any], tmp: Path, python: str = sys.executable
     ) -> None:
-        import json
-        import queue
-        import threading
 
         self._dir = tempfile.TemporaryDirectory(dir=tmp)
         self._stderr = open(Path(self._dir.name) / "stderr", "w+")  # noqa: SIM115 - closed in close()
@@ -171,7 +171,6 @@ class Child:
                 module,
                 "--child",
                 json.dumps({**spec, "dir": self._dir.name}),
-                "--serve",
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -195,7 +194,6 @@ class Child:
 
     def ask(self, command: dict[str, Any]) -> dict[str, Any] | str:
         """The child's answer to ``command``, or why there is none (then and after)."""
-        import json
 
         if self.failed is not None:
             return self.failed
@@ -208,8 +206,6 @@ class Child:
         return self._await()
 
     def _await(self, timeout: float = 1800) -> dict[str, Any] | str:
-        import json
-        import queue
 
         try:
             line = self._answers.get(timeout=timeout)
@@ -251,7 +247,6 @@ def serve_commands(start: Any, spec: str) -> None:
     """The child's side of :class:`Child`: ``run = start(spec)`` opens the stores, then
     every command line read is answered with ``run(command)`` as JSON, until stdin
     closes; the process then ends at once (as in :func:`serve_child`)."""
-    import json
 
     def answer(value: Any) -> None:
         print(ANSWER + json.dumps(value), flush=True)
@@ -267,12 +262,56 @@ def serve_commands(start: Any, spec: str) -> None:
     os._exit(0)
 
 
+@contextmanager
+def children(
+    module: str, specs: Mapping[str, dict[str, Any]], tmp: Path, pythons: Mapping[str, str]
+) -> Iterator[dict[str, Child]]:
+    """A :class:`Child` for each name of ``specs`` (run by ``pythons[name]``, default this
+    interpreter), all ended when the block ends."""
+    started: dict[str, Child] = {}
+    try:
+        for name, spec in specs.items():
+            started[name] = Child(module, spec, tmp, pythons.get(name, sys.executable))
+        yield started
+    finally:
+        for child in started.values():
+            child.close()
+
+
+def take_turns(
+    running: Mapping[str, Child], kinds: Sequence[str], share: int, size: int, round_: int
+) -> Iterator[tuple[str, str, dict[str, Any] | str]]:
+    """Every child runs ``share`` operations a writer of each of ``kinds`` in turn, in
+    turns of ``size``; the first child of a turn rotates with the round and the turn, and
+    a kind's last turn finishes its deferred work (``flush``). Yields ``(name, kind,
+    answer)``, the answer a child's measurement or why it has none."""
+    names = list(running)
+    turns = -(-share // size)
+    for kind in kinds:
+        for turn in range(turns):
+            command = {
+                "op": kind,
+                "ops": min(size, share - turn * size),
+                "flush": turn == turns - 1,
+            }
+            first = (round_ + turn) % len(names)
+            for name in names[first:] + names[:first]:
+                yield name, kind, running[name].ask(command)
+
+
+def accumulate(totals: dict[Any, dict[str, Any]], key: Any, answer: dict[str, Any]) -> None:
+    """Add a turn's latencies, wall and CPU seconds to ``totals[key]``."""
+    slot = totals.setdefault(key, {"latencies": [], "seconds": 0.0, "cpu_seconds": 0.0})
+    slot["latencies"] += answer["latencies"]
+    slot["seconds"] += answer["seconds"]
+    slot["cpu_seconds"] += answer["cpu_seconds"]
+
+
 def run_threads(work: Any, writers: int) -> None:
     """Run ``work(w)`` for each writer ``w`` on its own thread; return when all are done.
 
     :raises Exception: the first error a writer raised (a writer that failed must not
         pass for one that ran fewer operations)."""
-    import threading
 
     errors: list[BaseException] = []
 

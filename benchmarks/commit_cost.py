@@ -33,13 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import (
-    Child,
+    accumulate,
+    children,
     ensure_memstate_env,
     machine,
     pick,
     positive,
     run_threads,
     serve_commands,
+    take_turns,
 )
 from benchmarks._stores import COMBOS, Servers, lockstep_store, memstate_store, memstate_store_async
 
@@ -179,7 +181,6 @@ def main() -> int:
         "Lockstep's, to compare like with like)",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         serve_commands(Writers, args.child)
@@ -246,38 +247,15 @@ def _measure(
     failures: dict[tuple[str, str, str], str],
 ) -> None:
     """One round of one combination and mode: each system's child opens its store, then
-    the systems take turns of ``--slice`` operations a writer, the first of a turn
-    rotating, until every writer has run its share of each kind."""
-    some = next(iter(specs.values()))
-    combo, mode = some["combo"], some["mode"]
-    writers = MODES[mode][0]
-    share = max(1, args.ops // writers)
-    turns = -(-share // args.slice)
-    children: dict[str, Child] = {}
-    try:
-        for system in SYSTEMS:
-            children[system] = Child(MODULE, specs[system], tmp, pythons[system])
-        for op in OPS:
-            for turn in range(turns):
-                count = min(args.slice, share - turn * args.slice)
-                first = (round_ + turn) % len(SYSTEMS)
-                for system in SYSTEMS[first:] + SYSTEMS[:first]:
-                    result = children[system].ask(
-                        {"op": op, "ops": count, "flush": turn == turns - 1}
-                    )
-                    if isinstance(result, str):
-                        failures[(combo, mode, system)] = result
-                        continue
-                    slot = merged.setdefault(
-                        (combo, mode, op, system),
-                        {"latencies": [], "seconds": 0.0, "cpu_seconds": 0.0},
-                    )
-                    slot["latencies"] += result["latencies"]
-                    slot["seconds"] += result["seconds"]
-                    slot["cpu_seconds"] += result["cpu_seconds"]
-    finally:
-        for child in children.values():
-            child.close()
+    the systems take turns until every writer has run its share of each kind."""
+    combo, mode = specs[SYSTEMS[0]]["combo"], specs[SYSTEMS[0]]["mode"]
+    share = max(1, args.ops // MODES[mode][0])
+    with children(MODULE, specs, tmp, pythons) as running:
+        for system, op, answer in take_turns(running, OPS, share, args.slice, round_):
+            if isinstance(answer, str):
+                failures[(combo, mode, system)] = answer
+            else:
+                accumulate(merged, (combo, mode, op, system), answer)
 
 
 def _rows(

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import commit_cost
-from benchmarks._common import Child, machine, positive
+from benchmarks._common import accumulate, children, machine, positive, take_turns
 from benchmarks._stores import Servers
 
 # optimisation -> (the combinations it acts on, the configuration that flips it, its
@@ -69,7 +69,9 @@ COMBOS = [
     "postgres + qdrant local",
     "postgres + redis + chroma server",
 ]
-MODES = {"1 writer": 1, "8 threads": 8}
+# The commit-cost benchmark's modes with threads: mode -> writers.
+MODES = {mode: commit_cost.MODES[mode][0] for mode in ("1 writer", "8 threads")}
+KINDS = ("insert", "update")
 
 
 def _configs(combo: str) -> list[tuple[str, dict[str, Any]]]:
@@ -109,7 +111,12 @@ def main() -> int:
                             spec = {**servers.spec_for(combo), **changes}
                             if "log" in spec:  # the decision log in the storage's database
                                 spec["log"] = spec["log"].format(pg_url=spec["pg_url"])
-                            specs[name] = {**spec, "combo": combo, "mode": mode}
+                            specs[name] = {
+                                **spec,
+                                "combo": combo,
+                                "mode": mode,
+                                "system": "lockstep",
+                            }
                         _measure(specs, Path(tmp), args, round_, merged, failures)
                 print(f"  round {round_ + 1} done", file=sys.stderr, flush=True)
         finally:
@@ -136,31 +143,14 @@ def _measure(
 ) -> None:
     """One round of one combination and mode: every configuration's child opens its
     store, then they take turns until each writer has made its inserts, then its updates."""
-    some = next(iter(specs.values()))
-    combo, mode = some["combo"], some["mode"]
+    combo, mode = specs["default"]["combo"], specs["default"]["mode"]
     share = max(1, args.ops // MODES[mode] // 2)
-    turns = -(-share // args.slice)
-    names = list(specs)
-    children: dict[str, Child] = {}
-    try:
-        for name in names:
-            children[name] = Child(commit_cost.MODULE, {**specs[name], "system": "lockstep"}, tmp)
-        for op in ("insert", "update"):
-            for turn in range(turns):
-                count = min(args.slice, share - turn * args.slice)
-                first = (round_ + turn) % len(names)
-                for name in names[first:] + names[:first]:
-                    last = op == "update" and turn == turns - 1
-                    result = children[name].ask({"op": op, "ops": count, "flush": last})
-                    if isinstance(result, str):
-                        failures[(combo, name, mode)] = result
-                        continue
-                    slot = merged.setdefault((combo, name, mode), {"latencies": [], "seconds": 0.0})
-                    slot["latencies"] += result["latencies"]
-                    slot["seconds"] += result["seconds"]
-    finally:
-        for child in children.values():
-            child.close()
+    with children(commit_cost.MODULE, specs, tmp, {}) as running:
+        for name, _, answer in take_turns(running, KINDS, share, args.slice, round_):
+            if isinstance(answer, str):
+                failures[(combo, name, mode)] = answer
+            else:
+                accumulate(merged, (combo, name, mode), answer)
 
 
 def _rows(merged: dict[tuple[str, str, str], dict[str, Any]]) -> list[dict[str, Any]]:
