@@ -147,21 +147,11 @@ class MemoryBackend:
             return [v for versions in self.history.values() for v in versions if v.txid in wanted]
 
     def undo_reads(self, txids: Sequence[str]) -> UndoReads:
-        wanted = set(txids)
-        with self._lock:  # one consistent view, as a store's one read
-            written = [
-                v for versions in self.history.values() for v in versions if v.txid in wanted
-            ]
-            before = {
-                record.id: record
-                for fact_id, version in versions_before(written)
-                for record in self.history.get(fact_id, ())
-                if record.version == version
-            }
-            heads = {
-                fact_id: (self.facts.get(fact_id), self.history[fact_id][-1].version)
-                for fact_id in {record.id for record in written}
-            }
+        # Three reads, as the contract allows (history never changes; the heads are
+        # checked at commit).
+        written = self.written_by(txids)
+        before = {record.id: record for record in self.versions(versions_before(written))}
+        heads = {fact_id: self.head(fact_id) for fact_id in {record.id for record in written}}
         return UndoReads(tuple(written), before, heads)
 
     def transaction_log(self, session_id: str | None, limit: int) -> list[TransactionEntry]:

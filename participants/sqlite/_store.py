@@ -590,7 +590,7 @@ def _meta_from(text: object) -> TransactionMeta:
     )
 
 
-# -- reads on a connection: each store read is one of these, or several in one snapshot ---
+# -- reads on a connection: each store read is one of these, or several on one connection
 
 
 def _in_chunks(values: Sequence[str]) -> Iterator[tuple[list[str], str]]:
