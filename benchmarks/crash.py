@@ -2,8 +2,9 @@
 
 For each backend combination, run and system (unsynchronised writes, MemState 0.5.1,
 Lockstep, Lockstep with deferred index finishing): a child process writes memories
-(inserts, updates, deletes), the parent SIGKILLs it after a random number of operations
-plus a random fraction of the next one, then reopens the stores (Lockstep runs its
+(inserts, updates, deletes; with ``--rollbacks``, also rollbacks of the session's last
+transaction), the parent SIGKILLs it after a random number of operations plus a random
+fraction of the next one, then reopens the stores (Lockstep runs its
 recovery; the others have none) and counts the facts whose storage record and vector
 disagree. For Lockstep: ``verify`` after one recovery pass; a run drifted if a fact
 disagrees then, or if anything is still staged after a second pass. Points staged after
@@ -13,7 +14,7 @@ received is carried out though its client is dead), and only a later pass sees i
 searches never return it (every hit is checked against the fact store).
 Systems alternate run by run; two runs go at once (the kill moment, not speed, matters).
 
-    python -m benchmarks.crash [--runs 200] [--combos a,b] [--json out.json]
+    python -m benchmarks.crash [--runs 200] [--combos a,b] [--rollbacks 0.2] [--json out.json]
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ COMBOS = [
     "postgres + chroma server",
 ]
 SYSTEMS = ["unsynchronised", "memstate", "lockstep", "lockstep-deferred"]
+SESSION = "agent"
 
 
 # -- the child: writes until it is killed ------------------------------------------------
@@ -54,7 +56,13 @@ def child(spec: dict[str, Any], seed: int) -> None:
     system = spec["system"]
     mem = memstate_store(spec) if system == "memstate" else lockstep_store(spec)
     ids: list[str] = []
+    share = spec.get("rollbacks", 0.0)  # with none, the draws are those of earlier releases
     for i in range(10_000):
+        if share and ids and rng.random() < share:
+            _roll_back(system, mem)
+            ids = [f["id"] for f in mem.query()]  # it may have re-created or removed facts
+            print("op", flush=True)
+            continue
         roll = rng.random()
         if ids and roll < 0.1:
             _write(system, mem, ids.pop(rng.randrange(len(ids))), None)
@@ -80,11 +88,19 @@ def _write(system: str, mem: Any, fact_id: str, text: str | None) -> None:
 
         fact = Fact
     if text is None:
-        mem.delete(None, fact_id)
+        mem.delete(SESSION, fact_id)
     elif mem.get(fact_id) is None:
-        mem.commit(fact(id=fact_id, type="note", payload={"content": text}))
+        mem.commit(fact(id=fact_id, type="note", payload={"content": text}), session_id=SESSION)
     else:
         mem.update(fact_id, {"payload": {"content": text}})
+
+
+def _roll_back(system: str, mem: Any) -> None:
+    """Undo the session's last transaction (MemState's ``rollback`` takes the session first)."""
+    if system == "memstate":
+        mem.rollback(SESSION, 1)
+    else:
+        mem.rollback(1, SESSION)
 
 
 def _unsynchronised(mem: Any, fact_id: str, text: str | None) -> None:
@@ -181,21 +197,29 @@ def one_run(python: str, spec: dict[str, Any], seed: int, rng: random.Random) ->
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ANONYMIZED_TELEMETRY": "False"}
     target = rng.randrange(5, 40)
     pause = rng.uniform(0, 0.01)
-    proc = subprocess.Popen(
-        [python, "-m", "benchmarks.crash", "--child", json.dumps(spec), str(seed)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-        env=env,
-    )
+    errors = Path(spec["dir"]) / "child.err"
+    with errors.open("w") as err:
+        proc = subprocess.Popen(
+            [python, "-m", "benchmarks.crash", "--child", json.dumps(spec), str(seed)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            cwd=ROOT,
+            env=env,
+        )
     assert proc.stdout is not None
-    for count, _ in enumerate(proc.stdout, 1):
-        if count >= target:
-            time.sleep(pause)  # lands inside the next operation
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    with proc.stdout:
+        for count, _ in enumerate(proc.stdout, 1):
+            if count >= target:
+                time.sleep(pause)  # lands inside the next operation
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    if proc.returncode != -signal.SIGKILL:  # it ended on its own: an error, not our kill
+        raise RuntimeError(
+            f"{spec['system']} on {spec['combo']}: the writer exited with {proc.returncode} "
+            f"before it was killed: {errors.read_text()[-300:]}"
+        )
     done = subprocess.run(
         [python, "-m", "benchmarks.crash", "--drift", json.dumps(spec)],
         capture_output=True,
@@ -223,6 +247,13 @@ def main() -> int:
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--json", type=Path)
     parser.add_argument(
+        "--rollbacks",
+        type=float,
+        default=0.0,
+        help="share of operations that roll the session's last transaction back (MemState "
+        "and Lockstep only: the unsynchronised writer has no rollback)",
+    )
+    parser.add_argument(
         "--explain", type=Path, help="append what each Lockstep run with drift left to this file"
     )
     parser.add_argument("--child", nargs=2, metavar=("SPEC", "SEED"), help=argparse.SUPPRESS)
@@ -236,6 +267,10 @@ def main() -> int:
         os._exit(0)  # client threads must not keep a measuring process alive
     combos = pick(parser, "--combos", args.combos, COMBOS)
     systems = pick(parser, "--systems", args.systems, SYSTEMS)
+    if not 0 <= args.rollbacks < 1:
+        parser.error(f"--rollbacks is a share of the operations, in [0, 1); got {args.rollbacks}")
+    if args.rollbacks and "unsynchronised" in systems:
+        systems.remove("unsynchronised")
     pythons = dict.fromkeys(systems, sys.executable)
     if "memstate" in systems:
         pythons["memstate"] = str(ensure_memstate_env())
@@ -248,6 +283,7 @@ def main() -> int:
         def run(combo: str, system: str, n: int, rng: random.Random) -> tuple[int, int]:
             with tempfile.TemporaryDirectory(dir=tmp) as directory:
                 spec = {**servers.spec_for(combo), "combo": combo, "system": system}
+                spec["rollbacks"] = args.rollbacks
                 if args.explain:
                     spec["explain"] = str(args.explain.resolve())
                 try:
@@ -278,6 +314,11 @@ def main() -> int:
         f"{args.runs} SIGKILLed runs per system and combination, systems alternating "
         f"({minutes:.0f} min).\n"
     )
+    if args.rollbacks:
+        print(
+            f"The workload: inserts, updates and deletes in one session, and {args.rollbacks:.0%} "
+            "rollbacks of the session's last transaction.\n"
+        )
     print(
         "Lockstep: drift after one recovery pass, plus anything still staged after a second; "
         "the last column counts the runs where something was still staged after the first "

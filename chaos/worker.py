@@ -3,9 +3,11 @@
     python -m chaos.worker --mode lockstep|unsynchronised --storage URL [--mirror URL]
         --index URL --log URL [--seed N] [--writes N] [--fail-rate 0.1]
 
+Lockstep's workload also rolls the session back one transaction every seventh operation.
 Prints one line per operation (``committed``, ``aborted``, ``vector-failed``,
-``mirror-failed``) so the campaign can count them even when the process is killed mid-run. ``LOCKSTEP_KILL_AT``
-(and ``LOCKSTEP_KILL_SKIP``) make it SIGKILL itself at a named fault point.
+``mirror-failed``; a rollback is a committed transaction) so the campaign can count them
+even when the process is killed mid-run. ``LOCKSTEP_KILL_AT`` (and ``LOCKSTEP_KILL_SKIP``)
+make it SIGKILL itself at a named fault point.
 """
 
 from __future__ import annotations
@@ -89,7 +91,11 @@ def lockstep(args: argparse.Namespace, rng: random.Random) -> None:
         try:
             existing = [f["id"] for f in mem.query()]
             op, fact_id, text = choose(rng, existing)
-            if n % 10 == 9 and len(existing) > 2:  # a multi-fact transaction now and then
+            if n % 7 == 6:
+                # Undo the session's last transaction: a rollback re-creates deleted facts,
+                # removes inserted ones and restores older versions, in every store at once.
+                mem.rollback(1, "s")
+            elif n % 10 == 9 and len(existing) > 2:  # a multi-fact transaction now and then
                 with mem.transaction(session_id="s") as tx:
                     tx.commit(Fact(type="note", payload={"content": text}))
                     tx.delete(rng.choice(existing))

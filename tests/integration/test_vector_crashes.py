@@ -132,6 +132,34 @@ for i in range(int(sys.argv[2])):
 """
 
 
+def _kill_and_reopen(
+    tmp_path: Path, script: list[str], kill_at: str, env: dict[str, str]
+) -> tuple[subprocess.CompletedProcess[str], MemoryStore, ChromaIndex]:
+    """Run an agent script that is SIGKILLed at the fourth pass of ``kill_at``; reopen its
+    stores (the log in the storage unless ``SEPARATE_LOG``), recover and check they agree."""
+    agent = subprocess.run(
+        [sys.executable, "-c", *script],
+        env={**os.environ, "LOCKSTEP_KILL_AT": kill_at, "LOCKSTEP_KILL_SKIP": "3", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert agent.returncode == -signal.SIGKILL, agent.stderr
+    index = ChromaIndex(
+        chromadb.PersistentClient(path=str(tmp_path / "chroma")),
+        "notes",
+        "content",
+        embedder=EMBEDDER,
+    )
+    log = SQLiteDecisionLog(tmp_path / "decisions.db") if "SEPARATE_LOG" in env else None
+    mem = MemoryStore(SQLiteStorage(tmp_path / "facts.db"), [index], log=log, policy=RECOVER_NOW)
+    assert mem.recover().clean
+    verdict = mem.verify()
+    assert verdict.clean, verdict
+    return agent, mem, index
+
+
 @pytest.mark.parametrize(
     ("kill_at", "deferred", "separate_log"),
     [
@@ -151,34 +179,68 @@ for i in range(int(sys.argv[2])):
 def test_an_agent_killed_mid_commit_with_an_embedded_index_reopens_in_agreement(
     tmp_path: Path, kill_at: str, deferred: bool, separate_log: bool
 ) -> None:
-    env = dict(os.environ, LOCKSTEP_KILL_AT=kill_at, LOCKSTEP_KILL_SKIP="3")
-    if deferred:
-        env["DEFERRED"] = "1"
+    env = {"DEFERRED": "1"} if deferred else {}
     if separate_log:
         env["SEPARATE_LOG"] = "1"
-    agent = subprocess.run(
-        [sys.executable, "-c", AGENT, str(tmp_path), "10"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert agent.returncode == -signal.SIGKILL, agent.stderr
-    index = ChromaIndex(
-        chromadb.PersistentClient(path=str(tmp_path / "chroma")),
-        "notes",
-        "content",
-        embedder=EMBEDDER,
-    )
-    log = SQLiteDecisionLog(tmp_path / "decisions.db") if separate_log else None
-    mem = MemoryStore(SQLiteStorage(tmp_path / "facts.db"), [index], log=log, policy=RECOVER_NOW)
-    assert mem.recover().clean
-    verdict = mem.verify()
-    assert verdict.clean, verdict
+    agent, mem, _ = _kill_and_reopen(tmp_path, [AGENT, str(tmp_path), "10"], kill_at, env)
     # G2: every commit the agent saw return survived its death.
     returned = set(agent.stdout.split())
     assert returned and returned <= {f["id"] for f in mem.query()}
+
+
+ROLLBACK_AGENT = r"""
+import os, sys
+from pathlib import Path
+import chromadb
+from coordinator import Fact, MemoryStore, Policy
+from coordinator.embeddings import HashingEmbedder
+from coordinator.faults import hook_from_environment
+from participants.chroma import ChromaIndex
+from participants.sqlite import SQLiteStorage
+
+d = Path(sys.argv[1])
+index = ChromaIndex(chromadb.PersistentClient(path=str(d / "chroma")), "notes", "content",
+                    embedder=HashingEmbedder(32))
+policy = Policy(deferred_finish=True, deferred_batch=2) if os.environ.get("DEFERRED") else None
+mem = MemoryStore(SQLiteStorage(d / "facts.db"), [index], policy=policy,
+                  fault_hook=hook_from_environment())
+mem.commit(Fact(id="a", type="note", payload={"content": "green tea"}), session_id="s")
+mem.commit(Fact(id="b", type="note", payload={"content": "black coffee"}), session_id="s")
+with mem.transaction(session_id="s") as tx:
+    tx.update("a", {"payload": {"content": "oolong"}})
+    tx.delete("b")
+mem.rollback(1, "s")  # the fourth transaction: the one the agent dies in
+"""
+
+
+@pytest.mark.parametrize(
+    ("kill_at", "deferred", "undone"),
+    [
+        ("after_prepare:chroma:notes", False, False),
+        ("before_decision", False, False),
+        ("after_decision", False, True),
+        ("after_commit:chroma:notes", False, True),
+        ("after_decision", True, True),
+    ],
+)
+def test_an_agent_killed_mid_rollback_reopens_with_all_of_it_or_none(
+    tmp_path: Path, kill_at: str, deferred: bool, undone: bool
+) -> None:
+    """The rollback restores one fact's older version and re-creates a deleted one; killed
+    before its decision none of it lands, after it all of it does, in both stores."""
+    env = {"DEFERRED": "1"} if deferred else {}
+    _, mem, index = _kill_and_reopen(tmp_path, [ROLLBACK_AGENT, str(tmp_path)], kill_at, env)
+    contents = {f["id"]: f["payload"]["content"] for f in mem.query()}
+    hits = {h.fact["id"]: h.fact["payload"]["content"] for h in mem.search("tea", k=5)}
+    committed = index.contents().committed
+    if undone:
+        assert contents == {"a": "green tea", "b": "black coffee"}
+        assert hits == contents
+        assert committed == {"a": 3, "b": 3}  # restored as new versions; nothing erased
+    else:
+        assert contents == {"a": "oolong"}
+        assert hits == contents
+        assert committed == {"a": 2}
 
 
 @pytest.mark.parametrize("deferred", [False, True])
