@@ -52,6 +52,7 @@ bench: install
 	$(PY) -m benchmarks.embedded_index
 	$(PY) -m benchmarks.failure
 	$(PY) -m benchmarks.crash --runs 200 --json crash.json
+	$(PY) -m benchmarks.crash --runs 200 --rollbacks 0.2 --json crash-rollbacks.json
 	$(PY) -m benchmarks.late_writes --runs 100
 	$(PY) -m benchmarks.late_writes --runs 100 --load
 	$(PY) -m benchmarks.commit_cost --ops 200 --rounds 2 --json commit-cost.json
@@ -65,6 +66,7 @@ bench-quick: install
 	$(PY) -m benchmarks.embedded_index --quick
 	$(PY) -m benchmarks.failure --ops 200
 	$(PY) -m benchmarks.crash --runs 5 --combos "sqlite + qdrant local"
+	$(PY) -m benchmarks.crash --runs 5 --combos "sqlite + qdrant local" --rollbacks 0.2
 	$(PY) -m benchmarks.late_writes --runs 5
 	$(PY) -m benchmarks.commit_cost --ops 24 --rounds 1 --combos "sqlite,sqlite + qdrant local"
 	$(PY) -m benchmarks.optimisations --ops 24 --rounds 1
