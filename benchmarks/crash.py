@@ -271,6 +271,9 @@ def main() -> int:
         parser.error(f"--rollbacks is a share of the operations, in [0, 1); got {args.rollbacks}")
     if args.rollbacks and "unsynchronised" in systems:
         systems.remove("unsynchronised")
+        if not systems:
+            parser.error("--rollbacks: the unsynchronised writer has no rollback; name another")
+        print("  unsynchronised: left out (it has no rollback)", file=sys.stderr, flush=True)
     pythons = dict.fromkeys(systems, sys.executable)
     if "memstate" in systems:
         pythons["memstate"] = str(ensure_memstate_env())
