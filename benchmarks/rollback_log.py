@@ -15,8 +15,8 @@ Then against the length of one fact's history: a fact updated until it has each 
 versions in turn; the step alone — reading the version a rollback returns to, directly
 (``versions([(fact, version)])``, p50 of 50) and by reading the fact's whole history as
 an earlier release did (``history(fact)``) — then everything a rollback of the last
-update reads after the log (``undo_reads([txid])``: what it wrote, the version it returns
-to and the fact's head, p50 of 50), and whole rollbacks (p50 of 20).
+update reads after the log (``undo_reads([txid])``: the version it returns to and the
+fact's head, p50 of 50), and whole rollbacks (p50 of 20).
 
     python -m benchmarks.rollback_log [--lengths 0,1000,10000] [--versions 10,1000,5000]
         [--stores sqlite,postgres,redis]

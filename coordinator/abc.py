@@ -282,21 +282,21 @@ class TransactionEntry:
 class UndoReads:
     """What undoing some transactions reads from a storage (:meth:`AsyncStorage.undo_reads`).
 
-    :ivar written: the history records the transactions wrote, by fact and version.
     :ivar before: for each fact they wrote, the history record of the version before the
         earliest one they wrote (absent: they created the fact).
-    :ivar heads: for each fact they wrote, what :meth:`AsyncStorage.head` returns: its
-        committed state (``None``: deleted) and the newest version its history holds.
+    :ivar heads: for each fact they wrote (its keys are those facts), what
+        :meth:`AsyncStorage.head` returns: its committed state (``None``: deleted) and the
+        newest version its history holds.
     """
 
-    written: tuple[FactRecord, ...]
     before: Mapping[str, FactRecord]
     heads: Mapping[str, tuple[FactRecord | None, int]]
 
 
 def versions_before(written: Iterable[FactRecord]) -> list[tuple[str, int]]:
     """The ``(fact_id, version)`` of the version before each fact's earliest one among
-    ``written`` (facts they created have none): the ``before`` of :class:`UndoReads`."""
+    the records ``written`` (facts they created have none): the ``before`` of
+    :class:`UndoReads`."""
     earliest: dict[str, int] = {}
     for record in written:
         earliest[record.id] = min(earliest.get(record.id, record.version), record.version)
@@ -384,8 +384,8 @@ class AsyncStorage(AsyncParticipant, Protocol):
     async def written_by(self, txids: Sequence[str]) -> list[FactRecord]: ...
 
     async def undo_reads(self, txids: Sequence[str]) -> UndoReads:
-        """What a rollback of ``txids`` reads, in one read of the store: the records they
-        wrote, the versions the facts go back to and the facts' heads. It need not be one
+        """What a rollback of ``txids`` reads, in one read of the store: the versions the
+        facts they wrote go back to, and those facts' heads. It need not be one
         snapshot: history records never change, and the rollback's commit expects the
         heads' versions (a fact changed since fails it with ``VersionConflict``)."""
         ...

@@ -152,7 +152,7 @@ class MemoryBackend:
         written = self.written_by(txids)
         before = {record.id: record for record in self.versions(versions_before(written))}
         heads = {fact_id: self.head(fact_id) for fact_id in {record.id for record in written}}
-        return UndoReads(tuple(written), before, heads)
+        return UndoReads(before, heads)
 
     def transaction_log(self, session_id: str | None, limit: int) -> list[TransactionEntry]:
         with self._lock:

@@ -78,16 +78,14 @@ SELECT_HEAD = (
     "SELECT (SELECT record FROM lockstep_facts WHERE id = %(id)s), "
     "(SELECT max(version) FROM lockstep_fact_history WHERE id = %(id)s)"
 )
-# What a rollback of some transactions reads, in one statement: the history records they
-# wrote, the version before each fact's earliest one among them, and each fact's head
-# (its committed state and the newest version its history holds). Parts by name. Every
-# lookup is a scalar subquery, run per fact on the primary key: as a join, a generic plan
-# (psycopg prepares a statement from its fifth run) hashed the whole history table.
+# What a rollback of some transactions reads, in one statement: for each fact they wrote,
+# the version before the earliest one they wrote, and the fact's head (its committed
+# state and the newest version its history holds). Parts by name. Every lookup is a
+# scalar subquery, run per fact on the primary key: as a join, a generic plan (psycopg
+# prepares a statement from its fifth run) hashed the whole history table.
 SELECT_UNDO_READS = """
-WITH w AS (SELECT id, version, record FROM lockstep_fact_history WHERE txid = ANY(%s)),
-     f AS (SELECT id, min(version) AS first FROM w GROUP BY id)
-SELECT 'written', id, version, record FROM w
-UNION ALL
+WITH f AS (SELECT id, min(version) AS first FROM lockstep_fact_history
+           WHERE txid = ANY(%s) GROUP BY id)
 SELECT 'before', f.id, f.first - 1,
        (SELECT record FROM lockstep_fact_history WHERE id = f.id AND version = f.first - 1)
   FROM f WHERE f.first > 1

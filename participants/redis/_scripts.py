@@ -55,22 +55,19 @@ end
 return {false, tostring(newest)}
 """
 
-# What a rollback of the transactions ARGV[2..] reads (AsyncStorage.undo_reads): the
-# history records they wrote; and for each fact they wrote, in the order first met, its
-# id, the record of the version before its earliest one among them (or false), its
-# committed record (or false) and, for a deleted one, the newest version its history holds
-# (as HEAD).
+# What a rollback of the transactions ARGV[2..] reads (AsyncStorage.undo_reads): for each
+# fact they wrote, in the order first met, its id, the record of the version before its
+# earliest one among them (or false), its committed record (or false) and, for a deleted
+# one, the newest version its history holds (as HEAD).
 UNDO_READS = """
 local p = ARGV[1]
-local written, order, first = {}, {}, {}
+local order, first = {}, {}
 for i = 2, #ARGV do
   local items = redis.call('HGET', p .. 'tx:' .. ARGV[i], 'written')
   if items then
     for item in string.gmatch(items, '[^\\30]+') do
       local id, version = string.match(item, '^(.-)\\31(%d+)$')
-      local raw = redis.call('HGET', p .. 'history:' .. id, version)
-      if raw then
-        table.insert(written, raw)
+      if redis.call('HEXISTS', p .. 'history:' .. id, version) == 1 then
         local v = tonumber(version)
         if first[id] == nil then
           table.insert(order, id)
@@ -98,7 +95,7 @@ for j, id in ipairs(order) do
     newest[j] = tostring(top)
   end
 end
-return {written, order, before, records, newest}
+return {order, before, records, newest}
 """
 
 UNDO_SETS = """

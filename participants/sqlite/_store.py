@@ -374,7 +374,7 @@ class SQLiteStore:
             written = _written_by(conn, txids)
             before = {record.id: record for record in _versions(conn, versions_before(written))}
             heads = _heads(conn, sorted({record.id for record in written}))
-        return UndoReads(tuple(written), before, heads)
+        return UndoReads(before, heads)
 
     def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]:
         with self._reading() as conn:

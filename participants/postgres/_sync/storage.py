@@ -343,18 +343,15 @@ class PostgresStorage:
         return [sql.record_of(row[0]) for row in rows]
 
     def undo_reads(self, txids: Sequence[str]) -> UndoReads:
-        written: list[FactRecord] = []
         before: dict[str, FactRecord] = {}
         heads: dict[str, tuple[FactRecord | None, int]] = {}
         for part, fact_id, version, record in self._read(sql.SELECT_UNDO_READS, (list(txids),)):
-            if part == "written":
-                written.append(sql.record_of(record))
-            elif part == "before":
+            if part == "before":
                 if record is not None:  # a history without that version: nothing to go back to
                     before[fact_id] = sql.record_of(record)
             else:
                 heads[fact_id] = (None if record is None else sql.record_of(record)), int(version)
-        return UndoReads(tuple(written), before, heads)
+        return UndoReads(before, heads)
 
     def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]:
         if session_id is None:

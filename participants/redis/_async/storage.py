@@ -213,7 +213,7 @@ class AsyncRedisStorage:
         return found
 
     async def undo_reads(self, txids: Sequence[str]) -> UndoReads:
-        written, order, before, records, newest = await self._call(
+        order, before, records, newest = await self._call(
             "read", self._undo_reads_script, [], [self._prefix, *txids]
         )
         heads: dict[str, tuple[FactRecord | None, int]] = {}
@@ -223,7 +223,7 @@ class AsyncRedisStorage:
                 previous[fact_id] = FactRecord.from_json(raw_before)
             fact = None if raw is None else FactRecord.from_json(raw)
             heads[fact_id] = fact, (fact.version if fact is not None else int(top))
-        return UndoReads(tuple(FactRecord.from_json(raw) for raw in written), previous, heads)
+        return UndoReads(previous, heads)
 
     async def transactions(self, session_id: str | None, limit: int) -> list[TransactionEntry]:
         if limit <= 0:
