@@ -34,12 +34,40 @@ def scheme_of(url: str) -> str:
 
 
 def path_of(url: str) -> str:
-    """The filesystem path of a ``scheme:///path`` URL (relative paths: ``scheme://rel``)."""
+    """The filesystem path a file-based store's URL names, read as SQLAlchemy reads
+    ``sqlite://`` URLs: after ``scheme://`` comes an empty host, then ``/``, then the path.
+
+    ``sqlite:///agent.db`` is ``agent.db`` in the working directory, ``sqlite:////var/lib/
+    agent.db`` (four slashes) the absolute ``/var/lib/agent.db``, ``sqlite:///~/agent.db``
+    one in the home directory; ``sqlite://agent.db`` (no host part) is relative too.
+
+    :raises ConfigurationError: the URL names no path; or it names a relative path that
+        does not exist while the same path from the root does. Version 0.1.0 read three
+        slashes as the root's path, so rather than open a new, empty store there, the
+        caller is told which URL names the existing one.
+    """
     parts = urlsplit(url)
     path = unquote(parts.netloc + parts.path)
-    if not path:
+    if parts.netloc or not path.startswith("/"):
+        relative = path
+    elif path.startswith("//"):
+        return path[1:]  # four slashes: absolute
+    else:
+        relative = path[1:]
+    if not relative:
         raise ConfigurationError(f"{url!r} names no path")
-    return os.path.expanduser(path)
+    resolved = os.path.expanduser(relative)
+    rooted = "/" + relative
+    if not os.path.isabs(resolved) and not os.path.exists(resolved) and os.path.exists(rooted):
+        scheme, query = scheme_of(url), f"?{parts.query}" if parts.query else ""
+        raise ConfigurationError(
+            f"{url!r} names {resolved!r} in the working directory ({os.getcwd()}), which "
+            f"does not exist, while {rooted!r} does. Three slashes name a relative path: "
+            f"write {scheme}:///{rooted}{query} (four slashes) for {rooted!r}, or "
+            f"{scheme}:///{os.path.abspath(resolved)}{query} for a new store in the "
+            "working directory"
+        )
+    return resolved
 
 
 def query_flag(url: str, name: str, default: bool = True) -> bool:

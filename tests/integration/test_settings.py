@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from coordinator import ConfigurationError, Fact, MemoryStore
+from coordinator.embeddings import HashingEmbedder
 from coordinator.settings import LockstepSettings
 
 
@@ -54,6 +58,40 @@ def test_environment_variables_override_the_file(
     assert mem.indexes[0].embedder.dim == 16
     assert (tmp_path / "memory" / "facts.db").exists()
     mem.close()
+
+
+def test_relative_urls_and_directories_name_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sqlite:///agent.db`` is ./agent.db (as in the getting-started guide and SQLAlchemy),
+    for a program, the CLI and ``MemoryStore.open`` alike."""
+    monkeypatch.chdir(tmp_path)
+    Path("lockstep.toml").write_text(
+        'storage = "sqlite:///agent.db"\n'
+        'indexes = ["chroma+local:///vectors?collection=notes&text_field=content"]\n'
+        'embedder = "hashing:32"\n'
+    )
+    mem = MemoryStore.from_settings(LockstepSettings.from_file("lockstep.toml"))
+    fid = mem.commit(Fact(type="note", payload={"content": "kept where the config says"}))
+    mem.close()
+    assert (tmp_path / "agent.db").is_file() and (tmp_path / "vectors").is_dir()
+    checked = subprocess.run(
+        [sys.executable, "-m", "coordinator.cli", "--config", "lockstep.toml", "verify", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert json.loads(checked.stdout)["facts"] == 1
+
+    embedded = MemoryStore.open("memory/", embedder=HashingEmbedder(16))
+    other = embedded.commit(Fact(type="note", payload={"content": "in ./memory"}))
+    embedded.close()
+    assert (tmp_path / "memory" / "facts.db").is_file()
+    again = MemoryStore.open("memory", embedder=HashingEmbedder(16))
+    assert again.get(other) is not None and again.get(fid) is None
+    again.close()
 
 
 @pytest.mark.parametrize(

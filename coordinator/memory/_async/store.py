@@ -549,7 +549,7 @@ class AsyncMemoryStore:
         can be half-way through a commit on these files: every in-doubt branch left by an
         earlier process is resolved at once, without waiting out the in-doubt timeout.
         """
-        directory = Path(path)
+        directory = await ablocking(_whole, path)  # the URLs below name it from the root
         await ablocking(directory.mkdir, parents=True, exist_ok=True)
         storage = open_participant(
             f"sqlite:///{directory / 'facts.db'}", name="facts", asynchronous=ASYNC_API
@@ -986,6 +986,10 @@ class AsyncMemoryStore:
     async def close(self) -> None:
         """Close the storage, the indexes and the log."""
         await self.coordinator.close()
+
+
+def _whole(path: str | os.PathLike[str]) -> Path:
+    return Path(path).expanduser().absolute()
 
 
 def _pushdown(

@@ -547,7 +547,7 @@ class MemoryStore:
         can be half-way through a commit on these files: every in-doubt branch left by an
         earlier process is resolved at once, without waiting out the in-doubt timeout.
         """
-        directory = Path(path)
+        directory = blocking(_whole, path)  # the URLs below name it from the root
         blocking(directory.mkdir, parents=True, exist_ok=True)
         storage = open_participant(
             f"sqlite:///{directory / 'facts.db'}", name="facts", asynchronous=SYNC_API
@@ -982,6 +982,10 @@ class MemoryStore:
     def close(self) -> None:
         """Close the storage, the indexes and the log."""
         self.coordinator.close()
+
+
+def _whole(path: str | os.PathLike[str]) -> Path:
+    return Path(path).expanduser().absolute()
 
 
 def _pushdown(

@@ -1,0 +1,60 @@
+"""The paths file-based store URLs name: ``sqlite:///agent.db`` relative, four slashes
+absolute (SQLAlchemy's reading), and no silent switch to a new store where version 0.1.0
+read three slashes as the root's path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from coordinator.errors import ConfigurationError
+from coordinator.plugins import path_of
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///agent.db", "agent.db"),
+        ("sqlite:///data/agent.db?group_commit=0", "data/agent.db"),
+        ("sqlite:////var/lib/agent.db", "/var/lib/agent.db"),
+        ("sqlite://agent.db", "agent.db"),
+        ("sqlite://data/agent.db", "data/agent.db"),
+        ("qdrant+local:///vectors", "vectors"),
+        ("chroma+local:////srv/vectors", "/srv/vectors"),
+        ("sqlite:///my%20memory.db", "my memory.db"),
+        ("sqlite:///~/agent.db", os.path.expanduser("~/agent.db")),
+    ],
+)
+def test_three_slashes_name_a_relative_path_and_four_an_absolute_one(url: str, path: str) -> None:
+    assert path_of(url) == path
+
+
+@pytest.mark.parametrize("url", ["sqlite:///", "sqlite://"])
+def test_a_url_without_a_path_is_refused(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="names no path"):
+        path_of(url)
+
+
+def test_a_missing_relative_path_whose_rooted_twin_exists_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    existing = tmp_path / "old" / "agent.db"
+    existing.parent.mkdir()
+    existing.write_bytes(b"")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    old_style = f"sqlite:///{str(existing).lstrip('/')}?group_commit=0"  # 0.1.0: the root's
+    with pytest.raises(ConfigurationError) as refused:
+        path_of(old_style)
+    message = str(refused.value)
+    assert f"sqlite:////{str(existing).lstrip('/')}?group_commit=0 (four slashes)" in message
+    assert f"sqlite:///{work}/" in message  # the URL of a new store here, spelled whole
+    assert list(work.iterdir()) == []
+    # Once the relative path exists, it is the one named.
+    relative = work / str(existing).lstrip("/")
+    relative.parent.mkdir(parents=True)
+    relative.write_bytes(b"")
+    assert path_of(old_style) == str(existing).lstrip("/")
