@@ -6,6 +6,7 @@ Needs the ``qdrant`` extra (``qdrant-client``).
 from __future__ import annotations
 
 from coordinator.abc import Embedder
+from coordinator.errors import ParticipantError
 from participants.qdrant._async.index import AsyncQdrantIndex
 from participants.qdrant._sync.index import QdrantIndex
 
@@ -40,7 +41,19 @@ def from_url(
         kwargs["url"] = base.replace("qdrant+", "", 1)
     else:
         kwargs["location"] = ":memory:"
-    client = AsyncQdrantClient(**kwargs) if asynchronous else QdrantClient(**kwargs)  # type: ignore[arg-type]
+    try:
+        client = AsyncQdrantClient(**kwargs) if asynchronous else QdrantClient(**kwargs)  # type: ignore[arg-type]
+    except RuntimeError as exc:
+        if "already accessed" not in str(exc):
+            raise
+        # Local mode locks its directory to one client: say which and what to do.
+        raise ParticipantError(
+            f"the Qdrant local-mode directory {kwargs['path']} is open in another client "
+            "(another process, or another store in this one); local mode serves one at a "
+            "time: close that one first, or keep the vectors in a Qdrant server "
+            "(qdrant+http://) for several processes",
+            participant=name,
+        ) from exc
     cls = AsyncQdrantIndex if asynchronous else QdrantIndex
     return cls(
         client,  # type: ignore[arg-type]

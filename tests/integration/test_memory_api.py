@@ -345,3 +345,30 @@ def test_the_embedded_default_finds_a_paraphrase_offline(tmp_path: Path) -> None
     for question, key in questions.items():
         assert mem.search(question, k=1)[0].fact["id"] == ids[key], question
     mem.close()
+
+
+def test_an_embedded_store_open_elsewhere_is_a_clear_error_that_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """Qdrant's local mode serves one client: a second ``open`` (here from another
+    process) gets a ``ParticipantError`` naming the directory, and the first store goes on."""
+    mem = MemoryStore.open(tmp_path / "memory", embedder=HashingEmbedder(16))
+    fid = mem.commit(Fact(type="note", payload={"content": "first"}))
+    program = (
+        "from coordinator import MemoryStore, ParticipantError\n"
+        "from coordinator.embeddings import HashingEmbedder\n"
+        "try:\n"
+        f"    MemoryStore.open({str(tmp_path / 'memory')!r}, embedder=HashingEmbedder(16))\n"
+        "except ParticipantError as exc:\n"
+        "    print(exc)\n"
+    )
+    second = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert f"{tmp_path / 'memory' / 'vectors'} is open in another client" in second.stdout
+    mem.update(fid, {"payload": {"content": "second"}})
+    mem.close()
+    again = MemoryStore.open(tmp_path / "memory", embedder=HashingEmbedder(16))
+    assert again.get(fid)["payload"] == {"content": "second"}  # type: ignore[index]
+    assert again.history(fid)[-1]["version"] == 2
+    again.close()

@@ -124,15 +124,25 @@ class AsyncMemoryStore:
         """
         directory = await ablocking(_whole, path)  # the URLs below name it from the root
         await ablocking(directory.mkdir, parents=True, exist_ok=True)
-        storage = open_participant(
-            f"sqlite:///{directory / 'facts.db'}", name="facts", asynchronous=ASYNC_API
+        # The index first: local mode locks its directory to one client, so a second
+        # process stops here, before it has opened anything else.
+        index = _index(
+            open_participant(
+                f"qdrant+local:///{directory / 'vectors'}?collection=memories",
+                name="vectors",
+                asynchronous=ASYNC_API,
+                embedder=embedder,
+            )
         )
-        index = open_participant(
-            f"qdrant+local:///{directory / 'vectors'}?collection=memories",
-            name="vectors",
-            asynchronous=ASYNC_API,
-            embedder=embedder,
-        )
+        try:
+            storage = _storage(
+                open_participant(
+                    f"sqlite:///{directory / 'facts.db'}", name="facts", asynchronous=ASYNC_API
+                )
+            )
+        except BaseException:
+            await index.close()
+            raise
         # Without a log the storage keeps its decisions in facts.db and commits last with
         # them; a decisions.db left by an earlier version (facts.db holding no log of its
         # own) stays in use.
@@ -141,10 +151,12 @@ class AsyncMemoryStore:
         has_own_log = getattr(storage, "has_decision_table", lambda: False)
         if await ablocking(beside.exists) and not await ablocking(has_own_log):
             log = _log(open_decision_log(f"sqlite:///{beside}", asynchronous=ASYNC_API))
-        store = cls(
-            _storage(storage), [_index(index)], log=log, policy=policy, fault_hook=fault_hook
-        )
-        await store.coordinator_with(in_doubt_timeout=0.001, redrive_after=0.0).recover()
+        store = cls(storage, [index], log=log, policy=policy, fault_hook=fault_hook)
+        try:
+            await store.coordinator_with(in_doubt_timeout=0.001, redrive_after=0.0).recover()
+        except BaseException:
+            await store.close()
+            raise
         return store
 
     @classmethod

@@ -126,15 +126,25 @@ class MemoryStore:
         """
         directory = blocking(_whole, path)  # the URLs below name it from the root
         blocking(directory.mkdir, parents=True, exist_ok=True)
-        storage = open_participant(
-            f"sqlite:///{directory / 'facts.db'}", name="facts", asynchronous=SYNC_API
+        # The index first: local mode locks its directory to one client, so a second
+        # process stops here, before it has opened anything else.
+        index = _index(
+            open_participant(
+                f"qdrant+local:///{directory / 'vectors'}?collection=memories",
+                name="vectors",
+                asynchronous=SYNC_API,
+                embedder=embedder,
+            )
         )
-        index = open_participant(
-            f"qdrant+local:///{directory / 'vectors'}?collection=memories",
-            name="vectors",
-            asynchronous=SYNC_API,
-            embedder=embedder,
-        )
+        try:
+            storage = _storage(
+                open_participant(
+                    f"sqlite:///{directory / 'facts.db'}", name="facts", asynchronous=SYNC_API
+                )
+            )
+        except BaseException:
+            index.close()
+            raise
         # Without a log the storage keeps its decisions in facts.db and commits last with
         # them; a decisions.db left by an earlier version (facts.db holding no log of its
         # own) stays in use.
@@ -143,10 +153,12 @@ class MemoryStore:
         has_own_log = getattr(storage, "has_decision_table", lambda: False)
         if blocking(beside.exists) and not blocking(has_own_log):
             log = _log(open_decision_log(f"sqlite:///{beside}", asynchronous=SYNC_API))
-        store = cls(
-            _storage(storage), [_index(index)], log=log, policy=policy, fault_hook=fault_hook
-        )
-        store.coordinator_with(in_doubt_timeout=0.001, redrive_after=0.0).recover()
+        store = cls(storage, [index], log=log, policy=policy, fault_hook=fault_hook)
+        try:
+            store.coordinator_with(in_doubt_timeout=0.001, redrive_after=0.0).recover()
+        except BaseException:
+            store.close()
+            raise
         return store
 
     @classmethod
