@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import reprlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -174,9 +176,10 @@ class SchemaRegistry:
             )
         model = self._models.get(typename)
         if model is None:
+            check_json(typename, payload, _PLAIN_HINT)
             return dict(payload)
         try:
-            return model.model_validate(payload).model_dump(mode="json")
+            dumped = model.model_validate(payload).model_dump(mode="json")
         except PydanticValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in err['loc']) or '(payload)'}: {err['msg']}"
@@ -185,3 +188,59 @@ class SchemaRegistry:
             raise ValidationFailed(
                 f"payload does not fit the {typename!r} schema ({model.__name__}): {problems}"
             ) from None
+        check_json(
+            typename,
+            dumped,
+            f"{model.__name__} lets it through: a float field can refuse NaN and infinity "
+            "with Field(allow_inf_nan=False)",
+        )
+        return dumped
+
+
+_PLAIN_HINT = (
+    "Store str, int, finite float, bool, None, and lists and str-keyed dicts of them (a "
+    "datetime as .isoformat(), for example), or register a pydantic schema for the type: "
+    "commit_model() converts such values"
+)
+
+
+def check_json(typename: str, payload: dict[str, Any], hint: str) -> None:
+    """Refuse a payload that is not JSON, naming where, before anything is written: every
+    store keeps payloads as JSON, and a value it would refuse or change on the way (a
+    datetime, bytes, a set, NaN: Postgres refuses NaN, SQLite would read it back as
+    ``None``) would otherwise fail in one store, or come back different.
+
+    :raises UsageError: naming the first value that is not JSON, and what to do instead.
+    """
+    try:
+        json.dumps(payload, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        where = _not_json(payload, "payload") or str(exc)
+        raise UsageError(
+            f"the payload of a {typename!r} fact is not JSON: {where}. {hint}"
+        ) from None
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxother = _SHORT.maxstring = 60
+
+
+def _not_json(value: Any, path: str) -> str | None:
+    """Where in ``value`` the first value ``json.dumps(allow_nan=False)`` refuses is."""
+    if value is None or isinstance(value, str | int):  # bool is an int
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path} is {value!r}"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not (key is None or isinstance(key, str | int | float)):
+                return f"{path} has a key of type {type(key).__name__} ({_SHORT.repr(key)})"
+            if (found := _not_json(item, f"{path}.{key}")) is not None:
+                return found
+        return None
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            if (found := _not_json(item, f"{path}[{i}]")) is not None:
+                return found
+        return None
+    return f"{path} is a {type(value).__name__} ({_SHORT.repr(value)})"

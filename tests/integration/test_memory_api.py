@@ -6,10 +6,12 @@ changed" and "everything changed" are checked on the stores, not on return value
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -217,6 +219,21 @@ BAD_INPUT = [
     (lambda m: m.rollback(-2), UsageError, "steps must be >= 1"),
     (lambda m: m.rollback("s1"), UsageError, "did you mean rollback"),
     (lambda m: m.search("x", k=0), UsageError, "positive int"),
+    (
+        lambda m: m.commit(Fact(type="note", payload={"content": "x", "at": datetime(2026, 1, 1)})),
+        UsageError,
+        r"payload\.at is a datetime .*\.isoformat\(\)",
+    ),
+    (
+        lambda m: m.commit(Fact(type="note", payload={"content": "x", "score": math.nan})),
+        UsageError,
+        r"payload\.score is nan",
+    ),
+    (
+        lambda m: m.commit(Fact(type="note", payload={"content": "x", "tags": [{"a": {1}}]})),
+        UsageError,
+        r"payload\.tags\[0\]\.a is a set",
+    ),
 ]
 
 
@@ -372,3 +389,19 @@ def test_an_embedded_store_open_elsewhere_is_a_clear_error_that_changes_nothing(
     assert again.get(fid)["payload"] == {"content": "second"}  # type: ignore[index]
     assert again.history(fid)[-1]["version"] == 2
     again.close()
+
+
+def test_a_payload_that_is_not_json_is_refused_before_any_store_sees_it(tmp_path: Path) -> None:
+    """The embedded default's index embeds the whole payload as JSON when it has no text
+    field; bytes there used to escape as a bare TypeError from the index. Now the memory
+    API refuses the payload first, whatever the stores."""
+    mem = MemoryStore.open(tmp_path / "memory", embedder=HashingEmbedder(16))
+    with pytest.raises(UsageError, match=r"payload\.content is a bytes"):
+        mem.commit(Fact(type="note", payload={"content": b"raw bytes"}))
+    fid = mem.commit(Fact(type="note", payload={"content": "text"}))
+    with pytest.raises(UsageError, match=r"payload\.weight is inf"):
+        mem.update(fid, {"payload": {"weight": math.inf}})
+    assert [f.id for f in mem.storage.all_facts()] == [fid]
+    assert mem.storage.history(fid)[-1].version == 1
+    assert mem.indexes[0].contents().committed == {fid: 1}
+    mem.close()
