@@ -48,17 +48,16 @@ def path_of(url: str) -> str:
     """
     parts = urlsplit(url)
     path = unquote(parts.netloc + parts.path)
-    if parts.netloc or not path.startswith("/"):
-        relative = path
-    elif path.startswith("//"):
+    three_slashes = not parts.netloc and path.startswith("/")
+    if three_slashes and path.startswith("//"):
         return path[1:]  # four slashes: absolute
-    else:
-        relative = path[1:]
+    relative = path[1:] if three_slashes else path
     if not relative:
         raise ConfigurationError(f"{url!r} names no path")
     resolved = os.path.expanduser(relative)
     rooted = "/" + relative
-    if not os.path.isabs(resolved) and not os.path.exists(resolved) and os.path.exists(rooted):
+    moved = three_slashes and not os.path.isabs(resolved)  # 0.1.0 read it from the root
+    if moved and not os.path.exists(resolved) and os.path.exists(rooted):
         scheme, query = scheme_of(url), f"?{parts.query}" if parts.query else ""
         raise ConfigurationError(
             f"{url!r} names {resolved!r} in the working directory ({os.getcwd()}), which "

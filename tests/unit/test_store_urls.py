@@ -58,3 +58,6 @@ def test_a_missing_relative_path_whose_rooted_twin_exists_is_refused(
     relative.parent.mkdir(parents=True)
     relative.write_bytes(b"")
     assert path_of(old_style) == str(existing).lstrip("/")
+    # Without the third slash the path was relative in 0.1.0 too: no question to ask.
+    relative.unlink()
+    assert path_of(f"sqlite://{str(existing).lstrip('/')}") == str(existing).lstrip("/")
