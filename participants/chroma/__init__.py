@@ -6,6 +6,7 @@ Needs the ``chroma`` extra (``chromadb``).
 from __future__ import annotations
 
 from coordinator.abc import Embedder
+from coordinator.errors import ParticipantError
 from participants.chroma._async.index import AsyncChromaIndex
 from participants.chroma._sync.index import ChromaIndex
 
@@ -42,11 +43,13 @@ def from_url(
         client = chromadb.PersistentClient(path=path_of(base))
     elif scheme in ("chroma+http", "chroma+https"):
         parts = urlsplit(base)
-        client = chromadb.HttpClient(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 8000,
-            ssl=scheme == "chroma+https",
-        )
+        host, port = parts.hostname or "127.0.0.1", parts.port or 8000
+        try:
+            client = chromadb.HttpClient(host=host, port=port, ssl=scheme == "chroma+https")
+        except Exception as exc:  # the client checks the server at once (a ValueError)
+            raise ParticipantError(
+                f"cannot reach the Chroma server at {host}:{port}: {exc}", participant=name
+            ) from exc
     else:
         client = chromadb.EphemeralClient()
     cls = AsyncChromaIndex if asynchronous else ChromaIndex

@@ -126,3 +126,15 @@ def test_an_index_url_may_name_its_embedder(scheme: str) -> None:
     assert index.embedder.dim == 24  # type: ignore[attr-defined]
     with pytest.raises(ConfigurationError, match="embedder 'bogus' is unknown"):
         open_participant(f"{scheme}://?collection=x&embedder=bogus")
+
+
+def test_an_unreachable_chroma_server_is_a_participant_error_naming_it() -> None:
+    from chaos.servers import free_port
+    from coordinator import ParticipantError
+    from coordinator.plugins import open_participant
+
+    port = free_port()  # nothing listens there
+    with pytest.raises(
+        ParticipantError, match=f"cannot reach the Chroma server at 127.0.0.1:{port}"
+    ):
+        open_participant(f"chroma+http://127.0.0.1:{port}?collection=notes&embedder=hashing:8")
