@@ -219,6 +219,7 @@ BAD_INPUT = [
     (lambda m: m.rollback(-2), UsageError, "steps must be >= 1"),
     (lambda m: m.rollback("s1"), UsageError, "did you mean rollback"),
     (lambda m: m.search("x", k=0), UsageError, "positive int"),
+    (lambda m: m.search("x", k=2, limit=3), UsageError, "disagree"),
     (
         lambda m: m.commit(Fact(type="note", payload={"content": "x", "at": datetime(2026, 1, 1)})),
         UsageError,

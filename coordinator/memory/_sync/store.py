@@ -457,6 +457,8 @@ class MemoryStore:
         """
         if not isinstance(query, str):
             raise UsageError(f"search(): query must be a str, got {type(query).__name__}")
+        if limit is not None and k not in (5, limit):  # 5: k's default, so k was not given
+            raise UsageError(f"search(): k={k!r} and limit={limit!r} disagree; limit is k's alias")
         k = limit if limit is not None else k
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise UsageError(f"search(): k must be a positive int, got {k!r}")
