@@ -220,6 +220,9 @@ BAD_INPUT = [
     (lambda m: m.rollback("s1"), UsageError, "did you mean rollback"),
     (lambda m: m.search("x", k=0), UsageError, "positive int"),
     (lambda m: m.search("x", k=2, limit=3), UsageError, "disagree"),
+    (lambda m: m.discard_session(None), UsageError, "session_id must be a non-empty str"),
+    (lambda m: m.promote_session(None), UsageError, "session_id must be a non-empty str"),
+    (lambda m: m.discard_session(""), UsageError, "session_id must be a non-empty str"),
     (
         lambda m: m.commit(Fact(type="note", payload={"content": "x", "at": datetime(2026, 1, 1)})),
         UsageError,

@@ -309,7 +309,12 @@ class MemoryStore:
         actor: str | None = None,
         reason: str | None = None,
     ) -> list[str]:
-        """Make the session's facts (those ``selector`` accepts) permanent: session cleared."""
+        """Make the session's facts (those ``selector`` accepts) permanent: session cleared.
+
+        :raises UsageError: ``session_id`` is not a non-empty str (``None`` would name every
+            fact in the store).
+        """
+        _check_session("promote_session", session_id)
         facts = self.storage.query(None, {}, session_id)
         promoted: list[str] = []
         with self.transaction(session_id, actor, reason) as tx:
@@ -333,7 +338,12 @@ class MemoryStore:
     def discard_session(
         self, session_id: str, actor: str | None = None, reason: str | None = None
     ) -> int:
-        """Delete every fact of the session from every store, vectors included."""
+        """Delete every fact of the session from every store, vectors included.
+
+        :raises UsageError: ``session_id`` is not a non-empty str (``None`` would name every
+            fact in the store).
+        """
+        _check_session("discard_session", session_id)
         facts = self.storage.query(None, {}, session_id)
         with self.transaction(session_id, actor, reason) as tx:
             for fact in facts:
@@ -573,6 +583,14 @@ class MemoryStore:
     def close(self) -> None:
         """Close the storage, the indexes and the log."""
         self.coordinator.close()
+
+
+def _check_session(method: str, session_id: object) -> None:
+    if not isinstance(session_id, str) or not session_id:
+        raise UsageError(
+            f"{method}(session_id): session_id must be a non-empty str, got {session_id!r}; "
+            "a session's facts are those committed with that session_id"
+        )
 
 
 def _whole(path: str | os.PathLike[str]) -> Path:
