@@ -213,12 +213,53 @@ def check_json(typename: str, payload: dict[str, Any], hint: str) -> None:
     :raises UsageError: naming the first value that is not JSON, and what to do instead.
     """
     try:
-        json.dumps(payload, allow_nan=False)
+        text = json.dumps(payload, allow_nan=False)
     except (TypeError, ValueError) as exc:
         where = _not_json(payload, "payload") or str(exc)
         raise UsageError(
             f"the payload of a {typename!r} fact is not JSON: {where}. {hint}"
         ) from None
+    # json.dumps writes a NUL as the six characters \u0000 (which a string may also hold)
+    if "\\u0000" in text and (where := _nul_in(payload, "payload")):
+        raise UsageError(
+            f"the payload of a {typename!r} fact holds a NUL character at {where}: Postgres "
+            "cannot store one, so no store takes it"
+        )
+
+
+def check_text(what: str, value: object, *, required: bool = False) -> None:
+    """Refuse an id, type, session, source, actor or reason no store could keep as given.
+
+    :raises UsageError: ``value`` is not a str (or ``None`` where allowed), is empty where
+        ``required``, or holds a NUL character (Postgres cannot store one).
+    """
+    if value is None and not required:
+        return
+    if not isinstance(value, str) or (required and not value):
+        wanted = "a non-empty str" if required else "a str or None"
+        raise UsageError(f"{what} must be {wanted}, got {value!r}")
+    if "\x00" in value:
+        raise UsageError(
+            f"{what} {value!r} holds a NUL character: Postgres cannot store one, so no store "
+            "takes it"
+        )
+
+
+def _nul_in(value: Any, path: str) -> str:
+    """Where the first NUL character in ``value``'s keys and strings is."""
+    if isinstance(value, str):
+        return path if "\x00" in value else ""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and "\x00" in key:
+                return f"{path} (the key {key!r})"
+            if found := _nul_in(item, f"{path}.{key}"):
+                return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            if found := _nul_in(item, f"{path}[{i}]"):
+                return found
+    return ""
 
 
 _SHORT = reprlib.Repr()

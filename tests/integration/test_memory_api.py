@@ -220,6 +220,29 @@ BAD_INPUT = [
     (lambda m: m.rollback("s1"), UsageError, "did you mean rollback"),
     (lambda m: m.search("x", k=0), UsageError, "positive int"),
     (lambda m: m.search("x", k=2, limit=3), UsageError, "disagree"),
+    (
+        lambda m: m.commit(Fact(type="note", payload={"content": "a\x00b"})),
+        UsageError,
+        r"NUL character at payload\.content",
+    ),
+    (
+        lambda m: m.commit(Fact(type="note", payload={"content": "x", "n": [{"k\x00": 1}]})),
+        UsageError,
+        r"NUL character at payload\.n\[0\] \(the key",
+    ),
+    (lambda m: m.commit(Fact(id="", type="note", payload={})), UsageError, "fact id must be"),
+    (lambda m: m.commit(Fact(id="a\x00", type="note", payload={})), UsageError, "fact id 'a"),
+    (lambda m: m.commit(Fact(type="", payload={})), UsageError, "fact type must be"),
+    (
+        lambda m: m.commit(Fact(type="note", payload={"content": "x"}), session_id="s\x00"),
+        UsageError,
+        "session_id 's.x00' holds a NUL",
+    ),
+    (
+        lambda m: m.delete(None, m.query()[0]["id"], actor="ann\x00"),
+        UsageError,
+        "actor 'ann.x00' holds a NUL",
+    ),
     (lambda m: m.discard_session(None), UsageError, "session_id must be a non-empty str"),
     (lambda m: m.promote_session(None), UsageError, "session_id must be a non-empty str"),
     (lambda m: m.discard_session(""), UsageError, "session_id must be a non-empty str"),
@@ -407,5 +430,9 @@ def test_a_payload_that_is_not_json_is_refused_before_any_store_sees_it(tmp_path
         mem.update(fid, {"payload": {"weight": math.inf}})
     assert [f.id for f in mem.storage.all_facts()] == [fid]
     assert mem.storage.history(fid)[-1].version == 1
+    # The six characters JSON writes a NUL as are no NUL: they are kept as they are.
+    escaped = mem.commit(Fact(type="note", payload={"content": "\\u0000 is JSON's NUL"}))
+    assert mem.get(escaped)["payload"] == {"content": "\\u0000 is JSON's NUL"}  # type: ignore[index]
+    mem.delete(None, escaped)
     assert mem.indexes[0].contents().committed == {fid: 1}
     mem.close()

@@ -192,3 +192,19 @@ async def test_eight_asyncio_writers_from_the_first_call(
         assert {f.id: f.version for f in await mem.mirrors[0].all_facts()} == truth
     finally:
         await mem.close()
+
+
+def test_a_nul_character_is_refused_by_every_store_alike(three: MemoryStore) -> None:
+    """Postgres cannot store a NUL, in a payload or an id; it used to vote no (a
+    TransactionAborted, as if retrying could help) where SQLite took the value. The memory
+    API refuses it first, on every combination, and nothing is written."""
+    kept = three.commit(Fact(type="note", payload={"content": "kept"}))
+    for fact in (
+        Fact(type="note", payload={"content": "a\x00b"}),
+        Fact(id="x\x00y", type="note", payload={"content": "c"}),
+    ):
+        with pytest.raises(UsageError, match="NUL character"):
+            three.commit(fact)
+    assert versions(three.storage.all_facts()) == {kept: 1}
+    assert versions(three.mirrors[0].all_facts()) == {kept: 1}
+    assert three.indexes[0].contents().committed == {kept: 1}

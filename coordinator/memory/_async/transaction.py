@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from coordinator.abc import AsyncIndex
 from coordinator.errors import ImmutableViolation, UsageError
 from coordinator.ids import new_txid
-from coordinator.memory._model import Fact, as_dict
+from coordinator.memory._model import Fact, as_dict, check_text
 from coordinator.outcomes import Outcome
 from coordinator.records import (
     DeleteFact,
@@ -141,6 +141,7 @@ class AsyncMemoryTransaction:
         """
         if not isinstance(fact, Fact):
             raise UsageError(f"commit() takes a Fact, got {type(fact).__name__}")
+        check_text("fact id", fact.id, required=True)  # before it is looked up anywhere
         payload = self._store.schemas.validate(fact.type, fact.payload)
         constraint = self._store.constraints.get(fact.type)
         fact_id = fact.id
@@ -256,6 +257,7 @@ class AsyncMemoryTransaction:
 
         :raises UsageError: unknown fact id. :raises ImmutableViolation: immutable type.
         """
+        _check_actor_reason(actor or self.actor, reason or self.reason)
         current = await self._existing(fact_id)
         self._check_mutable(current)
         change = await self._change(fact_id)
@@ -343,6 +345,11 @@ class AsyncMemoryTransaction:
         reason: str | None,
         claim: str | None,
     ) -> None:
+        check_text("fact id", fact_id, required=True)
+        check_text("fact type", typename, required=True)
+        for what, value in (("session_id", session_id), ("source", source)):
+            check_text(what, value)
+        _check_actor_reason(actor, reason)
         change = await self._change(fact_id)
         change.after = FactRecord(
             fact_id, typename, payload, 0, session_id, source, actor, reason, time.time(), self.txid
@@ -426,6 +433,11 @@ class AsyncMemoryTransaction:
             for (after, expected, _), vector in zip(upserts, vectors, strict=True):
                 writes.append(UpsertFact(after, expected, embedding=tuple(vector)))
         return writes
+
+
+def _check_actor_reason(actor: str | None, reason: str | None) -> None:
+    check_text("actor", actor)
+    check_text("reason", reason)
 
 
 def _with_version(record: FactRecord, version: int) -> FactRecord:
