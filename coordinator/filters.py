@@ -1,7 +1,8 @@
 """Query filters: which keys may be filtered on, and how a filter matches a fact.
 
 Filter keys are dotted paths (``"payload.role"``, ``"session_id"``); values are JSON
-scalars matched by equality (``None`` matches a missing or null field). Keys are checked
+scalars matched by JSON equality (``None`` matches a missing or null field; ``true`` is not
+``1``, ``"1"`` is not ``1``, ``1`` is ``1.0``), the same in every storage. Keys are checked
 here, once, before any backend sees them, so no backend ever builds a query from an
 unchecked key; values are always passed to backends as bound parameters.
 """
@@ -64,7 +65,9 @@ def lookup(fact: FactRecord, path: tuple[str, ...]) -> JSONValue:
 
 
 def matches(fact: FactRecord, filters: Mapping[tuple[str, ...], JSONValue]) -> bool:
-    """True when every filter matches ``fact`` (equality; bools equal 1/0 as in SQL)."""
+    """True when every filter matches ``fact``: equality of JSON values, so a string never
+    equals a number and ``true`` never equals ``1`` (as in Postgres' jsonb), while ``1``
+    equals ``1.0``."""
     for path, wanted in filters.items():
         found = lookup(fact, path)
         if wanted is None:
@@ -75,6 +78,7 @@ def matches(fact: FactRecord, filters: Mapping[tuple[str, ...], JSONValue]) -> b
             or found is None
             or found != wanted
             or isinstance(found, str) != isinstance(wanted, str)
+            or isinstance(found, bool) != isinstance(wanted, bool)
         ):
             return False
     return True

@@ -344,8 +344,19 @@ class SQLiteStore:
             params.append(session_id)
         for path, value in check_filters(filters).items():
             # Keys were checked (names only); the JSON path and the value are parameters.
-            clauses.append("json_extract(record, ?) IS ?")
-            params += ["$." + ".".join(path), value]
+            # json_type keeps JSON's kinds apart, which json_extract alone would not (it
+            # reads true as 1): true matches true only, 1 matches numbers only.
+            json_path = "$." + ".".join(path)
+            if value is None:
+                clauses.append("json_extract(record, ?) IS NULL")
+                params.append(json_path)
+            elif isinstance(value, bool):
+                clauses.append("json_type(record, ?) = ?")
+                params += [json_path, "true" if value else "false"]
+            else:
+                kinds = "('text')" if isinstance(value, str) else "('integer', 'real')"
+                clauses.append(f"json_type(record, ?) IN {kinds} AND json_extract(record, ?) = ?")
+                params += [json_path, json_path, value]
         where = " AND ".join(clauses) or "1"
         with self._reading() as conn:
             rows = conn.execute(

@@ -257,15 +257,20 @@ def test_query_filters_on_type_session_and_payload_paths(open_store: Opener) -> 
         FactRecord("a", "pref", {"role": "diet", "n": 1, "deep": {"x": True}}, 1, session_id="s1"),
         FactRecord("b", "pref", {"role": "tone", "n": 2}, 1, session_id="s2"),
         FactRecord("c", "note", {"role": "diet", "n": "1"}, 1),
+        FactRecord("d", "note", {"n": 1.0, "deep": {"x": 1}}, 1),
     ]
     commit_writes(store, *(UpsertFact(r, 0) for r in rows))
     assert ids(store.query("pref", {}, None)) == ["a", "b"]
     assert ids(store.query(None, {"payload.role": "diet"}, None)) == ["a", "c"]
-    assert ids(store.query(None, {"payload.n": 1}, None)) == ["a"]  # not the string "1"
+    # JSON equality in every storage: not the string "1", but 1.0; true is not 1.
+    assert ids(store.query(None, {"payload.n": 1}, None)) == ["a", "d"]
+    assert ids(store.query(None, {"payload.n": "1"}, None)) == ["c"]
     assert ids(store.query(None, {"payload.deep.x": True}, None)) == ["a"]
-    assert ids(store.query(None, {"payload.missing": None}, None)) == ["a", "b", "c"]
+    assert ids(store.query(None, {"payload.deep.x": 1}, None)) == ["d"]
+    assert ids(store.query(None, {"payload.deep.x": False}, None)) == []
+    assert ids(store.query(None, {"payload.missing": None}, None)) == ["a", "b", "c", "d"]
     assert ids(store.query("pref", {}, "s2")) == ["b"]
-    assert ids(store.query(None, {"session_id": None}, None)) == ["c"]
+    assert ids(store.query(None, {"session_id": None}, None)) == ["c", "d"]
     with pytest.raises(UsageError, match="malformed"):
         store.query(None, {"payload.role') OR 1=1 --": "x"}, None)
 
