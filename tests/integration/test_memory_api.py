@@ -29,6 +29,7 @@ from coordinator import (
     VersionConflict,
 )
 from coordinator.embeddings import HashingEmbedder
+from coordinator.records import JSONValue
 from participants.qdrant import QdrantIndex
 from participants.sqlite import SQLiteStorage
 
@@ -435,4 +436,49 @@ def test_a_payload_that_is_not_json_is_refused_before_any_store_sees_it(tmp_path
     assert mem.get(escaped)["payload"] == {"content": "\\u0000 is JSON's NUL"}  # type: ignore[index]
     mem.delete(None, escaped)
     assert mem.indexes[0].contents().committed == {fid: 1}
+    mem.close()
+
+
+@pytest.mark.parametrize("kind", ["qdrant local", "chroma embedded"])
+def test_search_filters_on_numbers_and_bools_as_query_does(tmp_path: Path, kind: str) -> None:
+    """The filter goes to the index with the search, so what the index finds is what
+    ``query`` finds: a number equals the float it is (1 and 1.0: Qdrant's match alone
+    missed that), a bool is not a number. Thirty closer facts that do not match would fill
+    the candidates of a search that filtered afterwards only."""
+    import chromadb
+
+    from participants.chroma import ChromaIndex
+
+    embedder = HashingEmbedder(32)
+    index: QdrantIndex | ChromaIndex = (
+        QdrantIndex(
+            QdrantClient(path=str(tmp_path / "q")),
+            "nums",
+            "content",
+            ["n", "flag"],
+            embedder=embedder,
+        )
+        if kind == "qdrant local"
+        else ChromaIndex(
+            chromadb.PersistentClient(str(tmp_path / "c")),
+            "nums",
+            "content",
+            ["n", "flag"],
+            embedder=embedder,
+        )
+    )
+    mem = MemoryStore(SQLiteStorage(tmp_path / "facts.db"), hooks=[index])
+    for _ in range(30):
+        mem.commit(Fact(type="note", payload={"content": "the answer", "n": 2, "flag": 0}))
+    whole = mem.commit(Fact(type="note", payload={"content": "an int", "n": 1, "flag": True}))
+    real = mem.commit(Fact(type="note", payload={"content": "a float", "n": 1.0, "flag": 1}))
+    cases: list[tuple[dict[str, JSONValue], set[str]]] = [
+        ({"payload.n": 1}, {whole, real}),
+        ({"payload.n": 1.0}, {whole, real}),
+        ({"payload.flag": True}, {whole}),
+        ({"payload.flag": 1}, {real}),
+    ]
+    for filters, expected in cases:
+        found = {h.fact["id"] for h in mem.search("the answer", k=2, filters=filters)}
+        assert found == expected == {f["id"] for f in mem.query(filters=filters)}, filters
     mem.close()

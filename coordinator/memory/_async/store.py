@@ -611,7 +611,7 @@ def _pushdown(
         if (
             key.startswith("payload.")
             and field in index.metadata_fields
-            and isinstance(value, str | int | bool)
+            and isinstance(value, str | int | float | bool)
         ):
             where[field] = value
     return where

@@ -289,7 +289,7 @@ class QdrantIndex(VectorIndexBase):
     def search(self, vector: Sequence[float], k: int, where: Mapping[str, JSONValue]) -> list[Hit]:
         self._ensure_collection()
         conditions: list[models.Condition] = [
-            _match(key, value) for key, value in search_filter(where).items()
+            _equal(key, value) for key, value in search_filter(where).items()
         ]
         try:
             found = self._guarded(
@@ -465,6 +465,14 @@ def _older_than(point: models.Record) -> models.Filter:
 
 def _match(key: str, value: JSONValue) -> models.FieldCondition:
     return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+
+def _equal(key: str, value: JSONValue) -> models.FieldCondition:
+    """A search filter's equality, as JSON has it: Qdrant's match keeps 1 from matching a
+    stored 1.0, so a number is a one-point range (which a bool does not fall in)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return models.FieldCondition(key=key, range=models.Range(gte=value, lte=value))
+    return _match(key, value)
 
 
 def _direct(call: Any, *args: Any, **kwargs: Any) -> Any:
