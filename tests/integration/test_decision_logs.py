@@ -207,3 +207,28 @@ def test_a_sqlite_log_url_can_turn_group_commit_off(
     if not grouped:
         assert log.flushes == 8  # one forced write per decision
     log.close()
+
+
+def test_a_redis_storage_without_a_log_says_its_decisions_die_with_the_process(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis keeps no decision log of its own: without ``log=``, a crash after a decision
+    leaves recovery nothing to finish the other stores by, and the operator is told."""
+    from coordinator import MemoryStore
+    from participants.redis import RedisStorage
+
+    url = request.getfixturevalue("redis_server").url
+    with caplog.at_level("WARNING", logger="participants.redis"):
+        quiet = MemoryStore(
+            RedisStorage(url, name="facts", prefix=f"{tmp_path.name}a:"),
+            log=SQLiteDecisionLog(tmp_path / "log.db"),
+        )
+        assert caplog.records == []
+        told = MemoryStore(RedisStorage(url, name="facts", prefix=f"{tmp_path.name}b:"))
+    assert ["decisions live in this process only" in r.getMessage() for r in caplog.records] == [
+        True
+    ]
+    quiet.close()
+    told.close()
