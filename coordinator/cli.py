@@ -218,10 +218,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("status", "decision log, in-doubt branches per participant, oldest pending age"),
     ):
         sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("--store", action="append", default=[], metavar="NAME=URL")
+        sub.add_argument(
+            "--store",
+            action="append",
+            default=[],
+            metavar="NAME=URL",
+            help="a participant by its name and URL (repeat for each; default: the settings)",
+        )
         sub.add_argument("--log", metavar="URL", help="the decision log of --store stores")
-        sub.add_argument("--in-doubt-timeout", type=float, default=None)
-        sub.add_argument("--json", action="store_true")
+        sub.add_argument(
+            "--in-doubt-timeout",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="age after which a branch with no decision is aborted (default: settings, 30)",
+        )
+        sub.add_argument("--json", action="store_true", help="print the report as JSON")
         if name == "recover":
             sub.add_argument("--watch", action="store_true", help="run as a daemon")
             sub.add_argument("--interval", type=float, default=5.0, help="seconds between passes")
@@ -232,9 +244,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 help="longest wait after failed passes (seconds)",
             )
 
-    verify = commands.add_parser("verify", help="compare every index with the storage")
-    verify.add_argument("--repair", action="store_true", help="rebuild drifted index entries")
-    verify.add_argument("--json", action="store_true")
+    verify = commands.add_parser(
+        "verify", help="compare every index and mirror with the storage (exit 1 on drift)"
+    )
+    verify.add_argument(
+        "--repair", action="store_true", help="rebuild drifted index entries and mirror copies"
+    )
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
 
     args = parser.parse_args(argv)
     try:
