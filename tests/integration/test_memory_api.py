@@ -482,3 +482,21 @@ def test_search_filters_on_numbers_and_bools_as_query_does(tmp_path: Path, kind:
         found = {h.fact["id"] for h in mem.search("the answer", k=2, filters=filters)}
         assert found == expected == {f["id"] for f in mem.query(filters=filters)}, filters
     mem.close()
+
+
+def test_a_store_closes_at_the_end_of_a_with_block(tmp_path: Path) -> None:
+    with MemoryStore.open(tmp_path / "memory", embedder=HashingEmbedder(16)) as mem:
+        fid = mem.commit(Fact(type="note", payload={"content": "kept"}))
+    # Closed: the index's directory lock is free for the next open, which finds the fact.
+    with MemoryStore.open(tmp_path / "memory", embedder=HashingEmbedder(16)) as again:
+        assert again.get(fid)["payload"] == {"content": "kept"}  # type: ignore[index]
+
+
+@pytest.mark.anyio
+async def test_an_async_store_closes_at_the_end_of_an_async_with_block(tmp_path: Path) -> None:
+    from coordinator import AsyncMemoryStore
+
+    async with await AsyncMemoryStore.open(tmp_path / "m", embedder=HashingEmbedder(16)) as mem:
+        fid = await mem.commit(Fact(type="note", payload={"content": "kept"}))
+    async with await AsyncMemoryStore.open(tmp_path / "m", embedder=HashingEmbedder(16)) as again:
+        assert (await again.get(fid))["payload"] == {"content": "kept"}  # type: ignore[index]
