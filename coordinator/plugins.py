@@ -113,12 +113,15 @@ def open_participant(
         )
     try:
         factory: ParticipantFactory = found[0].load()
-    except ImportError as exc:
+        # Backends import their client library when called, so a missing one shows here too.
+        return factory(url, name=name, asynchronous=asynchronous, **options)
+    except ModuleNotFoundError as exc:
+        module = found[0].value.split(":")[0]
+        extra = module.split(".")[1] if module.startswith("participants.") else None
+        how = f"pip install 'lockstep[{extra}]'" if extra else f"install what {module} needs"
         raise ConfigurationError(
-            f"the {scheme}:// backend is not installed ({exc}); install its extra, "
-            f"e.g. pip install 'lockstep[{scheme.split('+')[0]}]'"
+            f"the {scheme}:// backend is not installed ({exc}); {how}"
         ) from exc
-    return factory(url, name=name, asynchronous=asynchronous, **options)
 
 
 def open_decision_log(url: str, *, asynchronous: bool = False) -> DecisionLog | AsyncDecisionLog:

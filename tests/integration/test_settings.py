@@ -138,3 +138,22 @@ def test_an_unreachable_chroma_server_is_a_participant_error_naming_it() -> None
         ParticipantError, match=f"cannot reach the Chroma server at 127.0.0.1:{port}"
     ):
         open_participant(f"chroma+http://127.0.0.1:{port}?collection=notes&embedder=hashing:8")
+
+
+@pytest.mark.parametrize(
+    ("url", "missing", "extra"),
+    [
+        ("chroma+local:///vectors?collection=notes", "chromadb", "chroma"),  # imported lazily
+        ("postgresql://postgres@127.0.0.1:1/db", "participants.postgres", "postgres"),
+        ("qdrant+local:///vectors", "qdrant_client", "qdrant"),
+    ],
+)
+def test_a_backend_whose_extra_is_missing_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, url: str, missing: str, extra: str
+) -> None:
+    from coordinator.plugins import open_participant
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, missing, None)  # as if not installed
+    with pytest.raises(ConfigurationError, match=rf"pip install 'lockstep\[{extra}\]'"):
+        open_participant(url)
