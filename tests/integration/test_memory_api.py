@@ -500,3 +500,43 @@ async def test_an_async_store_closes_at_the_end_of_an_async_with_block(tmp_path:
         fid = await mem.commit(Fact(type="note", payload={"content": "kept"}))
     async with await AsyncMemoryStore.open(tmp_path / "m", embedder=HashingEmbedder(16)) as again:
         assert (await again.get(fid))["payload"] == {"content": "kept"}  # type: ignore[index]
+
+
+@pytest.mark.parametrize("kind", ["qdrant local", "chroma embedded"])
+def test_search_looks_further_for_facts_that_pass_a_filter_the_index_cannot_apply(
+    tmp_path: Path, kind: str
+) -> None:
+    """Sixty closer facts fail the filter (on a field the index does not hold), and
+    updated facts leave stale points in a deferred index: search still finds the ones that
+    pass, in order, rather than an empty list."""
+    import chromadb
+
+    from coordinator import Policy
+    from participants.chroma import ChromaIndex
+
+    embedder = HashingEmbedder(32)
+    index: QdrantIndex | ChromaIndex = (
+        QdrantIndex(QdrantClient(path=str(tmp_path / "q")), "far", "content", embedder=embedder)
+        if kind == "qdrant local"
+        else ChromaIndex(
+            chromadb.PersistentClient(str(tmp_path / "c")), "far", "content", embedder=embedder
+        )
+    )
+    mem = MemoryStore(
+        SQLiteStorage(tmp_path / "facts.db"), hooks=[index], policy=Policy(deferred_finish=True)
+    )
+    crowd = [
+        mem.commit(Fact(type="note", payload={"content": "the answer", "topic": "other"}))
+        for _ in range(60)
+    ]
+    for fid in crowd[:30]:  # stale versions of the crowd, still in the index until the batch
+        mem.update(fid, {"payload": {"content": "the answer", "topic": "other"}})
+    near = mem.commit(Fact(type="note", payload={"content": "the answer too", "topic": "x"}))
+    far = mem.commit(Fact(type="note", payload={"content": "unrelated words", "topic": "x"}))
+    found = [h.fact["id"] for h in mem.search("the answer", k=5, filters={"payload.topic": "x"})]
+    assert found == [near, far]
+    assert mem.search("the answer", k=5, filters={"payload.topic": "none"}) == []
+    assert [
+        h.fact["id"] for h in mem.search("the answer", k=1, filters={"payload.topic": "x"})
+    ] == [near]
+    mem.close()

@@ -43,6 +43,9 @@ from coordinator.policy import Policy
 from coordinator.records import DeleteFact, JSONValue, UpsertFact, Write
 from coordinator.settings import LockstepSettings
 
+MOST_CANDIDATES = 10_000
+"""The furthest ``search`` looks in one index for facts that pass its filters."""
+
 
 class MemoryStore:
     """Typed, versioned agent memory, atomic across a storage and its vector indexes.
@@ -465,6 +468,10 @@ class MemoryStore:
         embeds the fact's committed version (a staged point also needs the txid that
         committed it), so staged, aborted or stale points never surface, and no fact
         appears twice. That is also why an index's phase 2 may be deferred.
+
+        Filters go to the index where it holds the field (``metadata_fields``); the others
+        are checked on the facts. When the nearest points do not give ``k`` facts that pass,
+        search looks further, up to :data:`MOST_CANDIDATES` points an index.
         """
         if not isinstance(query, str):
             raise UsageError(f"search(): query must be a str, got {type(query).__name__}")
@@ -474,11 +481,47 @@ class MemoryStore:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise UsageError(f"search(): k must be a positive int, got {k!r}")
         checked = check_filters(filters)
-        hits: list[Hit] = []
-        for index in self.indexes:
-            where = _pushdown(index, typename, session_id, filters or {})
-            vector = index.embedder.embed_query(query)
-            hits += index.search(vector, max(4 * k, 20), where)
+        looks = [
+            (
+                index,
+                index.embedder.embed_query(query),
+                _pushdown(index, typename, session_id, filters or {}),
+            )
+            for index in self.indexes
+        ]
+        # The nearest points may all be stale versions or fail a filter the index could not
+        # apply: look further (four times as far each time) until k facts are found, every
+        # fact the filters match is, or the indexes have nothing nearer to give.
+        want = max(4 * k, 20)
+        matching: int | None = None
+        while True:
+            hits: list[Hit] = []
+            further = False
+            for index, vector, where in looks:
+                found = index.search(vector, want, where)
+                hits += found
+                further |= len(found) >= want and (
+                    score_threshold is None or found[-1].score >= score_threshold
+                )
+            results = self._ranked(hits, typename, session_id, checked, score_threshold)
+            if len(results) >= k or not further or want >= MOST_CANDIDATES:
+                return results[:k]
+            if matching is None:
+                matching = len(self.storage.query(typename, filters or {}, session_id))
+            if len(results) >= matching:
+                return results
+            want *= 4
+
+    def _ranked(
+        self,
+        hits: list[Hit],
+        typename: str | None,
+        session_id: str | None,
+        checked: Mapping[tuple[str, ...], JSONValue],
+        score_threshold: float | None,
+    ) -> list[ScoredFact]:
+        """The facts ``hits`` embed in their committed, current versions (G3) that pass
+        the filters, best first, each once."""
         facts = self.storage.get_many(sorted({hit.fact_id for hit in hits}))
         best: dict[str, float] = {}
         for hit in hits:  # only points of committed, current versions count (G3)
@@ -497,7 +540,7 @@ class MemoryStore:
             if score_threshold is not None and score < score_threshold:
                 continue
             results.append(ScoredFact(fact=as_dict(fact), score=score))
-        return results[:k]
+        return results
 
     # -- operations ---------------------------------------------------------------------
 
