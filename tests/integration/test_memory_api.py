@@ -201,7 +201,16 @@ def test_an_index_failure_aborts_everything(mem: MemoryStore) -> None:
     assert snapshot(mem) == before
 
 
+def sql_in(m: MemoryStore, participant: str) -> None:
+    with m.transaction() as tx:
+        tx.commit(Fact(type="note", payload={"content": "beside some SQL"}))
+        tx.execute(participant, "UPDATE orders SET paid = 1")
+        pytest.fail("execute() took SQL for a participant that cannot run it")  # not at commit
+
+
 BAD_INPUT = [
+    (lambda m: sql_in(m, "sqlite"), UsageError, "'sqlite' cannot run SQL"),
+    (lambda m: sql_in(m, "pg"), UsageError, "no participant named 'pg'"),
     (lambda m: m.commit(Fact(type="audit", payload={"content": [3]})), ValidationFailed, "content"),
     (
         lambda m: m.commit(Fact(type="preference", payload={"content": "x"})),

@@ -284,9 +284,23 @@ class AsyncMemoryTransaction:
         sql: str,
         params: Sequence[JSONValue] | Mapping[str, JSONValue] = (),
     ) -> None:
-        """Run your own SQL inside ``participant``'s branch of this transaction."""
+        """Run your own SQL inside ``participant``'s branch of this transaction.
+
+        :raises UsageError: no participant of this store has that name, or it cannot run
+            SQL (a Postgres storage or mirror can), or ``sql`` is empty.
+        """
         if not isinstance(sql, str) or not sql.strip():
             raise UsageError("execute(participant, sql, params): sql must be a non-empty str")
+        names = {p.name: p for p in self._store.participants}
+        if participant not in names:
+            raise UsageError(
+                f"execute(): no participant named {participant!r}; this store has {sorted(names)}"
+            )
+        if not getattr(names[participant], "runs_sql", False):
+            raise UsageError(
+                f"execute(): participant {participant!r} cannot run SQL inside a transaction "
+                "(a Postgres storage or mirror can)"
+            )
         self._sql.setdefault(participant, []).append(Execute(sql, params))
 
     # -- helpers ------------------------------------------------------------------------

@@ -78,6 +78,9 @@ class AsyncPostgresStorage:
     :param max_connections: size of the connection pool.
     """
 
+    runs_sql = True
+    """``Execute`` writes (``tx.execute()``) run inside its branch."""
+
     def __init__(
         self,
         conninfo: str,

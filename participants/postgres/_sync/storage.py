@@ -80,6 +80,9 @@ class PostgresStorage:
     :param max_connections: size of the connection pool.
     """
 
+    runs_sql = True
+    """``Execute`` writes (``tx.execute()``) run inside its branch."""
+
     def __init__(
         self,
         conninfo: str,
