@@ -75,7 +75,8 @@ def _refuse_foreign_log(participant: object, url: str) -> None:
     name = getattr(participant, "name", "?")
     raise SystemExit(
         f"--log {url}: store {name!r} keeps its decisions in its own file; pass "
-        f"--log sqlite:///{os.path.abspath(own)} (recovery with another log would abort its committed work)"
+        f"--log sqlite:///{os.path.abspath(own)} (recovery with another log would abort its "
+        "committed work)"
     )
 
 

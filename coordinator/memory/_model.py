@@ -198,33 +198,32 @@ class SchemaRegistry:
 
 
 _PLAIN_HINT = (
-    "Store str, int, finite float, bool, None, and lists and str-keyed dicts of them (a "
-    "datetime as .isoformat(), for example), or register a pydantic schema for the type: "
-    "commit_model() converts such values"
+    "A payload is JSON every store keeps: str (without NUL), int, finite float, bool, None, "
+    "and lists and str-keyed dicts of them (a datetime as .isoformat(), for example); or "
+    "register a pydantic schema for the type: commit_model() converts such values"
 )
 
 
 def check_json(typename: str, payload: dict[str, Any], hint: str) -> None:
-    """Refuse a payload that is not JSON, naming where, before anything is written: every
-    store keeps payloads as JSON, and a value it would refuse or change on the way (a
-    datetime, bytes, a set, NaN: Postgres refuses NaN, SQLite would read it back as
-    ``None``) would otherwise fail in one store, or come back different.
+    """Refuse a payload no store keeps as given, naming where, before anything is
+    written: a value that is not JSON (a datetime, bytes, a set, NaN: Postgres refuses
+    NaN, SQLite would read it back as ``None``), or a NUL character (Postgres refuses it).
+    Either would otherwise fail in one store, or come back different.
 
-    :raises UsageError: naming the first value that is not JSON, and what to do instead.
+    :raises UsageError: naming the first such value, and what to do instead.
     """
     try:
         text = json.dumps(payload, allow_nan=False)
+        refused = ""
     except (TypeError, ValueError) as exc:
-        where = _not_json(payload, "payload") or str(exc)
-        raise UsageError(
-            f"the payload of a {typename!r} fact is not JSON: {where}. {hint}"
-        ) from None
+        text, refused = "", str(exc)
     # json.dumps writes a NUL as the six characters \u0000 (which a string may also hold)
-    if "\\u0000" in text and (where := _nul_in(payload, "payload")):
-        raise UsageError(
-            f"the payload of a {typename!r} fact holds a NUL character at {where}: Postgres "
-            "cannot store one, so no store takes it"
-        )
+    if refused or "\\u0000" in text:
+        where = _unstorable(payload, "payload") or refused
+        if where:
+            raise UsageError(
+                f"the payload of a {typename!r} fact cannot be stored: {where}. {hint}"
+            )
 
 
 def check_text(what: str, value: object, *, required: bool = False) -> None:
@@ -245,43 +244,35 @@ def check_text(what: str, value: object, *, required: bool = False) -> None:
         )
 
 
-def _nul_in(value: Any, path: str) -> str:
-    """Where the first NUL character in ``value``'s keys and strings is."""
-    if isinstance(value, str):
-        return path if "\x00" in value else ""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if isinstance(key, str) and "\x00" in key:
-                return f"{path} (the key {key!r})"
-            if found := _nul_in(item, f"{path}.{key}"):
-                return found
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            if found := _nul_in(item, f"{path}[{i}]"):
-                return found
-    return ""
-
-
 _SHORT = reprlib.Repr()
 _SHORT.maxother = _SHORT.maxstring = 60
 
 
-def _not_json(value: Any, path: str) -> str | None:
-    """Where in ``value`` the first value ``json.dumps(allow_nan=False)`` refuses is."""
-    if value is None or isinstance(value, str | int):  # bool is an int
+def _unstorable(value: Any, path: str) -> str | None:
+    """Where in ``value`` the first value no store keeps as given is, and what it is: one
+    ``json.dumps(allow_nan=False)`` refuses, or a NUL character."""
+    if value is None or isinstance(value, int):  # bool is an int
         return None
+    if isinstance(value, str):
+        return (
+            f"{path} holds a NUL character, which Postgres cannot store"
+            if "\x00" in value
+            else None
+        )
     if isinstance(value, float):
         return None if math.isfinite(value) else f"{path} is {value!r}"
     if isinstance(value, dict):
         for key, item in value.items():
             if not (key is None or isinstance(key, str | int | float)):
                 return f"{path} has a key of type {type(key).__name__} ({_SHORT.repr(key)})"
-            if (found := _not_json(item, f"{path}.{key}")) is not None:
+            if isinstance(key, str) and "\x00" in key:
+                return f"{path} has a key holding a NUL character ({key!r})"
+            if (found := _unstorable(item, f"{path}.{key}")) is not None:
                 return found
         return None
     if isinstance(value, list | tuple):
         for i, item in enumerate(value):
-            if (found := _not_json(item, f"{path}[{i}]")) is not None:
+            if (found := _unstorable(item, f"{path}[{i}]")) is not None:
                 return found
         return None
     return f"{path} is a {type(value).__name__} ({_SHORT.repr(value)})"

@@ -10,9 +10,10 @@ import math
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -233,12 +234,12 @@ BAD_INPUT = [
     (
         lambda m: m.commit(Fact(type="note", payload={"content": "a\x00b"})),
         UsageError,
-        r"NUL character at payload\.content",
+        r"payload\.content holds a NUL character",
     ),
     (
         lambda m: m.commit(Fact(type="note", payload={"content": "x", "n": [{"k\x00": 1}]})),
         UsageError,
-        r"NUL character at payload\.n\[0\] \(the key",
+        r"payload\.n\[0\] has a key holding a NUL character",
     ),
     (lambda m: m.commit(Fact(id="", type="note", payload={})), UsageError, "fact id must be"),
     (lambda m: m.commit(Fact(id="a\x00", type="note", payload={})), UsageError, "fact id 'a"),
@@ -448,34 +449,28 @@ def test_a_payload_that_is_not_json_is_refused_before_any_store_sees_it(tmp_path
     mem.close()
 
 
+def embedded_index(kind: str, directory: Path, metadata_fields: Sequence[str] = ()) -> Any:
+    """A Qdrant local-mode or Chroma embedded index of ``content`` in ``directory``."""
+    import chromadb
+
+    from participants.chroma import ChromaIndex
+
+    if kind == "qdrant local":
+        client: Any = QdrantClient(path=str(directory / "q"))
+        return QdrantIndex(
+            client, "notes", "content", metadata_fields, embedder=HashingEmbedder(32)
+        )
+    client = chromadb.PersistentClient(str(directory / "c"))
+    return ChromaIndex(client, "notes", "content", metadata_fields, embedder=HashingEmbedder(32))
+
+
 @pytest.mark.parametrize("kind", ["qdrant local", "chroma embedded"])
 def test_search_filters_on_numbers_and_bools_as_query_does(tmp_path: Path, kind: str) -> None:
     """The filter goes to the index with the search, so what the index finds is what
     ``query`` finds: a number equals the float it is (1 and 1.0: Qdrant's match alone
     missed that), a bool is not a number. Thirty closer facts that do not match would fill
     the candidates of a search that filtered afterwards only."""
-    import chromadb
-
-    from participants.chroma import ChromaIndex
-
-    embedder = HashingEmbedder(32)
-    index: QdrantIndex | ChromaIndex = (
-        QdrantIndex(
-            QdrantClient(path=str(tmp_path / "q")),
-            "nums",
-            "content",
-            ["n", "flag"],
-            embedder=embedder,
-        )
-        if kind == "qdrant local"
-        else ChromaIndex(
-            chromadb.PersistentClient(str(tmp_path / "c")),
-            "nums",
-            "content",
-            ["n", "flag"],
-            embedder=embedder,
-        )
-    )
+    index = embedded_index(kind, tmp_path, metadata_fields=["n", "flag"])
     mem = MemoryStore(SQLiteStorage(tmp_path / "facts.db"), hooks=[index])
     for _ in range(30):
         mem.commit(Fact(type="note", payload={"content": "the answer", "n": 2, "flag": 0}))
@@ -518,21 +513,12 @@ def test_search_looks_further_for_facts_that_pass_a_filter_the_index_cannot_appl
     """Sixty closer facts fail the filter (on a field the index does not hold), and
     updated facts leave stale points in a deferred index: search still finds the ones that
     pass, in order, rather than an empty list."""
-    import chromadb
-
     from coordinator import Policy
-    from participants.chroma import ChromaIndex
 
-    embedder = HashingEmbedder(32)
-    index: QdrantIndex | ChromaIndex = (
-        QdrantIndex(QdrantClient(path=str(tmp_path / "q")), "far", "content", embedder=embedder)
-        if kind == "qdrant local"
-        else ChromaIndex(
-            chromadb.PersistentClient(str(tmp_path / "c")), "far", "content", embedder=embedder
-        )
-    )
     mem = MemoryStore(
-        SQLiteStorage(tmp_path / "facts.db"), hooks=[index], policy=Policy(deferred_finish=True)
+        SQLiteStorage(tmp_path / "facts.db"),
+        hooks=[embedded_index(kind, tmp_path)],
+        policy=Policy(deferred_finish=True),
     )
     crowd = [
         mem.commit(Fact(type="note", payload={"content": "the answer", "topic": "other"}))

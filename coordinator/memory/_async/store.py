@@ -33,12 +33,19 @@ from coordinator.filters import check_filters, matches
 from coordinator.ids import new_txid
 from coordinator.log import AsyncMemoryDecisionLog
 from coordinator.memory._async.transaction import AsyncMemoryTransaction, index_holds
-from coordinator.memory._model import Constraint, Fact, SchemaRegistry, ScoredFact, as_dict
+from coordinator.memory._model import (
+    Constraint,
+    Fact,
+    SchemaRegistry,
+    ScoredFact,
+    as_dict,
+    check_text,
+)
 from coordinator.memory._verify import Drift, VerifyReport, compare, compare_copies
 from coordinator.outcomes import RecoveryReport
 from coordinator.plugins import open_decision_log, open_participant
 from coordinator.policy import Policy
-from coordinator.records import DeleteFact, JSONValue, UpsertFact, Write
+from coordinator.records import DeleteFact, FactRecord, JSONValue, UpsertFact, Write
 from coordinator.settings import LockstepSettings
 
 MOST_CANDIDATES = 10_000
@@ -318,7 +325,7 @@ class AsyncMemoryStore:
         :raises UsageError: ``session_id`` is not a non-empty str (``None`` would name every
             fact in the store).
         """
-        _check_session("promote_session", session_id)
+        check_text("promote_session(): session_id", session_id, required=True)
         facts = await self.storage.query(None, {}, session_id)
         promoted: list[str] = []
         async with self.transaction(session_id, actor, reason) as tx:
@@ -347,7 +354,7 @@ class AsyncMemoryStore:
         :raises UsageError: ``session_id`` is not a non-empty str (``None`` would name every
             fact in the store).
         """
-        _check_session("discard_session", session_id)
+        check_text("discard_session(): session_id", session_id, required=True)
         facts = await self.storage.query(None, {}, session_id)
         async with self.transaction(session_id, actor, reason) as tx:
             for fact in facts:
@@ -494,6 +501,7 @@ class AsyncMemoryStore:
         # fact the filters match is, or the indexes have nothing nearer to give.
         want = max(4 * k, 20)
         matching: int | None = None
+        facts: dict[str, FactRecord | None] = {}  # read once, whatever the rounds
         while True:
             hits: list[Hit] = []
             further = False
@@ -503,7 +511,10 @@ class AsyncMemoryStore:
                 further |= len(found) >= want and (
                     score_threshold is None or found[-1].score >= score_threshold
                 )
-            results = await self._ranked(hits, typename, session_id, checked, score_threshold)
+            unread = sorted({hit.fact_id for hit in hits} - facts.keys())
+            found_facts = await self.storage.get_many(unread)
+            facts.update({fact_id: found_facts.get(fact_id) for fact_id in unread})
+            results = _ranked(hits, facts, typename, session_id, checked, score_threshold)
             if len(results) >= k or not further or want >= MOST_CANDIDATES:
                 return results[:k]
             if matching is None:
@@ -511,36 +522,6 @@ class AsyncMemoryStore:
             if len(results) >= matching:
                 return results
             want *= 4
-
-    async def _ranked(
-        self,
-        hits: list[Hit],
-        typename: str | None,
-        session_id: str | None,
-        checked: Mapping[tuple[str, ...], JSONValue],
-        score_threshold: float | None,
-    ) -> list[ScoredFact]:
-        """The facts ``hits`` embed in their committed, current versions (G3) that pass
-        the filters, best first, each once."""
-        facts = await self.storage.get_many(sorted({hit.fact_id for hit in hits}))
-        best: dict[str, float] = {}
-        for hit in hits:  # only points of committed, current versions count (G3)
-            fact = facts.get(hit.fact_id)
-            if hit.is_current(fact) and hit.score > best.get(hit.fact_id, float("-inf")):
-                best[hit.fact_id] = hit.score
-        results = []
-        for fact_id, score in sorted(best.items(), key=lambda item: -item[1]):
-            fact = facts[fact_id]
-            if typename is not None and fact.type != typename:
-                continue
-            if session_id is not None and fact.session_id != session_id:
-                continue
-            if not matches(fact, checked):
-                continue
-            if score_threshold is not None and score < score_threshold:
-                continue
-            results.append(ScoredFact(fact=as_dict(fact), score=score))
-        return results
 
     # -- operations ---------------------------------------------------------------------
 
@@ -640,16 +621,39 @@ class AsyncMemoryStore:
         await self.close()
 
 
-def _check_session(method: str, session_id: object) -> None:
-    if not isinstance(session_id, str) or not session_id:
-        raise UsageError(
-            f"{method}(session_id): session_id must be a non-empty str, got {session_id!r}; "
-            "a session's facts are those committed with that session_id"
-        )
-
-
 def _whole(path: str | os.PathLike[str]) -> Path:
     return Path(path).expanduser().absolute()
+
+
+def _ranked(
+    hits: list[Hit],
+    facts: Mapping[str, FactRecord | None],
+    typename: str | None,
+    session_id: str | None,
+    checked: Mapping[tuple[str, ...], JSONValue],
+    score_threshold: float | None,
+) -> list[ScoredFact]:
+    """The facts ``hits`` embed in their committed, current versions (G3) that pass the
+    filters, best first, each once."""
+    best: dict[str, float] = {}
+    for hit in hits:  # only points of committed, current versions count (G3)
+        fact = facts.get(hit.fact_id)
+        if hit.is_current(fact) and hit.score > best.get(hit.fact_id, float("-inf")):
+            best[hit.fact_id] = hit.score
+    results = []
+    for fact_id, score in sorted(best.items(), key=lambda item: -item[1]):
+        fact = facts[fact_id]
+        assert fact is not None  # is_current
+        if typename is not None and fact.type != typename:
+            continue
+        if session_id is not None and fact.session_id != session_id:
+            continue
+        if not matches(fact, checked):
+            continue
+        if score_threshold is not None and score < score_threshold:
+            continue
+        results.append(ScoredFact(fact=as_dict(fact), score=score))
+    return results
 
 
 def _pushdown(
@@ -666,7 +670,7 @@ def _pushdown(
         if (
             key.startswith("payload.")
             and field in index.metadata_fields
-            and isinstance(value, str | int | float | bool)
+            and value is not None  # a scalar: check_filters saw to it
         ):
             where[field] = value
     return where

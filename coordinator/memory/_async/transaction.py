@@ -359,7 +359,7 @@ class AsyncMemoryTransaction:
         reason: str | None,
         claim: str | None,
     ) -> None:
-        check_text("fact id", fact_id, required=True)
+        # The id was checked where it came in (commit); the rest may come from the caller.
         check_text("fact type", typename, required=True)
         for what, value in (("session_id", session_id), ("source", source)):
             check_text(what, value)
