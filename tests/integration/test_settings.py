@@ -157,3 +157,86 @@ def test_a_backend_whose_extra_is_missing_names_the_extra(
     monkeypatch.setitem(sys.modules, missing, None)  # as if not installed
     with pytest.raises(ConfigurationError, match=rf"pip install 'lockstep\[{extra}\]'"):
         open_participant(url)
+
+
+@pytest.mark.parametrize("where", ["embedded", "server"])
+def test_a_collection_name_chroma_refuses_stops_the_open(
+    tmp_path: Path, request: pytest.FixtureRequest, where: str
+) -> None:
+    """Before, the store opened and every commit was a VoteRejected (which reads as
+    retryable) wrapping Chroma's validation error."""
+    if where == "server":
+        server = request.getfixturevalue("chroma_server")
+        index = f"chroma+http://127.0.0.1:{server.port}?collection=m"
+    else:
+        index = f"chroma+local:///{tmp_path}/chroma?collection=m"
+    settings = LockstepSettings(
+        storage=f"sqlite:///{tmp_path}/facts.db", indexes=[index], embedder="hashing:8"
+    )
+    with pytest.raises(ConfigurationError, match="Chroma refused the collection name 'm'"):
+        MemoryStore.from_settings(settings)
+
+
+@pytest.mark.parametrize("index", ["qdrant+local:///{d}/vectors", "chroma+local:///{d}/chroma"])
+def test_an_index_of_another_dimension_stops_the_open_and_releases_the_stores(
+    tmp_path: Path, index: str
+) -> None:
+    def settings(dim: int) -> LockstepSettings:
+        return LockstepSettings(
+            storage=f"sqlite:///{tmp_path}/facts.db",
+            indexes=[index.format(d=tmp_path) + "?collection=notes"],
+            embedder=f"hashing:{dim}",
+        )
+
+    with MemoryStore.from_settings(settings(16)) as mem:
+        fid = mem.commit(Fact(type="note", payload={"content": "kept"}))
+    with pytest.raises(
+        ConfigurationError, match="holds 16-dimensional vectors; the embedder makes 8"
+    ):
+        MemoryStore.from_settings(settings(8))
+    # Closed on the way out: Qdrant's local mode would refuse a second client while the
+    # first held its directory.
+    with MemoryStore.from_settings(settings(16)) as mem:
+        assert mem.get(fid)["payload"] == {"content": "kept"}  # type: ignore[index]
+        assert mem.indexes[0].contents().committed == {fid: 1}
+
+
+def test_the_embedded_default_refuses_an_embedder_of_another_dimension_at_open(
+    tmp_path: Path,
+) -> None:
+    with MemoryStore.open(tmp_path / "m", embedder=HashingEmbedder(16)) as mem:
+        fid = mem.commit(Fact(type="note", payload={"content": "kept"}))
+    with pytest.raises(ConfigurationError, match="the embedder makes 8"):
+        MemoryStore.open(tmp_path / "m", embedder=HashingEmbedder(8))
+    with MemoryStore.open(tmp_path / "m", embedder=HashingEmbedder(16)) as mem:
+        assert mem.get(fid)["payload"] == {"content": "kept"}  # type: ignore[index]
+
+
+def test_a_decision_naming_a_store_no_longer_configured_opens_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The configured stores' branches are settled; what the pass cannot settle is told to
+    the operator rather than kept in a report nobody reads."""
+    from coordinator.abc import Decision
+    from coordinator.ids import new_txid
+    from coordinator.log import SQLiteDecisionLog
+    from coordinator.records import FactRecord, UpsertFact
+    from participants.sqlite import SQLiteStorage
+
+    storage = SQLiteStorage(tmp_path / "facts.db", name="facts")
+    txid = new_txid()
+    storage.prepare(txid, [UpsertFact(FactRecord("a", "note", {"content": "x"}, 1), 0)])
+    storage.close()
+    log = SQLiteDecisionLog(tmp_path / "log.db")
+    log.decide(txid, Decision.COMMIT, ["facts", "removed-index"])
+    log.close()
+    settings = LockstepSettings(
+        storage=f"sqlite:///{tmp_path}/facts.db", log=f"sqlite:///{tmp_path}/log.db"
+    )
+    with (
+        caplog.at_level("WARNING", logger="coordinator"),
+        MemoryStore.from_settings(settings) as mem,
+    ):
+        assert mem.get("a")["payload"] == {"content": "x"}  # type: ignore[index]
+    assert f"recovery on open left 1 unsettled: {txid}" in caplog.text
+    assert "participants not configured here: ['removed-index']" in caplog.text

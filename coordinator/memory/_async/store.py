@@ -7,6 +7,7 @@ Every write, rollback and session operation is one atomic transaction across the
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -47,6 +48,8 @@ from coordinator.plugins import open_decision_log, open_participant
 from coordinator.policy import Policy
 from coordinator.records import DeleteFact, FactRecord, JSONValue, UpsertFact, Write
 from coordinator.settings import LockstepSettings
+
+logger = logging.getLogger("coordinator")
 
 MOST_CANDIDATES = 10_000
 """The furthest ``search`` looks in one index for facts that pass its filters."""
@@ -163,12 +166,9 @@ class AsyncMemoryStore:
         if await ablocking(beside.exists) and not await ablocking(has_own_log):
             log = _log(open_decision_log(f"sqlite:///{beside}", asynchronous=ASYNC_API))
         store = cls(storage, [index], log=log, policy=policy, fault_hook=fault_hook)
-        try:
-            await store.coordinator_with(in_doubt_timeout=0.001, redrive_after=0.0).recover()
-        except BaseException:
-            await store.close()
-            raise
-        return store
+        return await _recovered(
+            store, store.coordinator_with(in_doubt_timeout=0.001, redrive_after=0.0)
+        )
 
     @classmethod
     async def from_settings(cls, settings: LockstepSettings | None = None) -> AsyncMemoryStore:
@@ -197,8 +197,7 @@ class AsyncMemoryStore:
         if settings.log is not None:
             log = _log(open_decision_log(settings.log, asynchronous=ASYNC_API))
         store = cls(_storage(storage), indexes, mirrors=mirrors, log=log, policy=settings.policy())
-        await store.recover()
-        return store
+        return await _recovered(store, store.coordinator)
 
     def coordinator_with(self, **policy: Any) -> AsyncCoordinator:
         """A coordinator over the same stores with some policy fields changed."""
@@ -619,6 +618,31 @@ class AsyncMemoryStore:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+async def _recovered(store: AsyncMemoryStore, coordinator: AsyncCoordinator) -> AsyncMemoryStore:
+    """``store`` after the recovery pass ``coordinator`` runs on opening it; closed, with
+    the error raised, when one of its stores cannot work as configured (an index's
+    collection name or dimension, found as the pass lists its branches): better at once
+    than as every commit's refusal. What else the pass could not settle (a store out of
+    reach, a decision naming a store no longer configured) is logged; a later pass
+    retries it."""
+    try:
+        report = await coordinator.recover()
+        for participant in store.participants:
+            error = report.failed.get(participant.name)
+            if isinstance(error, ConfigurationError):
+                raise error
+        if report.failed:
+            logger.warning(
+                "recovery on open left %d unsettled: %s",
+                len(report.failed),
+                "; ".join(f"{key}: {error}" for key, error in sorted(report.failed.items())),
+            )
+    except BaseException:
+        await store.close()
+        raise
+    return store
 
 
 def _whole(path: str | os.PathLike[str]) -> Path:

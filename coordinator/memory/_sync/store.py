@@ -9,6 +9,7 @@ Every write, rollback and session operation is one atomic transaction across the
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -49,6 +50,8 @@ from coordinator.plugins import open_decision_log, open_participant
 from coordinator.policy import Policy
 from coordinator.records import DeleteFact, FactRecord, JSONValue, UpsertFact, Write
 from coordinator.settings import LockstepSettings
+
+logger = logging.getLogger("coordinator")
 
 MOST_CANDIDATES = 10_000
 """The furthest ``search`` looks in one index for facts that pass its filters."""
@@ -165,12 +168,7 @@ class MemoryStore:
         if blocking(beside.exists) and not blocking(has_own_log):
             log = _log(open_decision_log(f"sqlite:///{beside}", asynchronous=SYNC_API))
         store = cls(storage, [index], log=log, policy=policy, fault_hook=fault_hook)
-        try:
-            store.coordinator_with(in_doubt_timeout=0.001, redrive_after=0.0).recover()
-        except BaseException:
-            store.close()
-            raise
-        return store
+        return _recovered(store, store.coordinator_with(in_doubt_timeout=0.001, redrive_after=0.0))
 
     @classmethod
     def from_settings(cls, settings: LockstepSettings | None = None) -> MemoryStore:
@@ -199,8 +197,7 @@ class MemoryStore:
         if settings.log is not None:
             log = _log(open_decision_log(settings.log, asynchronous=SYNC_API))
         store = cls(_storage(storage), indexes, mirrors=mirrors, log=log, policy=settings.policy())
-        store.recover()
-        return store
+        return _recovered(store, store.coordinator)
 
     def coordinator_with(self, **policy: Any) -> Coordinator:
         """A coordinator over the same stores with some policy fields changed."""
@@ -619,6 +616,31 @@ class MemoryStore:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _recovered(store: MemoryStore, coordinator: Coordinator) -> MemoryStore:
+    """``store`` after the recovery pass ``coordinator`` runs on opening it; closed, with
+    the error raised, when one of its stores cannot work as configured (an index's
+    collection name or dimension, found as the pass lists its branches): better at once
+    than as every commit's refusal. What else the pass could not settle (a store out of
+    reach, a decision naming a store no longer configured) is logged; a later pass
+    retries it."""
+    try:
+        report = coordinator.recover()
+        for participant in store.participants:
+            error = report.failed.get(participant.name)
+            if isinstance(error, ConfigurationError):
+                raise error
+        if report.failed:
+            logger.warning(
+                "recovery on open left %d unsettled: %s",
+                len(report.failed),
+                "; ".join(f"{key}: {error}" for key, error in sorted(report.failed.items())),
+            )
+    except BaseException:
+        store.close()
+        raise
+    return store
 
 
 def _whole(path: str | os.PathLike[str]) -> Path:

@@ -277,14 +277,25 @@ class ChromaIndex(VectorIndexBase):
             return self._collection
         # `chromadb.AsyncHttpClient()` may be passed without its `await`.
         client = self._client = resolve(self._client)
-        collection = self._call(
-            "open",
-            None,
-            client.get_or_create_collection,
-            self._collection_name,
-            embedding_function=None,
-            metadata={"hnsw:space": "cosine", MARKER: self.shape.dim},
-        )
+        try:
+            collection = self._call(
+                "open",
+                None,
+                client.get_or_create_collection,
+                self._collection_name,
+                embedding_function=None,
+                metadata={"hnsw:space": "cosine", MARKER: self.shape.dim},
+            )
+        except ParticipantError as exc:
+            from chromadb.errors import InvalidArgumentError
+
+            if isinstance(exc.__cause__, InvalidArgumentError):  # the name, as Chroma checks it
+                raise ConfigurationError(
+                    f"Chroma refused the collection name {self._collection_name!r} "
+                    f"({exc.__cause__}); name another collection",
+                    participant=self._name,
+                ) from exc.__cause__
+            raise
         metadata = collection.metadata or {}
         if MARKER not in metadata:
             count = self._call("open", None, collection.count)
