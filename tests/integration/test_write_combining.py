@@ -329,3 +329,41 @@ async def test_a_caller_cancelled_while_its_turn_waits_is_never_written() -> Non
     assert cancelled == [True]
     assert batches[2:] == [["y"]], "the cancelled caller must not be written"
     assert combiner._queue.requests == []
+
+
+def test_a_transaction_larger_than_chromas_batch_limit_is_written_in_parts(
+    client: Any, tmp_path: Path
+) -> None:
+    """Chroma refuses a call of more records than its limit: such a transaction was a
+    VoteRejected, and a deferred batch of large transactions could never be finished."""
+    from coordinator import Fact, MemoryStore, Policy, VersionConflict
+    from participants.sqlite import SQLiteStorage
+
+    most = client.get_max_batch_size()
+    collection = f"c{uuid.uuid4().hex[:12]}"
+    index = ChromaIndex(client, collection, "content", embedder=EMBEDDER)
+    storage = SQLiteStorage(tmp_path / "facts.db", name="facts")
+    with MemoryStore(storage, [index], policy=Policy(deferred_finish=True)) as mem:
+        with mem.transaction() as tx:
+            ids = [
+                tx.commit(Fact(type="note", payload={"content": f"n {i}"})) for i in range(most + 1)
+            ]
+        with mem.transaction() as tx:
+            for fact_id in ids:
+                tx.update(fact_id, {"payload": {"content": "revised"}})
+        mem.flush()  # one batch: both transactions' points, twice the limit
+        contents = index.contents()
+        assert contents.committed == dict.fromkeys(ids, 2) and contents.pending == ()
+        points = client.get_collection(collection)
+        assert points.count() == most + 1  # the first versions are gone
+
+        # Refused by the storage after the index staged more points than the limit: every
+        # staged point is removed.
+        with pytest.raises(VersionConflict), mem.transaction() as tx:
+            for fact_id in ids:
+                tx.update(fact_id, {"payload": {"content": "lost"}})
+            mem.update(ids[0], {"payload": {"content": "first"}})
+        mem.flush()  # that update's own phase 2
+        contents = index.contents()
+        assert contents.pending == () and points.count() == most + 1
+        assert {f["payload"]["content"] for f in mem.query()} == {"revised", "first"}

@@ -79,6 +79,7 @@ class AsyncChromaIndex(VectorIndexBase):
             name,
         )
         self._collection: Any = None
+        self._most = 1  # records a write call may carry, read from the client on first use
         # What this process staged, by txid, until the branch ends: a commit then needs
         # no read to find its points (recovery and other processes' branches read them).
         self._staged: dict[str, list[tuple[str, dict[str, Any]]]] = {}
@@ -110,7 +111,7 @@ class AsyncChromaIndex(VectorIndexBase):
 
     async def _upsert(self, points: list[Point]) -> None:
         txids = {p.payload["txid"] for p in points}
-        await self._call(
+        await self._in_batches(
             "prepare",
             str(txids.pop()) if len(txids) == 1 else None,
             self._collection.upsert,
@@ -155,7 +156,7 @@ class AsyncChromaIndex(VectorIndexBase):
             (point, {**m, "state": COMMITTED}) for point, m in points if m.get("state") == PENDING
         ]
         if marked:
-            await self._call(
+            await self._in_batches(
                 "commit",
                 txid,
                 collection.update,
@@ -185,7 +186,7 @@ class AsyncChromaIndex(VectorIndexBase):
                 if int(m["version"]) < replacing[str(m["fact_id"])]
             ]
             if replaced:
-                await self._call("commit", txid, collection.delete, ids=replaced)
+                await self._in_batches("commit", txid, collection.delete, ids=replaced)
         elif replacing:
             older = [
                 {"$and": [{"fact_id": fact_id}, {"version": {"$lt": version}}]}
@@ -199,7 +200,7 @@ class AsyncChromaIndex(VectorIndexBase):
             if m.get("op") == "delete" and int(m["version"]) == newest[str(m["fact_id"])]
         ]
         if markers:
-            await self._call("commit", txid, collection.delete, ids=markers)
+            await self._in_batches("commit", txid, collection.delete, ids=markers)
 
     async def abort(self, txid: str) -> None:
         await self._abort([txid], txid)
@@ -313,8 +314,21 @@ class AsyncChromaIndex(VectorIndexBase):
                 f"dimensional vectors; the embedder makes {self.shape.dim}",
                 participant=self._name,
             )
+        # Chroma refuses a write of more records than this in one call.
+        self._most = int(await self._call("open", None, client.get_max_batch_size))
         self._collection = collection
         return collection
+
+    async def _in_batches(
+        self, action: str, txid: str | None, fn: Any, **columns: Sequence[Any]
+    ) -> None:
+        """``fn(**columns)`` in as many calls as Chroma's batch limit needs (a transaction,
+        or the transactions one call combines, may hold more records than the limit). Each
+        call is idempotent, so a retry after a failure part of the way is safe."""
+        length = len(columns["ids"])
+        for start in range(0, length, self._most):
+            part = {key: values[start : start + self._most] for key, values in columns.items()}
+            await self._call(action, txid, fn, **part)
 
     async def _call(self, action: str, txid: str | None, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
