@@ -21,8 +21,12 @@ MAX_PAYLOAD_BYTES = 1 << 20
 
 
 def fact_writes(participant: str, writes: Sequence[Write]) -> list[FactWrite]:
-    """The fact writes among ``writes``; ``Execute`` is refused by stores without SQL."""
+    """The fact writes among ``writes``; ``Execute`` is refused by stores without SQL.
+
+    :raises VersionConflict: two facts of the transaction take the same claim.
+    """
     out: list[FactWrite] = []
+    claims: dict[str, str] = {}
     for i, write in enumerate(writes):
         if isinstance(write, TransactionMeta):
             continue
@@ -52,6 +56,10 @@ def fact_writes(participant: str, writes: Sequence[Write]) -> list[FactWrite]:
                     f"replaces version {write.expected_version}; a new version must be higher",
                     participant=participant,
                 )
+            if write.claim is not None:
+                holder = claims.setdefault(write.claim, write.fact.id)
+                if holder != write.fact.id:
+                    raise claim_conflict(participant, None, write.claim, holder)
         elif not isinstance(write, DeleteFact):
             raise UsageError(f"writes[{i}] is not a write: {write!r}", participant=participant)
         out.append(write)
@@ -64,7 +72,7 @@ def transaction_meta(writes: Sequence[Write]) -> TransactionMeta:
     return metas[-1] if metas else TransactionMeta()
 
 
-def claim_conflict(participant: str, txid: str, claim: str, holder: str) -> VersionConflict:
+def claim_conflict(participant: str, txid: str | None, claim: str, holder: str) -> VersionConflict:
     key = claim.split(CLAIM_SEPARATOR)
     shown = f"{key[1]}={key[2]} of type {key[0]!r}" if len(key) == 3 else repr(claim)
     return VersionConflict(

@@ -96,7 +96,7 @@ SELECT 'head', f.id,
   FROM f
 ORDER BY 1, 2, 3"""
 SELECT_VERSIONS = "SELECT id, version FROM lockstep_facts WHERE id = ANY(%s) FOR UPDATE NOWAIT"
-SELECT_CLAIM = "SELECT fact_id FROM lockstep_claims WHERE claim = %s FOR UPDATE NOWAIT"
+SELECT_CLAIMS = "SELECT claim, fact_id FROM lockstep_claims WHERE claim = ANY(%s) FOR UPDATE NOWAIT"
 UPSERT_FACT = (
     "INSERT INTO lockstep_facts (id, type, session_id, version, ts, record) "
     "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET type = excluded.type, "
@@ -117,6 +117,17 @@ SELECT_UNDOABLE = (
     "ORDER BY seq DESC LIMIT %s"
 )
 SELECT_UNDOABLE_IN_SESSION = SELECT_UNDOABLE.replace("ORDER BY", "AND session_id = %s ORDER BY")
+
+
+def clashing_history(exc: Exception, rows: Sequence[tuple[Any, ...]]) -> tuple[str, int]:
+    """The ``(fact_id, version)`` of ``rows`` whose history row the unique violation
+    ``exc`` refused, as its detail names it (``Key (id, version)=(a, 2) already
+    exists.``); the first row when the detail does not say."""
+    detail = getattr(getattr(exc, "diag", None), "message_detail", None) or ""
+    for row in rows:
+        if f"=({row[0]}, {row[1]})" in detail:
+            return str(row[0]), int(row[1])
+    return str(rows[0][0]), int(rows[0][1])
 
 
 def fact_row(fact: FactRecord) -> tuple[Any, ...]:

@@ -465,7 +465,8 @@ class PostgresStorage:
         now = time.time()
         # The marker goes first: a fenced (aborted) txid fails here, before any work.
         conn.execute("INSERT INTO lockstep_markers VALUES (%s, 'committed', %s)", (txid, now))
-        cursor = conn.execute(sql.SELECT_VERSIONS, ([w.fact_id for w in facts],))
+        ids = [w.fact_id for w in facts]
+        cursor = conn.execute(sql.SELECT_VERSIONS, (ids,))
         versions = dict(cursor.fetchall())
         for write in facts:
             actual = versions.get(write.fact_id, 0)
@@ -473,32 +474,25 @@ class PostgresStorage:
                 raise version_conflict(
                     self._name, txid, write.fact_id, write.expected_version, actual
                 )
-            conn.execute("DELETE FROM lockstep_claims WHERE fact_id = %s", (write.fact_id,))
-            if isinstance(write, UpsertFact):
-                if write.claim is not None:
-                    owner = (conn.execute(sql.SELECT_CLAIM, (write.claim,))).fetchone()
-                    if owner is not None and owner[0] != write.fact_id:
-                        raise claim_conflict(self._name, txid, write.claim, owner[0])
-                    conn.execute(
-                        "INSERT INTO lockstep_claims VALUES (%s, %s)", (write.claim, write.fact_id)
-                    )
-                fact = write.fact
-                conn.execute(sql.UPSERT_FACT, sql.fact_row(fact))
-                try:
-                    conn.execute(
-                        sql.INSERT_HISTORY,
-                        (fact.id, fact.version, False, fact.txid, fact.to_json()),
-                    )
-                except errors.UniqueViolation as exc:
-                    raise history_conflict(self._name, txid, fact.id, fact.version) from exc
-            else:
-                conn.execute("DELETE FROM lockstep_facts WHERE id = %s", (write.fact_id,))
-                if write.tombstone is not None:
-                    stone = write.tombstone
-                    conn.execute(
-                        sql.INSERT_HISTORY,
-                        (write.fact_id, stone.version, True, stone.txid, stone.to_json()),
-                    )
+        upserts = [w for w in facts if isinstance(w, UpsertFact)]
+        claims = self._check_claims(conn, txid, upserts)
+        # Each statement for all the facts at once: a transaction of thousands of facts
+        # is not thousands of round trips.
+        conn.execute("DELETE FROM lockstep_claims WHERE fact_id = ANY(%s)", (ids,))
+        gone = [w.fact_id for w in facts if isinstance(w, DeleteFact)]
+        if gone:
+            conn.execute("DELETE FROM lockstep_facts WHERE id = ANY(%s)", (gone,))
+        _each(conn, sql.UPSERT_FACT, [sql.fact_row(w.fact) for w in upserts])
+        history = [(w.fact, False) for w in upserts] + [
+            (w.tombstone, True) for w in facts if isinstance(w, DeleteFact) and w.tombstone
+        ]
+        rows = [(f.id, f.version, deleted, f.txid, f.to_json()) for f, deleted in history]
+        try:
+            _each(conn, sql.INSERT_HISTORY, rows)
+        except errors.UniqueViolation as exc:
+            fact_id, version = sql.clashing_history(exc, rows)
+            raise history_conflict(self._name, txid, fact_id, version) from exc
+        _each(conn, "INSERT INTO lockstep_claims VALUES (%s, %s)", claims)
         for statement in statements:
             conn.execute(statement.sql, statement.params)
         if meta.undoes:
@@ -515,6 +509,19 @@ class PostgresStorage:
                 meta.reason,
             ),
         )
+
+    def _check_claims(
+        self, conn: Connection[Any], txid: str, upserts: Sequence[UpsertFact]
+    ) -> list[tuple[str, str]]:
+        """The ``(claim, fact_id)`` rows ``upserts`` take, once no other fact holds one
+        (read with its row locked; ``fact_writes`` refused two upserts taking one)."""
+        taken = {w.claim: w.fact_id for w in upserts if w.claim is not None}
+        if taken:
+            cursor = conn.execute(sql.SELECT_CLAIMS, (list(taken),))
+            for claim, owner in cursor.fetchall():
+                if owner != taken[claim]:
+                    raise claim_conflict(self._name, txid, claim, owner)
+        return list(taken.items())
 
     def _is_prepared(self, txid: str) -> bool:
         return txid in self.recover()
@@ -638,3 +645,12 @@ def _rollback_local(conn: Connection[Any]) -> None:
         conn.rollback()
     except psycopg.Error:
         pass
+
+
+def _each(conn: Connection[Any], statement: str, rows: Sequence[Any]) -> None:
+    """``statement`` for each of ``rows``: several rows in one pipeline
+    (``executemany``), a single one as a plain statement."""
+    if len(rows) == 1:
+        conn.execute(statement, rows[0])
+    elif rows:
+        conn.cursor().executemany(statement, rows)

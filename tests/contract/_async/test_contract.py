@@ -242,7 +242,15 @@ async def test_a_singleton_claim_is_unique_among_committed_and_staged_facts(
         await store.prepare(new_txid(), [UpsertFact(fact("c", 1), 0, claim=claim)])
     await store.commit(staged)
     assert await store.get("b") == fact("b", 1)
+    # Nor may two facts of one transaction both take a claim.
+    chef = singleton_claim("pref", "role", "chef")
+    with pytest.raises(VersionConflict, match="role=\"chef\" of type 'pref' already belongs"):
+        await store.prepare(
+            new_txid(),
+            [UpsertFact(fact("d", 1), 0, claim=chef), UpsertFact(fact("e", 1), 0, claim=chef)],
+        )
     assert await store.recover() == []
+    assert await store.get("d") is None and await store.get("e") is None
 
 
 def ids(facts: list[FactRecord]) -> list[str]:
@@ -313,6 +321,8 @@ async def test_a_version_history_holds_is_never_written_again(open_store: Opener
     taken = "version 3 of fact 'a' is already in its history"
     with pytest.raises(VersionConflict, match=taken):
         await store.prepare(new_txid(), [late])
+    with pytest.raises(VersionConflict, match=taken):  # named among the transaction's facts
+        await store.prepare(new_txid(), [UpsertFact(fact("b", 1), 0), late])
     if isinstance(store, AsyncSupportsOnePhase):  # the path a last resource takes too
         with pytest.raises(VersionConflict, match=taken):
             await store.commit_one_phase(new_txid(), [late])

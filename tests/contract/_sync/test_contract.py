@@ -244,7 +244,15 @@ def test_a_singleton_claim_is_unique_among_committed_and_staged_facts(
         store.prepare(new_txid(), [UpsertFact(fact("c", 1), 0, claim=claim)])
     store.commit(staged)
     assert store.get("b") == fact("b", 1)
+    # Nor may two facts of one transaction both take a claim.
+    chef = singleton_claim("pref", "role", "chef")
+    with pytest.raises(VersionConflict, match="role=\"chef\" of type 'pref' already belongs"):
+        store.prepare(
+            new_txid(),
+            [UpsertFact(fact("d", 1), 0, claim=chef), UpsertFact(fact("e", 1), 0, claim=chef)],
+        )
     assert store.recover() == []
+    assert store.get("d") is None and store.get("e") is None
 
 
 def ids(facts: list[FactRecord]) -> list[str]:
@@ -313,6 +321,8 @@ def test_a_version_history_holds_is_never_written_again(open_store: Opener) -> N
     taken = "version 3 of fact 'a' is already in its history"
     with pytest.raises(VersionConflict, match=taken):
         store.prepare(new_txid(), [late])
+    with pytest.raises(VersionConflict, match=taken):  # named among the transaction's facts
+        store.prepare(new_txid(), [UpsertFact(fact("b", 1), 0), late])
     if isinstance(store, SupportsOnePhase):  # the path a last resource takes too
         with pytest.raises(VersionConflict, match=taken):
             store.commit_one_phase(new_txid(), [late])
