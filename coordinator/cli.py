@@ -14,25 +14,47 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any, cast
 
 from coordinator import daemon
 from coordinator._sync.coordinator import Coordinator
 from coordinator.abc import DecisionLog, Participant
-from coordinator.errors import LockstepError
+from coordinator.errors import ConfigurationError, LockstepError
 from coordinator.faults import hook_from_environment
 from coordinator.ids import txid_time
 from coordinator.memory import MemoryStore
 from coordinator.outcomes import RecoveryReport
 from coordinator.plugins import open_decision_log, open_participant, path_of, scheme_of
 from coordinator.policy import Policy
-from coordinator.settings import LockstepSettings
+from coordinator.settings import DEFAULT_PATH, LockstepSettings
 
 LeaseFactory = Callable[[], AbstractContextManager[daemon.Lease]]
 
 
 def _settings(args: argparse.Namespace) -> LockstepSettings:
     return LockstepSettings.from_file(args.config) if args.config else LockstepSettings()
+
+
+def _existing_store(settings: LockstepSettings) -> MemoryStore:
+    """The store the settings name, which must exist: run where there is none, a command
+    would create an empty store and report it clean."""
+    if settings.storage is None:
+        facts: Path | None = Path(settings.path or DEFAULT_PATH) / "facts.db"
+    elif scheme_of(settings.storage) == "sqlite":
+        facts = Path(path_of(settings.storage))
+    else:
+        facts = None  # a server: opening it creates nothing
+    if facts is not None and not facts.exists():
+        if settings.storage or settings.path:
+            named = f"the settings' `{'storage' if settings.storage else 'path'}` names it"
+        else:
+            named = "the embedded default's, opened when no settings name a store"
+        raise ConfigurationError(
+            f"no store at {facts.absolute()} ({named}); run where the store is, or name it "
+            "in lockstep.toml, with --config or with LOCKSTEP_* variables"
+        )
+    return MemoryStore.from_settings(settings)
 
 
 def _coordinator(args: argparse.Namespace) -> tuple[Coordinator, LeaseFactory | None]:
@@ -55,7 +77,7 @@ def _coordinator(args: argparse.Namespace) -> tuple[Coordinator, LeaseFactory | 
         log = cast(DecisionLog, open_decision_log(args.log))
         hook = hook_from_environment()
         return Coordinator(participants, log, policy=policy, fault_hook=hook), _lease_of(log)
-    store = MemoryStore.from_settings(settings)
+    store = _existing_store(settings)
     coordinator = store.coordinator_with(in_doubt_timeout=timeout)
     return coordinator, _lease_of(store.log)
 
@@ -154,7 +176,7 @@ def _recover(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    store = MemoryStore.from_settings(_settings(args))
+    store = _existing_store(_settings(args))
     try:
         report = store.repair() if args.repair else store.verify()
         if args.json:

@@ -29,6 +29,9 @@ from coordinator.abc import Embedder
 from coordinator.embeddings import embedder_from_spec
 from coordinator.policy import Policy
 
+DEFAULT_PATH = "lockstep-memory"
+"""The embedded default's directory when the settings name neither ``path`` nor ``storage``."""
+
 
 class LockstepSettings(BaseSettings):
     """Where the stores are and how the engine behaves (validated; unknown keys refused)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +14,15 @@ from participants.sqlite import SQLiteStorage
 from tests.support.crash import upsert
 
 
-def lockstep(*args: str) -> subprocess.CompletedProcess[str]:
+def lockstep(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "coordinator.cli", *args],
         check=False,
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
     )
 
 
@@ -103,3 +106,28 @@ def test_recover_refuses_a_log_that_would_abort_committed_work(tmp_path: Path) -
     assert again.indexes[0].contents().committed == {"kept": 1}
     assert again.verify().clean
     again.close()
+
+
+def test_a_command_run_where_no_store_is_says_so_and_creates_none(tmp_path: Path) -> None:
+    """Before, it created an empty embedded store there and reported it clean."""
+    for command in ("verify", "status", "recover"):
+        result = lockstep(command, cwd=tmp_path)
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert f"no store at {tmp_path}/lockstep-memory/facts.db" in result.stderr
+    config = tmp_path / "lockstep.toml"
+    config.write_text('storage = "sqlite:///agent.db"\n')
+    result = lockstep("--config", str(config), "verify", cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"no store at {tmp_path}/agent.db (the settings' `storage` names it)" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lockstep.toml"]
+
+    # Where the store is, the same commands run.
+    from coordinator import Fact, MemoryStore
+    from coordinator.embeddings import HashingEmbedder
+
+    with MemoryStore.open(tmp_path / "lockstep-memory", embedder=HashingEmbedder(16)) as mem:
+        mem.commit(Fact(type="note", payload={"content": "here"}))
+    config.write_text('embedder = "hashing:16"\n')  # read from the working directory
+    result = lockstep("verify", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["facts"] == 1

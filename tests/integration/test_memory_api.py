@@ -535,3 +535,41 @@ def test_search_looks_further_for_facts_that_pass_a_filter_the_index_cannot_appl
         h.fact["id"] for h in mem.search("the answer", k=1, filters={"payload.topic": "x"})
     ] == [near]
     mem.close()
+
+
+def test_a_closed_store_refuses_every_operation_and_closes_once(tmp_path: Path) -> None:
+    """Before, each call failed in whichever backend it reached first, as a
+    ParticipantError ("Cannot operate on a closed database"), which reads as a store
+    failing rather than a program using a store it closed."""
+    embedder = HashingEmbedder(16)
+    mem = MemoryStore.open(tmp_path / "m", embedder=embedder)
+    kept = mem.commit(Fact(type="note", payload={"content": "kept"}, session_id="s"))
+    tx = mem.transaction()
+    tx.commit(Fact(type="note", payload={"content": "begun before the close"}))
+    mem.close()
+    mem.close()  # again: nothing to do
+    calls: dict[str, Any] = {
+        "commit": lambda: mem.commit(Fact(type="note", payload={"content": "late"})),
+        "update": lambda: mem.update(kept, {"payload": {"content": "late"}}),
+        "delete": lambda: mem.delete(None, kept),
+        "transaction": lambda: mem.transaction(),
+        "finish a transaction begun before": tx.finish,
+        "rollback": lambda: mem.rollback(1),
+        "promote_session": lambda: mem.promote_session("s"),
+        "discard_session": lambda: mem.discard_session("s"),
+        "get": lambda: mem.get(kept),
+        "query": lambda: mem.query(),
+        "history": lambda: mem.history(kept),
+        "search": lambda: mem.search("kept"),
+        "recover": mem.recover,
+        "flush": mem.flush,
+        "verify": mem.verify,
+        "repair": mem.repair,
+    }
+    for name, call in calls.items():
+        with pytest.raises(UsageError, match="this memory store is closed"):
+            call()
+            pytest.fail(f"{name} ran on a closed store")
+    with MemoryStore.open(tmp_path / "m", embedder=embedder) as again:
+        assert [f["payload"] for f in again.query()] == [{"content": "kept"}]
+        assert again.indexes[0].contents().committed == {kept: 1}

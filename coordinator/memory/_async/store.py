@@ -47,7 +47,7 @@ from coordinator.outcomes import RecoveryReport
 from coordinator.plugins import open_decision_log, open_participant
 from coordinator.policy import Policy
 from coordinator.records import DeleteFact, FactRecord, JSONValue, UpsertFact, Write
-from coordinator.settings import LockstepSettings
+from coordinator.settings import DEFAULT_PATH, LockstepSettings
 
 logger = logging.getLogger("coordinator")
 
@@ -111,6 +111,7 @@ class AsyncMemoryStore:
                 self.policy = replace(self.policy, last_resource=storage.name)
         self.log: AsyncDecisionLog = log or AsyncMemoryDecisionLog()
         self._fault_hook = fault_hook
+        self._closed = False
         self.coordinator = AsyncCoordinator(
             [storage], self.log, policy=self.policy, fault_hook=fault_hook
         )
@@ -182,7 +183,7 @@ class AsyncMemoryStore:
                     "source of truth) or use `path` alone for the embedded default"
                 )
             return await cls.open(
-                settings.path or "lockstep-memory", embedder=embedder, policy=settings.policy()
+                settings.path or DEFAULT_PATH, embedder=embedder, policy=settings.policy()
             )
         storage = open_participant(settings.storage, name="facts", asynchronous=ASYNC_API)
         indexes = [
@@ -254,6 +255,7 @@ class AsyncMemoryStore:
         self, session_id: str | None = None, actor: str | None = None, reason: str | None = None
     ) -> AsyncMemoryTransaction:
         """Several changes, one atomic commit: ``async with store.transaction() as tx:``."""
+        self.check_open()
         return AsyncMemoryTransaction(self, session_id, actor, reason)
 
     # -- writes (each one atomic transaction) -------------------------------------------
@@ -324,6 +326,7 @@ class AsyncMemoryStore:
         :raises UsageError: ``session_id`` is not a non-empty str (``None`` would name every
             fact in the store).
         """
+        self.check_open()
         check_text("promote_session(): session_id", session_id, required=True)
         facts = await self.storage.query(None, {}, session_id)
         promoted: list[str] = []
@@ -353,6 +356,7 @@ class AsyncMemoryStore:
         :raises UsageError: ``session_id`` is not a non-empty str (``None`` would name every
             fact in the store).
         """
+        self.check_open()
         check_text("discard_session(): session_id", session_id, required=True)
         facts = await self.storage.query(None, {}, session_id)
         async with self.transaction(session_id, actor, reason) as tx:
@@ -384,6 +388,7 @@ class AsyncMemoryStore:
             )
         if steps <= 0:
             raise UsageError(f"rollback(): steps must be >= 1, got {steps}")
+        self.check_open()
         entries = await self.storage.transactions(session_id, steps)
         if not entries:
             return []
@@ -436,6 +441,7 @@ class AsyncMemoryStore:
 
     async def get(self, fact_id: str) -> dict[str, Any] | None:
         """The fact's committed state, or ``None``."""
+        self.check_open()
         fact = await self.storage.get(fact_id)
         return None if fact is None else as_dict(fact)
 
@@ -450,11 +456,13 @@ class AsyncMemoryStore:
         :raises UsageError: a malformed filter key or a non-scalar value.
         """
         check_filters(filters)
+        self.check_open()
         found = await self.storage.query(typename, filters or {}, session_id)
         return [as_dict(f) for f in found]
 
     async def history(self, fact_id: str) -> list[dict[str, Any]]:
         """Every committed version of the fact, oldest first (deletes included)."""
+        self.check_open()
         return [as_dict(f) for f in await self.storage.history(fact_id)]
 
     async def search(
@@ -487,6 +495,7 @@ class AsyncMemoryStore:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise UsageError(f"search(): k must be a positive int, got {k!r}")
         checked = check_filters(filters)
+        self.check_open()
         looks = [
             (
                 index,
@@ -526,17 +535,20 @@ class AsyncMemoryStore:
 
     async def recover(self) -> RecoveryReport:
         """Resolve every in-doubt transaction of these stores (one recovery pass)."""
+        self.check_open()
         return await self.coordinator.recover()
 
     async def flush(self) -> None:
         """Finish the indexes' deferred phase-2 work now (``Policy.deferred_finish``): mark
         this process's committed points committed and remove the versions they replace.
         Searches do not need it; tools that read an index directly may."""
+        self.check_open()
         await self.coordinator.flush()
 
     async def verify(self) -> VerifyReport:
         """Compare every mirror and index with the storage, fact by fact (this process's
         deferred index work is finished first)."""
+        self.check_open()
         await self.coordinator.flush()
         facts = await self.storage.all_facts()
         drift = {}
@@ -605,8 +617,17 @@ class AsyncMemoryStore:
             await store.commit(txid)
 
     async def close(self) -> None:
-        """Close the storage, the indexes and the log."""
+        """Close the storage, the indexes and the log (once; closing again does nothing).
+        The store cannot be used afterwards: open it again."""
+        if self._closed:
+            return
+        self._closed = True
         await self.coordinator.close()
+
+    def check_open(self) -> None:
+        """:raises UsageError: the store was closed."""
+        if self._closed:
+            raise UsageError("this memory store is closed; open the stores again to use them")
 
     async def __aenter__(self) -> Self:
         return self

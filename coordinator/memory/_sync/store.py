@@ -49,7 +49,7 @@ from coordinator.outcomes import RecoveryReport
 from coordinator.plugins import open_decision_log, open_participant
 from coordinator.policy import Policy
 from coordinator.records import DeleteFact, FactRecord, JSONValue, UpsertFact, Write
-from coordinator.settings import LockstepSettings
+from coordinator.settings import DEFAULT_PATH, LockstepSettings
 
 logger = logging.getLogger("coordinator")
 
@@ -113,6 +113,7 @@ class MemoryStore:
                 self.policy = replace(self.policy, last_resource=storage.name)
         self.log: DecisionLog = log or MemoryDecisionLog()
         self._fault_hook = fault_hook
+        self._closed = False
         self.coordinator = Coordinator(
             [storage], self.log, policy=self.policy, fault_hook=fault_hook
         )
@@ -182,7 +183,7 @@ class MemoryStore:
                     "source of truth) or use `path` alone for the embedded default"
                 )
             return cls.open(
-                settings.path or "lockstep-memory", embedder=embedder, policy=settings.policy()
+                settings.path or DEFAULT_PATH, embedder=embedder, policy=settings.policy()
             )
         storage = open_participant(settings.storage, name="facts", asynchronous=SYNC_API)
         indexes = [
@@ -254,6 +255,7 @@ class MemoryStore:
         self, session_id: str | None = None, actor: str | None = None, reason: str | None = None
     ) -> MemoryTransaction:
         """Several changes, one atomic commit: ``async with store.transaction() as tx:``."""
+        self.check_open()
         return MemoryTransaction(self, session_id, actor, reason)
 
     # -- writes (each one atomic transaction) -------------------------------------------
@@ -322,6 +324,7 @@ class MemoryStore:
         :raises UsageError: ``session_id`` is not a non-empty str (``None`` would name every
             fact in the store).
         """
+        self.check_open()
         check_text("promote_session(): session_id", session_id, required=True)
         facts = self.storage.query(None, {}, session_id)
         promoted: list[str] = []
@@ -351,6 +354,7 @@ class MemoryStore:
         :raises UsageError: ``session_id`` is not a non-empty str (``None`` would name every
             fact in the store).
         """
+        self.check_open()
         check_text("discard_session(): session_id", session_id, required=True)
         facts = self.storage.query(None, {}, session_id)
         with self.transaction(session_id, actor, reason) as tx:
@@ -382,6 +386,7 @@ class MemoryStore:
             )
         if steps <= 0:
             raise UsageError(f"rollback(): steps must be >= 1, got {steps}")
+        self.check_open()
         entries = self.storage.transactions(session_id, steps)
         if not entries:
             return []
@@ -434,6 +439,7 @@ class MemoryStore:
 
     def get(self, fact_id: str) -> dict[str, Any] | None:
         """The fact's committed state, or ``None``."""
+        self.check_open()
         fact = self.storage.get(fact_id)
         return None if fact is None else as_dict(fact)
 
@@ -448,11 +454,13 @@ class MemoryStore:
         :raises UsageError: a malformed filter key or a non-scalar value.
         """
         check_filters(filters)
+        self.check_open()
         found = self.storage.query(typename, filters or {}, session_id)
         return [as_dict(f) for f in found]
 
     def history(self, fact_id: str) -> list[dict[str, Any]]:
         """Every committed version of the fact, oldest first (deletes included)."""
+        self.check_open()
         return [as_dict(f) for f in self.storage.history(fact_id)]
 
     def search(
@@ -485,6 +493,7 @@ class MemoryStore:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise UsageError(f"search(): k must be a positive int, got {k!r}")
         checked = check_filters(filters)
+        self.check_open()
         looks = [
             (
                 index,
@@ -524,17 +533,20 @@ class MemoryStore:
 
     def recover(self) -> RecoveryReport:
         """Resolve every in-doubt transaction of these stores (one recovery pass)."""
+        self.check_open()
         return self.coordinator.recover()
 
     def flush(self) -> None:
         """Finish the indexes' deferred phase-2 work now (``Policy.deferred_finish``): mark
         this process's committed points committed and remove the versions they replace.
         Searches do not need it; tools that read an index directly may."""
+        self.check_open()
         self.coordinator.flush()
 
     def verify(self) -> VerifyReport:
         """Compare every mirror and index with the storage, fact by fact (this process's
         deferred index work is finished first)."""
+        self.check_open()
         self.coordinator.flush()
         facts = self.storage.all_facts()
         drift = {}
@@ -603,8 +615,17 @@ class MemoryStore:
             store.commit(txid)
 
     def close(self) -> None:
-        """Close the storage, the indexes and the log."""
+        """Close the storage, the indexes and the log (once; closing again does nothing).
+        The store cannot be used afterwards: open it again."""
+        if self._closed:
+            return
+        self._closed = True
         self.coordinator.close()
+
+    def check_open(self) -> None:
+        """:raises UsageError: the store was closed."""
+        if self._closed:
+            raise UsageError("this memory store is closed; open the stores again to use them")
 
     def __enter__(self) -> Self:
         return self

@@ -378,6 +378,7 @@ class MemoryTransaction:
         if not self._changes and not self._sql and not self._undoes:
             return None
         store = self._store
+        store.check_open()  # a transaction begun before the store was closed
         storage_writes: list[Write] = []
         index_changes: list[tuple[str, int, FactRecord | None, FactRecord | None, str | None]] = []
         for fact_id, change in self._changes.items():
