@@ -58,6 +58,7 @@ bench: install
 	$(PY) -m benchmarks.commit_cost --ops 200 --rounds 2 --json commit-cost.json
 	$(PY) -m benchmarks.optimisations --ops 200 --rounds 2 --json optimisations.json
 	$(PY) -m benchmarks.recovery --transactions 10000 --json recovery.json
+	$(PY) -m benchmarks.large_transactions --facts 6000 --singles 200 --json large-transactions.json
 	$(PY) -m benchmarks.rollback_log --lengths 0,1000,10000 --json rollback-log.json
 	$(PY) -m benchmarks.reads_beside_commits --reads 1000 --rounds 2 --json reads.json
 
@@ -71,6 +72,7 @@ bench-quick: install
 	$(PY) -m benchmarks.commit_cost --ops 24 --rounds 1 --combos "sqlite,sqlite + qdrant local"
 	$(PY) -m benchmarks.optimisations --ops 24 --rounds 1
 	$(PY) -m benchmarks.recovery --transactions 500
+	$(PY) -m benchmarks.large_transactions --facts 300 --singles 20 --combos "sqlite,sqlite + qdrant local"
 	$(PY) -m benchmarks.rollback_log --lengths 0,200 --versions 10,500 --stores sqlite,redis
 	$(PY) -m benchmarks.reads_beside_commits --reads 200 --rounds 1 --writers 0,4
 
