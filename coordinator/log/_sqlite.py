@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from coordinator.abc import Decision, DecisionRecord
-from coordinator.errors import DecisionLogError, UsageError
+from coordinator.errors import DecisionLogError
 from coordinator.log._adapter import AsyncDecisionLogAdapter
+from coordinator.log._checks import check_decisions
 
 if TYPE_CHECKING:
     from coordinator.daemon import Lease
@@ -144,9 +145,7 @@ class SQLiteDecisionLog:
         self, decisions: Sequence[tuple[str, Decision, Sequence[str]]]
     ) -> dict[str, Decision]:
         """Insert-if-absent several decisions in one forced write; return the winners."""
-        for txid, decision, _ in decisions:
-            if not isinstance(txid, str) or decision not in ("commit", "abort"):
-                raise UsageError(f"bad decision {decision!r} for txid {txid!r}")
+        check_decisions(decisions)
         request = _Request(decisions)
         if not self.group_commit:
             with self._conn_lock:

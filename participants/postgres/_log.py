@@ -21,8 +21,9 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from coordinator.abc import Decision, DecisionRecord
-from coordinator.errors import DecisionLogError, UsageError
+from coordinator.errors import DecisionLogError
 from coordinator.log import AsyncDecisionLogAdapter
+from coordinator.log._checks import check_decisions
 from participants.postgres._pool import idle_check
 from participants.postgres._schema import DECISIONS_SCHEMA
 
@@ -73,9 +74,7 @@ class PostgresDecisionLog:
     def decide_many(
         self, decisions: Sequence[tuple[str, Decision, Sequence[str]]]
     ) -> dict[str, Decision]:
-        for txid, decision, _ in decisions:
-            if not isinstance(txid, str) or decision not in ("commit", "abort"):
-                raise UsageError(f"bad decision {decision!r} for txid {txid!r}")
+        check_decisions(decisions)
         now = time.time()
         with self._connection() as conn:
             with conn.cursor() as cur:

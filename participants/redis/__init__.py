@@ -1,15 +1,28 @@
 """Redis participant: facts in Redis, staged and applied by Lua scripts.
 
 Needs the ``redis`` extra (``redis``), and for durability a server with
-``appendonly yes`` and ``appendfsync always``.
+``appendonly yes`` and ``appendfsync always``. A Redis storage keeps its decisions in the
+same Redis (:class:`RedisDecisionLog`) unless given another log.
 """
 
 from __future__ import annotations
 
 from participants.redis._async.storage import AsyncRedisStorage
+from participants.redis._log import (
+    AsyncRedisDecisionLog,
+    RedisDecisionLog,
+    decision_log_from_url,
+)
 from participants.redis._sync.storage import RedisStorage
 
-__all__ = ["AsyncRedisStorage", "RedisStorage", "from_url"]
+__all__ = [
+    "AsyncRedisDecisionLog",
+    "AsyncRedisStorage",
+    "RedisDecisionLog",
+    "RedisStorage",
+    "decision_log_from_url",
+    "from_url",
+]
 
 
 def from_url(

@@ -1,7 +1,8 @@
-"""Decision logs (SQLite, Postgres, memory): decide-once, durable, shared by processes."""
+"""Decision logs (SQLite, Postgres, Redis, memory): decide-once, durable, shared by processes."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -15,8 +16,9 @@ from coordinator import Decision, DecisionLogError, new_txid
 from coordinator.abc import DecisionLog
 from coordinator.log import MemoryDecisionLog, SQLiteDecisionLog
 from participants.postgres import PostgresDecisionLog
+from participants.redis import RedisDecisionLog
 
-LOGS = ["sqlite", "memory", "postgres"]
+LOGS = ["sqlite", "memory", "postgres", "redis"]
 
 
 @pytest.fixture
@@ -26,6 +28,9 @@ def open_log(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], 
             return SQLiteDecisionLog(tmp_path / "log.db")
         if kind == "postgres":
             return PostgresDecisionLog(request.getfixturevalue("postgres_dsn"))
+        if kind == "redis":
+            url = request.getfixturevalue("redis_server").url
+            return RedisDecisionLog(url, prefix=f"{tmp_path.name}:")
         return MemoryDecisionLog()
 
     return opener
@@ -209,26 +214,92 @@ def test_a_sqlite_log_url_can_turn_group_commit_off(
     log.close()
 
 
-def test_a_redis_storage_without_a_log_says_its_decisions_die_with_the_process(
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
+CRASH_AFTER_THE_STORAGE_COMMITS = """
+import sys
+from qdrant_client import QdrantClient
+from coordinator import Fact, MemoryStore, Policy
+from coordinator.embeddings import HashingEmbedder
+from coordinator.faults import hook_from_environment
+from participants.qdrant import QdrantIndex
+from participants.redis import RedisStorage
+
+url, prefix, vectors = sys.argv[1:]
+mem = MemoryStore(
+    RedisStorage(url, name="facts", prefix=prefix),
+    [QdrantIndex(QdrantClient(path=vectors), "memories", embedder=HashingEmbedder(16))],
+    policy=Policy(concurrent_prepare=False),  # the storage finishes first
+    fault_hook=hook_from_environment(),
+)
+mem.commit(Fact(id="kept", type="note", payload={"content": "decided"}))
+"""
+
+
+def test_a_redis_storage_keeps_its_decisions_in_redis_so_recovery_finishes_a_commit(
+    request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    """Redis keeps no decision log of its own: without ``log=``, a crash after a decision
-    leaves recovery nothing to finish the other stores by, and the operator is told."""
-    from coordinator import MemoryStore
+    """Killed after Redis committed and before the index did: recovery, in another
+    process, reads the COMMIT decision from Redis and finishes the index. Before, a Redis
+    storage without log= kept its decisions in the process, so recovery found none,
+    aborted the index's branch and left the fact in Redis alone."""
+    from qdrant_client import QdrantClient
+
+    from coordinator import MemoryStore, Policy
+    from coordinator.embeddings import HashingEmbedder
+    from participants.qdrant import QdrantIndex
+    from participants.redis import RedisDecisionLog, RedisStorage
+
+    url = request.getfixturevalue("redis_server").url
+    prefix, vectors = f"{tmp_path.name}:", str(tmp_path / "vectors")
+    child = subprocess.run(
+        [sys.executable, "-c", CRASH_AFTER_THE_STORAGE_COMMITS, url, prefix, vectors],
+        env={**os.environ, "LOCKSTEP_KILL_AT": "after_commit:facts"},
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert child.returncode == -9, child.stderr
+    (decided,) = RedisDecisionLog(url, prefix=prefix).unended()
+    assert decided.decision is Decision.COMMIT
+    client = QdrantClient(path=vectors)
+    mem = MemoryStore(
+        RedisStorage(url, name="facts", prefix=prefix),
+        [QdrantIndex(client, "memories", embedder=HashingEmbedder(16))],
+        policy=Policy(in_doubt_timeout=0.001, redrive_after=0.0),
+    )
+    report = mem.recover()
+    assert ("qdrant:memories", decided.txid) in report.committed
+    assert mem.get("kept")["payload"] == {"content": "decided"}  # type: ignore[index]
+    assert mem.indexes[0].contents().committed == {"kept": 1}
+    assert mem.verify().clean
+    mem.close()
+    client.close()
+
+
+def test_a_redis_log_url_names_the_log_a_storage_keeps(request: pytest.FixtureRequest) -> None:
+    from coordinator.plugins import open_decision_log
     from participants.redis import RedisStorage
 
     url = request.getfixturevalue("redis_server").url
-    with caplog.at_level("WARNING", logger="participants.redis"):
-        quiet = MemoryStore(
-            RedisStorage(url, name="facts", prefix=f"{tmp_path.name}a:"),
-            log=SQLiteDecisionLog(tmp_path / "log.db"),
-        )
-        assert caplog.records == []
-        told = MemoryStore(RedisStorage(url, name="facts", prefix=f"{tmp_path.name}b:"))
-    assert ["decisions live in this process only" in r.getMessage() for r in caplog.records] == [
-        True
-    ]
-    quiet.close()
-    told.close()
+    txid = new_txid()
+    storage = RedisStorage(url, name="facts", prefix="shared:")
+    storage.default_decision_log().decide(txid, Decision.COMMIT, ["facts"])
+    log = open_decision_log(f"{url}?prefix=shared:", asynchronous=False)
+    assert isinstance(log, RedisDecisionLog)
+    assert log.records([txid])[txid].decision is Decision.COMMIT
+    assert open_decision_log(f"{url}?prefix=other:", asynchronous=False).records([txid]) == {}
+
+
+def test_one_recovery_daemon_holds_a_redis_logs_lease(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    url = request.getfixturevalue("redis_server").url
+    first, second = (RedisDecisionLog(url, prefix=f"{tmp_path.name}:") for _ in range(2))
+    with first.lease() as held:
+        with second.lease() as waiting:
+            assert held.held and not waiting.held
+            assert held.check() and not waiting.check()  # a check renews, never steals
+        with second.lease() as other:
+            assert not other.held
+    with second.lease() as taken:  # released when the first daemon's block ended
+        assert taken.held

@@ -101,7 +101,7 @@ def test_relative_urls_and_directories_name_the_working_directory(
         ({"storage": "sqlite:///x.db", "indexes": ["sqlite:///y.db"]}, "is not a vector index"),
         ({"embedder": "word2vec"}, "embedder 'word2vec' is unknown"),
         ({"mirrors": ["redis://127.0.0.1:1/0"]}, "no storage"),
-        ({"storage": "sqlite:///x.db", "log": "redis://nope"}, "no decision log for redis://"),
+        ({"storage": "sqlite:///x.db", "log": "chroma+local:///x"}, "no decision log for chroma"),
     ],
 )
 def test_bad_settings_get_a_clear_error(

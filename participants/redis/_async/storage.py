@@ -21,7 +21,6 @@ from coordinator.abc import AsyncDecisionLog, TransactionEntry, UndoReads, Vote
 from coordinator.errors import ParticipantError
 from coordinator.filters import check_filters, matches
 from coordinator.ids import check_participant_name
-from coordinator.log import AsyncMemoryDecisionLog
 from coordinator.records import FactRecord, JSONValue, UpsertFact, Write
 from participants._checks import (
     already_aborted,
@@ -34,6 +33,7 @@ from participants._checks import (
 )
 from participants.redis import _scripts
 from participants.redis._clients import AsyncRedis, AsyncRetry, NoBackoff, RedisError
+from participants.redis._log import AsyncRedisDecisionLog
 
 logger = logging.getLogger("participants.redis")
 
@@ -56,7 +56,7 @@ class AsyncRedisStorage:
         timeout: float = 5.0,
     ) -> None:
         self._name = check_participant_name(name)
-        self._prefix = prefix
+        self._url, self._prefix, self._timeout = url, prefix, timeout
         # redis-py retries for seconds by default; a participant must fail fast and let
         # the coordinator decide.
         self._client = AsyncRedis.from_url(
@@ -79,14 +79,10 @@ class AsyncRedisStorage:
         return self._name
 
     def default_decision_log(self) -> AsyncDecisionLog:
-        """Without a configured log, decisions stay in this process (configure one)."""
-        logger.warning(
-            "%s: no decision log configured, so decisions live in this process only; a "
-            "crash between the decision and the last commit leaves indexes and mirrors "
-            "to be repaired. Pass log= (a SQLite file or a Postgres database).",
-            self._name,
-        )
-        return AsyncMemoryDecisionLog()
+        """A :class:`~participants.redis.RedisDecisionLog` on this Redis, under this
+        storage's prefix: the decisions are as durable as the facts, and every process
+        using these facts (and their recovery) reads the same ones."""
+        return AsyncRedisDecisionLog(self._url, prefix=self._prefix, timeout=self._timeout)
 
     # -- the participant contract -------------------------------------------------------
 
