@@ -60,6 +60,12 @@ class Urls:
     mirrors: tuple[str, ...] = ()
 
     @property
+    def last_resource(self) -> bool:
+        """The storage holds the log and commits last with the decision (SQLite and
+        Postgres do; Redis keeps its log beside the facts and commits in two phases)."""
+        return self.log == self.storage and not self.storage.startswith("redis")
+
+    @property
     def names(self) -> list[str]:
         """Participant names, as ``chaos.worker`` gives them."""
         return ["facts", *(f"mirror{i}" for i in range(len(self.mirrors))), "index0"]
@@ -163,8 +169,9 @@ def _redis_url(servers: Servers) -> str:
 
 
 COMBOS: dict[str, Callable[[Servers, Path], Urls]] = {
-    # The SQLite and Postgres storages keep the decision log in their own database (and
-    # commit last, with the decision); Redis uses a separate SQLite log (two phases).
+    # Every storage keeps the decision log it opens by default: SQLite and Postgres in
+    # their own database (and commit last, with the decision), Redis beside its facts
+    # (two phases).
     "sqlite + chroma embedded": lambda s, d: Urls(
         _local(d)["sqlite"], _local(d)["chroma"], _local(d)["sqlite"], ()
     ),
@@ -175,7 +182,7 @@ COMBOS: dict[str, Callable[[Servers, Path], Urls]] = {
         (pg := _pg_url(s)), _chroma_url(s), pg, ("postgres", "chroma")
     ),
     "redis + qdrant local": lambda s, d: Urls(
-        _redis_url(s), _local(d)["qdrant"], _local(d)["log"], ("redis",)
+        (rd := _redis_url(s)), _local(d)["qdrant"], rd, ("redis",)
     ),
     "postgres + redis + chroma server": lambda s, d: Urls(
         (pg := _pg_url(s)),
@@ -237,7 +244,7 @@ def run_once(
         points = (
             # The storage holds the log; Postgres stages its transaction meanwhile.
             last_resource_points(urls.names, "facts", staged=urls.storage.startswith("postgres"))
-            if urls.log == urls.storage
+            if urls.last_resource
             else commit_points(urls.names)
         )
         point = "between_writes" if mode == "unsynchronised" else rng.choice(points[:-1])

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 import time
@@ -86,20 +85,14 @@ def _refuse_foreign_log(participant: object, url: str) -> None:
     """Refuse a log other than the one a storage keeps its decisions in (checked before
     the log is opened, so none is created): recovery would find no decision for its
     transactions and abort them (presumed abort)."""
-    holds_decisions = getattr(participant, "holds_decisions", None)
-    own = getattr(participant, "decision_log_path", None)
-    if holds_decisions is None or own is None or not holds_decisions():
-        return
-    if scheme_of(url) == "sqlite":
-        theirs = path_of(url)
-        if os.path.exists(theirs) and os.path.samefile(theirs, own):
-            return
-    name = getattr(participant, "name", "?")
-    raise SystemExit(
-        f"--log {url}: store {name!r} keeps its decisions in its own file; pass "
-        f"--log sqlite:///{os.path.abspath(own)} (recovery with another log would abort its "
-        "committed work)"
-    )
+    own = getattr(participant, "decision_log_for", None)
+    wanted = None if own is None else own(url)
+    if wanted is not None:
+        name = getattr(participant, "name", "?")
+        raise SystemExit(
+            f"--log {url}: store {name!r} keeps its decisions in its own log; pass --log "
+            f"{wanted} (recovery with another log would abort its committed work)"
+        )
 
 
 def _lease_of(log: object) -> LeaseFactory | None:

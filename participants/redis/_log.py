@@ -79,7 +79,7 @@ class RedisDecisionLog:
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),  # fail fast: the coordinator decides what next
         )
-        self._records_key = f"{prefix}decisions"
+        self._records_key = records_key(prefix)
         self._unended_key = f"{prefix}decisions:unended"
         self._lease_key = f"{prefix}recovery-lease"
         self._decide = self._client.register_script(_DECIDE)
@@ -195,13 +195,24 @@ def _record(txid: str, text: str, *, ended: bool) -> DecisionRecord:
     )
 
 
-def decision_log_from_url(url: str) -> RedisDecisionLog:
-    """``redis://host:port/db[?prefix=...]`` (entry point of the ``redis`` log scheme); the
-    same prefix as the storage's URL names the log that storage keeps by default."""
+def records_key(prefix: str) -> str:
+    """The hash holding the decision records of the log under ``prefix``."""
+    return f"{prefix}decisions"
+
+
+def where(url: str) -> tuple[str, str]:
+    """``(server URL, prefix)`` a ``redis://host:port/db[?prefix=...]`` URL names."""
     from urllib.parse import parse_qs, urlsplit
 
     params = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
-    return RedisDecisionLog(url.split("?", 1)[0], prefix=params.get("prefix", "lockstep:"))
+    return url.split("?", 1)[0], params.get("prefix", "lockstep:")
+
+
+def decision_log_from_url(url: str) -> RedisDecisionLog:
+    """``redis://host:port/db[?prefix=...]`` (entry point of the ``redis`` log scheme); the
+    same prefix as the storage's URL names the log that storage keeps by default."""
+    server, prefix = where(url)
+    return RedisDecisionLog(server, prefix=prefix)
 
 
 class AsyncRedisDecisionLog(AsyncDecisionLogAdapter):

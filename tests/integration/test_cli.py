@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from coordinator import new_txid
 from coordinator.log import SQLiteDecisionLog
 from participants.sqlite import SQLiteStorage
@@ -94,11 +96,11 @@ def test_recover_refuses_a_log_that_would_abort_committed_work(tmp_path: Path) -
         "--json",
     ]
     missing = lockstep("recover", *stores, "--log", f"sqlite:///{directory / 'decisions.db'}")
-    assert missing.returncode != 0 and "keeps its decisions in its own file" in missing.stderr
+    assert missing.returncode != 0 and "keeps its decisions in its own log" in missing.stderr
     assert not (directory / "decisions.db").exists()  # refused before any log was opened
     SQLiteDecisionLog(tmp_path / "other.db").close()
     foreign = lockstep("recover", *stores, "--log", f"sqlite:///{tmp_path / 'other.db'}")
-    assert foreign.returncode != 0 and "keeps its decisions in its own file" in foreign.stderr
+    assert foreign.returncode != 0 and "keeps its decisions in its own log" in foreign.stderr
     right = lockstep("recover", *stores, "--log", f"sqlite:///{directory / 'facts.db'}")
     assert right.returncode == 0, right.stderr
     assert "vectors" in [b[0] for b in json.loads(right.stdout)["committed"]]
@@ -131,3 +133,28 @@ def test_a_command_run_where_no_store_is_says_so_and_creates_none(tmp_path: Path
     result = lockstep("verify", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["facts"] == 1
+
+
+def test_recover_refuses_another_log_for_a_redis_store_that_keeps_its_own(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """With another log, recovery would find no decision and abort the decided commit."""
+    from coordinator import Decision
+    from participants.redis import RedisStorage
+
+    url = request.getfixturevalue("redis_server").url
+    prefix = f"{tmp_path.name}:"
+    store = RedisStorage(url, name="facts", prefix=prefix)
+    txid = new_txid(now=1.0)  # a crash long ago left it prepared, decided COMMIT
+    store.prepare(txid, [upsert("a", 1)])
+    store.default_decision_log().decide(txid, Decision.COMMIT, ["facts"])
+    stores = ["--store", f"facts={url}?prefix={prefix}", "--json"]
+    foreign = lockstep("recover", *stores, "--log", f"sqlite:///{tmp_path / 'other.db'}")
+    assert foreign.returncode != 0
+    assert f"pass --log {url}?prefix={prefix} " in foreign.stderr
+    assert not (tmp_path / "other.db").exists() and store.get("a") is None
+    right = lockstep("recover", *stores, "--log", f"{url}?prefix={prefix}")
+    assert right.returncode == 0, right.stderr
+    assert json.loads(right.stdout)["committed"] == [["facts", txid]]
+    assert store.get("a") is not None and store.recover() == []
+    store.close()

@@ -33,7 +33,7 @@ from participants._checks import (
 )
 from participants.redis import _scripts
 from participants.redis._clients import AsyncRedis, AsyncRetry, NoBackoff, RedisError
-from participants.redis._log import AsyncRedisDecisionLog
+from participants.redis._log import AsyncRedisDecisionLog, records_key, where
 
 logger = logging.getLogger("participants.redis")
 
@@ -83,6 +83,15 @@ class AsyncRedisStorage:
         storage's prefix: the decisions are as durable as the facts, and every process
         using these facts (and their recovery) reads the same ones."""
         return AsyncRedisDecisionLog(self._url, prefix=self._prefix, timeout=self._timeout)
+
+    async def decision_log_for(self, url: str) -> str | None:
+        """The log URL to recover this store with, when this Redis holds decisions of its
+        own and ``url`` names another log; ``None`` when ``url`` will do."""
+        if url.startswith("redis://") and where(url) == (self._url, self._prefix):
+            return None
+        if not await self._client.exists(records_key(self._prefix)):
+            return None
+        return f"{self._url}?prefix={self._prefix}"
 
     # -- the participant contract -------------------------------------------------------
 

@@ -35,7 +35,7 @@ from participants._checks import (
 )
 from participants.redis import _scripts
 from participants.redis._clients import NoBackoff, Redis, RedisError, Retry
-from participants.redis._log import RedisDecisionLog
+from participants.redis._log import RedisDecisionLog, records_key, where
 
 logger = logging.getLogger("participants.redis")
 
@@ -85,6 +85,15 @@ class RedisStorage:
         storage's prefix: the decisions are as durable as the facts, and every process
         using these facts (and their recovery) reads the same ones."""
         return RedisDecisionLog(self._url, prefix=self._prefix, timeout=self._timeout)
+
+    def decision_log_for(self, url: str) -> str | None:
+        """The log URL to recover this store with, when this Redis holds decisions of its
+        own and ``url`` names another log; ``None`` when ``url`` will do."""
+        if url.startswith("redis://") and where(url) == (self._url, self._prefix):
+            return None
+        if not self._client.exists(records_key(self._prefix)):
+            return None
+        return f"{self._url}?prefix={self._prefix}"
 
     # -- the participant contract -------------------------------------------------------
 
