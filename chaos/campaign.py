@@ -146,7 +146,6 @@ INDEX_OPTIONS = "text_field=content&embedder=hashing:32"  # the worker's embedde
 def _local(d: Path) -> dict[str, str]:
     return {
         "sqlite": f"sqlite:///{d / 'facts.db'}",
-        "log": f"sqlite:///{d / 'decisions.db'}",
         "qdrant": f"qdrant+local:///{d / 'qdrant'}?collection=notes&{INDEX_OPTIONS}",
         "chroma": f"chroma+local:///{d / 'chroma'}?collection=notes&{INDEX_OPTIONS}",
     }

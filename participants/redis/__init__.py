@@ -12,6 +12,7 @@ from participants.redis._log import (
     AsyncRedisDecisionLog,
     RedisDecisionLog,
     decision_log_from_url,
+    where,
 )
 from participants.redis._sync.storage import RedisStorage
 
@@ -29,12 +30,9 @@ def from_url(
     url: str, *, name: str | None = None, asynchronous: bool = False, **options: object
 ) -> RedisStorage | AsyncRedisStorage:
     """``redis://host:port/db[?prefix=...]`` (entry point of the ``redis`` scheme)."""
-    from urllib.parse import parse_qs, urlsplit
-
     from participants._checks import storage_options
 
     storage_options("redis", options)
-    params = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
+    server, prefix = where(url)
     cls = AsyncRedisStorage if asynchronous else RedisStorage
-    base = url.split("?", 1)[0]
-    return cls(base, name=name or "redis", prefix=params.get("prefix", "lockstep:"))
+    return cls(server, name=name or "redis", prefix=prefix)

@@ -21,6 +21,7 @@ from coordinator.abc import AsyncDecisionLog, TransactionEntry, UndoReads, Vote
 from coordinator.errors import ParticipantError
 from coordinator.filters import check_filters, matches
 from coordinator.ids import check_participant_name
+from coordinator.plugins import scheme_of
 from coordinator.records import FactRecord, JSONValue, UpsertFact, Write
 from participants._checks import (
     already_aborted,
@@ -87,7 +88,7 @@ class AsyncRedisStorage:
     async def decision_log_for(self, url: str) -> str | None:
         """The log URL to recover this store with, when this Redis holds decisions of its
         own and ``url`` names another log; ``None`` when ``url`` will do."""
-        if url.startswith("redis://") and where(url) == (self._url, self._prefix):
+        if scheme_of(url) == "redis" and where(url) == (self._url, self._prefix):
             return None
         if not await self._client.exists(records_key(self._prefix)):
             return None

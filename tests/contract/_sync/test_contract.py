@@ -251,8 +251,16 @@ def test_a_singleton_claim_is_unique_among_committed_and_staged_facts(
             new_txid(),
             [UpsertFact(fact("d", 1), 0, claim=chef), UpsertFact(fact("e", 1), 0, claim=chef)],
         )
+    # A claim is checked against the committed state: one fact of a transaction cannot
+    # take the claim another fact of it gives up (the memory API never sends this).
+    with pytest.raises(VersionConflict, match="already belongs to fact 'b'"):
+        store.prepare(
+            new_txid(),
+            [UpsertFact(fact("b", 2), 1, claim=None), UpsertFact(fact("f", 1), 0, claim=claim)],
+        )
     assert store.recover() == []
     assert store.get("d") is None and store.get("e") is None
+    assert store.get("f") is None and store.get("b") == fact("b", 1)
 
 
 def ids(facts: list[FactRecord]) -> list[str]:
