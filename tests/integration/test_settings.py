@@ -192,13 +192,14 @@ def test_an_index_of_another_dimension_stops_the_open_and_releases_the_stores(
         fid = mem.commit(Fact(type="note", payload={"content": "kept"}))
     with pytest.raises(
         ConfigurationError, match="holds 16-dimensional vectors; the embedder makes 8"
-    ):
+    ) as refused:
         MemoryStore.from_settings(settings(8))
-    # Closed on the way out: Qdrant's local mode would refuse a second client while the
-    # first held its directory.
+    # Closed on the way out, not left to the garbage collector: while the error is kept
+    # (its traceback holds the store), Qdrant's local mode would refuse a second client.
     with MemoryStore.from_settings(settings(16)) as mem:
         assert mem.get(fid)["payload"] == {"content": "kept"}  # type: ignore[index]
         assert mem.indexes[0].contents().committed == {fid: 1}
+    assert refused.value.participant is not None
 
 
 def test_the_embedded_default_refuses_an_embedder_of_another_dimension_at_open(
