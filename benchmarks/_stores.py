@@ -84,6 +84,12 @@ def _chroma_client(spec: dict[str, Any]) -> Any:
 # -- MemState's stores (run in its own environment) -------------------------------------
 
 
+def _chroma_configuration(spec: dict[str, Any]) -> Any:
+    """MemState's collection with Lockstep's HNSW persistence (``--memstate-chroma-sync``);
+    the space stays Chroma's default, as MemState makes it."""
+    return {"hnsw": {"sync_threshold": int(spec["memstate_chroma_sync"])}}
+
+
 def _chroma_embedding() -> Any:
     from chromadb import Documents, EmbeddingFunction, Embeddings
 
@@ -165,9 +171,16 @@ def memstate_store(spec: dict[str, Any]) -> Any:
     elif "chroma" in combo:
         from memstate.integrations.chroma import ChromaSyncHook
 
+        client = _chroma_client(spec)
+        if spec.get("memstate_chroma_sync"):  # made before MemState opens it
+            client.get_or_create_collection(
+                spec["collection"],
+                embedding_function=_chroma_embedding(),
+                configuration=_chroma_configuration(spec),
+            )
         hooks.append(
             ChromaSyncHook(
-                _chroma_client(spec),
+                client,
                 spec["collection"],
                 embedding_fn=_chroma_embedding(),
                 text_field="content",
@@ -211,6 +224,12 @@ async def memstate_store_async(spec: dict[str, Any]) -> Any:
         from memstate.integrations.chroma import AsyncChromaSyncHook
 
         server = await chromadb.AsyncHttpClient(host="127.0.0.1", port=spec["chroma_port"])
+        if spec.get("memstate_chroma_sync"):
+            await server.get_or_create_collection(
+                spec["collection"],
+                embedding_function=_chroma_embedding(),
+                configuration=_chroma_configuration(spec),
+            )
         hooks.append(
             AsyncChromaSyncHook(
                 server, spec["collection"], embedding_fn=_chroma_embedding(), text_field="content"

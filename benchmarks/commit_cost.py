@@ -180,6 +180,15 @@ def main() -> int:
         help="MemState's SQLite synchronous setting (its own: normal; full: as durable as "
         "Lockstep's, to compare like with like)",
     )
+    parser.add_argument(
+        "--memstate-chroma-sync",
+        type=positive,
+        default=None,
+        metavar="N",
+        help="make MemState's Chroma collection with this HNSW sync_threshold (its own: "
+        "Chroma's default, 1,000; Lockstep creates its collections with 200), to compare "
+        "like with like",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -207,6 +216,7 @@ def main() -> int:
                                 "mode": mode,
                                 "system": system,
                                 "memstate_synchronous": args.memstate_synchronous,
+                                "memstate_chroma_sync": args.memstate_chroma_sync,
                             }
                             for system in SYSTEMS
                         }
@@ -225,6 +235,7 @@ def main() -> int:
                     "rounds": args.rounds,
                     "slice": args.slice,
                     "memstate_synchronous": args.memstate_synchronous,
+                    "memstate_chroma_sync": args.memstate_chroma_sync,
                     "results": rows,
                     "not_measured": [
                         {"combo": c, "mode": m, "system": s, "why": why}
@@ -301,6 +312,11 @@ def _print(
         print(
             f"MemState's SQLite set to synchronous={args.memstate_synchronous.upper()} here "
             "(its own setting is NORMAL), as durable as Lockstep's.\n"
+        )
+    if args.memstate_chroma_sync:
+        print(
+            f"MemState's Chroma collection made with sync_threshold={args.memstate_chroma_sync} "
+            "here (its own is Chroma's default, 1,000; Lockstep's 200).\n"
         )
     print(
         f"{args.ops} operations of each kind per round and system, {args.rounds} rounds, the "

@@ -245,8 +245,8 @@ class VectorIndexBase:
 @dataclass(frozen=True)
 class UrlOptions:
     """An index URL's query parameters (``collection``, ``text_field``,
-    ``metadata_fields``, ``types``, ``embedder``, and for Chroma ``combine_writes``),
-    parsed once for every backend."""
+    ``metadata_fields``, ``types``, ``embedder``, and for Chroma ``combine_writes`` and
+    ``sync_threshold``), parsed once for every backend."""
 
     collection: str
     text_field: str | None
@@ -254,6 +254,7 @@ class UrlOptions:
     target_types: list[str] | None
     embedder: Embedder | None
     combine_writes: bool = True
+    sync_threshold: int | None = None  # None: the participant's default
 
 
 def url_options(url: str, embedder: Embedder | None) -> UrlOptions:
@@ -271,4 +272,16 @@ def url_options(url: str, embedder: Embedder | None) -> UrlOptions:
         target_types=[t for t in params.get("types", "").split(",") if t] or None,
         embedder=embedder,
         combine_writes=query_flag(url, "combine_writes"),
+        sync_threshold=_whole_number(params, "sync_threshold"),
     )
+
+
+def _whole_number(params: dict[str, str], key: str) -> int | None:
+    if key not in params:
+        return None
+    try:
+        return int(params[key])
+    except ValueError:
+        raise ConfigurationError(
+            f"the index URL's {key} must be a whole number, got {params[key]!r}"
+        ) from None

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from coordinator.abc import Embedder
 from coordinator.errors import ParticipantError
-from participants.chroma._async.index import AsyncChromaIndex
+from participants.chroma._async.index import SYNC_THRESHOLD, AsyncChromaIndex
 from participants.chroma._sync.index import ChromaIndex
 
-__all__ = ["AsyncChromaIndex", "ChromaIndex", "from_url"]
+__all__ = ["SYNC_THRESHOLD", "AsyncChromaIndex", "ChromaIndex", "from_url"]
 
 
 def from_url(
@@ -25,7 +25,9 @@ def from_url(
     Query parameters: ``collection`` (default ``memories``), ``text_field``,
     ``metadata_fields`` (comma-separated), ``types`` (comma-separated target types),
     ``embedder`` (a spec such as ``hashing:32``, when no ``embedder`` object is passed),
-    ``combine_writes`` (``0`` stages every transaction's points in its own upsert).
+    ``combine_writes`` (``0`` stages every transaction's points in its own upsert),
+    ``sync_threshold`` (records between two persists of the HNSW index of a collection
+    created here; default 200, Chroma's own is 1,000).
     """
     import os
     from urllib.parse import urlsplit
@@ -62,4 +64,5 @@ def from_url(
         target_types=options.target_types,
         name=name,
         combine_writes=options.combine_writes,
+        sync_threshold=options.sync_threshold or SYNC_THRESHOLD,
     )

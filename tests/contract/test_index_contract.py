@@ -31,7 +31,7 @@ from coordinator import (
 )
 from coordinator.abc import Index
 from coordinator.embeddings import HashingEmbedder
-from participants.chroma import ChromaIndex
+from participants.chroma import SYNC_THRESHOLD, ChromaIndex, from_url
 from participants.qdrant import QdrantIndex
 from participants.qdrant._catalog import points_file
 
@@ -248,6 +248,66 @@ def test_a_collection_written_by_someone_else_is_refused(tmp_path: Path) -> None
     chroma.create_collection("theirs").add(ids=["x"], embeddings=[[0.1] * 16])  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="was not created by Lockstep"):
         ChromaIndex(chroma, "theirs", embedder=EMBEDDER).recover()
+
+
+@pytest.mark.parametrize("where", ["embedded", "server"])
+def test_a_chroma_collection_lockstep_creates_persists_its_index_often(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A Chroma 1.x write costs more the more records wait to be persisted (1,000 by
+    default); the collections Lockstep creates persist every SYNC_THRESHOLD records, a
+    URL may say otherwise, and a collection that exists keeps its own setting."""
+    if where == "server":
+        port = request.getfixturevalue("chroma_server").port
+        client: Any = chromadb.HttpClient(host="127.0.0.1", port=port)
+        base = f"chroma+http://127.0.0.1:{port}"
+    else:
+        client = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
+        base = f"chroma+local:///{tmp_path / 'chroma'}"
+    tag = uuid.uuid4().hex[:8]
+
+    def hnsw(name: str) -> dict[str, Any]:
+        return dict(client.get_collection(name).configuration_json["hnsw"])
+
+    ChromaIndex(client, f"made-{tag}", embedder=EMBEDDER).recover()
+    assert hnsw(f"made-{tag}")["sync_threshold"] == SYNC_THRESHOLD == 200
+    assert hnsw(f"made-{tag}")["space"] == "cosine"
+    from_url(f"{base}?collection=tuned-{tag}&sync_threshold=50", embedder=EMBEDDER).recover()
+    assert hnsw(f"tuned-{tag}")["sync_threshold"] == 50
+    client.create_collection(
+        f"kept-{tag}", embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
+    )
+    index = ChromaIndex(client, f"kept-{tag}", embedder=EMBEDDER, sync_threshold=50)
+    txid = new_txid()
+    index.prepare(txid, [upsert(fact("a", 1, "kept"))])
+    index.commit(txid)
+    assert index.contents().committed == {"a": 1}
+    assert hnsw(f"kept-{tag}")["sync_threshold"] == 1000  # Chroma's default, left alone
+
+
+def test_a_bad_chroma_sync_threshold_names_the_setting(tmp_path: Path) -> None:
+    client = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
+    for bad in (1, 0, 2.5, "200", True):
+        with pytest.raises(
+            ConfigurationError, match=f"sync_threshold must be an int >= 2.*{bad!r}"
+        ):
+            ChromaIndex(client, "refused", embedder=EMBEDDER, sync_threshold=bad)  # type: ignore[arg-type]
+    url = f"chroma+local:///{tmp_path / 'chroma'}?collection=refused"
+    with pytest.raises(ConfigurationError, match="sync_threshold must be a whole number, got 'x'"):
+        from_url(f"{url}&sync_threshold=x")
+    with pytest.raises(ConfigurationError, match=r"sync_threshold must be an int >= 2 .*, got 1"):
+        from_url(f"{url}&sync_threshold=1")
+    assert client.list_collections() == []
+
+
+def test_a_chroma_collection_of_another_space_is_refused(tmp_path: Path) -> None:
+    """An empty collection someone else made in the l2 space: searches would read its
+    distances as cosine ones."""
+    chroma = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
+    chroma.create_collection("euclid", embedding_function=None)  # l2, Chroma's default
+    with pytest.raises(ConfigurationError, match="uses the 'l2' space; Lockstep needs 'cosine'"):
+        ChromaIndex(chroma, "euclid", embedder=EMBEDDER).recover()
+    assert chroma.get_collection("euclid").count() == 0
 
 
 @pytest.mark.anyio

@@ -37,6 +37,12 @@ MARKER = "lockstep_dim"
 #: duration for more transactions (a Chroma server writes one call at a time, so the
 #: points a call carries are what sets the throughput of concurrent writers).
 LINGER = 0.5
+#: Records written between two persists of a collection's HNSW index, for collections
+#: Lockstep creates (Chroma's default is 1,000). A write call to a Chroma 1.x collection
+#: costs more the more records wait to be persisted; at 200, a one-point upsert took 6.3 ms
+#: against 9.2 ms (mean of 1,000, embedded, 100,000 points held; 7.2 against 9.6 ms on a
+#: server), with searches unchanged.
+SYNC_THRESHOLD = 200
 
 
 class ChromaIndex(VectorIndexBase):
@@ -56,6 +62,9 @@ class ChromaIndex(VectorIndexBase):
     :param combine_writes: let concurrent prepares stage their points in one upsert, and
         concurrent commits go in one batch (a Chroma call costs about the same for one
         point as for eight); on by default.
+    :param sync_threshold: the HNSW ``sync_threshold`` of a collection this index creates
+        (default :data:`SYNC_THRESHOLD`; ``None`` keeps Chroma's). An existing collection
+        keeps its own: change it with ``collection.modify(configuration=...)``.
     """
 
     def __init__(
@@ -69,7 +78,18 @@ class ChromaIndex(VectorIndexBase):
         target_types: Sequence[str] | None = None,
         name: str | None = None,
         combine_writes: bool = True,
+        sync_threshold: int | None = SYNC_THRESHOLD,
     ) -> None:
+        if sync_threshold is not None and (
+            isinstance(sync_threshold, bool)
+            or not isinstance(sync_threshold, int)
+            or sync_threshold < 2
+        ):
+            raise ConfigurationError(
+                f"sync_threshold must be an int >= 2 (records between two persists of the "
+                f"HNSW index), got {sync_threshold!r}"
+            )
+        self._sync_threshold = sync_threshold
         self._client = client
         self._collection_name = collection_name
         super().__init__(
@@ -278,6 +298,9 @@ class ChromaIndex(VectorIndexBase):
             return self._collection
         # `chromadb.AsyncHttpClient()` may be passed without its `await`.
         client = self._client = resolve(self._client)
+        hnsw: dict[str, Any] = {"space": "cosine"}  # for a collection created here
+        if self._sync_threshold is not None:
+            hnsw["sync_threshold"] = self._sync_threshold
         try:
             collection = self._call(
                 "open",
@@ -285,7 +308,8 @@ class ChromaIndex(VectorIndexBase):
                 client.get_or_create_collection,
                 self._collection_name,
                 embedding_function=None,
-                metadata={"hnsw:space": "cosine", MARKER: self.shape.dim},
+                metadata={MARKER: self.shape.dim},
+                configuration={"hnsw": hnsw},
             )
         except ParticipantError as exc:
             from chromadb.errors import InvalidArgumentError
@@ -310,6 +334,15 @@ class ChromaIndex(VectorIndexBase):
             raise ConfigurationError(
                 f"Chroma collection {self._collection_name!r} holds {metadata[MARKER]}-"
                 f"dimensional vectors; the embedder makes {self.shape.dim}",
+                participant=self._name,
+            )
+        space = ((getattr(collection, "configuration_json", None) or {}).get("hnsw") or {}).get(
+            "space"
+        )
+        if space not in (None, "cosine"):  # scores are read as cosine similarities
+            raise ConfigurationError(
+                f"Chroma collection {self._collection_name!r} uses the {space!r} space; "
+                "Lockstep needs 'cosine': use another collection name",
                 participant=self._name,
             )
         # Chroma refuses a write of more records than this in one call.
