@@ -61,6 +61,7 @@ bench: install
 	$(PY) -m benchmarks.large_transactions --facts 6000 --singles 200 --json large-transactions.json
 	$(PY) -m benchmarks.rollback_log --lengths 0,1000,10000 --json rollback-log.json
 	$(PY) -m benchmarks.reads_beside_commits --reads 1000 --rounds 2 --json reads.json
+	$(PY) -m benchmarks.chroma_sync --held 20000 --json chroma-sync.json
 
 bench-quick: install
 	$(PY) -m benchmarks.engine --quick
@@ -75,6 +76,7 @@ bench-quick: install
 	$(PY) -m benchmarks.large_transactions --facts 300 --singles 20 --combos "sqlite,sqlite + qdrant local"
 	$(PY) -m benchmarks.rollback_log --lengths 0,200 --versions 10,500 --stores sqlite,redis
 	$(PY) -m benchmarks.reads_beside_commits --reads 200 --rounds 1 --writers 0,4
+	$(PY) -m benchmarks.chroma_sync --writes 400 --rounds 1 --places embedded
 
 unit: install
 	$(PY) -m pytest -q tests/unit

@@ -10,10 +10,11 @@ the layer is measured, not a model. Each system runs in its own child process (M
 its own environment, ``benchmarks/.venv-memstate``), which keeps its store open for the
 round while the systems take turns: each writer runs ``--slice`` operations of one kind,
 then the next system does, the first of a turn rotating. A store's latency drifts over
-seconds (a Chroma server's write from 13 to 24 ms p50 between batches of a hundred), and
-short turns spread that drift over every system alike. Lockstep is durable (SQLite
-``synchronous=FULL``, Postgres ``fsync=on``, Redis ``appendfsync always``); MemState keeps its
-own settings (SQLite ``synchronous=NORMAL``). Beside latency and throughput, the writer
+seconds (a Chroma write costs more the more records wait to be persisted: see
+``benchmarks.chroma_sync``), and short turns spread that drift over every system alike.
+Lockstep is durable (SQLite ``synchronous=FULL``, Postgres ``fsync=on``, Redis ``appendfsync
+always``); MemState keeps its own settings (SQLite ``synchronous=NORMAL``; its Chroma
+collection as it makes it, unless ``--memstate-chroma-sync`` gives it Lockstep's setting). Beside latency and throughput, the writer
 process's CPU time per operation: on in-process stores both systems are CPU-bound on a
 small machine, and throughput follows it.
 
