@@ -31,7 +31,7 @@ from coordinator import (
 )
 from coordinator.abc import Index
 from coordinator.embeddings import HashingEmbedder
-from participants.chroma import SYNC_THRESHOLD, ChromaIndex, from_url
+from participants.chroma import SYNC_THRESHOLD, AsyncChromaIndex, ChromaIndex, from_url
 from participants.qdrant import QdrantIndex
 from participants.qdrant._catalog import points_file
 
@@ -283,6 +283,22 @@ def test_a_chroma_collection_lockstep_creates_persists_its_index_often(
     index.commit(txid)
     assert index.contents().committed == {"a": 1}
     assert hnsw(f"kept-{tag}")["sync_threshold"] == 1000  # Chroma's default, left alone
+
+
+@pytest.mark.anyio
+async def test_an_async_chroma_client_creates_the_collection_alike(
+    chroma_server: ChromaServer,
+) -> None:
+    """``AsyncHttpClient``'s calls are awaited as they are: the same setting reaches them."""
+    client = await chromadb.AsyncHttpClient(host="127.0.0.1", port=chroma_server.port)
+    name = f"async-{uuid.uuid4().hex[:8]}"
+    index = AsyncChromaIndex(client, name, embedder=EMBEDDER, sync_threshold=300)
+    txid = new_txid()
+    await index.prepare(txid, [upsert(fact("a", 1, "made"))])
+    await index.commit(txid)
+    assert (await index.contents()).committed == {"a": 1}
+    hnsw = (await client.get_collection(name)).configuration_json["hnsw"]
+    assert (hnsw["space"], hnsw["sync_threshold"]) == ("cosine", 300)
 
 
 def test_a_bad_chroma_sync_threshold_names_the_setting(tmp_path: Path) -> None:
