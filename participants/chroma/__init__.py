@@ -64,5 +64,5 @@ def from_url(
         target_types=options.target_types,
         name=name,
         combine_writes=options.combine_writes,
-        sync_threshold=options.sync_threshold or SYNC_THRESHOLD,
+        sync_threshold=SYNC_THRESHOLD if options.sync_threshold is None else options.sync_threshold,
     )

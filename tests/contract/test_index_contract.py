@@ -311,8 +311,9 @@ def test_a_bad_chroma_sync_threshold_names_the_setting(tmp_path: Path) -> None:
     url = f"chroma+local:///{tmp_path / 'chroma'}?collection=refused"
     with pytest.raises(ConfigurationError, match="sync_threshold must be a whole number, got 'x'"):
         from_url(f"{url}&sync_threshold=x")
-    with pytest.raises(ConfigurationError, match=r"sync_threshold must be an int >= 2 .*, got 1"):
-        from_url(f"{url}&sync_threshold=1")
+    for refused in ("1", "0", "-3"):  # 0 is not "the default"
+        with pytest.raises(ConfigurationError, match=rf"must be an int >= 2 .*, got {refused}$"):
+            from_url(f"{url}&sync_threshold={refused}")
     assert client.list_collections() == []
 
 
