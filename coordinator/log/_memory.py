@@ -8,9 +8,10 @@ from collections.abc import Iterable, Sequence
 
 from coordinator.abc import Decision, DecisionRecord
 from coordinator.log._adapter import AsyncDecisionLogAdapter
+from coordinator.log._base import DecisionLogBase, check_decisions
 
 
-class MemoryDecisionLog:
+class MemoryDecisionLog(DecisionLogBase):
     """Decide-once outcomes kept in a dict; thread-safe.
 
     It outlives the coordinators that use it, so tests can drop a coordinator mid-commit
@@ -21,12 +22,10 @@ class MemoryDecisionLog:
         self._lock = threading.Lock()
         self._records: dict[str, DecisionRecord] = {}
 
-    def decide(self, txid: str, decision: Decision, participants: Sequence[str]) -> Decision:
-        return self.decide_many([(txid, decision, participants)])[txid]
-
     def decide_many(
         self, decisions: Sequence[tuple[str, Decision, Sequence[str]]]
     ) -> dict[str, Decision]:
+        check_decisions(decisions)
         now = time.time()
         with self._lock:
             for txid, decision, participants in decisions:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from coordinator.abc import Decision, DecisionRecord
 from coordinator.errors import DecisionLogError
 from coordinator.log._adapter import AsyncDecisionLogAdapter
-from coordinator.log._checks import check_decisions
+from coordinator.log._base import DecisionLogBase, check_decisions
 
 if TYPE_CHECKING:
     from coordinator.daemon import Lease
@@ -87,7 +87,7 @@ class _Request:
     done: bool = False
 
 
-class SQLiteDecisionLog:
+class SQLiteDecisionLog(DecisionLogBase):
     """Decide-once decision records in a SQLite file; thread- and process-safe.
 
     :param path: the database file (created if missing; its directory must exist).
@@ -136,10 +136,6 @@ class SQLiteDecisionLog:
             raise DecisionLogError(f"cannot open decision log {self.path}: {exc}") from exc
 
     # -- deciding -----------------------------------------------------------------------
-
-    def decide(self, txid: str, decision: Decision, participants: Sequence[str]) -> Decision:
-        """Record ``decision`` unless one exists; return the one that holds (durable)."""
-        return self.decide_many([(txid, decision, participants)])[txid]
 
     def decide_many(
         self, decisions: Sequence[tuple[str, Decision, Sequence[str]]]

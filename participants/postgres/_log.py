@@ -23,7 +23,7 @@ from psycopg_pool import ConnectionPool
 from coordinator.abc import Decision, DecisionRecord
 from coordinator.errors import DecisionLogError
 from coordinator.log import AsyncDecisionLogAdapter
-from coordinator.log._checks import check_decisions
+from coordinator.log._base import DecisionLogBase, check_decisions
 from participants.postgres._pool import idle_check
 from participants.postgres._schema import DECISIONS_SCHEMA
 
@@ -33,7 +33,7 @@ logger = logging.getLogger("participants.postgres")
 DAEMON_LEASE_KEY = 0x10C57E9  # "lockstep"-ish; any constant unique to this use
 
 
-class PostgresDecisionLog:
+class PostgresDecisionLog(DecisionLogBase):
     """Decide-once decision records in a Postgres table; thread- and process-safe.
 
     :param conninfo: libpq connection string or ``postgresql://`` URL.
@@ -67,9 +67,6 @@ class PostgresDecisionLog:
                 conn.execute("SELECT pg_advisory_xact_lock(4242424242)")
                 for statement in DECISIONS_SCHEMA:
                     conn.execute(statement)
-
-    def decide(self, txid: str, decision: Decision, participants: Sequence[str]) -> Decision:
-        return self.decide_many([(txid, decision, participants)])[txid]
 
     def decide_many(
         self, decisions: Sequence[tuple[str, Decision, Sequence[str]]]

@@ -26,7 +26,7 @@ from typing import Any
 from coordinator.abc import Decision, DecisionRecord
 from coordinator.errors import DecisionLogError
 from coordinator.log import AsyncDecisionLogAdapter
-from coordinator.log._checks import check_decisions
+from coordinator.log._base import DecisionLogBase, check_decisions
 from participants.redis._clients import NoBackoff, Redis, RedisError, Retry
 
 logger = logging.getLogger("participants.redis")
@@ -63,7 +63,7 @@ return 0
 """
 
 
-class RedisDecisionLog:
+class RedisDecisionLog(DecisionLogBase):
     """Decide-once decision records in Redis; thread- and process-safe.
 
     :param url: ``redis://host:port/db``.
@@ -85,9 +85,6 @@ class RedisDecisionLog:
         self._decide = self._client.register_script(_DECIDE)
         self._lease_script = self._client.register_script(_LEASE)
         self._release_script = self._client.register_script(_RELEASE)
-
-    def decide(self, txid: str, decision: Decision, participants: Sequence[str]) -> Decision:
-        return self.decide_many([(txid, decision, participants)])[txid]
 
     def decide_many(
         self, decisions: Sequence[tuple[str, Decision, Sequence[str]]]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator import Decision, DecisionLogError, new_txid
+from coordinator import Decision, DecisionLogError, UsageError, new_txid
 from coordinator.abc import DecisionLog
 from coordinator.log import MemoryDecisionLog, SQLiteDecisionLog
 from participants.postgres import PostgresDecisionLog
@@ -55,6 +55,21 @@ def test_decide_many_returns_each_winner(kind: str, open_log: Callable[[str], De
     log.decide(old, Decision.COMMIT, ["a"])
     won = log.decide_many([(old, Decision.ABORT, ["a"]), (new, Decision.ABORT, ["b"])])
     assert won == {old: Decision.COMMIT, new: Decision.ABORT}
+
+
+@pytest.mark.parametrize("kind", LOGS)
+def test_a_bad_decision_is_refused_and_nothing_is_recorded(
+    kind: str, open_log: Callable[[str], DecisionLog]
+) -> None:
+    log = open_log(kind)
+    good = new_txid()
+    for bad in [(good, "maybe", ["a"]), (42, Decision.COMMIT, ["a"])]:
+        with pytest.raises(UsageError, match="bad decision"):
+            log.decide_many([(good, Decision.COMMIT, ["a"]), bad])  # type: ignore[list-item]
+        with pytest.raises(UsageError, match="bad decision"):
+            log.decide(*bad)  # type: ignore[arg-type]
+    assert log.records([good]) == {}
+    assert good not in {r.txid for r in log.unended()}  # the Postgres log is shared
 
 
 @pytest.mark.parametrize("kind", LOGS)
