@@ -58,6 +58,13 @@ class SameEmbedder:
         return embed(text)
 
 
+def percentile_ms(seconds: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (nearest rank) of durations in seconds, in milliseconds; 0 for
+    none."""
+    ordered = sorted(seconds)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
+
+
 def pick(parser: argparse.ArgumentParser, flag: str, text: str, known: Iterable[str]) -> list[str]:
     """The comma-separated names of ``text`` given to ``flag``; exits with the known names
     when one is not among them."""

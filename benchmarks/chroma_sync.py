@@ -28,7 +28,7 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 import chromadb
 
-from benchmarks._common import machine, pick, positive
+from benchmarks._common import machine, percentile_ms, pick, positive
 from participants.chroma import SYNC_THRESHOLD
 
 PLACES = ["embedded", "server"]
@@ -138,11 +138,6 @@ def _run(
     return {"writes": times, "searches": searches}
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
-
-
 def _row(place: str, threshold: int, run: dict[str, list[float]], writes: int) -> dict[str, Any]:
     times = run["writes"]
     # Runs are concatenated: write i of every run falls in block i // BLOCK.
@@ -152,11 +147,11 @@ def _row(place: str, threshold: int, run: dict[str, list[float]], writes: int) -
     return {
         "place": place,
         "sync_threshold": threshold,
-        "write_p50_ms": _pct(times, 0.5),
-        "write_p99_ms": _pct(times, 0.99),
+        "write_p50_ms": round(percentile_ms(times, 0.5), 2),
+        "write_p99_ms": round(percentile_ms(times, 0.99), 2),
         "write_mean_ms": round(statistics.mean(times) * 1000, 2),
         "block_mean_ms": [round(statistics.mean(b) * 1000, 2) for b in blocks],
-        "search_p50_ms": _pct(run["searches"], 0.5),
+        "search_p50_ms": round(percentile_ms(run["searches"], 0.5), 2),
     }
 
 

@@ -38,6 +38,7 @@ from benchmarks._common import (
     children,
     ensure_memstate_env,
     machine,
+    percentile_ms,
     pick,
     positive,
     run_threads,
@@ -154,11 +155,6 @@ def _fact(system: str, text: str) -> Any:
     from coordinator import Fact
 
     return Fact(type="note", payload={"content": text})
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
 
 
 def main() -> int:
@@ -282,8 +278,8 @@ def _rows(
                     r = merged.get((combo, mode, op, system))
                     if r is None or not r["latencies"]:
                         continue
-                    row[f"{system}_p50_ms"] = round(_pct(r["latencies"], 0.5), 2)
-                    row[f"{system}_p99_ms"] = round(_pct(r["latencies"], 0.99), 2)
+                    row[f"{system}_p50_ms"] = round(percentile_ms(r["latencies"], 0.5), 2)
+                    row[f"{system}_p99_ms"] = round(percentile_ms(r["latencies"], 0.99), 2)
                     row[f"{system}_ops_per_s"] = round(len(r["latencies"]) / r["seconds"], 1)
                     row[f"{system}_cpu_ms"] = round(
                         r["cpu_seconds"] / len(r["latencies"]) * 1000, 2

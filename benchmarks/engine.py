@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks._common import machine, run_threads
+from benchmarks._common import machine, percentile_ms, run_threads
 from coordinator import Coordinator, FactRecord, Policy, UpsertFact, new_txid
 from coordinator.log import SQLiteDecisionLog
 from participants.sqlite import SQLiteStorage
@@ -47,8 +47,7 @@ class Result:
         return len(self.latencies) / self.seconds
 
     def pct(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+        return percentile_ms(self.latencies, q)
 
 
 def make_commit(config: str, directory: Path) -> Callable[[int], None]:

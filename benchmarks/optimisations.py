@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import commit_cost
-from benchmarks._common import accumulate, children, machine, positive, take_turns
+from benchmarks._common import accumulate, children, machine, percentile_ms, positive, take_turns
 from benchmarks._stores import Servers
 
 # optimisation -> (the combinations it acts on, the configuration that flips it, its
@@ -79,11 +79,6 @@ def _configs(combo: str) -> list[tuple[str, dict[str, Any]]]:
     return [("default", {})] + [
         (name, changes) for name, (combos, changes, _) in TOGGLES.items() if combo in combos
     ]
-
-
-def _p50(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[len(ordered) // 2] * 1000 if ordered else 0.0
 
 
 def main() -> int:
@@ -164,7 +159,7 @@ def _rows(merged: dict[tuple[str, str, str], dict[str, Any]]) -> list[dict[str, 
             on, off = (toggled, default) if state == "on" else (default, toggled)
             row: dict[str, Any] = {"optimisation": name, "combo": combo, "mode": mode}
             for label, r in (("on", on), ("off", off)):
-                row[f"{label}_p50_ms"] = round(_p50(r["latencies"]), 2)
+                row[f"{label}_p50_ms"] = round(percentile_ms(r["latencies"], 0.5), 2)
                 row[f"{label}_ops_per_s"] = round(len(r["latencies"]) / r["seconds"], 1)
             row["p50_ratio"] = round(row["on_p50_ms"] / row["off_p50_ms"], 2)
             row["throughput_ratio"] = round(row["on_ops_per_s"] / row["off_ops_per_s"], 2)

@@ -26,7 +26,7 @@ from coordinator.memory import MemoryStore
 from coordinator.outcomes import RecoveryReport
 from coordinator.plugins import open_decision_log, open_participant, path_of, scheme_of
 from coordinator.policy import Policy
-from coordinator.settings import DEFAULT_PATH, LockstepSettings
+from coordinator.settings import DEFAULT_PATH, FACTS_FILE, LockstepSettings
 
 LeaseFactory = Callable[[], AbstractContextManager[daemon.Lease]]
 
@@ -39,7 +39,7 @@ def _existing_store(settings: LockstepSettings) -> MemoryStore:
     """The store the settings name, which must exist: run where there is none, a command
     would create an empty store and report it clean."""
     if settings.storage is None:
-        facts: Path | None = Path(settings.path or DEFAULT_PATH) / "facts.db"
+        facts: Path | None = Path(settings.path or DEFAULT_PATH) / FACTS_FILE
     elif scheme_of(settings.storage) == "sqlite":
         facts = Path(path_of(settings.storage))
     else:

@@ -31,6 +31,8 @@ from coordinator.policy import Policy
 
 DEFAULT_PATH = "lockstep-memory"
 """The embedded default's directory when the settings name neither ``path`` nor ``storage``."""
+FACTS_FILE = "facts.db"
+"""The SQLite file of the facts (and, by default, the decisions) in an embedded directory."""
 
 
 class LockstepSettings(BaseSettings):

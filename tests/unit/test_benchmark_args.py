@@ -57,3 +57,11 @@ def test_turns_split_each_share_rotate_the_first_system_and_flush_last() -> None
         assert [name for name, _ in turns] == list("bcacababc")
         for name in "abc":  # every system runs the whole share
             assert sum(c["ops"] for n, c in turns if n == name) == 5  # type: ignore[misc]
+
+
+def test_percentiles_are_nearest_rank_in_milliseconds() -> None:
+    from benchmarks._common import percentile_ms
+
+    seconds = [0.004, 0.001, 0.003, 0.002]
+    assert [percentile_ms(seconds, q) for q in (0.0, 0.5, 0.99)] == [1.0, 3.0, 4.0]
+    assert percentile_ms([], 0.5) == 0.0

@@ -47,7 +47,7 @@ from coordinator.outcomes import RecoveryReport
 from coordinator.plugins import open_decision_log, open_participant
 from coordinator.policy import Policy
 from coordinator.records import DeleteFact, FactRecord, JSONValue, UpsertFact, Write
-from coordinator.settings import DEFAULT_PATH, LockstepSettings
+from coordinator.settings import DEFAULT_PATH, FACTS_FILE, LockstepSettings
 
 logger = logging.getLogger("coordinator")
 
@@ -152,7 +152,7 @@ class AsyncMemoryStore:
         try:
             storage = _storage(
                 open_participant(
-                    f"sqlite:///{directory / 'facts.db'}", name="facts", asynchronous=ASYNC_API
+                    f"sqlite:///{directory / FACTS_FILE}", name="facts", asynchronous=ASYNC_API
                 )
             )
         except BaseException:

@@ -49,7 +49,7 @@ from coordinator.outcomes import RecoveryReport
 from coordinator.plugins import open_decision_log, open_participant
 from coordinator.policy import Policy
 from coordinator.records import DeleteFact, FactRecord, JSONValue, UpsertFact, Write
-from coordinator.settings import DEFAULT_PATH, LockstepSettings
+from coordinator.settings import DEFAULT_PATH, FACTS_FILE, LockstepSettings
 
 logger = logging.getLogger("coordinator")
 
@@ -154,7 +154,7 @@ class MemoryStore:
         try:
             storage = _storage(
                 open_participant(
-                    f"sqlite:///{directory / 'facts.db'}", name="facts", asynchronous=SYNC_API
+                    f"sqlite:///{directory / FACTS_FILE}", name="facts", asynchronous=SYNC_API
                 )
             )
         except BaseException:

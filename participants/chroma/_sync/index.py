@@ -41,7 +41,8 @@ LINGER = 0.5
 #: Lockstep creates (Chroma's default is 1,000). A write call to a Chroma 1.x collection
 #: costs more the more records wait to be persisted; at 200, a one-point upsert took 6.3 ms
 #: against 9.2 ms (mean of 1,000, embedded, 100,000 points held; 7.2 against 9.6 ms on a
-#: server), with searches unchanged.
+#: server, fresh collection), and searches showed no consistent change
+#: (``python -m benchmarks.chroma_sync``).
 SYNC_THRESHOLD = 200
 
 
