@@ -20,6 +20,9 @@ from coordinator.errors import ParticipantError
 
 T = TypeVar("T")
 
+#: The turns over which a combiner remembers contention (see :class:`AsyncWriteCombiner`).
+RECENT = 8
+
 
 @dataclass(eq=False)
 class _Request(Generic[T]):
@@ -63,13 +66,18 @@ class AsyncWriteCombiner(Generic[T]):
     each request is written again on its own, so one transaction's bad items fail that
     transaction only.
 
-    With ``linger``, a turn that follows a combined write waits a moment for more
-    requests before it writes. Without it, the callers a write releases come back while
-    the next write (of those who queued meanwhile) runs, so under steady load the callers
-    split into two groups that write in alternate turns, each carrying half of them. The
-    wait lasts at most ``linger`` times the last turn's duration, and ends as soon as
-    as many requests are queued as the largest batch of the recent turns that waited.
-    Nothing waits without contention: a turn after a single request writes at once.
+    With ``linger``, a turn under contention waits a moment for more requests before it
+    writes. Without it, the callers a write releases come back while the next write (of
+    those who queued meanwhile) runs, so under steady load the callers split into two
+    groups that write in alternate turns, each carrying half of them. And a write that
+    holds the interpreter (an embedded index) keeps the other callers from reaching the
+    queue while it runs: one turn that finds a single request makes the next find a single
+    request too, and the callers write one at a time, each waiting for all the others.
+    So contention is remembered over the last :data:`RECENT` turns: a turn waits when
+    one of them wrote more than one request or saw one arrive while it wrote. The wait
+    lasts at most ``linger`` times the last turn's duration, and ends as soon as as many
+    requests are queued as the largest batch of the recent turns that waited. Nothing
+    waits without contention: a lone caller's turns write at once.
 
     :param name: the participant's name (for errors).
     :param write: writes the items of one or more requests, raising on failure.
@@ -92,7 +100,7 @@ class AsyncWriteCombiner(Generic[T]):
         self._linger = linger
         self._turn = ALock()
         self._queue: _Queue[T] = _Queue()
-        self._last_batch = 0
+        self._seen: deque[int] = deque(maxlen=RECENT)  # requests each recent turn saw
         self._last_seconds = 0.0
         self._waited: deque[int] = deque(maxlen=8)  # batch sizes of recent turns that waited
         self.calls = 0
@@ -109,7 +117,9 @@ class AsyncWriteCombiner(Generic[T]):
                     batch = self._queue.take()
                     started = time.monotonic()
                     await self._run(batch)
-                    self._last_batch, self._last_seconds = len(batch), time.monotonic() - started
+                    self._last_seconds = time.monotonic() - started
+                    # Its batch, and the requests that arrived while it wrote.
+                    self._seen.append(len(batch) + len(self._queue))
         except BaseException:
             # Cancelled or interrupted while waiting: nobody writes this request later.
             self._queue.drop(request)
@@ -119,7 +129,7 @@ class AsyncWriteCombiner(Generic[T]):
 
     async def _gather(self) -> None:
         """Under contention, let the callers the last write released queue again."""
-        if self._linger <= 0 or self._last_batch < 2:
+        if self._linger <= 0 or max(self._seen, default=0) < 2:
             return
         deadline = time.monotonic() + self._linger * self._last_seconds
         enough = max(self._waited, default=0)

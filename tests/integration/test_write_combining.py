@@ -25,7 +25,7 @@ from coordinator import DeleteFact, TransactionAborted, new_txid
 from coordinator.embeddings import HashingEmbedder
 from coordinator.records import Write
 from participants._async.combine import AsyncWriteCombiner
-from participants._sync.combine import WriteCombiner
+from participants._sync.combine import RECENT, WriteCombiner
 from participants.chroma import AsyncChromaIndex, ChromaIndex
 from tests.contract.test_index_contract import fact, upsert
 
@@ -298,6 +298,58 @@ def test_after_a_combined_write_the_next_turn_waits_for_the_callers_it_released(
         assert batches[2:] == [["c"], ["d"]] and not combiner._waited
 
 
+def test_contention_is_remembered_so_callers_are_not_written_one_at_a_time() -> None:
+    """A write that holds the interpreter (embedded Chroma) keeps the other callers from
+    queueing while it runs: each turn found one request, did not wait, and the callers
+    wrote one at a time (a probe, eight threads rolling back: two write calls in three
+    carried one point). A turn waits when one of the recent turns wrote several requests
+    or saw one arrive while it wrote; a lone caller's turns still write at once."""
+    batches: list[list[str]] = []
+    pause = [0.4]  # a turn waits up to half of the last write
+
+    def write(items: list[str]) -> None:
+        time.sleep(pause[0])
+        batches.append(list(items))
+
+    combiner: WriteCombiner[str] = WriteCombiner("chroma:test", write, linger=0.5)
+
+    def submit_later(key: str, written: int, delay: float) -> threading.Thread:
+        """Submit ``key`` ``delay`` seconds after ``written`` batches were written."""
+
+        def run() -> None:
+            deadline = time.monotonic() + 30
+            while len(batches) < written and time.monotonic() < deadline:
+                time.sleep(0.001)
+            time.sleep(delay)
+            combiner.submit(key, [key])
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    # "b" arrives while "a" is written alone, "c" just after b's turn began: b waits.
+    late = [submit_later("b", 0, 0.1), submit_later("c", 1, 0.02)]
+    combiner.submit("a", ["a"])
+    for thread in late:
+        thread.join(30)
+    assert batches == [["a"], ["b", "c"]]
+
+    # "d" waits and finds nobody; the turn after it still waits, and "f" joins "e".
+    combiner.submit("d", ["d"])
+    thread = submit_later("f", 3, 0.02)
+    combiner.submit("e", ["e"])
+    thread.join(30)
+    assert batches[2:] == [["d"], ["e", "f"]]
+
+    # A lone caller: once the recent turns saw no contention, its turns do not wait.
+    pause[0] = 0.01
+    for i in range(RECENT):
+        combiner.submit(f"alone {i}", [f"alone {i}"])
+    combiner._waited.clear()
+    combiner.submit("last", ["last"])
+    assert batches[-1] == ["last"] and not combiner._waited, "a lone caller waited"
+
+
 @pytest.mark.anyio
 async def test_a_caller_cancelled_while_its_turn_waits_is_never_written() -> None:
     """The turn's holder cancelled inside the wait (its prepare timed out) leaves the queue
@@ -309,12 +361,13 @@ async def test_a_caller_cancelled_while_its_turn_waits_is_never_written() -> Non
         batches.append(list(items))
 
     combiner: AsyncWriteCombiner[str] = AsyncWriteCombiner("chroma:test", write, linger=0.5)
-    async with anyio.create_task_group() as tasks:  # one combined write: the next turn waits
+    # Three arrive while "a" is written: the turns after wait, until three are queued.
+    async with anyio.create_task_group() as tasks:
         tasks.start_soon(combiner.submit, "a", ["a"])
         await anyio.sleep(0.05)
-        tasks.start_soon(combiner.submit, "b", ["b"])
-        tasks.start_soon(combiner.submit, "c", ["c"])
-    assert batches == [["a"], ["b", "c"]]
+        for key in "bcd":
+            tasks.start_soon(combiner.submit, key, [key])
+    assert batches == [["a"], ["b", "c", "d"]]
     cancelled: list[bool] = []
 
     async def give_up() -> None:
