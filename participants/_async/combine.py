@@ -102,7 +102,7 @@ class AsyncWriteCombiner(Generic[T]):
         self._queue: _Queue[T] = _Queue()
         self._seen: deque[int] = deque(maxlen=RECENT)  # requests each recent turn saw
         self._last_seconds = 0.0
-        self._waited: deque[int] = deque(maxlen=8)  # batch sizes of recent turns that waited
+        self._waited: deque[int] = deque(maxlen=RECENT)  # batch sizes of recent turns that waited
         self.calls = 0
         """Write calls made so far (a measure of combining)."""
 
