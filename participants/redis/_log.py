@@ -205,6 +205,21 @@ def where(url: str) -> tuple[str, str]:
     return url.split("?", 1)[0], params.get("prefix", "lockstep:")
 
 
+def server_of(url: str) -> tuple[object, int] | None:
+    """The server and database a ``redis://`` URL connects to, with the default port and
+    database filled in (``redis://h`` and ``redis://h:6379/0`` are one); ``None`` for a URL
+    redis-py cannot read."""
+    from redis.connection import parse_url
+
+    try:
+        params = parse_url(url)
+    except ValueError:
+        return None
+    host = str(params.get("host") or "localhost").lower()
+    server = params.get("path") or (host, int(params.get("port") or 6379))
+    return server, int(params.get("db") or 0)
+
+
 def decision_log_from_url(url: str) -> RedisDecisionLog:
     """``redis://host:port/db[?prefix=...]`` (entry point of the ``redis`` log scheme); the
     same prefix as the storage's URL names the log that storage keeps by default."""

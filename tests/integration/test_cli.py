@@ -153,7 +153,9 @@ def test_recover_refuses_another_log_for_a_redis_store_that_keeps_its_own(
     assert foreign.returncode != 0
     assert f"pass --log {url}?prefix={prefix} " in foreign.stderr
     assert not (tmp_path / "other.db").exists() and store.get("a") is None
-    right = lockstep("recover", *stores, "--log", f"{url}?prefix={prefix}")
+    assert url.endswith("/0")  # the same server and database, spelt without the default
+    same = url.removesuffix("/0")
+    right = lockstep("recover", *stores, "--log", f"{same}?prefix={prefix}")
     assert right.returncode == 0, right.stderr
     assert json.loads(right.stdout)["committed"] == [["facts", txid]]
     assert store.get("a") is not None and store.recover() == []

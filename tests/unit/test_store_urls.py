@@ -61,3 +61,32 @@ def test_a_missing_relative_path_whose_rooted_twin_exists_is_refused(
     # Without the third slash the path was relative in 0.1.0 too: no question to ask.
     relative.unlink()
     assert path_of(f"sqlite://{str(existing).lstrip('/')}") == str(existing).lstrip("/")
+
+
+@pytest.mark.parametrize(
+    ("one", "other", "same"),
+    [
+        ("redis://h:6379/0", "redis://h", True),
+        ("redis://H:6379/0?prefix=a:", "redis://h:6379", True),
+        ("redis://user:secret@h/0", "redis://h", True),
+        ("unix:///run/redis.sock?db=0", "unix:///run/redis.sock", True),
+        ("redis://h:6379/0", "redis://h:6379/1", False),
+        ("redis://h:6379", "redis://h:6380", False),
+        ("redis://h", "redis://g", False),
+        ("unix:///run/redis.sock", "unix:///run/other.sock", False),
+    ],
+)
+def test_redis_urls_name_a_server_and_database_whatever_the_spelling(
+    one: str, other: str, same: bool
+) -> None:
+    """The CLI refuses a log other than the one a Redis store keeps (recovery would abort
+    its committed work): a URL spelling the same server differently is not another."""
+    from participants.redis._log import server_of
+
+    assert (server_of(one) == server_of(other)) is same
+
+
+def test_a_redis_url_redis_cannot_read_names_no_server() -> None:
+    from participants.redis._log import server_of
+
+    assert server_of("redis://h:notaport") is None

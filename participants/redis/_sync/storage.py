@@ -36,7 +36,7 @@ from participants._checks import (
 )
 from participants.redis import _scripts
 from participants.redis._clients import NoBackoff, Redis, RedisError, Retry
-from participants.redis._log import RedisDecisionLog, records_key, where
+from participants.redis._log import RedisDecisionLog, records_key, server_of, where
 
 logger = logging.getLogger("participants.redis")
 
@@ -90,8 +90,10 @@ class RedisStorage:
     def decision_log_for(self, url: str) -> str | None:
         """The log URL to recover this store with, when this Redis holds decisions of its
         own and ``url`` names another log; ``None`` when ``url`` will do."""
-        if scheme_of(url) == "redis" and where(url) == (self._url, self._prefix):
-            return None
+        if scheme_of(url) == "redis" and where(url)[1] == self._prefix:
+            theirs = server_of(url)
+            if theirs is not None and theirs == server_of(self._url):
+                return None
         if not self._client.exists(records_key(self._prefix)):
             return None
         return f"{self._url}?prefix={self._prefix}"
