@@ -212,7 +212,7 @@ def server_of(url: str) -> tuple[object, int] | None:
     from redis.connection import parse_url
 
     try:
-        params = parse_url(url)
+        params: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
     except ValueError:
         return None
     host = str(params.get("host") or "localhost").lower()
