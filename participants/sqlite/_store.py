@@ -44,6 +44,7 @@ from coordinator.errors import (
 )
 from coordinator.filters import check_filters
 from coordinator.log._sqlite import insert_decisions
+from coordinator.plugins import path_of, scheme_of
 from coordinator.records import (
     DeleteFact,
     FactRecord,
@@ -300,6 +301,17 @@ class SQLiteStore:
             if not self._has_decision_table():
                 return False
             return self._one("SELECT 1 FROM lockstep_decisions LIMIT 1") is not None
+
+    def decision_log_for(self, url: str) -> str | None:
+        """The log URL to recover this store with, when this file holds decisions and
+        ``url`` names another log; ``None`` when ``url`` will do."""
+        if not self.holds_decisions():
+            return None
+        if scheme_of(url) == "sqlite":
+            theirs = path_of(url)
+            if os.path.exists(theirs) and os.path.samefile(theirs, self.path):
+                return None
+        return f"sqlite:///{os.path.abspath(self.path)}"
 
     def _has_decision_table(self) -> bool:
         if not self._log_inside:  # once a log is here it stays: asked until then

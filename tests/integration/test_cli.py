@@ -160,3 +160,30 @@ def test_recover_refuses_another_log_for_a_redis_store_that_keeps_its_own(
     assert json.loads(right.stdout)["committed"] == [["facts", txid]]
     assert store.get("a") is not None and store.recover() == []
     store.close()
+
+
+@pytest.mark.anyio
+async def test_the_async_storages_name_their_own_log_alike(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The CLI asks the synchronous stores; through the async faces the question is a
+    coroutine on SQLite as on Redis (it reads the store), with the same answers."""
+    from coordinator import Decision
+    from participants.redis import AsyncRedisStorage
+    from participants.sqlite import AsyncSQLiteStorage
+
+    path = tmp_path / "facts.db"
+    SQLiteDecisionLog(path).decide(new_txid(), Decision.COMMIT, ["facts"])
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    sqlite_store = AsyncSQLiteStorage(path, name="facts")
+    assert await sqlite_store.decision_log_for(other) == f"sqlite:///{path}"
+    assert await sqlite_store.decision_log_for(f"sqlite:///{path}") is None
+
+    url = request.getfixturevalue("redis_server").url
+    prefix = f"{tmp_path.name}:"
+    redis_store = AsyncRedisStorage(url, name="facts", prefix=prefix)
+    await redis_store.default_decision_log().decide(new_txid(), Decision.COMMIT, ["facts"])
+    assert await redis_store.decision_log_for(other) == f"{url}?prefix={prefix}"
+    assert await redis_store.decision_log_for(f"{url}?prefix={prefix}") is None
+    await redis_store.close()
+    await sqlite_store.close()

@@ -9,7 +9,6 @@ from coordinator._acompat import ablocking
 from coordinator.abc import AsyncDecisionLog, TransactionEntry, UndoReads, Vote
 from coordinator.ids import check_participant_name
 from coordinator.log import AsyncSQLiteDecisionLog, SQLiteDecisionLog
-from coordinator.plugins import path_of, scheme_of
 from coordinator.records import FactRecord, JSONValue, Write
 from participants.sqlite._store import SQLiteStore
 
@@ -123,16 +122,10 @@ class AsyncSQLiteStorage:
         """True when this store's own file holds decision records."""
         return self.store.holds_decisions()
 
-    def decision_log_for(self, url: str) -> str | None:
+    async def decision_log_for(self, url: str) -> str | None:
         """The log URL to recover this store with, when its own file holds decisions and
         ``url`` names another log; ``None`` when ``url`` will do."""
-        if not self.store.holds_decisions():
-            return None
-        if scheme_of(url) == "sqlite":
-            theirs = path_of(url)
-            if os.path.exists(theirs) and os.path.samefile(theirs, self.store.path):
-                return None
-        return f"sqlite:///{os.path.abspath(self.store.path)}"
+        return await ablocking(self.store.decision_log_for, url)
 
     def holds_decision_log(self, log: object) -> bool:
         """True when ``log`` keeps its records in this store's own file."""

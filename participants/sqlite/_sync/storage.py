@@ -11,7 +11,6 @@ from coordinator._acompat import blocking
 from coordinator.abc import DecisionLog, TransactionEntry, UndoReads, Vote
 from coordinator.ids import check_participant_name
 from coordinator.log import SQLiteDecisionLog
-from coordinator.plugins import path_of, scheme_of
 from coordinator.records import FactRecord, JSONValue, Write
 from participants.sqlite._store import SQLiteStore
 
@@ -128,13 +127,7 @@ class SQLiteStorage:
     def decision_log_for(self, url: str) -> str | None:
         """The log URL to recover this store with, when its own file holds decisions and
         ``url`` names another log; ``None`` when ``url`` will do."""
-        if not self.store.holds_decisions():
-            return None
-        if scheme_of(url) == "sqlite":
-            theirs = path_of(url)
-            if os.path.exists(theirs) and os.path.samefile(theirs, self.store.path):
-                return None
-        return f"sqlite:///{os.path.abspath(self.store.path)}"
+        return blocking(self.store.decision_log_for, url)
 
     def holds_decision_log(self, log: object) -> bool:
         """True when ``log`` keeps its records in this store's own file."""
