@@ -158,6 +158,8 @@ def _fact(system: str, text: str) -> Any:
 
 
 def main() -> int:
+    from participants.chroma import SYNC_THRESHOLD  # here: MemState's child never imports it
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ops", type=int, default=200, help="operations of each kind per run")
     parser.add_argument("--rounds", type=int, default=2)
@@ -183,8 +185,8 @@ def main() -> int:
         default=None,
         metavar="N",
         help="make MemState's Chroma collection with this HNSW sync_threshold (its own: "
-        "Chroma's default, 1,000; Lockstep creates its collections with 200), to compare "
-        "like with like",
+        f"Chroma's default, 1,000; Lockstep creates its collections with {SYNC_THRESHOLD}), "
+        "to compare like with like",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -311,9 +313,11 @@ def _print(
             "(its own setting is NORMAL), as durable as Lockstep's.\n"
         )
     if args.memstate_chroma_sync:
+        from participants.chroma import SYNC_THRESHOLD
+
         print(
             f"MemState's Chroma collection made with sync_threshold={args.memstate_chroma_sync} "
-            "here (its own is Chroma's default, 1,000; Lockstep's 200).\n"
+            f"here (its own is Chroma's default, 1,000; Lockstep's {SYNC_THRESHOLD}).\n"
         )
     print(
         f"{args.ops} operations of each kind per round and system, {args.rounds} rounds, the "

@@ -183,7 +183,11 @@ async def test_the_async_storages_name_their_own_log_alike(
     prefix = f"{tmp_path.name}:"
     redis_store = AsyncRedisStorage(url, name="facts", prefix=prefix)
     await redis_store.default_decision_log().decide(new_txid(), Decision.COMMIT, ["facts"])
-    assert await redis_store.decision_log_for(other) == f"{url}?prefix={prefix}"
-    assert await redis_store.decision_log_for(f"{url}?prefix={prefix}") is None
+    own = f"{url}?prefix={prefix}"
+    assert await redis_store.decision_log_for(own) is None
+    assert await redis_store.decision_log_for(own.replace("/0?", "?")) is None  # same server
+    # The same server under another prefix, or another database, is another log.
+    for another in (other, f"{url}?prefix=else:", own.replace("/0?", "/1?")):
+        assert await redis_store.decision_log_for(another) == own, another
     await redis_store.close()
     await sqlite_store.close()
