@@ -198,27 +198,30 @@ class SchemaRegistry:
 
 
 _PLAIN_HINT = (
-    "A payload is JSON every store keeps: str (without NUL), int, finite float, bool, None, "
-    "and lists and str-keyed dicts of them (a datetime as .isoformat(), for example); or "
-    "register a pydantic schema for the type: commit_model() converts such values"
+    "A payload is JSON every store keeps: str (Unicode text without NUL), int, finite "
+    "float, bool, None, and lists and str-keyed dicts of them (a datetime as .isoformat(), "
+    "for example); or register a pydantic schema for the type: commit_model() converts "
+    "such values"
 )
 
 
 def check_json(typename: str, payload: dict[str, Any], hint: str) -> None:
     """Refuse a payload no store keeps as given, naming where, before anything is
     written: a value that is not JSON (a datetime, bytes, a set, NaN: Postgres refuses
-    NaN, SQLite would read it back as ``None``), or a NUL character (Postgres refuses it).
-    Either would otherwise fail in one store, or come back different.
+    NaN, SQLite would read it back as ``None``), a NUL character (Postgres refuses it), or
+    a lone surrogate (see :func:`_not_text`). Each would otherwise fail in one store, or
+    come back different.
 
     :raises UsageError: naming the first such value, and what to do instead.
     """
     try:
-        text = json.dumps(payload, allow_nan=False)
+        text = json.dumps(payload, allow_nan=False, ensure_ascii=False)
         refused = ""
     except (TypeError, ValueError) as exc:
         text, refused = "", str(exc)
-    # json.dumps writes a NUL as the six characters \u0000 (which a string may also hold)
-    if refused or "\\u0000" in text:
+    # json.dumps writes a NUL as the six characters \u0000 (which a string may also hold),
+    # and leaves a lone surrogate as it is, which UTF-8 cannot encode.
+    if refused or "\\u0000" in text or _not_text(text):
         where = _unstorable(payload, "payload") or refused
         if where:
             raise UsageError(
@@ -230,7 +233,8 @@ def check_text(what: str, value: object, *, required: bool = False) -> None:
     """Refuse an id, type, session, source, actor or reason no store could keep as given.
 
     :raises UsageError: ``value`` is not a str (or ``None`` where allowed), is empty where
-        ``required``, or holds a NUL character (Postgres cannot store one).
+        ``required``, or holds a NUL character (Postgres cannot store one) or a lone
+        surrogate.
     """
     if value is None and not required:
         return
@@ -242,23 +246,47 @@ def check_text(what: str, value: object, *, required: bool = False) -> None:
             f"{what} {value!r} holds a NUL character: Postgres cannot store one, so no store "
             "takes it"
         )
+    check_unicode(what, value)
+
+
+def check_unicode(what: str, value: str) -> None:
+    """:raises UsageError: ``value`` holds a lone surrogate (see :func:`_not_text`)."""
+    if _not_text(value):
+        raise UsageError(f"{what} {value!r} {_SURROGATE}")
 
 
 _SHORT = reprlib.Repr()
 _SHORT.maxother = _SHORT.maxstring = 60
 
 
+_SURROGATE = (
+    "holds a lone surrogate, which is not Unicode text (UTF-8 cannot encode it, so Postgres, "
+    "Chroma and Qdrant's server refuse it): decode the bytes it came from with "
+    "errors='replace'"
+)
+
+
+def _not_text(value: str) -> bool:
+    """True when ``value`` holds a lone surrogate (half of a UTF-16 pair, as decoding bytes
+    with ``errors='surrogateescape'`` leaves): the one kind of str UTF-8 cannot encode."""
+    if value.isascii():
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _unstorable(value: Any, path: str) -> str | None:
     """Where in ``value`` the first value no store keeps as given is, and what it is: one
-    ``json.dumps(allow_nan=False)`` refuses, or a NUL character."""
+    ``json.dumps(allow_nan=False)`` refuses, a NUL character, or a lone surrogate."""
     if value is None or isinstance(value, int):  # bool is an int
         return None
     if isinstance(value, str):
-        return (
-            f"{path} holds a NUL character, which Postgres cannot store"
-            if "\x00" in value
-            else None
-        )
+        if "\x00" in value:
+            return f"{path} holds a NUL character, which Postgres cannot store"
+        return f"{path} {_SURROGATE}" if _not_text(value) else None
     if isinstance(value, float):
         return None if math.isfinite(value) else f"{path} is {value!r}"
     if isinstance(value, dict):
@@ -267,6 +295,8 @@ def _unstorable(value: Any, path: str) -> str | None:
                 return f"{path} has a key of type {type(key).__name__} ({_SHORT.repr(key)})"
             if isinstance(key, str) and "\x00" in key:
                 return f"{path} has a key holding a NUL character ({key!r})"
+            if isinstance(key, str) and _not_text(key):
+                return f"{path} has a key ({key!r}) that {_SURROGATE}"
             if (found := _unstorable(item, f"{path}.{key}")) is not None:
                 return found
         return None

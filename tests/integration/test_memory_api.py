@@ -241,6 +241,27 @@ BAD_INPUT = [
         UsageError,
         r"payload\.n\[0\] has a key holding a NUL character",
     ),
+    (
+        lambda m: m.commit(Fact(type="note", payload={"content": "x", "n": ["caf\udce9"]})),
+        UsageError,
+        r"payload\.n\[0\] holds a lone surrogate",
+    ),
+    (
+        lambda m: m.update(m.query()[0]["id"], {"payload": {"content": "half \ud83d"}}),
+        UsageError,
+        r"payload\.content holds a lone surrogate",
+    ),
+    (
+        lambda m: m.commit(Fact(type="note", payload={"\ud83d": "half an emoji"})),
+        UsageError,
+        r"payload has a key \('\\ud83d'\) that holds a lone surrogate",
+    ),
+    (
+        lambda m: m.delete(None, m.query()[0]["id"], reason="r\udcff"),
+        UsageError,
+        "reason 'r.udcff' holds a lone surrogate",
+    ),
+    (lambda m: m.search("caf\udce9"), UsageError, "query 'caf.udce9' holds a lone surrogate"),
     (lambda m: m.commit(Fact(id="", type="note", payload={})), UsageError, "fact id must be"),
     (lambda m: m.commit(Fact(id="a\x00", type="note", payload={})), UsageError, "fact id 'a"),
     (lambda m: m.commit(Fact(type="", payload={})), UsageError, "fact type must be"),

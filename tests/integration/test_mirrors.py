@@ -208,3 +208,28 @@ def test_a_nul_character_is_refused_by_every_store_alike(three: MemoryStore) -> 
     assert versions(three.storage.all_facts()) == {kept: 1}
     assert versions(three.mirrors[0].all_facts()) == {kept: 1}
     assert three.indexes[0].contents().committed == {kept: 1}
+
+
+@pytest.mark.parametrize(
+    ("fact", "session", "where"),
+    [
+        (Fact(type="note", payload={"content": "caf\udce9"}), None, r"payload\.content holds"),
+        (Fact(type="note", payload={"content": "x", "\ud800": 1}), None, "payload has a key"),
+        (Fact(id="x\udcffy", type="note", payload={"content": "c"}), None, "fact id 'x"),
+        (Fact(type="note", payload={"content": "c"}), "s\ud800", "session_id 's"),
+    ],
+)
+def test_a_lone_surrogate_is_refused_by_every_store_alike(
+    three: MemoryStore, fact: Fact, session: str | None, where: str
+) -> None:
+    """A str holding half a UTF-16 surrogate pair (what decoding bytes with
+    ``errors="surrogateescape"`` leaves) is not Unicode text: UTF-8 cannot encode it.
+    Each store failed its own way (SQLite kept one in a payload, JSON-escaped, and
+    refused one in a session id; Postgres voted no). The memory API refuses it first,
+    naming where, and nothing is written."""
+    kept = three.commit(Fact(type="note", payload={"content": "kept"}))
+    with pytest.raises(UsageError, match=f"{where}.*lone surrogate"):
+        three.commit(fact, session_id=session)
+    assert versions(three.storage.all_facts()) == {kept: 1}
+    assert versions(three.mirrors[0].all_facts()) == {kept: 1}
+    assert three.indexes[0].contents().committed == {kept: 1}

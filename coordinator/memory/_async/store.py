@@ -41,6 +41,7 @@ from coordinator.memory._model import (
     ScoredFact,
     as_dict,
     check_text,
+    check_unicode,
 )
 from coordinator.memory._verify import Drift, VerifyReport, compare, compare_copies
 from coordinator.outcomes import RecoveryReport
@@ -489,6 +490,7 @@ class AsyncMemoryStore:
         """
         if not isinstance(query, str):
             raise UsageError(f"search(): query must be a str, got {type(query).__name__}")
+        check_unicode("search(): query", query)  # the embedder would fail on it
         if limit is not None and k not in (5, limit):  # 5: k's default, so k was not given
             raise UsageError(f"search(): k={k!r} and limit={limit!r} disagree; limit is k's alias")
         k = limit if limit is not None else k
