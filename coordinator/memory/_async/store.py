@@ -501,7 +501,7 @@ class AsyncMemoryStore:
         looks = [
             (
                 index,
-                index.embedder.embed_query(query),
+                await ablocking(index.embedder.embed_query, query),  # a model takes a while
                 _pushdown(index, typename, session_id, filters or {}),
             )
             for index in self.indexes
@@ -587,7 +587,7 @@ class AsyncMemoryStore:
                     continue
                 if held.get(fact_id, 0) > fact.version:  # a point newer than the truth
                     await self._apply(index, [DeleteFact(fact_id, held[fact_id])])
-                vector = index.embedder.embed([text])[0]
+                [vector] = await ablocking(index.embedder.embed, [text])
                 write = UpsertFact(fact, 0, embedding=tuple(vector))
                 await self._apply(index, [write])
             for fact_id in drift.extra:

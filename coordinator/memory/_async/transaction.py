@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from pydantic import BaseModel
 
+from coordinator._acompat import ablocking
 from coordinator.abc import AsyncIndex
 from coordinator.errors import ImmutableViolation, UsageError
 from coordinator.ids import new_txid
@@ -443,8 +444,9 @@ class AsyncMemoryTransaction:
             elif before is not None and index_holds(index, before):
                 writes.append(DeleteFact(fact_id, expected, _with_version(before, expected + 1)))
         if upserts:
-            # Embeddings are computed here, before prepare, outside any lock.
-            vectors = index.embedder.embed([text for _, _, text in upserts])
+            # Embeddings are computed here, before prepare, outside any lock; async callers
+            # compute them off the event loop (a model takes milliseconds to seconds a text).
+            vectors = await ablocking(index.embedder.embed, [text for _, _, text in upserts])
             for (after, expected, _), vector in zip(upserts, vectors, strict=True):
                 writes.append(UpsertFact(after, expected, embedding=tuple(vector)))
         return writes

@@ -499,7 +499,7 @@ class MemoryStore:
         looks = [
             (
                 index,
-                index.embedder.embed_query(query),
+                blocking(index.embedder.embed_query, query),  # a model takes a while
                 _pushdown(index, typename, session_id, filters or {}),
             )
             for index in self.indexes
@@ -585,7 +585,7 @@ class MemoryStore:
                     continue
                 if held.get(fact_id, 0) > fact.version:  # a point newer than the truth
                     self._apply(index, [DeleteFact(fact_id, held[fact_id])])
-                vector = index.embedder.embed([text])[0]
+                [vector] = blocking(index.embedder.embed, [text])
                 write = UpsertFact(fact, 0, embedding=tuple(vector))
                 self._apply(index, [write])
             for fact_id in drift.extra:

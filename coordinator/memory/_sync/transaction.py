@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from pydantic import BaseModel
 
+from coordinator._acompat import blocking
 from coordinator.abc import Index
 from coordinator.errors import ImmutableViolation, UsageError
 from coordinator.ids import new_txid
@@ -441,8 +442,9 @@ class MemoryTransaction:
             elif before is not None and index_holds(index, before):
                 writes.append(DeleteFact(fact_id, expected, _with_version(before, expected + 1)))
         if upserts:
-            # Embeddings are computed here, before prepare, outside any lock.
-            vectors = index.embedder.embed([text for _, _, text in upserts])
+            # Embeddings are computed here, before prepare, outside any lock; async callers
+            # compute them off the event loop (a model takes milliseconds to seconds a text).
+            vectors = blocking(index.embedder.embed, [text for _, _, text in upserts])
             for (after, expected, _), vector in zip(upserts, vectors, strict=True):
                 writes.append(UpsertFact(after, expected, embedding=tuple(vector)))
         return writes
