@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 
 from coordinator.errors import UsageError
-from coordinator.records import FactRecord, JSONValue
+from coordinator.records import FactRecord, JSONValue, unstorable_text
 
 TOP_LEVEL = ("id", "type", "version", "session_id", "source", "actor", "reason", "txid")
 _SEGMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -48,6 +48,8 @@ def check_filters(filters: object) -> dict[tuple[str, ...], JSONValue]:
                 f"filter {key!r}: value must be a str, number, bool or None, "
                 f"got {type(value).__name__}"
             )
+        if isinstance(value, str) and (fault := unstorable_text(value)) is not None:
+            raise UsageError(f"filter {key!r}: the value {value!r} {fault}")
         checked[path] = value
     return checked
 

@@ -132,3 +132,27 @@ CLAIM_SEPARATOR = "\x1f"
 def singleton_claim(typename: str, key: str, value: JSONValue) -> str:
     """The claim an :class:`UpsertFact` makes for a singleton key: unique per store."""
     return CLAIM_SEPARATOR.join((typename, key, json.dumps(value, sort_keys=True)))
+
+
+_NUL = "holds a NUL character, which Postgres cannot store"
+_SURROGATE = (
+    "holds a lone surrogate, which is not Unicode text (UTF-8 cannot encode it, so Postgres, "
+    "Chroma and Qdrant's server refuse it): decode the bytes it came from with "
+    "errors='replace'"
+)
+
+
+def unstorable_text(value: str) -> str | None:
+    """Why no store keeps the str ``value`` as given (a phrase, "holds ..."), or ``None``:
+    a NUL character, or a lone surrogate (half a UTF-16 pair, as decoding bytes with
+    ``errors='surrogateescape'`` leaves: the one kind of str UTF-8 cannot encode). SQLite
+    would keep either where Postgres refuses it, so the memory API refuses both first."""
+    if "\x00" in value:
+        return _NUL
+    if value.isascii():
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE
+    return None

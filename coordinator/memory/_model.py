@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
 from coordinator.errors import UsageError, ValidationFailed
-from coordinator.records import FactRecord
+from coordinator.records import FactRecord, unstorable_text
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
@@ -208,9 +208,9 @@ _PLAIN_HINT = (
 def check_json(typename: str, payload: dict[str, Any], hint: str) -> None:
     """Refuse a payload no store keeps as given, naming where, before anything is
     written: a value that is not JSON (a datetime, bytes, a set, NaN: Postgres refuses
-    NaN, SQLite would read it back as ``None``), a NUL character (Postgres refuses it), or
-    a lone surrogate (see :func:`_not_text`). Each would otherwise fail in one store, or
-    come back different.
+    NaN, SQLite would read it back as ``None``), or text with a NUL character or a lone
+    surrogate (see :func:`~coordinator.records.unstorable_text`). Each would otherwise
+    fail in one store, or come back different.
 
     :raises UsageError: naming the first such value, and what to do instead.
     """
@@ -221,7 +221,7 @@ def check_json(typename: str, payload: dict[str, Any], hint: str) -> None:
         text, refused = "", str(exc)
     # json.dumps writes a NUL as the six characters \u0000 (which a string may also hold),
     # and leaves a lone surrogate as it is, which UTF-8 cannot encode.
-    if refused or "\\u0000" in text or _not_text(text):
+    if refused or "\\u0000" in text or unstorable_text(text):
         where = _unstorable(payload, "payload") or refused
         if where:
             raise UsageError(
@@ -233,70 +233,37 @@ def check_text(what: str, value: object, *, required: bool = False) -> None:
     """Refuse an id, type, session, source, actor or reason no store could keep as given.
 
     :raises UsageError: ``value`` is not a str (or ``None`` where allowed), is empty where
-        ``required``, or holds a NUL character (Postgres cannot store one) or a lone
-        surrogate.
+        ``required``, or holds a NUL character or a lone surrogate.
     """
     if value is None and not required:
         return
     if not isinstance(value, str) or (required and not value):
         wanted = "a non-empty str" if required else "a str or None"
         raise UsageError(f"{what} must be {wanted}, got {value!r}")
-    if "\x00" in value:
-        raise UsageError(
-            f"{what} {value!r} holds a NUL character: Postgres cannot store one, so no store "
-            "takes it"
-        )
-    check_unicode(what, value)
-
-
-def check_unicode(what: str, value: str) -> None:
-    """:raises UsageError: ``value`` holds a lone surrogate (see :func:`_not_text`)."""
-    if _not_text(value):
-        raise UsageError(f"{what} {value!r} {_SURROGATE}")
+    if (fault := unstorable_text(value)) is not None:
+        raise UsageError(f"{what} {value!r} {fault}")
 
 
 _SHORT = reprlib.Repr()
 _SHORT.maxother = _SHORT.maxstring = 60
 
 
-_SURROGATE = (
-    "holds a lone surrogate, which is not Unicode text (UTF-8 cannot encode it, so Postgres, "
-    "Chroma and Qdrant's server refuse it): decode the bytes it came from with "
-    "errors='replace'"
-)
-
-
-def _not_text(value: str) -> bool:
-    """True when ``value`` holds a lone surrogate (half of a UTF-16 pair, as decoding bytes
-    with ``errors='surrogateescape'`` leaves): the one kind of str UTF-8 cannot encode."""
-    if value.isascii():
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
 def _unstorable(value: Any, path: str) -> str | None:
     """Where in ``value`` the first value no store keeps as given is, and what it is: one
-    ``json.dumps(allow_nan=False)`` refuses, a NUL character, or a lone surrogate."""
+    ``json.dumps(allow_nan=False)`` refuses, or text no store keeps as given."""
     if value is None or isinstance(value, int):  # bool is an int
         return None
     if isinstance(value, str):
-        if "\x00" in value:
-            return f"{path} holds a NUL character, which Postgres cannot store"
-        return f"{path} {_SURROGATE}" if _not_text(value) else None
+        fault = unstorable_text(value)
+        return None if fault is None else f"{path} {fault}"
     if isinstance(value, float):
         return None if math.isfinite(value) else f"{path} is {value!r}"
     if isinstance(value, dict):
         for key, item in value.items():
             if not (key is None or isinstance(key, str | int | float)):
                 return f"{path} has a key of type {type(key).__name__} ({_SHORT.repr(key)})"
-            if isinstance(key, str) and "\x00" in key:
-                return f"{path} has a key holding a NUL character ({key!r})"
-            if isinstance(key, str) and _not_text(key):
-                return f"{path} has a key ({key!r}) that {_SURROGATE}"
+            if isinstance(key, str) and (fault := unstorable_text(key)) is not None:
+                return f"{path} has a key ({key!r}) that {fault}"
             if (found := _unstorable(item, f"{path}.{key}")) is not None:
                 return found
         return None

@@ -239,7 +239,7 @@ BAD_INPUT = [
     (
         lambda m: m.commit(Fact(type="note", payload={"content": "x", "n": [{"k\x00": 1}]})),
         UsageError,
-        r"payload\.n\[0\] has a key holding a NUL character",
+        r"payload\.n\[0\] has a key \('k\\x00'\) that holds a NUL character",
     ),
     (
         lambda m: m.commit(Fact(type="note", payload={"content": "x", "n": ["caf\udce9"]})),

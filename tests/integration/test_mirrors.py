@@ -210,6 +210,30 @@ def test_a_nul_character_is_refused_by_every_store_alike(three: MemoryStore) -> 
     assert three.indexes[0].contents().committed == {kept: 1}
 
 
+@pytest.mark.parametrize("bad", ["a\x00b", "caf\udce9"])
+def test_text_no_store_keeps_is_refused_in_reads_too(three: MemoryStore, bad: str) -> None:
+    """Reads took such text to the storage, where SQLite found nothing and Postgres raised
+    a UnicodeEncodeError or a ParticipantError: the memory API refuses it alike everywhere."""
+    kept = three.commit(Fact(type="note", payload={"content": "kept"}), session_id="s")
+    reads = [
+        lambda: three.get(bad),
+        lambda: three.history(bad),
+        lambda: three.query(typename=bad),
+        lambda: three.query(session_id=bad),
+        lambda: three.query(filters={"payload.content": bad}),
+        lambda: three.search("kept", filters={"payload.content": bad}),
+        lambda: three.search(bad),
+        lambda: three.rollback(1, session_id=bad),
+        lambda: three.update(bad, {"payload": {"content": "x"}}),
+        lambda: three.delete(None, bad),
+    ]
+    for read in reads:
+        with pytest.raises(UsageError, match=r"NUL character|lone surrogate"):
+            read()
+    assert versions(three.storage.all_facts()) == {kept: 1}
+    assert three.get(kept)["payload"] == {"content": "kept"}  # type: ignore[index]
+
+
 @pytest.mark.parametrize(
     ("fact", "session", "where"),
     [

@@ -41,7 +41,6 @@ from coordinator.memory._model import (
     ScoredFact,
     as_dict,
     check_text,
-    check_unicode,
 )
 from coordinator.memory._verify import Drift, VerifyReport, compare, compare_copies
 from coordinator.outcomes import RecoveryReport
@@ -389,6 +388,7 @@ class AsyncMemoryStore:
             )
         if steps <= 0:
             raise UsageError(f"rollback(): steps must be >= 1, got {steps}")
+        check_text("rollback(): session_id", session_id)
         self.check_open()
         entries = await self.storage.transactions(session_id, steps)
         if not entries:
@@ -442,6 +442,7 @@ class AsyncMemoryStore:
 
     async def get(self, fact_id: str) -> dict[str, Any] | None:
         """The fact's committed state, or ``None``."""
+        check_text("get(): fact_id", fact_id, required=True)
         self.check_open()
         fact = await self.storage.get(fact_id)
         return None if fact is None else as_dict(fact)
@@ -456,6 +457,8 @@ class AsyncMemoryStore:
 
         :raises UsageError: a malformed filter key or a non-scalar value.
         """
+        check_text("query(): typename", typename)
+        check_text("query(): session_id", session_id)
         check_filters(filters)
         self.check_open()
         found = await self.storage.query(typename, filters or {}, session_id)
@@ -463,6 +466,7 @@ class AsyncMemoryStore:
 
     async def history(self, fact_id: str) -> list[dict[str, Any]]:
         """Every committed version of the fact, oldest first (deletes included)."""
+        check_text("history(): fact_id", fact_id, required=True)
         self.check_open()
         return [as_dict(f) for f in await self.storage.history(fact_id)]
 
@@ -490,7 +494,7 @@ class AsyncMemoryStore:
         """
         if not isinstance(query, str):
             raise UsageError(f"search(): query must be a str, got {type(query).__name__}")
-        check_unicode("search(): query", query)  # the embedder would fail on it
+        check_text("search(): query", query)  # a model would fail on a lone surrogate
         if limit is not None and k not in (5, limit):  # 5: k's default, so k was not given
             raise UsageError(f"search(): k={k!r} and limit={limit!r} disagree; limit is k's alias")
         k = limit if limit is not None else k

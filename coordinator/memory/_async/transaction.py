@@ -307,8 +307,7 @@ class AsyncMemoryTransaction:
     # -- helpers ------------------------------------------------------------------------
 
     async def _existing(self, fact_id: str) -> FactRecord:
-        if not isinstance(fact_id, str):
-            raise UsageError(f"fact_id must be a str, got {type(fact_id).__name__}")
+        check_text("fact_id", fact_id, required=True)
         current = await self._current(fact_id)
         if current is None:
             raise UsageError(f"no fact with id {fact_id!r}")

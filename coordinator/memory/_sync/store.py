@@ -42,7 +42,6 @@ from coordinator.memory._model import (
     ScoredFact,
     as_dict,
     check_text,
-    check_unicode,
 )
 from coordinator.memory._sync.transaction import MemoryTransaction, index_holds
 from coordinator.memory._verify import Drift, VerifyReport, compare, compare_copies
@@ -387,6 +386,7 @@ class MemoryStore:
             )
         if steps <= 0:
             raise UsageError(f"rollback(): steps must be >= 1, got {steps}")
+        check_text("rollback(): session_id", session_id)
         self.check_open()
         entries = self.storage.transactions(session_id, steps)
         if not entries:
@@ -440,6 +440,7 @@ class MemoryStore:
 
     def get(self, fact_id: str) -> dict[str, Any] | None:
         """The fact's committed state, or ``None``."""
+        check_text("get(): fact_id", fact_id, required=True)
         self.check_open()
         fact = self.storage.get(fact_id)
         return None if fact is None else as_dict(fact)
@@ -454,6 +455,8 @@ class MemoryStore:
 
         :raises UsageError: a malformed filter key or a non-scalar value.
         """
+        check_text("query(): typename", typename)
+        check_text("query(): session_id", session_id)
         check_filters(filters)
         self.check_open()
         found = self.storage.query(typename, filters or {}, session_id)
@@ -461,6 +464,7 @@ class MemoryStore:
 
     def history(self, fact_id: str) -> list[dict[str, Any]]:
         """Every committed version of the fact, oldest first (deletes included)."""
+        check_text("history(): fact_id", fact_id, required=True)
         self.check_open()
         return [as_dict(f) for f in self.storage.history(fact_id)]
 
@@ -488,7 +492,7 @@ class MemoryStore:
         """
         if not isinstance(query, str):
             raise UsageError(f"search(): query must be a str, got {type(query).__name__}")
-        check_unicode("search(): query", query)  # the embedder would fail on it
+        check_text("search(): query", query)  # a model would fail on a lone surrogate
         if limit is not None and k not in (5, limit):  # 5: k's default, so k was not given
             raise UsageError(f"search(): k={k!r} and limit={limit!r} disagree; limit is k's alias")
         k = limit if limit is not None else k
