@@ -50,6 +50,7 @@ class SameEmbedder:
     """:func:`embed` as a Lockstep embedder."""
 
     dim = DIM
+    inline = True  # as cheap as HashingEmbedder: called on the event loop, as MemState does
 
     def embed(self, texts: Any) -> list[list[float]]:
         return [embed(t) for t in texts]

@@ -340,6 +340,11 @@ class Embedder(Protocol):
 
     ``embed_query`` embeds a search query; models trained with separate query and passage
     prefixes (e5) use it; others return ``embed([text])[0]``.
+
+    The async memory API calls an embedder in a worker thread, so a model does not hold up
+    the event loop; an embedder whose calls take microseconds (pure Python, such as
+    :class:`~coordinator.embeddings.HashingEmbedder`) may set ``inline = True`` to be
+    called on the loop instead, as the hop to a thread costs more (about 0.15 ms).
     """
 
     @property

@@ -35,6 +35,8 @@ class HashingEmbedder:
     Texts sharing words get close vectors; paraphrases do not.
     """
 
+    inline = True  # microseconds a text: the async memory API calls it on the event loop
+
     def __init__(self, dim: int = 256) -> None:
         if dim < 8:
             raise ConfigurationError(f"HashingEmbedder dim must be >= 8, got {dim}")

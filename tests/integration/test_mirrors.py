@@ -5,7 +5,7 @@ server index — one memory change lands in all three or in none.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import chromadb
@@ -215,7 +215,7 @@ def test_text_no_store_keeps_is_refused_in_reads_too(three: MemoryStore, bad: st
     """Reads took such text to the storage, where SQLite found nothing and Postgres raised
     a UnicodeEncodeError or a ParticipantError: the memory API refuses it alike everywhere."""
     kept = three.commit(Fact(type="note", payload={"content": "kept"}), session_id="s")
-    reads = [
+    reads: list[Callable[[], object]] = [
         lambda: three.get(bad),
         lambda: three.history(bad),
         lambda: three.query(typename=bad),

@@ -33,7 +33,12 @@ from coordinator.faults import FaultHook, no_faults
 from coordinator.filters import check_filters, matches
 from coordinator.ids import new_txid
 from coordinator.log import AsyncMemoryDecisionLog
-from coordinator.memory._async.transaction import AsyncMemoryTransaction, index_holds
+from coordinator.memory._async.transaction import (
+    AsyncMemoryTransaction,
+    embed,
+    embed_query,
+    index_holds,
+)
 from coordinator.memory._model import (
     Constraint,
     Fact,
@@ -505,7 +510,7 @@ class AsyncMemoryStore:
         looks = [
             (
                 index,
-                await ablocking(index.embedder.embed_query, query),  # a model takes a while
+                await embed_query(index.embedder, query),
                 _pushdown(index, typename, session_id, filters or {}),
             )
             for index in self.indexes
@@ -591,7 +596,7 @@ class AsyncMemoryStore:
                     continue
                 if held.get(fact_id, 0) > fact.version:  # a point newer than the truth
                     await self._apply(index, [DeleteFact(fact_id, held[fact_id])])
-                [vector] = await ablocking(index.embedder.embed, [text])
+                [vector] = await embed(index.embedder, [text])
                 write = UpsertFact(fact, 0, embedding=tuple(vector))
                 await self._apply(index, [write])
             for fact_id in drift.extra:

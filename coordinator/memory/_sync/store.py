@@ -43,7 +43,12 @@ from coordinator.memory._model import (
     as_dict,
     check_text,
 )
-from coordinator.memory._sync.transaction import MemoryTransaction, index_holds
+from coordinator.memory._sync.transaction import (
+    MemoryTransaction,
+    embed,
+    embed_query,
+    index_holds,
+)
 from coordinator.memory._verify import Drift, VerifyReport, compare, compare_copies
 from coordinator.outcomes import RecoveryReport
 from coordinator.plugins import open_decision_log, open_participant
@@ -503,7 +508,7 @@ class MemoryStore:
         looks = [
             (
                 index,
-                blocking(index.embedder.embed_query, query),  # a model takes a while
+                embed_query(index.embedder, query),
                 _pushdown(index, typename, session_id, filters or {}),
             )
             for index in self.indexes
@@ -589,7 +594,7 @@ class MemoryStore:
                     continue
                 if held.get(fact_id, 0) > fact.version:  # a point newer than the truth
                     self._apply(index, [DeleteFact(fact_id, held[fact_id])])
-                [vector] = blocking(index.embedder.embed, [text])
+                [vector] = embed(index.embedder, [text])
                 write = UpsertFact(fact, 0, embedding=tuple(vector))
                 self._apply(index, [write])
             for fact_id in drift.extra:

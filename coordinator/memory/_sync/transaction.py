@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Self
 from pydantic import BaseModel
 
 from coordinator._acompat import blocking
-from coordinator.abc import Index
+from coordinator.abc import Embedder, Index
 from coordinator.errors import ImmutableViolation, UsageError
 from coordinator.ids import new_txid
 from coordinator.memory._model import Fact, as_dict, check_text
@@ -441,9 +441,8 @@ class MemoryTransaction:
             elif before is not None and index_holds(index, before):
                 writes.append(DeleteFact(fact_id, expected, _with_version(before, expected + 1)))
         if upserts:
-            # Embeddings are computed here, before prepare, outside any lock; async callers
-            # compute them off the event loop (a model takes milliseconds to seconds a text).
-            vectors = blocking(index.embedder.embed, [text for _, _, text in upserts])
+            # Embeddings are computed here, before prepare, outside any lock.
+            vectors = embed(index.embedder, [text for _, _, text in upserts])
             for (after, expected, _), vector in zip(upserts, vectors, strict=True):
                 writes.append(UpsertFact(after, expected, embedding=tuple(vector)))
         return writes
@@ -452,6 +451,21 @@ class MemoryTransaction:
 def _check_actor_reason(actor: str | None, reason: str | None) -> None:
     check_text("actor", actor)
     check_text("reason", reason)
+
+
+def embed(embedder: Embedder, texts: list[str]) -> list[list[float]]:
+    """``embedder.embed(texts)``; for async callers, in a worker thread unless the embedder
+    is ``inline`` (a model takes milliseconds to seconds a text, and the loop would wait)."""
+    if getattr(embedder, "inline", False):
+        return embedder.embed(texts)
+    return blocking(embedder.embed, texts)
+
+
+def embed_query(embedder: Embedder, text: str) -> list[float]:
+    """``embedder.embed_query(text)``, called as :func:`embed` calls ``embed``."""
+    if getattr(embedder, "inline", False):
+        return embedder.embed_query(text)
+    return blocking(embedder.embed_query, text)
 
 
 def _with_version(record: FactRecord, version: int) -> FactRecord:
