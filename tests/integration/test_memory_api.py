@@ -231,6 +231,8 @@ BAD_INPUT = [
     (lambda m: m.rollback("s1"), UsageError, "did you mean rollback"),
     (lambda m: m.search("x", k=0), UsageError, "positive int"),
     (lambda m: m.search("x", k=2, limit=3), UsageError, "disagree"),
+    (lambda m: m.search("x", score_threshold="0.5"), UsageError, "score_threshold must be a"),
+    (lambda m: m.search("x", score_threshold=math.nan), UsageError, "got nan"),
     (
         lambda m: m.commit(Fact(type="note", payload={"content": "a\x00b"})),
         UsageError,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -503,6 +504,15 @@ class MemoryStore:
         k = limit if limit is not None else k
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise UsageError(f"search(): k must be a positive int, got {k!r}")
+        if score_threshold is not None and (
+            isinstance(score_threshold, bool)
+            or not isinstance(score_threshold, int | float)
+            or not math.isfinite(score_threshold)
+        ):
+            raise UsageError(
+                "search(): score_threshold must be a finite number (a similarity, higher is "
+                f"closer) or None, got {score_threshold!r}"
+            )
         checked = check_filters(filters)
         self.check_open()
         looks = [
