@@ -62,6 +62,7 @@ bench: install
 	$(PY) -m benchmarks.rollback_log --lengths 0,1000,10000 --json rollback-log.json
 	$(PY) -m benchmarks.reads_beside_commits --reads 1000 --rounds 2 --json reads.json
 	$(PY) -m benchmarks.chroma_sync --held 20000 --json chroma-sync.json
+	$(PY) -m benchmarks.search_scale --json search-scale.json
 
 bench-quick: install
 	$(PY) -m benchmarks.engine --quick
@@ -77,6 +78,7 @@ bench-quick: install
 	$(PY) -m benchmarks.rollback_log --lengths 0,200 --versions 10,500 --stores sqlite,redis
 	$(PY) -m benchmarks.reads_beside_commits --reads 200 --rounds 1 --writers 0,4
 	$(PY) -m benchmarks.chroma_sync --writes 400 --rounds 1 --places embedded
+	$(PY) -m benchmarks.search_scale --sizes 200,1000 --queries 10
 
 unit: install
 	$(PY) -m pytest -q tests/unit

@@ -51,12 +51,14 @@ class PointCatalog:
         self._points: dict[str, Entry] = {}
         self._by_fact: dict[str, set[str]] = {}
         self._by_txid: dict[str, set[str]] = {}
+        self._markers: set[str] = set()  # delete markers' ids
 
     def load(self, points: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
         """Start from what the collection holds: ``(point id, payload)`` pairs."""
         self._points.clear()
         self._by_fact.clear()
         self._by_txid.clear()
+        self._markers.clear()
         for point_id, payload in points:
             self.add(point_id, payload)
         self.loaded = True
@@ -75,12 +77,15 @@ class PointCatalog:
         self._points[point_id] = entry
         self._by_fact.setdefault(entry.fact_id, set()).add(point_id)
         self._by_txid.setdefault(entry.txid, set()).add(point_id)
+        if entry.op == "delete":
+            self._markers.add(point_id)
 
     def remove(self, point_ids: Iterable[str]) -> None:
         for point_id in point_ids:
             entry = self._points.pop(point_id, None)
             if entry is None:
                 continue
+            self._markers.discard(point_id)
             for index, key in ((self._by_fact, entry.fact_id), (self._by_txid, entry.txid)):
                 ids = index[key]
                 ids.discard(point_id)
@@ -109,6 +114,10 @@ class PointCatalog:
             for point_id in self._by_fact.get(fact_id, ())
             if self._points[point_id].version < bound
         ]
+
+    def markers(self) -> int:
+        """How many delete markers the collection holds."""
+        return len(self._markers)
 
     def pending(self) -> set[str]:
         """Txids with points still staged."""

@@ -178,6 +178,29 @@ def test_a_delete_is_staged_then_applied(open_index: Opener) -> None:
     assert index.contents().committed == {} and search(index, "green tea") == []
 
 
+def test_search_never_returns_a_delete_marker_and_still_returns_k_points(
+    open_index: Opener,
+) -> None:
+    """Staged deletes leave markers whose vector is the marker vector; a search from that
+    very vector gets the k nearest upsert points all the same (in local mode, which finds
+    them without a filter, by asking for as many more points as it holds markers)."""
+    index = open_index()
+    first = new_txid()
+    index.prepare(first, [upsert(fact(f, 1, f"note {f}")) for f in "abcde"])
+    index.commit(first)
+    deletes = new_txid()
+    index.prepare(deletes, [DeleteFact("a", 1), DeleteFact("b", 1), DeleteFact("c", 1)])
+    marker = [1.0] + [0.0] * (EMBEDDER.dim - 1)  # the three markers' own vector
+    found = index.search(marker, 4, {})
+    assert len(found) == 4 and all(h.version == 1 and h.committed for h in found)
+    # The same points, in the same order, as a search the index filters (by session).
+    assert [h.fact_id for h in found] == [
+        h.fact_id for h in index.search(marker, 4, {"session_id": "s1"})
+    ]
+    index.commit(deletes)
+    assert sorted(h.fact_id for h in index.search(marker, 4, {})) == ["d", "e"]
+
+
 def test_search_filters_on_metadata_and_session(open_index: Opener) -> None:
     index = open_index()
     txid = new_txid()

@@ -294,21 +294,33 @@ class AsyncQdrantIndex(VectorIndexBase):
         self, vector: Sequence[float], k: int, where: Mapping[str, JSONValue]
     ) -> list[Hit]:
         await self._ensure_collection()
-        conditions: list[models.Condition] = [
-            _equal(key, value) for key, value in search_filter(where).items()
-        ]
+        catalog = self._catalog
         try:
-            found = await self._guarded(
-                self._client.query_points,
-                self._collection,
-                query=list(vector),
-                query_filter=models.Filter(must=conditions),
-                limit=k,
-                with_payload=True,
-            )
+            async with self._guard:  # no write between the catalog's count and the query
+                # Local mode tests each condition of a filter on every point, in Python (at
+                # 10,000 points, about 120 ms a condition against 10 ms for no filter): with
+                # the catalog, upsert points are found without one, by asking for as many
+                # more points as there are delete markers and dropping those.
+                markers = catalog.markers() if catalog is not None and catalog.loaded else None
+                conditions: list[models.Condition] = [
+                    _equal(key, value)
+                    for key, value in (search_filter(where) if markers is None else where).items()
+                ]
+                found = await self._client.query_points(
+                    self._collection,
+                    query=list(vector),
+                    query_filter=models.Filter(must=conditions) if conditions else None,
+                    limit=k + (markers or 0),
+                    with_payload=True,
+                )
         except Exception as exc:
             raise self._error("search", None, exc) from exc
-        return [hit_of(p.payload, float(p.score)) for p in found.points if p.payload]
+        hits = [
+            hit_of(p.payload, float(p.score))
+            for p in found.points
+            if p.payload and p.payload.get("op") == "upsert"
+        ]
+        return hits[:k]
 
     async def contents(self) -> IndexContents:
         await self._ensure_collection()
