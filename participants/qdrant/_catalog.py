@@ -1,10 +1,13 @@
-"""A local-mode collection's Lockstep points, by fact and by transaction, kept in memory.
+"""A local-mode collection's Lockstep points, by fact, by transaction and by the values of
+their payload fields, kept in memory.
 
 Qdrant's local mode keeps every point in process memory and answers a filter by testing
 every point, so a commit that finds its points by ``txid`` and the versions they replace
 by ``fact_id`` costs two passes over the collection: commits grow slower with every fact
 stored. The catalog answers those lookups from dictionaries instead, and the writes go by
-point id. It is valid because local mode locks its directory to one process, and the
+point id. A search, too, learns from it how many points meet its conditions (and which),
+so that it can do without a filter, whose every condition local mode tests on every point
+in Python. It is valid because local mode locks its directory to one process, and the
 catalog and the guard that serialises every call on the client are shared by every index
 on the same client. It is loaded with one scroll when the collection is opened, updated
 after each write succeeded, and loaded again after any write failed.
@@ -26,7 +29,7 @@ import logging
 import sqlite3
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from participants._vectors import COMMITTED, PENDING
@@ -41,10 +44,13 @@ class Entry:
     txid: str
     op: str
     state: str
+    #: The payload's other keys (type, session_id, metadata fields): what searches filter on.
+    fields: Mapping[str, Any] = field(default_factory=dict)
 
 
 class PointCatalog:
-    """Lockstep's points of one collection: ``id -> Entry``, with indexes by fact and txid."""
+    """Lockstep's points of one collection: ``id -> Entry``, with indexes by fact, by txid
+    and, for upsert points, by the values of their other payload fields."""
 
     def __init__(self) -> None:
         self.loaded = False
@@ -52,6 +58,7 @@ class PointCatalog:
         self._by_fact: dict[str, set[str]] = {}
         self._by_txid: dict[str, set[str]] = {}
         self._markers: set[str] = set()  # delete markers' ids
+        self._by_value: dict[tuple[str, str, Any], set[str]] = {}  # see _value_key
 
     def load(self, points: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
         """Start from what the collection holds: ``(point id, payload)`` pairs."""
@@ -59,6 +66,7 @@ class PointCatalog:
         self._by_fact.clear()
         self._by_txid.clear()
         self._markers.clear()
+        self._by_value.clear()
         for point_id, payload in points:
             self.add(point_id, payload)
         self.loaded = True
@@ -73,12 +81,15 @@ class PointCatalog:
             str(payload["txid"]),
             str(payload.get("op", "upsert")),
             str(payload.get("state", PENDING)),
+            {key: value for key, value in payload.items() if key not in _OWN},
         )
         self._points[point_id] = entry
         self._by_fact.setdefault(entry.fact_id, set()).add(point_id)
         self._by_txid.setdefault(entry.txid, set()).add(point_id)
         if entry.op == "delete":
             self._markers.add(point_id)
+        for value_key in _value_keys(entry):
+            self._by_value.setdefault(value_key, set()).add(point_id)
 
     def remove(self, point_ids: Iterable[str]) -> None:
         for point_id in point_ids:
@@ -87,10 +98,9 @@ class PointCatalog:
                 continue
             self._markers.discard(point_id)
             for index, key in ((self._by_fact, entry.fact_id), (self._by_txid, entry.txid)):
-                ids = index[key]
-                ids.discard(point_id)
-                if not ids:
-                    del index[key]
+                _drop(index, key, point_id)
+            for value_key in _value_keys(entry):
+                _drop(self._by_value, value_key, point_id)
 
     def mark_committed(self, point_ids: Iterable[str]) -> None:
         for point_id in point_ids:
@@ -119,9 +129,55 @@ class PointCatalog:
         """How many delete markers the collection holds."""
         return len(self._markers)
 
+    def __len__(self) -> int:
+        return len(self._points)
+
+    def matching(self, where: Mapping[str, Any]) -> set[str]:
+        """Upsert points whose payload holds each of ``where``'s values, compared as JSON
+        (and as Qdrant's match does): ``1`` is ``1.0``, ``True`` is not ``1``."""
+        found: list[set[str]] = []
+        for key, value in where.items():
+            value_key = _value_key(key, value)
+            ids = None if value_key is None else self._by_value.get(value_key)
+            if not ids:
+                return set()
+            found.append(ids)
+        found.sort(key=len)
+        return found[0].intersection(*found[1:])
+
     def pending(self) -> set[str]:
         """Txids with points still staged."""
         return {e.txid for e in self._points.values() if e.state == PENDING}
+
+
+_OWN = ("fact_id", "version", "txid", "op", "state")
+
+
+def _value_key(key: str, value: Any) -> tuple[str, str, Any] | None:
+    """The index key of field ``key`` holding ``value``, equal for values JSON holds equal
+    (``1`` and ``1.0``; ``True`` apart from ``1``); ``None`` for a value no search matches."""
+    if isinstance(value, bool):
+        return key, "bool", value
+    if isinstance(value, int | float):
+        return key, "number", value
+    if isinstance(value, str):
+        return key, "str", value
+    return None
+
+
+def _value_keys(entry: Entry) -> list[tuple[str, str, Any]]:
+    """The value index keys of an upsert point (a marker is never searched for)."""
+    if entry.op != "upsert":
+        return []
+    keys = (_value_key(key, value) for key, value in entry.fields.items())
+    return [key for key in keys if key is not None]
+
+
+def _drop(index: dict[Any, set[str]], key: Any, point_id: str) -> None:
+    ids = index[key]
+    ids.discard(point_id)
+    if not ids:
+        del index[key]
 
 
 @dataclass

@@ -5,9 +5,10 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from coordinator import (
     UpsertFact,
     UsageError,
     Vote,
+    Write,
     new_txid,
 )
 from coordinator.abc import Index
@@ -199,6 +201,77 @@ def test_search_never_returns_a_delete_marker_and_still_returns_k_points(
     ]
     index.commit(deletes)
     assert sorted(h.fact_id for h in index.search(marker, 4, {})) == ["d", "e"]
+
+
+def test_local_mode_finds_what_its_filter_finds_without_one(tmp_path: Path) -> None:
+    """With its catalog, a local-mode index finds the points that meet a search's
+    conditions among the nearest points, without a filter (which local mode tests on every
+    point in Python): the same points, in the same order, as local mode's filter finds
+    (``catalog=False``), whether they are common, far from the query, or rare."""
+    listed, filtered = (
+        QdrantIndex(
+            QdrantClient(path=str(tmp_path / name)),
+            "c",
+            "content",
+            ["role", "n", "flag"],
+            embedder=EMBEDDER,
+            owns_client=True,
+            catalog=name == "listed",
+        )
+        for name in ("listed", "filtered")
+    )
+    rng = random.Random(7)
+    writes: list[Write] = []
+    for i in range(200):
+        far = i % 15 == 0  # 14 of 200: common enough to be looked for without a filter
+        vector = [(-1.0 if far else 1.0) + rng.uniform(0, 0.5)] + [
+            rng.uniform(-0.3, 0.3) for _ in range(EMBEDDER.dim - 1)
+        ]
+        payload = {
+            "content": f"n{i}",
+            "role": "far" if far else "near",
+            "n": i % 3,
+            "flag": i % 2 == 0,
+        }
+        record = FactRecord(f"f{i}", "note", payload, 1, session_id=f"s{i % 2}")
+        writes.append(UpsertFact(record, 0, embedding=tuple(vector)))
+    for index in (listed, filtered):
+        first, second = new_txid(), new_txid()
+        index.prepare(first, writes)
+        index.commit(first)
+        index.prepare(second, [DeleteFact("f0", 1), DeleteFact("f1", 1)])  # two markers
+    query = [1.0] + [0.0] * (EMBEDDER.dim - 1)
+    for where in (
+        {},
+        {"role": "far"},
+        {"role": "near"},
+        {"session_id": "s1"},
+        {"role": "far", "session_id": "s0"},  # 7 of 200: rare, left to the filter
+        {"n": 1},
+        {"n": 1.0},
+        {"n": True},
+        {"flag": True},
+        {"role": "none"},
+        {"type": "note"},
+    ):
+        for k in (1, 5, 20):
+            got = [(h.fact_id, h.version, h.committed) for h in listed.search(query, k, where)]
+            assert got == [
+                (h.fact_id, h.version, h.committed) for h in filtered.search(query, k, where)
+            ], (where, k)
+            assert len(got) == min(k, len([w for w in writes if _meets(w, where)])), (where, k)
+    for index in (listed, filtered):
+        index.close()
+
+
+def _meets(write: Write, where: Mapping[str, object]) -> bool:
+    assert isinstance(write, UpsertFact)
+    fact = write.fact
+    held = {**fact.payload, "type": fact.type, "session_id": fact.session_id}
+    return all(
+        held.get(key) == value and isinstance(held.get(key), bool) == isinstance(value, bool)
+        for key, value in where.items()
+    )
 
 
 def test_search_filters_on_metadata_and_session(open_index: Opener) -> None:

@@ -39,6 +39,9 @@ from participants.qdrant._catalog import (
 )
 
 _PAGE = 512
+#: A search whose conditions fewer than one point in this many meets is left to local
+#: mode's filter; a commoner one is found among the nearest points, without a filter.
+_SPARSE = 16
 
 
 class QdrantIndex(VectorIndexBase):
@@ -57,9 +60,9 @@ class QdrantIndex(VectorIndexBase):
     :param target_types: fact types this index holds (default: every type).
     :param name: participant name (default ``qdrant:<collection_name>``).
     :param catalog: in local mode, keep the collection's Lockstep points listed in memory
-        so commits, aborts and recovery find them by id instead of by a filter (which
-        local mode answers by testing every point); ``False`` uses filters, as against a
-        server.
+        so commits, aborts and recovery find them by id, and searches meet their
+        conditions, instead of by a filter (which local mode answers by testing every
+        point); ``False`` uses filters, as against a server.
     """
 
     def __init__(
@@ -288,33 +291,53 @@ class QdrantIndex(VectorIndexBase):
 
     def search(self, vector: Sequence[float], k: int, where: Mapping[str, JSONValue]) -> list[Hit]:
         self._ensure_collection()
-        catalog = self._catalog
         try:
-            with self._guard:  # no write between the catalog's count and the query
-                # Local mode tests each condition of a filter on every point, in Python (at
-                # 10,000 points, about 120 ms a condition against 10 ms for no filter): with
-                # the catalog, upsert points are found without one, by asking for as many
-                # more points as there are delete markers and dropping those.
-                markers = catalog.markers() if catalog is not None and catalog.loaded else None
-                conditions: list[models.Condition] = [
-                    _equal(key, value)
-                    for key, value in (search_filter(where) if markers is None else where).items()
-                ]
-                found = self._client.query_points(
-                    self._collection,
-                    query=list(vector),
-                    query_filter=models.Filter(must=conditions) if conditions else None,
-                    limit=k + (markers or 0),
-                    with_payload=True,
-                )
+            with self._guard:  # no write between reading the catalog and the query
+                return self._search(list(vector), k, where)
         except Exception as exc:
             raise self._error("search", None, exc) from exc
-        hits = [
-            hit_of(p.payload, float(p.score))
-            for p in found.points
-            if p.payload and p.payload.get("op") == "upsert"
-        ]
-        return hits[:k]
+
+    def _search(self, vector: list[float], k: int, where: Mapping[str, JSONValue]) -> list[Hit]:
+        """The ``k`` nearest upsert points that hold ``where``'s values.
+
+        Local mode tests each condition of a filter on every point, in Python: at 10,000
+        points about 120 ms a condition, against 10 ms for no filter. With the catalog, a
+        search asks for no filter: as many more points as there are delete markers when
+        it has no condition; when it has some, and at least one point in
+        :data:`_SPARSE` holds them (known from the catalog), enough nearest points to
+        hold ``k`` such points twice over, more if they do not. Rarer points are left to
+        local mode's filter."""
+        catalog = self._catalog
+        if catalog is None or not catalog.loaded:
+            conditions = [_equal(key, value) for key, value in search_filter(where).items()]
+            return _hits(self._nearest(vector, k, conditions))[:k]
+        wanted = catalog.matching(where) if where else None
+        if wanted is not None and len(wanted) * _SPARSE < len(catalog):
+            if not wanted:
+                return []
+            conditions = [_equal(key, value) for key, value in where.items()]
+            return _hits(self._nearest(vector, k + catalog.markers(), conditions))[:k]
+        total = len(catalog)
+        limit = k + catalog.markers()
+        if wanted is not None:
+            limit = max(limit, 2 * k * total // len(wanted))
+        while True:
+            hits = _hits(self._nearest(vector, limit, []), wanted)
+            if len(hits) >= k or limit >= total:
+                return hits[:k]
+            limit = min(total, 4 * limit)
+
+    def _nearest(
+        self, vector: list[float], limit: int, conditions: Sequence[models.Condition]
+    ) -> list[models.ScoredPoint]:
+        found = self._client.query_points(
+            self._collection,
+            query=vector,
+            query_filter=models.Filter(must=list(conditions)) if conditions else None,
+            limit=limit,
+            with_payload=True,
+        )
+        return list(found.points)
 
     def contents(self) -> IndexContents:
         self._ensure_collection()
@@ -452,6 +475,17 @@ class QdrantIndex(VectorIndexBase):
             txid=txid,
             participant=self._name,
         )
+
+
+def _hits(points: Sequence[models.ScoredPoint], among: set[str] | None = None) -> list[Hit]:
+    """The hits of the upsert points of ``points`` (those ``among``, when given), in order."""
+    return [
+        hit_of(point.payload, float(point.score))
+        for point in points
+        if point.payload
+        and point.payload.get("op") == "upsert"
+        and (among is None or str(point.id) in among)
+    ]
 
 
 def _markers(points: Sequence[models.Record]) -> list[models.ExtendedPointId]:
