@@ -32,6 +32,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from coordinator.abc import Hit
 from participants._vectors import COMMITTED, PENDING
 
 log = logging.getLogger("lockstep.qdrant")
@@ -144,6 +145,25 @@ class PointCatalog:
             found.append(ids)
         found.sort(key=len)
         return found[0].intersection(*found[1:])
+
+    def hits(self, points: Iterable[Any], among: set[str] | None = None) -> list[Hit]:
+        """The hits of the upsert points among ``points`` (Qdrant's scored points, in
+        order; only those ``among``, when given), from what the catalog holds."""
+        hits: list[Hit] = []
+        for point in points:
+            point_id = str(point.id)
+            entry = self._points.get(point_id)
+            if (
+                entry is None
+                or entry.op != "upsert"
+                or (among is not None and point_id not in among)
+            ):
+                continue
+            committed = entry.state == COMMITTED
+            hits.append(
+                Hit(entry.fact_id, entry.version, float(point.score), entry.txid, committed)
+            )
+        return hits
 
     def pending(self) -> set[str]:
         """Txids with points still staged."""
