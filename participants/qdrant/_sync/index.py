@@ -302,13 +302,13 @@ class QdrantIndex(VectorIndexBase):
 
         Local mode tests a filter on every point, in Python: with 10,000 points a filtered
         search took about 190 ms through the memory API, one without a filter 3-4 ms
-        (``benchmarks.search_scale``). With the catalog, a search asks for no filter: as many more points as there are delete markers when
-        it has no condition; when it has some, and at least one point in
-        :data:`_SPARSE` holds them (known from the catalog), enough nearest points to
-        hold ``k`` such points twice over, more if they do not. Rarer points are left to
-        local mode's filter. Either way the points come without their payloads (copying
-        them doubled the time of a search of 400 points): the catalog has what a hit
-        needs."""
+        (``benchmarks.search_scale``). With the catalog, a search asks for no filter: for
+        as many more points as there are delete markers when it has no condition; when it
+        has some, and at least one point in :data:`_SPARSE` meets them (the catalog
+        knows), for enough of the nearest points to hold ``k`` such points twice over,
+        and more while they do not. Rarer points are left to local mode's filter. Either
+        way the points come without their payloads (copying them doubled the time of a
+        search of 400 points): the catalog has what a hit needs."""
         catalog = self._catalog
         if catalog is None or not catalog.loaded:
             conditions = [_equal(key, value) for key, value in search_filter(where).items()]
