@@ -6,8 +6,10 @@ mode no filter when at least one point in 16 meets its conditions (it asks for e
 the nearest points instead); rarer ones go to local mode's filter. Four kinds of search,
 through the memory API as an agent calls them, alternating query by query: plain; by the
 type 99% of the memories have; by a session holding 10% of them; by a type 1% have.
+``--index "chroma embedded"`` measures SQLite + a Chroma ``PersistentClient`` instead,
+whose plain searches leave the filter out unless a delete marker comes back.
 
-    python -m benchmarks.search_scale [--sizes 1000,10000] [--queries 50] [--json out.json]
+    python -m benchmarks.search_scale [--sizes 1000,10000] [--queries 50] [--index NAME]
 """
 
 from __future__ import annotations
@@ -31,9 +33,23 @@ KINDS = [
 ]
 
 
-def measure(size: int, queries: int) -> dict[str, float]:
+def open_store(index: str, directory: Path) -> MemoryStore:
+    if index == "qdrant local":
+        return MemoryStore.open(directory, embedder=SameEmbedder())
+    import chromadb
+
+    from participants.chroma import ChromaIndex
+    from participants.sqlite import SQLiteStorage
+
+    directory.mkdir()
+    client = chromadb.PersistentClient(str(directory / "vectors"))
+    chroma = ChromaIndex(client, "memories", "content", embedder=SameEmbedder())
+    return MemoryStore(SQLiteStorage(directory / "facts.db"), [chroma])
+
+
+def measure(index: str, size: int, queries: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        mem = MemoryStore.open(Path(tmp) / "memory", embedder=SameEmbedder())
+        mem = open_store(index, Path(tmp) / "memory")
         try:
             for start in range(0, size, 1000):
                 with mem.transaction() as tx:
@@ -59,11 +75,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000,10000")
     parser.add_argument("--queries", type=positive, default=50)
+    parser.add_argument(
+        "--index", choices=["qdrant local", "chroma embedded"], default="qdrant local"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     sizes = [positive(size) for size in args.sizes.split(",")]
-    rows = [{"facts": size, **measure(size, args.queries)} for size in sizes]
-    print(f"## Search as the memories grow (embedded default)\n\nMachine: {machine()}\n")
+    rows = [{"facts": size, **measure(args.index, size, args.queries)} for size in sizes]
+    print(f"## Search as the memories grow (SQLite + {args.index})\n\nMachine: {machine()}\n")
     print(f"{args.queries} queries a size, k=5, p50 through the memory API.\n")
     print("| facts | " + " | ".join(f"{kind} ms" for kind, _, _ in KINDS) + " |")
     print("|---:|" + "---:|" * len(KINDS))

@@ -263,20 +263,30 @@ class AsyncChromaIndex(VectorIndexBase):
         self, vector: Sequence[float], k: int, where: Mapping[str, JSONValue]
     ) -> list[Hit]:
         collection = await self._ensure_collection()
+        if not where:
+            # Chroma answers a query with a filter far slower than one without (5,000
+            # points, embedded: 38-52 ms against 5-6), and a plain search's only condition
+            # is to leave out delete markers: it asks for the nearest points, and again
+            # with the filter only when a marker was among them.
+            found = await self._query(collection, vector, k, None)
+            if all(m.get("op") == "upsert" for m in found["metadatas"][0]):
+                return _hits(found)
         conditions = [{key: value} for key, value in search_filter(where).items()]
-        found = await self._call(
+        clause = {"$and": conditions} if len(conditions) > 1 else conditions[0]
+        return _hits(await self._query(collection, vector, k, clause))
+
+    async def _query(
+        self, collection: Any, vector: Sequence[float], k: int, where: dict[str, Any] | None
+    ) -> Any:
+        return await self._call(
             "search",
             None,
             collection.query,
             query_embeddings=[list(vector)],
             n_results=k,
-            where={"$and": conditions} if len(conditions) > 1 else conditions[0],
+            where=where,
             include=["metadatas", "distances"],
         )
-        return [
-            hit_of(m, 1.0 - float(d))  # cosine space: distance = 1 - similarity
-            for m, d in zip(found["metadatas"][0], found["distances"][0], strict=True)
-        ]
 
     async def contents(self) -> IndexContents:
         collection = await self._ensure_collection()
@@ -384,6 +394,14 @@ class AsyncChromaIndex(VectorIndexBase):
 # the two: on a server the filter took 0.85x the two calls' time with 1 fact, 0.9x with 2,
 # 1.15x with 8 and 2x with 40; embedded 1.05x with 1 and 2.4x with 40.
 _LOOK_UP_FROM = 4
+
+
+def _hits(found: Any) -> list[Hit]:
+    """The hits of a query's answer (cosine space: distance = 1 - similarity)."""
+    return [
+        hit_of(m, 1.0 - float(d))
+        for m, d in zip(found["metadatas"][0], found["distances"][0], strict=True)
+    ]
 
 
 def _any(key: str, values: Sequence[str]) -> dict[str, Any]:
