@@ -308,12 +308,12 @@ class QdrantIndex(VectorIndexBase):
         knows), for enough of the nearest points to hold ``k`` such points twice over,
         and more while they do not. Rarer points are left to local mode's filter. Either
         way the points come without their payloads (copying them doubled the time of a
-        search of 400 points): the catalog has what a hit needs."""
+        search of 400 points, in a probe): the catalog has what a hit needs."""
         catalog = self._catalog
         if catalog is None or not catalog.loaded:
             conditions = [_equal(key, value) for key, value in search_filter(where).items()]
             found = self._nearest(vector, k, conditions, with_payload=True)
-            return [hit_of(p.payload, float(p.score)) for p in found if p.payload][:k]
+            return [hit_of(p.payload, float(p.score)) for p in found if p.payload]
         wanted = catalog.matching(where) if where else None
         if wanted is not None and len(wanted) * _SPARSE < len(catalog):
             if not wanted:
