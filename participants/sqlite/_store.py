@@ -20,6 +20,8 @@ Theory of operation:
   transaction (one fsync), each transaction checked against what the ones before it wrote.
   If that transaction fails, each is committed again on its own, so a refusal (a version
   conflict, a decision recovery fenced) fails its own transaction only.
+* The caller's own SQL (``Execute``) runs inside those local commits only; a prepare
+  carrying it is refused (``_your_sql``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from coordinator.log._sqlite import insert_decisions
 from coordinator.plugins import path_of, scheme_of
 from coordinator.records import (
     DeleteFact,
+    Execute,
     FactRecord,
     JSONValue,
     TransactionMeta,
@@ -64,6 +67,7 @@ from participants._checks import (
     version_conflict,
 )
 from participants._sync.combine import WriteCombiner
+from participants.sqlite._your_sql import refuse_prepare, run_statements
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS lockstep_facts (
@@ -126,6 +130,7 @@ class _LocalCommit:
     writes: Sequence[FactWrite]
     meta: TransactionMeta
     decision_for: Sequence[str] | None
+    statements: Sequence[Execute]
 
 
 class SQLiteStore:
@@ -169,6 +174,8 @@ class SQLiteStore:
     # -- the participant contract -------------------------------------------------------
 
     def prepare(self, txid: str, writes: Sequence[Write]) -> Vote:
+        if any(isinstance(w, Execute) for w in writes):
+            raise refuse_prepare(self.name, txid)
         checked = fact_writes(self.name, writes)
         meta = _meta_json(transaction_meta(writes))
         rows = [_staged_row(txid, seq, write) for seq, write in enumerate(checked)]
@@ -255,11 +262,13 @@ class SQLiteStore:
         self, txid: str, writes: Sequence[Write], decision_for: Sequence[str] | None
     ) -> None:
         """Check and apply ``writes`` in one local transaction (recording COMMIT for
-        ``decision_for``, if given, in the decision log this file holds)."""
-        checked = fact_writes(self.name, writes)
+        ``decision_for``, if given, in the decision log this file holds); the caller's
+        ``Execute`` statements run in it after the facts."""
+        statements = [w for w in writes if isinstance(w, Execute)]
+        checked = fact_writes(self.name, [w for w in writes if not isinstance(w, Execute)])
         for seq, write in enumerate(checked):
             _staged_row(txid, seq, write)  # refuses a payload that is not JSON
-        local = _LocalCommit(txid, checked, transaction_meta(writes), decision_for)
+        local = _LocalCommit(txid, checked, transaction_meta(writes), decision_for, statements)
         if self.local_commits is None:
             self._commit_batch([local])
         else:
@@ -274,6 +283,8 @@ class SQLiteStore:
                     self._record_commit(local.txid, local.decision_for)
                 self._check(local.txid, local.writes)
                 self._apply(local.txid, local.writes, local.meta)
+                if local.statements:
+                    run_statements(self._conn, self.name, local.txid, local.statements)
 
     def _record_commit(self, txid: str, participants: Sequence[str]) -> None:
         if not self._has_decision_table():

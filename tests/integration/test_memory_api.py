@@ -210,7 +210,7 @@ def sql_in(m: MemoryStore, participant: str) -> None:
 
 
 BAD_INPUT = [
-    (lambda m: sql_in(m, "sqlite"), UsageError, "'sqlite' cannot run SQL"),
+    (lambda m: sql_in(m, "qdrant:memories"), UsageError, "'qdrant:memories' cannot run SQL"),
     (lambda m: sql_in(m, "pg"), UsageError, "no participant named 'pg'"),
     (lambda m: m.commit(Fact(type="audit", payload={"content": [3]})), ValidationFailed, "content"),
     (

@@ -285,10 +285,15 @@ class MemoryTransaction:
         sql: str,
         params: Sequence[JSONValue] | Mapping[str, JSONValue] = (),
     ) -> None:
-        """Run your own SQL inside ``participant``'s branch of this transaction.
+        """Run your own SQL inside ``participant``'s branch of this transaction, when it
+        commits (in the participant's own dialect and parameter style).
+
+        A Postgres storage or mirror runs it inside its prepared branch; a SQLite storage
+        inside the local transaction that commits it with the decision (see
+        ``SQLiteStorage``). A statement that fails aborts the whole transaction.
 
         :raises UsageError: no participant of this store has that name, or it cannot run
-            SQL (a Postgres storage or mirror can), or ``sql`` is empty.
+            SQL, or ``sql`` is empty.
         """
         if not isinstance(sql, str) or not sql.strip():
             raise UsageError("execute(participant, sql, params): sql must be a non-empty str")
@@ -300,7 +305,7 @@ class MemoryTransaction:
         if not getattr(names[participant], "runs_sql", False):
             raise UsageError(
                 f"execute(): participant {participant!r} cannot run SQL inside a transaction "
-                "(a Postgres storage or mirror can)"
+                "(a Postgres storage or mirror, or a SQLite storage, can)"
             )
         self._sql.setdefault(participant, []).append(Execute(sql, params))
 

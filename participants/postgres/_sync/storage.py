@@ -62,6 +62,7 @@ from participants._checks import (
     version_conflict,
 )
 from participants.postgres import _schema as sql
+from participants.postgres import _your_sql as your_sql
 from participants.postgres._log import PostgresDecisionLog
 from participants.postgres._pool import idle_check
 
@@ -493,8 +494,7 @@ class PostgresStorage:
             fact_id, version = sql.clashing_history(exc, rows)
             raise history_conflict(self._name, txid, fact_id, version) from exc
         _each(conn, "INSERT INTO lockstep_claims VALUES (%s, %s)", claims)
-        for statement in statements:
-            conn.execute(statement.sql, statement.params)
+        self._run_your_sql(conn, txid, statements)
         if meta.undoes:
             conn.execute(sql.MARK_ROLLED_BACK, (txid, list(meta.undoes)))
         conn.execute(
@@ -509,6 +509,26 @@ class PostgresStorage:
                 meta.reason,
             ),
         )
+
+    def _run_your_sql(
+        self, conn: Connection[Any], txid: str, statements: Sequence[Execute]
+    ) -> None:
+        """Run the caller's statements in the branch (see ``_your_sql``)."""
+        for i, statement in enumerate(statements):
+            where = f"your SQL failed (statement {i + 1} of {len(statements)}: {statement.sql!r})"
+            why = your_sql.refusal(statement.sql)
+            if why is not None:
+                raise UsageError(f"{where}: it may not {why}", txid=txid, participant=self._name)
+            try:
+                with conn.pipeline():  # the extended protocol: one statement a call
+                    conn.execute(statement.sql, statement.params)
+            except (TypeError, ValueError) as exc:  # parameters that do not fit the SQL
+                raise UsageError(f"{where}: {exc}", txid=txid, participant=self._name) from exc
+            except psycopg.Error as exc:
+                meaning = your_sql.failure(self._name, txid, where, exc)
+                if meaning is None:
+                    raise
+                raise meaning from exc
 
     def _check_claims(
         self, conn: Connection[Any], txid: str, upserts: Sequence[UpsertFact]

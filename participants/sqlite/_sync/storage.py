@@ -27,7 +27,18 @@ class SQLiteStorage:
     :param busy_timeout: seconds to wait for another writer's lock.
     :param group_commit: let concurrent one-phase and last-resource commits share one
         local transaction (one fsync); a refused one still fails alone.
+
+    Your own SQL (``tx.execute(name, sql, params)``, ``?`` or ``:name`` parameters) runs
+    in the same local transaction as the memory when this storage commits last with the
+    decision (its file holds the decision log: the default without ``log=``) or alone;
+    a transaction that would prepare it in two phases (a decision log elsewhere, with an
+    index or mirror written too) is refused with a ``UsageError``. The statements may
+    read Lockstep's tables but not write them, and may not end the transaction or run
+    ``PRAGMA``, ``ATTACH`` or ``temp`` DDL.
     """
+
+    runs_sql = True
+    """``Execute`` writes (``tx.execute()``) run inside its local commits."""
 
     def __init__(
         self,

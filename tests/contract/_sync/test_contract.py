@@ -190,8 +190,9 @@ def test_one_phase_commit_applies_or_refuses_atomically(open_store: Opener) -> N
 
 def test_bad_input_is_refused_and_nothing_is_staged(open_store: Opener) -> None:
     store = open_store()
-    # Stores without SQL refuse Execute; SQL stores refuse SQL that fails.
-    with pytest.raises(UsageError, match=r"cannot run SQL|your SQL failed"):
+    # Stores without SQL refuse Execute; SQL stores refuse SQL that fails; SQLite runs
+    # SQL only in a local commit, never at prepare.
+    with pytest.raises(UsageError, match=r"cannot run SQL|your SQL failed|runs your SQL only"):
         store.prepare(new_txid(), [upsert("a", 1), Execute("DELETE FROM x")])
     with pytest.raises(UsageError, match="a new version must be higher"):
         store.prepare(new_txid(), [UpsertFact(fact("a", 1), 1)])
