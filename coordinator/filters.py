@@ -9,11 +9,12 @@ unchecked key; values are always passed to backends as bound parameters.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 
 from coordinator.errors import UsageError
-from coordinator.records import FactRecord, JSONValue, unstorable_text
+from coordinator.records import FactRecord, JSONValue, unstorable_int, unstorable_text
 
 TOP_LEVEL = ("id", "type", "version", "session_id", "source", "actor", "reason", "txid")
 _SEGMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -50,6 +51,10 @@ def check_filters(filters: object) -> dict[tuple[str, ...], JSONValue]:
             )
         if isinstance(value, str) and (fault := unstorable_text(value)) is not None:
             raise UsageError(f"filter {key!r}: the value {value!r} {fault}")
+        if isinstance(value, int) and (fault := unstorable_int(value)) is not None:
+            raise UsageError(f"filter {key!r}: the value {value} {fault}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"filter {key!r}: the value must be a finite number, got {value}")
         checked[path] = value
     return checked
 

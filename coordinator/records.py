@@ -156,3 +156,17 @@ def unstorable_text(value: str) -> str | None:
     except UnicodeEncodeError:
         return _SURROGATE
     return None
+
+
+INT64 = range(-(2**63), 2**63)
+"""The integers every store keeps and compares as given."""
+_BIG_INT = (
+    "is outside the signed 64-bit range: Chroma keeps such an int as a float and SQLite "
+    "compares it as one, so it would not read back, or match a filter, as given; store it "
+    "as a str"
+)
+
+
+def unstorable_int(value: int) -> str | None:
+    """Why no store keeps the int ``value`` as given (a phrase, "is ..."), or ``None``."""
+    return None if value in INT64 else _BIG_INT

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
 from coordinator.errors import UsageError, ValidationFailed
-from coordinator.records import FactRecord, unstorable_text
+from coordinator.records import FactRecord, unstorable_int, unstorable_text
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
@@ -208,9 +208,10 @@ _PLAIN_HINT = (
 def check_json(typename: str, payload: dict[str, Any], hint: str) -> None:
     """Refuse a payload no store keeps as given, naming where, before anything is
     written: a value that is not JSON (a datetime, bytes, a set, NaN: Postgres refuses
-    NaN, SQLite would read it back as ``None``), or text with a NUL character or a lone
-    surrogate (see :func:`~coordinator.records.unstorable_text`). Each would otherwise
-    fail in one store, or come back different.
+    NaN, SQLite would read it back as ``None``), text with a NUL character or a lone
+    surrogate (see :func:`~coordinator.records.unstorable_text`), or an int outside 64
+    bits (:func:`~coordinator.records.unstorable_int`). Each would otherwise fail in one
+    store, or come back different.
 
     :raises UsageError: naming the first such value, and what to do instead.
     """
@@ -220,8 +221,9 @@ def check_json(typename: str, payload: dict[str, Any], hint: str) -> None:
     except (TypeError, ValueError) as exc:
         text, refused = "", str(exc)
     # json.dumps writes a NUL as the six characters \u0000 (which a string may also hold),
-    # and leaves a lone surrogate as it is, which UTF-8 cannot encode.
-    if refused or "\\u0000" in text or unstorable_text(text):
+    # and leaves a lone surrogate as it is, which UTF-8 cannot encode; an int outside 64
+    # bits has 19 digits or more (as may a str, or an int in range: the walk tells).
+    if refused or "\\u0000" in text or unstorable_text(text) or _LONG_DIGITS.search(text):
         where = _unstorable(payload, "payload") or refused
         if where:
             raise UsageError(
@@ -244,6 +246,7 @@ def check_text(what: str, value: object, *, required: bool = False) -> None:
         raise UsageError(f"{what} {value!r} {fault}")
 
 
+_LONG_DIGITS = re.compile(r"\d{19}")
 _SHORT = reprlib.Repr()
 _SHORT.maxother = _SHORT.maxstring = 60
 
@@ -251,8 +254,11 @@ _SHORT.maxother = _SHORT.maxstring = 60
 def _unstorable(value: Any, path: str) -> str | None:
     """Where in ``value`` the first value no store keeps as given is, and what it is: one
     ``json.dumps(allow_nan=False)`` refuses, or text no store keeps as given."""
-    if value is None or isinstance(value, int):  # bool is an int
+    if value is None:
         return None
+    if isinstance(value, int):  # bool is an int, in range
+        fault = unstorable_int(value)
+        return None if fault is None else f"{path} is {value} and {fault}"
     if isinstance(value, str):
         fault = unstorable_text(value)
         return None if fault is None else f"{path} {fault}"
