@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from coordinator.records import FactRecord, JSONValue, Write
@@ -329,10 +329,17 @@ class Hit:
 
 @dataclass(frozen=True, slots=True)
 class IndexContents:
-    """What an index holds: committed ``fact_id -> version``, and txids still pending."""
+    """What an index holds: committed ``fact_id -> version``, and txids still pending.
+
+    ``fields``: for each fact, the configured metadata fields its committed point carries
+    (those present), so ``verify`` can tell a point written before a field was configured
+    (a search filter on that field would miss it); an index that leaves it empty is
+    compared by version only.
+    """
 
     committed: Mapping[str, int]
     pending: tuple[str, ...]
+    fields: Mapping[str, Mapping[str, JSONValue]] = field(default_factory=dict)
 
 
 class Embedder(Protocol):

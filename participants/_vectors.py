@@ -21,7 +21,7 @@ import json
 import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from coordinator.abc import Embedder, Hit
 from coordinator.embeddings import default_embedder, embedder_from_spec
@@ -187,6 +187,11 @@ def markers_last(ids: Sequence[T], markers: Collection[T]) -> list[list[T]]:
     committing again finishes the delete."""
     rounds = [[i for i in ids if i not in markers], [i for i in ids if i in markers]]
     return [r for r in rounds if r]
+
+
+def configured(names: Sequence[str], payload: Mapping[str, Any]) -> dict[str, JSONValue]:
+    """The configured metadata fields ``names`` a point's ``payload`` carries."""
+    return {name: payload[name] for name in names if name in payload}
 
 
 def hit_of(payload: Mapping[str, JSONValue], score: float) -> Hit:

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 from coordinator.abc import IndexContents
 from coordinator.errors import LockstepError
-from coordinator.records import FactRecord
+from coordinator.records import FactRecord, JSONValue
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,10 @@ class Drift:
     :ivar missing: facts it should hold and does not.
     :ivar extra: facts it holds that the storage does not have (or not for it).
     :ivar stale: ``(fact_id, its_version, storage_version)`` for out-of-date copies (a
-        mirror's copy at the right version but with other contents counts as stale too).
+        mirror's copy at the right version but with other contents counts as stale too,
+        as does an index point at the right version whose configured metadata fields
+        differ from the fact's: one written before a field was added to
+        ``metadata_fields``, which a search filter on that field would miss).
     :ivar pending: txids with points still staged in an index.
     """
 
@@ -59,20 +62,50 @@ def compare(
     facts: Sequence[FactRecord],
     contents: IndexContents,
     holds: Callable[[FactRecord], bool],
+    metadata_fields: Sequence[str] = (),
 ) -> Drift:
-    """The drift of one index, given what it holds and which facts it should hold."""
-    expected = {f.id: f.version for f in facts if _holds(holds, f)}
+    """The drift of one index, given what it holds, which facts it should hold, and the
+    payload fields its points should carry."""
+    expected = {f.id: f for f in facts if _holds(holds, f)}
     held: Mapping[str, int] = contents.committed
     return Drift(
         missing=sorted(set(expected) - set(held)),
         extra=sorted(set(held) - set(expected)),
         stale=sorted(
-            (fid, held[fid], version)
-            for fid, version in expected.items()
-            if fid in held and held[fid] != version
+            (fid, held[fid], fact.version)
+            for fid, fact in expected.items()
+            if fid in held
+            and (
+                held[fid] != fact.version
+                or (
+                    fid in contents.fields
+                    and not _carries(contents.fields[fid], fact, metadata_fields)
+                )
+            )
         ),
         pending=list(contents.pending),
     )
+
+
+def _carries(
+    point: Mapping[str, JSONValue], fact: FactRecord, metadata_fields: Sequence[str]
+) -> bool:
+    """True when ``point`` carries each configured field as the fact's payload has it
+    (a field missing or null in the payload is missing from the point; one holding a
+    list or dict cannot be indexed, and is not compared)."""
+    for name in metadata_fields:
+        value = fact.payload.get(name)
+        if value is None:
+            if name in point:
+                return False
+        elif isinstance(value, str | int | float | bool):
+            held = point.get(name, _MISSING)
+            if isinstance(held, bool) != isinstance(value, bool) or held != value:
+                return False
+    return True
+
+
+_MISSING = object()
 
 
 def _holds(holds: Callable[[FactRecord], bool], fact: FactRecord) -> bool:

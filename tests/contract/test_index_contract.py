@@ -274,6 +274,26 @@ def _meets(write: Write, where: Mapping[str, object]) -> bool:
     )
 
 
+def test_contents_tells_the_metadata_each_committed_point_carries(open_index: Opener) -> None:
+    index = open_index()
+    for record in (
+        fact("a", 1, "green tea", role="drink"),
+        fact("a", 2, "black tea", role="breakfast"),
+        fact("b", 1, "no role here"),
+        fact("c", 1, "a number", role=1.5),
+    ):
+        txid = new_txid()
+        index.prepare(txid, [upsert(record)])
+        index.commit(txid)
+    staged = new_txid()
+    index.prepare(staged, [upsert(fact("a", 3, "mint tea", role="staged"))])
+    contents = open_index().contents()
+    assert contents.committed == {"a": 2, "b": 1, "c": 1}
+    # The newest committed point's configured fields; a staged one is not counted.
+    assert contents.fields == {"a": {"role": "breakfast"}, "b": {}, "c": {"role": 1.5}}
+    assert contents.pending == (staged,)
+
+
 def test_search_filters_on_metadata_and_session(open_index: Opener) -> None:
     index = open_index()
     txid = new_txid()

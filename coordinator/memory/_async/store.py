@@ -577,7 +577,8 @@ class AsyncMemoryStore:
             drift[mirror.name] = compare_copies(facts, await mirror.all_facts())
         for index in self.indexes:
             contents = await index.contents()
-            drift[index.name] = compare(facts, contents, functools.partial(index_holds, index))
+            holds = functools.partial(index_holds, index)
+            drift[index.name] = compare(facts, contents, holds, index.metadata_fields)
         staged = {s.name: await s.recover() for s in (self.storage, *self.mirrors)}
         return VerifyReport(len(facts), drift, staged)
 
@@ -604,7 +605,9 @@ class AsyncMemoryStore:
                 text = None if fact is None else index.text_of(fact)
                 if fact is None or text is None:
                     continue
-                if held.get(fact_id, 0) > fact.version:  # a point newer than the truth
+                if held.get(fact_id, 0) >= fact.version:
+                    # A point newer than the truth, or at its version but written with
+                    # other metadata fields: removed first, then written again.
                     await self._apply(index, [DeleteFact(fact_id, held[fact_id])])
                 [vector] = await embed(index.embedder, [text])
                 write = UpsertFact(fact, 0, embedding=tuple(vector))

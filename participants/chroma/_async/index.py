@@ -25,6 +25,7 @@ from participants._vectors import (
     PENDING,
     Point,
     VectorIndexBase,
+    configured,
     hit_of,
     search_filter,
     stage,
@@ -293,14 +294,17 @@ class AsyncChromaIndex(VectorIndexBase):
         collection = await self._ensure_collection()
         everything = await self._call("contents", None, collection.get, include=["metadatas"])
         committed: dict[str, int] = {}
+        fields: dict[str, dict[str, JSONValue]] = {}
         pending: set[str] = set()
         for metadata in everything["metadatas"]:
             if metadata.get("state") == PENDING:
                 pending.add(str(metadata.get("txid")))
             elif metadata.get("op") == "upsert":
-                fact_id = str(metadata["fact_id"])
-                committed[fact_id] = max(committed.get(fact_id, 0), int(metadata["version"]))
-        return IndexContents(committed, tuple(sorted(pending)))
+                fact_id, version = str(metadata["fact_id"]), int(metadata["version"])
+                if version > committed.get(fact_id, 0):
+                    committed[fact_id] = version
+                    fields[fact_id] = configured(self.metadata_fields, metadata)
+        return IndexContents(committed, tuple(sorted(pending)), fields)
 
     async def close(self) -> None:
         """The client belongs to the caller; nothing to release here."""

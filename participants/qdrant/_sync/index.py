@@ -24,6 +24,7 @@ from participants._vectors import (
     COMMITTED,
     PENDING,
     VectorIndexBase,
+    configured,
     hit_of,
     markers_last,
     replaced_bounds,
@@ -351,15 +352,18 @@ class QdrantIndex(VectorIndexBase):
     def contents(self) -> IndexContents:
         self._ensure_collection()
         committed: dict[str, int] = {}
+        fields: dict[str, dict[str, JSONValue]] = {}
         pending: set[str] = set()
         for point in self._scroll(None):
             payload = point.payload or {}
             if payload.get("state") == PENDING:
                 pending.add(str(payload.get("txid")))
             elif payload.get("op") == "upsert":
-                fact_id = str(payload["fact_id"])
-                committed[fact_id] = max(committed.get(fact_id, 0), int(payload["version"]))
-        return IndexContents(committed, tuple(sorted(pending)))
+                fact_id, version = str(payload["fact_id"]), int(payload["version"])
+                if version > committed.get(fact_id, 0):
+                    committed[fact_id] = version
+                    fields[fact_id] = configured(self.metadata_fields, payload)
+        return IndexContents(committed, tuple(sorted(pending)), fields)
 
     def close(self) -> None:
         if self._owns_client:
