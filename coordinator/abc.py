@@ -352,6 +352,11 @@ class Embedder(Protocol):
     the event loop; an embedder whose calls take microseconds (pure Python, such as
     :class:`~coordinator.embeddings.HashingEmbedder`) may set ``inline = True`` to be
     called on the loop instead, as the hop to a thread costs more (about 0.15 ms).
+
+    An embedder may name its model with a ``name`` attribute (a str): an index records it
+    when it creates a collection, and refuses to open that collection with an embedder
+    of another name, whose vectors would not be comparable (the dimension alone does not
+    tell two models apart). Without a name nothing is recorded or checked.
     """
 
     @property
@@ -481,3 +486,9 @@ class Index(Participant, Protocol):
     ) -> list[Hit]: ...
 
     def contents(self) -> IndexContents: ...
+
+
+def embedder_name(embedder: object) -> str | None:
+    """The model an embedder names (its ``name`` attribute, when a non-empty str)."""
+    name = getattr(embedder, "name", None)
+    return name if isinstance(name, str) and name else None

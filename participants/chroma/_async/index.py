@@ -326,7 +326,7 @@ class AsyncChromaIndex(VectorIndexBase):
                 client.get_or_create_collection,
                 self._collection_name,
                 embedding_function=None,
-                metadata={MARKER: self.shape.dim},
+                metadata={MARKER: self.shape.dim, **self.recorded_embedder()},
                 configuration={"hnsw": hnsw},
             )
         except ParticipantError as exc:
@@ -354,6 +354,7 @@ class AsyncChromaIndex(VectorIndexBase):
                 f"dimensional vectors; the embedder makes {self.shape.dim}",
                 participant=self._name,
             )
+        self.check_embedder(metadata, self._collection_name)
         space = ((getattr(collection, "configuration_json", None) or {}).get("hnsw") or {}).get(
             "space"
         )

@@ -413,12 +413,16 @@ class AsyncQdrantIndex(VectorIndexBase):
         if await self._guarded(self._client.collection_exists, self._collection):
             return False
         try:
+            # Local mode records the embedder in the collection's metadata (a server
+            # keeps collection metadata from Qdrant 1.16 only: not asked of it).
+            recorded = self.recorded_embedder() if _is_local(self._client) else {}
             await self._guarded(
                 self._client.create_collection,
                 self._collection,
                 vectors_config=models.VectorParams(
                     size=self.shape.dim, distance=models.Distance.COSINE
                 ),
+                **({"metadata": recorded} if recorded else {}),
             )
         except Exception:
             if await self._guarded(self._client.collection_exists, self._collection):
@@ -446,6 +450,7 @@ class AsyncQdrantIndex(VectorIndexBase):
                 "Lockstep needs cosine",
                 participant=self._name,
             )
+        self.check_embedder(getattr(info.config, "metadata", None), self._collection)
         sample, _ = await self._guarded(
             self._client.scroll, self._collection, limit=1, with_payload=True
         )

@@ -405,12 +405,16 @@ class QdrantIndex(VectorIndexBase):
         if self._guarded(self._client.collection_exists, self._collection):
             return False
         try:
+            # Local mode records the embedder in the collection's metadata (a server
+            # keeps collection metadata from Qdrant 1.16 only: not asked of it).
+            recorded = self.recorded_embedder() if _is_local(self._client) else {}
             self._guarded(
                 self._client.create_collection,
                 self._collection,
                 vectors_config=models.VectorParams(
                     size=self.shape.dim, distance=models.Distance.COSINE
                 ),
+                **({"metadata": recorded} if recorded else {}),
             )
         except Exception:
             if self._guarded(self._client.collection_exists, self._collection):
@@ -438,6 +442,7 @@ class QdrantIndex(VectorIndexBase):
                 "Lockstep needs cosine",
                 participant=self._name,
             )
+        self.check_embedder(getattr(info.config, "metadata", None), self._collection)
         sample, _ = self._guarded(self._client.scroll, self._collection, limit=1, with_payload=True)
         if sample and not {"fact_id", "version", "state"} <= set(sample[0].payload or {}):
             raise ConfigurationError(
