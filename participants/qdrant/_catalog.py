@@ -20,6 +20,12 @@ commit, just as durable (the setting stays with the file). A batch of phase-2 wo
 are appended to the WAL unsynced and made durable together by one checkpoint before the
 batch returns, so before the decision log records the batch's END. A crash in between
 loses at most a tail of the batch (the WAL keeps its prefix), which is redone from the log.
+
+Local mode deletes a point from its file but only marks it deleted in memory, where its
+vector and payload stay, and every search goes over it again. Each update of a memory
+writes a new point and deletes the old one, so a process that lives long holds every
+version it ever wrote: :func:`compact` reloads the collection from its file once most of
+what it holds in memory is deleted.
 """
 
 from __future__ import annotations
@@ -264,3 +270,52 @@ def points_file(client: Any, collection: str) -> sqlite3.Connection | None:
     local_collection = getattr(getattr(client, "_client", None), "collections", {}).get(collection)
     connection = getattr(getattr(local_collection, "storage", None), "storage", None)
     return connection if isinstance(connection, sqlite3.Connection) else None
+
+
+COMPACT_AFTER = 1024
+"""Deleted points a local-mode collection may hold in memory before :func:`compact`
+reloads it, once they also outnumber its live points."""
+
+
+def compaction_due(client: Any, collection: str) -> bool:
+    """(Guard held; cheap.) True when a local-mode ``collection`` holds at least
+    :data:`COMPACT_AFTER` deleted points in memory and more deleted points than live
+    ones, and is kept in a file this version of qdrant-client can reload it from."""
+    local = getattr(client, "_client", None)
+    old = getattr(local, "collections", {}).get(collection)
+    deleted = getattr(old, "deleted", None)
+    if deleted is None or not getattr(old, "persistent", False):
+        return False
+    if not hasattr(local, "_collection_path"):
+        return False
+    dead = int(deleted.sum())
+    return dead >= COMPACT_AFTER and dead > len(deleted) - dead
+
+
+def compact(client: Any, collection: str) -> bool:
+    """(Guard held; when :func:`compaction_due`.) Reload a local-mode ``collection`` from
+    its points file, as the client does when it opens: the cost, about a live point's
+    load for each deleted point dropped, is paid once in that many deletes. False, and
+    nothing changed, when the reload failed."""
+    local = client._client
+    collections = local.collections
+    old = collections[collection]
+    dead = int(old.deleted.sum())
+    reopen = local._collection_path
+    try:
+        fresh = type(old)(
+            old.config,
+            reopen(collection),
+            force_disable_check_same_thread=bool(
+                getattr(local, "force_disable_check_same_thread", False)
+            ),
+        )
+    except Exception as exc:  # the collection in memory is as it was: only slower
+        log.warning("Qdrant local collection %r could not be reloaded: %s", collection, exc)
+        return False
+    fresh.text_indexes = old.text_indexes
+    old.close()
+    collections[collection] = fresh
+    write_ahead_log(client, collection)
+    log.info("Qdrant local collection %r reloaded: %d deleted points dropped", collection, dead)
+    return True

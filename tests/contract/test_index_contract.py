@@ -35,6 +35,7 @@ from coordinator.abc import Index
 from coordinator.embeddings import HashingEmbedder
 from participants.chroma import SYNC_THRESHOLD, AsyncChromaIndex, ChromaIndex, from_url
 from participants.qdrant import QdrantIndex
+from participants.qdrant import _catalog as catalog
 from participants.qdrant._catalog import points_file
 
 EMBEDDER = HashingEmbedder(16)
@@ -561,6 +562,84 @@ def test_a_local_collection_keeps_its_points_in_a_write_ahead_log(
     again = open_participant(url, embedder=EMBEDDER)
     assert again.recover() == [txid]
     again.close()
+
+
+def test_a_local_collection_drops_what_it_deleted_from_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Local mode only marks a deleted point in memory, where every search goes over it
+    again: each update of a memory left one more row behind (1,000 memories updated
+    9,000 times: a search 1.4 -> 8.4 ms, 117 -> 189 MB). The collection is reloaded from
+    its file once most of its rows are deleted ones; what it holds does not change."""
+    monkeypatch.setattr(catalog, "COMPACT_AFTER", 8)
+    client = QdrantClient(path=str(tmp_path / "qdrant"))
+    index = QdrantIndex(client, "kept", "content", ["role"], embedder=EMBEDDER)
+
+    def rows() -> int:
+        return len(client._client.collections["kept"].deleted)  # type: ignore[attr-defined]
+
+    most = 0
+    for version in range(1, 41):
+        txid = new_txid()
+        records = [fact(f, version, f"{f} tea {version}", role=f"r{version}") for f in "abc"]
+        index.prepare(txid, [upsert(r) for r in records])
+        index.commit(txid)
+        most = max(most, rows())
+    aborted = new_txid()
+    index.prepare(aborted, [upsert(fact(f"x{i}", 1, "never")) for i in range(20)])
+    index.abort(aborted)
+    # Three live points; at most the threshold of deleted ones beside twice as many.
+    assert most <= 3 + 8 + 3 + 3, most
+    assert rows() <= 3 + 8 + 3 + 3, rows()
+    contents = index.contents()
+    assert contents.committed == {"a": 40, "b": 40, "c": 40}
+    assert contents.fields == {f: {"role": "r40"} for f in "abc"}
+    assert search(index, "a tea 40")[0] == ("a", 40, True)
+    assert (
+        catalog.points_file(client, "kept")
+        .execute(  # type: ignore[union-attr]
+            "PRAGMA journal_mode"
+        )
+        .fetchone()[0]
+        == "wal"
+    )
+    client.close()
+    again = QdrantIndex(
+        QdrantClient(path=str(tmp_path / "qdrant")),
+        "kept",
+        "content",
+        ["role"],
+        embedder=EMBEDDER,
+        owns_client=True,
+    )
+    assert again.contents().committed == {"a": 40, "b": 40, "c": 40}
+    again.close()
+
+
+def test_an_async_local_collection_drops_what_it_deleted_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qdrant_client import AsyncQdrantClient
+
+    from participants.qdrant import AsyncQdrantIndex
+
+    monkeypatch.setattr(catalog, "COMPACT_AFTER", 8)
+
+    async def main() -> list[int]:
+        client = AsyncQdrantClient(path=str(tmp_path / "qdrant"))
+        index = AsyncQdrantIndex(client, "kept", "content", embedder=EMBEDDER)
+        rows = []
+        for version in range(1, 31):
+            txid = new_txid()
+            await index.prepare(txid, [upsert(fact("a", version, f"tea {version}"))])
+            await index.commit(txid)
+            rows.append(len(client._client.collections["kept"].deleted))  # type: ignore[attr-defined]
+        assert (await index.contents()).committed == {"a": 30}
+        await client.close()
+        return rows
+
+    rows = anyio.run(main)
+    assert max(rows) <= 1 + 8 + 1, rows
 
 
 def test_a_local_batch_is_durable_when_it_returns_and_says_when_it_is_not(

@@ -14,7 +14,7 @@ from typing import Any
 
 from qdrant_client import AsyncQdrantClient, models
 
-from coordinator._acompat import ALock
+from coordinator._acompat import ALock, ablocking
 from coordinator.abc import Embedder, Hit, IndexContents, Vote
 from coordinator.errors import ConfigurationError, LockstepError, ParticipantError
 from coordinator.records import JSONValue, Write
@@ -32,6 +32,8 @@ from participants._vectors import (
 from participants.qdrant._catalog import (
     Entry,
     PointCatalog,
+    compact,
+    compaction_due,
     shared_local,
     synced_once,
     write_ahead_log,
@@ -199,6 +201,14 @@ class AsyncQdrantIndex(VectorIndexBase):
                 self._collection, models.PointIdsList(points=doomed), wait=True
             )
             catalog.remove(ids)
+        await self._compact()
+
+    async def _compact(self) -> None:
+        """(Guard held.) Drop the deleted points local mode keeps in memory, when due. The
+        reload takes about as long as opening the collection; the async index runs it in
+        a worker thread, so the event loop goes on meanwhile."""
+        if compaction_due(self._client, self._collection):
+            await ablocking(compact, self._client, self._collection)
 
     async def _delete_markers(self, staged: Sequence[models.Record]) -> None:
         """Delete the staged delete markers, once what they delete is gone."""
@@ -280,6 +290,7 @@ class AsyncQdrantIndex(VectorIndexBase):
                 self._collection, models.PointIdsList(points=doomed), wait=True
             )
             catalog.remove(map(str, doomed))
+            await self._compact()
 
     async def recover(self) -> list[str]:
         await self._ensure_collection()

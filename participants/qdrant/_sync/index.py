@@ -16,7 +16,7 @@ from typing import Any
 
 from qdrant_client import QdrantClient, models
 
-from coordinator._acompat import Lock
+from coordinator._acompat import Lock, blocking
 from coordinator.abc import Embedder, Hit, IndexContents, Vote
 from coordinator.errors import ConfigurationError, LockstepError, ParticipantError
 from coordinator.records import JSONValue, Write
@@ -34,6 +34,8 @@ from participants._vectors import (
 from participants.qdrant._catalog import (
     Entry,
     PointCatalog,
+    compact,
+    compaction_due,
     shared_local,
     synced_once,
     write_ahead_log,
@@ -198,6 +200,14 @@ class QdrantIndex(VectorIndexBase):
             doomed: list[models.ExtendedPointId] = [*ids]
             self._client.delete(self._collection, models.PointIdsList(points=doomed), wait=True)
             catalog.remove(ids)
+        self._compact()
+
+    def _compact(self) -> None:
+        """(Guard held.) Drop the deleted points local mode keeps in memory, when due. The
+        reload takes about as long as opening the collection; the async index runs it in
+        a worker thread, so the event loop goes on meanwhile."""
+        if compaction_due(self._client, self._collection):
+            blocking(compact, self._client, self._collection)
 
     def _delete_markers(self, staged: Sequence[models.Record]) -> None:
         """Delete the staged delete markers, once what they delete is gone."""
@@ -276,6 +286,7 @@ class QdrantIndex(VectorIndexBase):
         if doomed:
             self._client.delete(self._collection, models.PointIdsList(points=doomed), wait=True)
             catalog.remove(map(str, doomed))
+            self._compact()
 
     def recover(self) -> list[str]:
         self._ensure_collection()
