@@ -203,9 +203,9 @@ class QdrantIndex(VectorIndexBase):
         self._compact()
 
     def _compact(self) -> None:
-        """(Guard held.) Drop the deleted points local mode keeps in memory, when due. The
-        reload takes about as long as opening the collection; the async index runs it in
-        a worker thread, so the event loop goes on meanwhile."""
+        """(Guard held.) Drop the deleted points local mode keeps in memory, when due (see
+        :func:`compact`; the async index does it in a worker thread, as a reload takes
+        about as long as opening the collection)."""
         if compaction_due(self._client, self._collection):
             blocking(compact, self._client, self._collection)
 
