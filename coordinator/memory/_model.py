@@ -198,7 +198,7 @@ class SchemaRegistry:
 
 
 _PLAIN_HINT = (
-    "A payload is JSON every store keeps: str (Unicode text without NUL), int, finite "
+    "A payload is JSON every store keeps: str (Unicode text without NUL), int (64-bit), finite "
     "float, bool, None, and lists and str-keyed dicts of them (a datetime as .isoformat(), "
     "for example); or register a pydantic schema for the type: commit_model() converts "
     "such values"
@@ -258,7 +258,7 @@ def _unstorable(value: Any, path: str) -> str | None:
         return None
     if isinstance(value, int):  # bool is an int, in range
         fault = unstorable_int(value)
-        return None if fault is None else f"{path} is {value} and {fault}"
+        return None if fault is None else f"{path} ({value}) {fault}"
     if isinstance(value, str):
         fault = unstorable_text(value)
         return None if fault is None else f"{path} {fault}"
