@@ -653,3 +653,31 @@ async def test_the_async_store_embeds_off_the_event_loop(tmp_path: Path) -> None
             done.set()
         assert [hit.fact["id"] for hit in hits] == [fid]
         assert (await mem.indexes[0].contents()).committed == {fid: 1, "lost": 1}
+
+
+class CountingEmbedder(HashingEmbedder):
+    """Counts the queries it embeds."""
+
+    def __init__(self) -> None:
+        super().__init__(16)
+        self.queries = 0
+
+    def embed_query(self, text: str) -> list[float]:
+        self.queries += 1
+        return super().embed_query(text)
+
+
+def test_indexes_sharing_an_embedder_embed_a_search_once(tmp_path: Path) -> None:
+    shared, own = CountingEmbedder(), CountingEmbedder()
+    client = QdrantClient(path=str(tmp_path / "vectors"))
+    notes = QdrantIndex(client, "notes", "content", embedder=shared, target_types=["note"])
+    tasks = QdrantIndex(client, "tasks", "content", embedder=shared, target_types=["task"])
+    other = QdrantIndex(client, "other", "content", embedder=own, target_types=["note"])
+    mem = MemoryStore(SQLiteStorage(tmp_path / "facts.db"), [notes, tasks, other])
+    tea = mem.commit(Fact(type="note", payload={"content": "likes green tea"}))
+    call = mem.commit(Fact(type="task", payload={"content": "call about the tea order"}))
+    found = {hit.fact["id"] for hit in mem.search("tea", k=5)}
+    assert found == {tea, call}  # each index searched with the query's vector
+    assert (shared.queries, own.queries) == (1, 1)
+    mem.close()
+    client.close()

@@ -517,10 +517,15 @@ class AsyncMemoryStore:
             )
         checked = check_filters(filters)
         self.check_open()
+        # Indexes sharing an embedder (the default one is shared) share the query's vector.
+        vectors: dict[int, list[float]] = {}
+        for index in self.indexes:
+            if id(index.embedder) not in vectors:
+                vectors[id(index.embedder)] = await embed_query(index.embedder, query)
         looks = [
             (
                 index,
-                await embed_query(index.embedder, query),
+                vectors[id(index.embedder)],
                 _pushdown(index, typename, session_id, filters or {}),
             )
             for index in self.indexes
