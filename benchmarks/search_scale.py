@@ -3,7 +3,8 @@
 The embedded default keeps vectors in Qdrant's local mode, which tests a filter's condition
 on every point in Python. Its index keeps a catalog of its points, so a search sends local
 mode no filter when at least one point in 16 meets its conditions (it asks for enough of
-the nearest points instead); rarer ones go to local mode's filter. Four kinds of search,
+the nearest points instead), and reads the points that meet rarer ones by id and ranks
+them itself. Four kinds of search,
 through the memory API as an agent calls them, alternating query by query: plain; by the
 type 99% of the memories have; by a session holding 10% of them; by a type 1% have.
 ``--index "chroma embedded"`` measures SQLite + a Chroma ``PersistentClient`` instead,

@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy
 from qdrant_client import AsyncQdrantClient, models
 
 from coordinator._acompat import ALock, ablocking
@@ -40,8 +41,9 @@ from participants.qdrant._catalog import (
 )
 
 _PAGE = 512
-#: A search whose conditions fewer than one point in this many meets is left to local
-#: mode's filter; a commoner one is found among the nearest points, without a filter.
+#: A search whose conditions fewer than one point in this many meets reads those points
+#: by id and ranks them; a commoner one is found among the nearest points. Neither sends
+#: local mode a filter, which it would test on every point in Python.
 _SPARSE = 16
 
 
@@ -326,9 +328,11 @@ class AsyncQdrantIndex(VectorIndexBase):
         as many more points as there are delete markers when it has no condition; when it
         has some, and at least one point in :data:`_SPARSE` meets them (the catalog
         knows), for enough of the nearest points to hold ``k`` such points twice over,
-        and more while they do not. Rarer points are left to local mode's filter. Either
-        way the points come without their payloads (copying them doubled the time of a
-        search of 400 points, in a probe): the catalog has what a hit needs."""
+        and more while they do not. Rarer points are read by id, with their vectors, and
+        ranked here (by a type 1% of 10,000 points have: 145 ms through local mode's
+        filter, 2.9 ms so). Either way the points come without their payloads (copying
+        them doubled the time of a search of 400 points, in a probe): the catalog has what
+        a hit needs."""
         catalog = self._catalog
         if catalog is None or not catalog.loaded:
             conditions = [_equal(key, value) for key, value in search_filter(where).items()]
@@ -338,9 +342,7 @@ class AsyncQdrantIndex(VectorIndexBase):
         if wanted is not None and len(wanted) * _SPARSE < len(catalog):
             if not wanted:
                 return []
-            conditions = [_equal(key, value) for key, value in where.items()]
-            found = await self._nearest(vector, k + catalog.markers(), conditions)
-            return catalog.hits(found)[:k]
+            return catalog.hits(await self._ranked(vector, wanted))[:k]
         total = len(catalog)
         limit = k + catalog.markers()
         if wanted is not None:
@@ -350,6 +352,23 @@ class AsyncQdrantIndex(VectorIndexBase):
             if len(hits) >= k or limit >= total:
                 return hits[:k]
             limit = min(total, 4 * limit)
+
+    async def _ranked(self, vector: list[float], ids: set[str]) -> list[models.ScoredPoint]:
+        """The points ``ids``, nearest first, scored by the index's cosine: read by id
+        with their vectors (which Qdrant keeps normalised), rather than found by a filter
+        that local mode would test on every point."""
+        points = await self._client.retrieve(
+            self._collection, ids=sorted(ids), with_payload=False, with_vectors=True
+        )
+        if not points:
+            return []
+        query = numpy.asarray(vector, dtype=numpy.float32)
+        query /= float(numpy.linalg.norm(query)) or 1.0
+        scores = numpy.asarray([p.vector for p in points], dtype=numpy.float32) @ query
+        return [
+            models.ScoredPoint(id=points[i].id, version=0, score=float(scores[i]))
+            for i in numpy.argsort(-scores, kind="stable")
+        ]
 
     async def _nearest(
         self,
