@@ -66,6 +66,20 @@ def fact_writes(participant: str, writes: Sequence[Write]) -> list[FactWrite]:
     return out
 
 
+def facts_and_sql(
+    participant: str, writes: Sequence[Write]
+) -> tuple[list[FactWrite], list[Execute]]:
+    """For a SQL participant: :func:`fact_writes` of ``writes``, and the caller's own
+    ``Execute`` statements among them, in order."""
+    statements = [w for w in writes if isinstance(w, Execute)]
+    return fact_writes(participant, [w for w in writes if not isinstance(w, Execute)]), statements
+
+
+def statement_failed(i: int, statements: Sequence[Execute]) -> str:
+    """How an error names the caller's statement ``i`` of ``statements``."""
+    return f"your SQL failed (statement {i + 1} of {len(statements)}: {statements[i].sql!r})"
+
+
 def transaction_meta(writes: Sequence[Write]) -> TransactionMeta:
     """The transaction's metadata (a default one when the writes carry none)."""
     metas = [w for w in writes if isinstance(w, TransactionMeta)]

@@ -267,9 +267,15 @@ def synced_once(client: Any, collection: str) -> Iterator[None]:
 
 def points_file(client: Any, collection: str) -> sqlite3.Connection | None:
     """The SQLite connection in which a local-mode client keeps ``collection``'s points."""
-    local_collection = getattr(getattr(client, "_client", None), "collections", {}).get(collection)
-    connection = getattr(getattr(local_collection, "storage", None), "storage", None)
+    connection = getattr(
+        getattr(_local_collection(client, collection), "storage", None), "storage", None
+    )
     return connection if isinstance(connection, sqlite3.Connection) else None
+
+
+def _local_collection(client: Any, collection: str) -> Any:
+    """The object in which a local-mode client keeps ``collection`` (``None``: not one)."""
+    return getattr(getattr(client, "_client", None), "collections", {}).get(collection)
 
 
 COMPACT_AFTER = 1024
@@ -281,12 +287,11 @@ def compaction_due(client: Any, collection: str) -> bool:
     """(Guard held; cheap.) True when a local-mode ``collection`` holds at least
     :data:`COMPACT_AFTER` deleted points in memory and more deleted points than live
     ones, and is kept in a file this version of qdrant-client can reload it from."""
-    local = getattr(client, "_client", None)
-    old = getattr(local, "collections", {}).get(collection)
+    old = _local_collection(client, collection)
     deleted = getattr(old, "deleted", None)
     if deleted is None or not getattr(old, "persistent", False):
         return False
-    if not hasattr(local, "_collection_path"):
+    if not hasattr(client._client, "_collection_path"):
         return False
     dead = int(deleted.sum())
     return dead >= COMPACT_AFTER and dead > len(deleted) - dead

@@ -61,6 +61,7 @@ from participants._checks import (
     already_aborted,
     claim_conflict,
     fact_writes,
+    facts_and_sql,
     history_conflict,
     locked_conflict,
     transaction_meta,
@@ -264,8 +265,7 @@ class SQLiteStore:
         """Check and apply ``writes`` in one local transaction (recording COMMIT for
         ``decision_for``, if given, in the decision log this file holds); the caller's
         ``Execute`` statements run in it after the facts."""
-        statements = [w for w in writes if isinstance(w, Execute)]
-        checked = fact_writes(self.name, [w for w in writes if not isinstance(w, Execute)])
+        checked, statements = facts_and_sql(self.name, writes)
         for seq, write in enumerate(checked):
             _staged_row(txid, seq, write)  # refuses a payload that is not JSON
         local = _LocalCommit(txid, checked, transaction_meta(writes), decision_for, statements)

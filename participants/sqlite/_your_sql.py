@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from coordinator.errors import LockstepError, ParticipantError, TransactionAborted, UsageError
 from coordinator.records import Execute
+from participants._checks import statement_failed
 
 _PREFIX = "lockstep_"
 _NEVER = {
@@ -120,9 +121,7 @@ def run_statements(
             try:
                 conn.execute(statement.sql, statement.params).close()
             except (sqlite3.Error, OverflowError, TypeError, ValueError) as exc:
-                where = (
-                    f"your SQL failed (statement {i + 1} of {len(statements)}: {statement.sql!r})"
-                )
+                where = statement_failed(i, statements)
                 raise _failure(name, txid, where, exc, guard.refused) from exc
     finally:
         conn.set_authorizer(None)

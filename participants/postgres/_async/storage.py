@@ -54,8 +54,9 @@ from coordinator.records import (
 from participants._checks import (
     already_aborted,
     claim_conflict,
-    fact_writes,
+    facts_and_sql,
     history_conflict,
+    statement_failed,
     transaction_meta,
     version_conflict,
 )
@@ -125,8 +126,7 @@ class AsyncPostgresStorage:
     # -- the participant contract -------------------------------------------------------
 
     async def prepare(self, txid: str, writes: Sequence[Write]) -> Vote:
-        facts = fact_writes(self._name, [w for w in writes if not isinstance(w, Execute)])
-        statements = [w for w in writes if isinstance(w, Execute)]
+        facts, statements = facts_and_sql(self._name, writes)
         meta = transaction_meta(writes)
         await self._open()
         # Not a pooled connection: psycopg keeps a connection in its two-phase state after
@@ -263,8 +263,7 @@ class AsyncPostgresStorage:
     ) -> None:
         """Check and write ``writes`` (and the COMMIT decision, if asked) in ``conn``'s
         transaction, left open; on a refusal, roll it back and raise."""
-        facts = fact_writes(self._name, [w for w in writes if not isinstance(w, Execute)])
-        statements = [w for w in writes if isinstance(w, Execute)]
+        facts, statements = facts_and_sql(self._name, writes)
         meta = transaction_meta(writes)
         try:
             await self._stage(conn, txid, facts, statements, meta)
@@ -517,7 +516,7 @@ class AsyncPostgresStorage:
     ) -> None:
         """Run the caller's statements in the branch (see ``_your_sql``)."""
         for i, statement in enumerate(statements):
-            where = f"your SQL failed (statement {i + 1} of {len(statements)}: {statement.sql!r})"
+            where = statement_failed(i, statements)
             why = your_sql.refusal(statement.sql)
             if why is not None:
                 raise UsageError(f"{where}: it may not {why}", txid=txid, participant=self._name)
@@ -590,8 +589,6 @@ class AsyncPostgresStorage:
                 txid=txid,
                 participant=self._name,
             )
-        if isinstance(exc, errors.SyntaxError | errors.UndefinedTable | errors.UndefinedColumn):
-            return UsageError(f"your SQL failed: {exc}", txid=txid, participant=self._name)
         if isinstance(exc, psycopg.OperationalError):
             return self._error("prepare", txid, exc)
         return TransactionAborted(

@@ -56,8 +56,9 @@ from coordinator.records import (
 from participants._checks import (
     already_aborted,
     claim_conflict,
-    fact_writes,
+    facts_and_sql,
     history_conflict,
+    statement_failed,
     transaction_meta,
     version_conflict,
 )
@@ -127,8 +128,7 @@ class PostgresStorage:
     # -- the participant contract -------------------------------------------------------
 
     def prepare(self, txid: str, writes: Sequence[Write]) -> Vote:
-        facts = fact_writes(self._name, [w for w in writes if not isinstance(w, Execute)])
-        statements = [w for w in writes if isinstance(w, Execute)]
+        facts, statements = facts_and_sql(self._name, writes)
         meta = transaction_meta(writes)
         self._open()
         # Not a pooled connection: psycopg keeps a connection in its two-phase state after
@@ -265,8 +265,7 @@ class PostgresStorage:
     ) -> None:
         """Check and write ``writes`` (and the COMMIT decision, if asked) in ``conn``'s
         transaction, left open; on a refusal, roll it back and raise."""
-        facts = fact_writes(self._name, [w for w in writes if not isinstance(w, Execute)])
-        statements = [w for w in writes if isinstance(w, Execute)]
+        facts, statements = facts_and_sql(self._name, writes)
         meta = transaction_meta(writes)
         try:
             self._stage(conn, txid, facts, statements, meta)
@@ -515,7 +514,7 @@ class PostgresStorage:
     ) -> None:
         """Run the caller's statements in the branch (see ``_your_sql``)."""
         for i, statement in enumerate(statements):
-            where = f"your SQL failed (statement {i + 1} of {len(statements)}: {statement.sql!r})"
+            where = statement_failed(i, statements)
             why = your_sql.refusal(statement.sql)
             if why is not None:
                 raise UsageError(f"{where}: it may not {why}", txid=txid, participant=self._name)
@@ -588,8 +587,6 @@ class PostgresStorage:
                 txid=txid,
                 participant=self._name,
             )
-        if isinstance(exc, errors.SyntaxError | errors.UndefinedTable | errors.UndefinedColumn):
-            return UsageError(f"your SQL failed: {exc}", txid=txid, participant=self._name)
         if isinstance(exc, psycopg.OperationalError):
             return self._error("prepare", txid, exc)
         return TransactionAborted(
