@@ -488,6 +488,21 @@ class Index(Participant, Protocol):
     def contents(self) -> IndexContents: ...
 
 
+OWN_TYPE_PREFIX = "lockstep:"
+"""Fact types beginning with this are Lockstep's own records (the LangGraph checkpoint
+saver's): the storage and its mirrors keep them, no index holds them."""
+
+
+def indexed_text(index: AsyncIndex | Index, fact: FactRecord) -> str | None:
+    """The text ``index`` embeds for ``fact``, or ``None`` when it does not hold the fact
+    (its own choice, or one of Lockstep's own records). The memory API, ``verify`` and
+    ``repair`` ask here, never ``text_of`` directly, so they agree on what an index holds.
+    """
+    if fact.type.startswith(OWN_TYPE_PREFIX):
+        return None
+    return index.text_of(fact)
+
+
 def embedder_name(embedder: object) -> str | None:
     """The model an embedder names (its ``name`` attribute, when a non-empty str)."""
     name = getattr(embedder, "name", None)

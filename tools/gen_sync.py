@@ -34,6 +34,14 @@ REPLACEMENTS = {
     "aclose": "close",
     "ashielded": "shielded",
     "aidle_check": "idle_check",
+    # LangGraph's checkpointer interface names its async methods with an "a" prefix.
+    "aput": "put",
+    "aput_writes": "put_writes",
+    "aget_tuple": "get_tuple",
+    "alist": "list",
+    "adelete_thread": "delete_thread",
+    "adelete_for_runs": "delete_for_runs",
+    "acopy_thread": "copy_thread",
 }
 
 

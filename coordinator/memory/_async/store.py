@@ -28,6 +28,7 @@ from coordinator.abc import (
     Embedder,
     Hit,
     Vote,
+    indexed_text,
 )
 from coordinator.errors import ConfigurationError, UsageError
 from coordinator.faults import FaultHook, no_faults
@@ -607,7 +608,7 @@ class AsyncMemoryStore:
             facts = await self.storage.get_many(rebuild)
             for fact_id in rebuild:
                 fact = facts.get(fact_id)
-                text = None if fact is None else index.text_of(fact)
+                text = None if fact is None else indexed_text(index, fact)
                 if fact is None or text is None:
                     continue
                 if held.get(fact_id, 0) >= fact.version:

@@ -30,6 +30,7 @@ from coordinator.abc import (
     Storage,
     SupportsLastResource,
     Vote,
+    indexed_text,
 )
 from coordinator.errors import ConfigurationError, UsageError
 from coordinator.faults import FaultHook, no_faults
@@ -605,7 +606,7 @@ class MemoryStore:
             facts = self.storage.get_many(rebuild)
             for fact_id in rebuild:
                 fact = facts.get(fact_id)
-                text = None if fact is None else index.text_of(fact)
+                text = None if fact is None else indexed_text(index, fact)
                 if fact is None or text is None:
                     continue
                 if held.get(fact_id, 0) >= fact.version:

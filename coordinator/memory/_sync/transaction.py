@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Self
 from pydantic import BaseModel
 
 from coordinator._acompat import blocking
-from coordinator.abc import Embedder, Index
+from coordinator.abc import Embedder, Index, indexed_text
 from coordinator.errors import ImmutableViolation, UsageError
 from coordinator.ids import new_txid
 from coordinator.memory._model import Fact, as_dict, check_text
@@ -440,7 +440,7 @@ class MemoryTransaction:
         upserts: list[tuple[FactRecord, int, str]] = []
         writes: list[Write] = []
         for fact_id, expected, before, after, _ in changes:
-            text = None if after is None else index.text_of(after)
+            text = None if after is None else indexed_text(index, after)
             if text is not None and after is not None:
                 upserts.append((after, expected, text))
             elif before is not None and index_holds(index, before):
@@ -491,6 +491,6 @@ def _with_version(record: FactRecord, version: int) -> FactRecord:
 
 def index_holds(index: Index, fact: FactRecord) -> bool:
     try:
-        return index.text_of(fact) is not None
+        return indexed_text(index, fact) is not None
     except UsageError:
         return False

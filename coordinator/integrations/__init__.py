@@ -1,0 +1,1 @@
+"""Lockstep inside agent frameworks (each one an optional dependency)."""
