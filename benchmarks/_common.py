@@ -27,7 +27,7 @@ MEMSTATE_VENV = ROOT / "benchmarks" / ".venv-memstate"
 #: What MemState's environment holds: MemState 0.5.1 with the backends the benchmarks use
 #: (greenlet: SQLAlchemy's Postgres path needs it and the extra leaves it out).
 MEMSTATE_REQUIREMENTS = [
-    "memstate[postgres,redis]==0.5.1",
+    "memstate[postgres,redis,langgraph]==0.5.1",
     "aiosqlite",
     "greenlet",
     "qdrant-client",

@@ -41,6 +41,7 @@ from coordinator.embeddings import HashingEmbedder
 from coordinator.integrations.langgraph import (
     BLOB,
     CHECKPOINT,
+    HEAD,
     THREAD_SESSION,
     WRITE,
     AsyncLockstepSaver,
@@ -293,8 +294,9 @@ def test_checkpoints_stay_out_of_the_index_and_a_thread_deletion_spares_the_agen
         )
 
         saved = mem.query(session_id=THREAD_SESSION + "chat-1")
-        kinds = {f["type"] for f in saved}
-        assert {CHECKPOINT, BLOB} <= kinds <= {CHECKPOINT, BLOB, WRITE}
+        assert {f["type"] for f in saved} == {CHECKPOINT, BLOB, HEAD}
+        threads_written = {f["payload"]["thread_id"] for f in mem.query(typename=WRITE)}
+        assert threads_written == {"chat-1", "chat-2"}
         assert mem.indexes[0].contents().committed == {note: 1}  # no checkpoint embedded
         assert [h.fact["id"] for h in mem.search("reply", k=10)] == [note]
         assert mem.verify().clean
@@ -304,6 +306,7 @@ def test_checkpoints_stay_out_of_the_index_and_a_thread_deletion_spares_the_agen
 
         LockstepSaver(mem).delete_thread("chat-1")
         assert mem.query(session_id=THREAD_SESSION + "chat-1") == []
+        assert {f["payload"]["thread_id"] for f in mem.query(typename=WRITE)} == {"chat-2"}
         assert graph.get_state(config).values == {}
         assert mem.get(note) is not None  # the agent's own session "chat-1" is not touched
         assert graph.get_state({"configurable": {"thread_id": "chat-2"}}).values["turns"] == 1
@@ -396,3 +399,26 @@ def test_a_put_cut_at_every_point_leaves_the_checkpoint_whole_or_absent(
         report = again.verify()
         assert report.clean, (point, report)
         assert not any(report.staged.values()), point
+
+
+def test_deleting_a_threads_latest_run_moves_its_head_back(tmp_path: Path) -> None:
+    with MemoryStore.open(tmp_path / "memory", embedder=EMBEDDER) as mem:
+        saver = LockstepSaver(mem)
+        config: RunnableConfig = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+        first = checkpoint_with(saver, None, a="a1")
+        stored = saver.put(config, first, {"run_id": "run-1"}, first["channel_versions"])
+        second = checkpoint_with(saver, first, a="a2")
+        later = saver.put(stored, second, {"run_id": "run-2"}, second["channel_versions"])
+        saver.put_writes(later, [("a", "pending")], "task-1")
+
+        saver.delete_for_runs(["run-2"])
+        latest = saver.get_tuple({"configurable": {"thread_id": "t"}})
+        assert latest is not None and latest.checkpoint["id"] == first["id"]
+        assert latest.checkpoint["channel_values"] == {"a": "a1"}
+        assert [f["payload"]["value"] is not None for f in mem.query(typename=BLOB)] == [True]
+        assert mem.query(typename=WRITE) == []  # the deleted checkpoint's writes went too
+
+        saver.delete_for_runs(["run-1"])
+        assert saver.get_tuple({"configurable": {"thread_id": "t"}}) is None
+        assert mem.query() == []  # head included
+        assert mem.verify().clean

@@ -21,10 +21,21 @@ except ImportError as missing:  # pragma: no cover - depends on the installation
 from coordinator.integrations.langgraph._async.saver import (
     BLOB,
     CHECKPOINT,
+    HEAD,
     THREAD_SESSION,
     WRITE,
+    WRITES_SESSION,
     AsyncLockstepSaver,
 )
 from coordinator.integrations.langgraph._sync.saver import LockstepSaver
 
-__all__ = ["BLOB", "CHECKPOINT", "THREAD_SESSION", "WRITE", "AsyncLockstepSaver", "LockstepSaver"]
+__all__ = [
+    "BLOB",
+    "CHECKPOINT",
+    "HEAD",
+    "THREAD_SESSION",
+    "WRITE",
+    "WRITES_SESSION",
+    "AsyncLockstepSaver",
+    "LockstepSaver",
+]

@@ -1,11 +1,15 @@
 """A LangGraph checkpoint saver on a Lockstep memory store.
 
 A graph's checkpoints, channel values and pending writes become facts of the store's
-storage (the three types below, in a session of their own per thread), written through
-the memory API: each call that writes is one atomic transaction, so a checkpoint is never
-read without the channel values it needs, on every storage and mirror, through crashes.
-No index holds these facts (their types begin with ``lockstep:``): they cost no embedding
-and never turn up in ``search``.
+storage (the types below), written through the memory API: each call that writes is one
+atomic transaction, so a checkpoint is never read without the channel values it needs, on
+every storage and mirror, through crashes. No index holds these facts (their types begin
+with ``lockstep:``): they cost no embedding and never turn up in ``search``.
+
+Reads go by id or by session, so a step costs the same however long the thread: a thread's
+checkpoints, values and heads are in the session :data:`THREAD_SESSION` + the thread id;
+a head names each namespace's latest checkpoint (written with it); the writes against one
+checkpoint are in a session of their own.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import base64
 import json
 import random
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from langchain_core.runnables import RunnableConfig
@@ -32,7 +36,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from coordinator.abc import OWN_TYPE_PREFIX
-from coordinator.errors import UsageError
+from coordinator.errors import UsageError, VersionConflict
 from coordinator.memory._model import Fact
 
 if TYPE_CHECKING:
@@ -43,19 +47,26 @@ CHECKPOINT = OWN_TYPE_PREFIX + "checkpoint"
 """A checkpoint, without its channel values (they are :data:`BLOB` facts)."""
 BLOB = OWN_TYPE_PREFIX + "checkpoint_blob"
 """One channel's value at one version, shared by the checkpoints that hold it."""
+HEAD = OWN_TYPE_PREFIX + "checkpoint_head"
+"""The id of the latest checkpoint of one namespace of a thread."""
 WRITE = OWN_TYPE_PREFIX + "checkpoint_write"
 """One pending write of a task, against the checkpoint it follows."""
 THREAD_SESSION = OWN_TYPE_PREFIX + "langgraph:"
-"""A thread's facts are in the session named this followed by the thread id: a thread's
-reads and deletes go by the session, and the agent's own sessions are left alone."""
+"""A thread's checkpoints, values and heads are in the session named this followed by the
+thread id, apart from the agent's own sessions."""
+WRITES_SESSION = OWN_TYPE_PREFIX + "langgraph-writes:"
+"""The writes against one checkpoint are in the session named this followed by a hash of
+the checkpoint's thread, namespace and id."""
 
 # The payload fields that name each kind of fact (its id is made from them).
 _KEYS = {
     CHECKPOINT: ("thread_id", "checkpoint_ns", "checkpoint_id"),
     BLOB: ("thread_id", "checkpoint_ns", "channel", "version"),
+    HEAD: ("thread_id", "checkpoint_ns"),
     WRITE: ("thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx"),
 }
 _NAMESPACE = uuid.UUID("0b6f3d2e-5a41-4c8e-9f57-2d1c7e8a9b10")
+_ATTEMPTS = 5  # a put that lost a race for a head re-reads it and writes again
 _Records: TypeAlias = list[dict[str, Any]]  # (the sync twin's class has a method named list)
 
 
@@ -65,8 +76,8 @@ class AsyncLockstepSaver(BaseCheckpointSaver[str]):
     ``builder.compile(checkpointer=LockstepSaver(store))`` on a ``MemoryStore`` for
     ``invoke``/``stream``; ``AsyncLockstepSaver`` on an ``AsyncMemoryStore`` for
     ``ainvoke``/``astream``. The store stays the caller's: the saver neither opens nor
-    closes it. ``prune`` is not offered: dropping a thread's older
-    checkpoints safely needs to know which channels are LangGraph ``DeltaChannel``s.
+    closes it. ``prune`` is not offered: dropping a thread's older checkpoints safely
+    needs to know which channels are LangGraph ``DeltaChannel``s.
     """
 
     def __init__(self, store: AsyncMemoryStore, *, serde: SerializerProtocol | None = None):
@@ -84,34 +95,45 @@ class AsyncLockstepSaver(BaseCheckpointSaver[str]):
     ) -> RunnableConfig:
         """Store ``checkpoint`` and the channel values ``new_versions`` names, atomically."""
         thread_id, ns = _thread_and_ns(config)
-        values = checkpoint["channel_values"]
         merged = get_checkpoint_metadata(config, metadata)
         run_id = merged.get("run_id")
-        async with self.store.transaction(session_id=THREAD_SESSION + thread_id) as tx:
-            for channel, version in new_versions.items():
-                blob: dict[str, Any] = {
-                    "thread_id": thread_id,
-                    "checkpoint_ns": ns,
-                    "channel": channel,
-                    "version": str(version),
-                }
-                if await tx.get(_fact_id(BLOB, blob)) is not None:
-                    continue  # a version's value never changes: this is a retried put
-                blob["value"] = self._dump(values[channel]) if channel in values else None
-                await _write(tx, BLOB, blob)
-            bare = {k: v for k, v in checkpoint.items() if k != "channel_values"}
-            record = {
-                "thread_id": thread_id,
-                "checkpoint_ns": ns,
-                "checkpoint_id": checkpoint["id"],
-                "parent_checkpoint_id": get_checkpoint_id(config),
-                "checkpoint": self._dump(bare),
-                "metadata": self._dump(merged),
-                # In the clear, for what reads them without the serializer:
-                "channel_versions": {c: str(v) for c, v in checkpoint["channel_versions"].items()},
-                "run_id": None if run_id is None else str(run_id),
-            }
-            await _write(tx, CHECKPOINT, record)
+        record = {
+            "thread_id": thread_id,
+            "checkpoint_ns": ns,
+            "checkpoint_id": checkpoint["id"],
+            "parent_checkpoint_id": get_checkpoint_id(config),
+            "checkpoint": self._dump(
+                {k: v for k, v in checkpoint.items() if k != "channel_values"}
+            ),
+            "metadata": self._dump(merged),
+            # In the clear, for what reads them without the serializer:
+            "channel_versions": {c: str(v) for c, v in checkpoint["channel_versions"].items()},
+            "run_id": None if run_id is None else str(run_id),
+        }
+        values = checkpoint["channel_values"]
+        for attempt in range(_ATTEMPTS):
+            try:
+                async with self.store.transaction() as tx:
+                    for channel, version in new_versions.items():
+                        blob: dict[str, Any] = {
+                            "thread_id": thread_id,
+                            "checkpoint_ns": ns,
+                            "channel": channel,
+                            "version": str(version),
+                        }
+                        if await tx.get(_fact_id(BLOB, blob)) is not None:
+                            continue  # a version's value never changes: a retried put
+                        blob["value"] = self._dump(values[channel]) if channel in values else None
+                        await _write(tx, BLOB, blob)
+                    await _write(tx, CHECKPOINT, record)
+                    head = {"thread_id": thread_id, "checkpoint_ns": ns}
+                    current = await tx.get(_fact_id(HEAD, head))
+                    if current is None or current["payload"]["checkpoint_id"] < checkpoint["id"]:
+                        await _write(tx, HEAD, {**head, "checkpoint_id": checkpoint["id"]})
+                break
+            except VersionConflict:
+                if attempt == _ATTEMPTS - 1:
+                    raise
         return _config(thread_id, ns, checkpoint["id"])
 
     async def aput_writes(
@@ -130,7 +152,7 @@ class AsyncLockstepSaver(BaseCheckpointSaver[str]):
         checkpoint_id = get_checkpoint_id(config)
         if not checkpoint_id:
             raise UsageError("put_writes(): config['configurable'] has no checkpoint_id")
-        async with self.store.transaction(session_id=THREAD_SESSION + thread_id) as tx:
+        async with self.store.transaction() as tx:
             for position, (channel, value) in enumerate(writes):
                 write: dict[str, Any] = {
                     "thread_id": thread_id,
@@ -146,51 +168,56 @@ class AsyncLockstepSaver(BaseCheckpointSaver[str]):
 
     async def adelete_thread(self, thread_id: str) -> None:
         """Delete every checkpoint, value and write of the thread, in one transaction."""
-        session = THREAD_SESSION + str(thread_id)
-        facts = await self.store.query(session_id=session)
+        facts = await self._thread_facts(str(thread_id))
         if facts:
-            async with self.store.transaction(session_id=session) as tx:
+            async with self.store.transaction() as tx:
                 for fact in facts:
                     await tx.delete(fact["id"])
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Delete the checkpoints the runs made, with their writes and the channel values
-        no other checkpoint of their thread holds, in one transaction."""
-        doomed: dict[str, list[dict[str, Any]]] = {}
+        no other checkpoint of their thread holds, in one transaction (a namespace's head
+        moves back to its newest checkpoint left)."""
+        doomed: dict[str, set[str]] = {}
         for run_id in dict.fromkeys(str(r) for r in run_ids):
             for fact in await self.store.query(CHECKPOINT, {"payload.run_id": run_id}):
-                doomed.setdefault(fact["payload"]["thread_id"], []).append(fact["payload"])
-        if not doomed:
-            return
-        async with self.store.transaction() as tx:
-            for thread_id, checkpoints in doomed.items():
-                facts = await self.store.query(session_id=THREAD_SESSION + thread_id)
-                await _delete_checkpoints(tx, facts, {_fact_id(CHECKPOINT, c) for c in checkpoints})
+                doomed.setdefault(fact["payload"]["thread_id"], set()).add(fact["id"])
+        if doomed:
+            async with self.store.transaction() as tx:
+                for thread_id, checkpoints in doomed.items():
+                    await _delete_checkpoints(tx, await self._thread_facts(thread_id), checkpoints)
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copy every checkpoint, value and write of one thread to another (one transaction);
         facts the target holds under the same keys are replaced."""
-        source, target = str(source_thread_id), str(target_thread_id)
-        facts = await self.store.query(session_id=THREAD_SESSION + source)
+        target = str(target_thread_id)
+        facts = await self._thread_facts(str(source_thread_id))
         if facts:
-            async with self.store.transaction(session_id=THREAD_SESSION + target) as tx:
+            async with self.store.transaction() as tx:
                 for fact in facts:
                     await _write(tx, fact["type"], {**fact["payload"], "thread_id": target})
+
+    async def _thread_facts(self, thread_id: str) -> _Records:
+        """Every fact of the thread: its session's, and each checkpoint's writes."""
+        facts = await self.store.query(session_id=THREAD_SESSION + thread_id)
+        for fact in [f for f in facts if f["type"] == CHECKPOINT]:
+            facts += await self.store.query(WRITE, session_id=_session(WRITE, fact["payload"]))
+        return facts
 
     # -- reads --------------------------------------------------------------------------
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint ``config`` names, or the thread's latest without a checkpoint_id."""
         thread_id, ns = _thread_and_ns(config)
+        key = {"thread_id": thread_id, "checkpoint_ns": ns}
         checkpoint_id = get_checkpoint_id(config)
-        if checkpoint_id:
-            key = {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}
-            found = await self.store.get(_fact_id(CHECKPOINT, key))
-            record = None if found is None else found["payload"]
-        else:
-            stored = await self._checkpoints(thread_id, ns)
-            record = max(stored, key=lambda r: r["checkpoint_id"], default=None)
-        return None if record is None else await self._tuple(record)
+        if not checkpoint_id:
+            head = await self.store.get(_fact_id(HEAD, key))
+            if head is None:
+                return None
+            checkpoint_id = head["payload"]["checkpoint_id"]
+        found = await self.store.get(_fact_id(CHECKPOINT, {**key, "checkpoint_id": checkpoint_id}))
+        return None if found is None else await self._tuple(found["payload"])
 
     async def alist(
         self,
@@ -207,9 +234,10 @@ class AsyncLockstepSaver(BaseCheckpointSaver[str]):
             records = [f["payload"] for f in await self.store.query(CHECKPOINT)]
         else:
             thread_id = str(config["configurable"]["thread_id"])
-            records = await self._checkpoints(
-                thread_id, config["configurable"].get("checkpoint_ns")
-            )
+            ns = config["configurable"].get("checkpoint_ns")
+            filters = {} if ns is None else {"payload.checkpoint_ns": ns}
+            session = THREAD_SESSION + thread_id
+            records = [f["payload"] for f in await self.store.query(CHECKPOINT, filters, session)]
             if wanted := get_checkpoint_id(config):
                 records = [r for r in records if r["checkpoint_id"] == wanted]
         if before is not None and (newest := get_checkpoint_id(before)):
@@ -226,16 +254,10 @@ class AsyncLockstepSaver(BaseCheckpointSaver[str]):
                 left -= 1
             yield await self._tuple(record, metadata)
 
-    async def _checkpoints(self, thread_id: str, ns: str | None) -> _Records:
-        filters = {} if ns is None else {"payload.checkpoint_ns": ns}
-        found = await self.store.query(CHECKPOINT, filters, session_id=THREAD_SESSION + thread_id)
-        return [f["payload"] for f in found]
-
     async def _tuple(
         self, record: dict[str, Any], metadata: CheckpointMetadata | None = None
     ) -> CheckpointTuple:
         thread_id, ns = record["thread_id"], record["checkpoint_ns"]
-        checkpoint_id = record["checkpoint_id"]
         blob_ids = dict(zip(_blob_ids(record), record["channel_versions"], strict=True))
         blobs = await self.store.storage.get_many(list(blob_ids))
         values = {}
@@ -243,11 +265,7 @@ class AsyncLockstepSaver(BaseCheckpointSaver[str]):
             blob = blobs.get(fact_id)
             if blob is not None and blob.payload["value"] is not None:
                 values[channel] = self._load(blob.payload["value"])
-        writes = await self.store.query(
-            WRITE,
-            {"payload.checkpoint_ns": ns, "payload.checkpoint_id": checkpoint_id},
-            session_id=THREAD_SESSION + thread_id,
-        )
+        writes = await self.store.query(WRITE, session_id=_session(WRITE, record))
         ordered = sorted(
             (w["payload"] for w in writes),
             key=lambda w: writes_sort_key(w["task_path"], w["task_id"], w["idx"]),
@@ -256,7 +274,7 @@ class AsyncLockstepSaver(BaseCheckpointSaver[str]):
         checkpoint["channel_values"] = values
         parent = record["parent_checkpoint_id"]
         return CheckpointTuple(
-            config=_config(thread_id, ns, checkpoint_id),
+            config=_config(thread_id, ns, record["checkpoint_id"]),
             checkpoint=checkpoint,
             metadata=self._load(record["metadata"]) if metadata is None else metadata,
             parent_config=None if not parent else _config(thread_id, ns, parent),
@@ -280,36 +298,37 @@ class AsyncLockstepSaver(BaseCheckpointSaver[str]):
 
 
 async def _write(tx: AsyncMemoryTransaction, kind: str, payload: dict[str, Any]) -> None:
-    await tx.commit(Fact(id=_fact_id(kind, payload), type=kind, payload=payload))
+    fact = Fact(id=_fact_id(kind, payload), type=kind, payload=payload)
+    await tx.commit(fact, session_id=_session(kind, payload))
 
 
 async def _delete_checkpoints(
-    tx: AsyncMemoryTransaction, thread_facts: Iterable[dict[str, Any]], doomed: set[str]
+    tx: AsyncMemoryTransaction, thread_facts: _Records, doomed: set[str]
 ) -> None:
     """Delete the checkpoints ``doomed`` names from a thread whose facts are
-    ``thread_facts``, with their writes and the values no kept checkpoint holds."""
-    kept_blobs: set[str] = set()
-    doomed_blobs: set[str] = set()
-    doomed_keys = set()
+    ``thread_facts``: with their writes, the values no checkpoint left holds, and the
+    heads that named them (moved back to their namespace's newest checkpoint left)."""
+    checkpoints = [f["payload"] for f in thread_facts if f["type"] == CHECKPOINT]
+    gone = [c for c in checkpoints if _fact_id(CHECKPOINT, c) in doomed]
+    kept = [c for c in checkpoints if _fact_id(CHECKPOINT, c) not in doomed]
+    gone_writes = {_session(WRITE, c) for c in gone}
+    gone_blobs = {b for c in gone for b in _blob_ids(c)} - {b for c in kept for b in _blob_ids(c)}
     for fact in thread_facts:
-        if fact["type"] == CHECKPOINT:
-            record = fact["payload"]
-            if fact["id"] in doomed:
-                doomed_blobs.update(_blob_ids(record))
-                doomed_keys.add((record["checkpoint_ns"], record["checkpoint_id"]))
-                await tx.delete(fact["id"])
-            else:
-                kept_blobs.update(_blob_ids(record))
-    for fact in thread_facts:
-        record = fact["payload"]
+        kind, payload = fact["type"], fact["payload"]
         if (
-            fact["type"] == WRITE
-            and (record["checkpoint_ns"], record["checkpoint_id"]) in doomed_keys
+            fact["id"] in doomed
+            or (kind == WRITE and _session(WRITE, payload) in gone_writes)
+            or (kind == BLOB and fact["id"] in gone_blobs)
         ):
             await tx.delete(fact["id"])
-    for blob_id in doomed_blobs - kept_blobs:
-        if await tx.get(blob_id) is not None:
-            await tx.delete(blob_id)
+        elif kind == HEAD and _fact_id(CHECKPOINT, payload) in doomed:
+            left = [
+                c["checkpoint_id"] for c in kept if c["checkpoint_ns"] == payload["checkpoint_ns"]
+            ]
+            if left:
+                await _write(tx, HEAD, {**payload, "checkpoint_id": max(left)})
+            else:
+                await tx.delete(fact["id"])
 
 
 def _blob_ids(record: dict[str, Any]) -> list[str]:
@@ -331,8 +350,20 @@ def _blob_ids(record: dict[str, Any]) -> list[str]:
 def _fact_id(kind: str, payload: dict[str, Any]) -> str:
     """The fact id of the ``kind`` fact ``payload`` describes: made from its key fields,
     which may hold any character, so they are hashed."""
-    key = json.dumps([payload[field] for field in _KEYS[kind]])
-    return f"{kind}:{uuid.uuid5(_NAMESPACE, key)}"
+    return f"{kind}:{_hash(payload[field] for field in _KEYS[kind])}"
+
+
+def _session(kind: str, payload: dict[str, Any]) -> str:
+    """The session of the ``kind`` fact ``payload`` describes (for a write, a checkpoint's
+    payload gives the same session)."""
+    if kind == WRITE:
+        keys = _KEYS[CHECKPOINT]
+        return WRITES_SESSION + _hash(payload[field] for field in keys)
+    return THREAD_SESSION + str(payload["thread_id"])
+
+
+def _hash(parts: Any) -> str:
+    return str(uuid.uuid5(_NAMESPACE, json.dumps(list(parts))))
 
 
 def _thread_and_ns(config: RunnableConfig) -> tuple[str, str]:
