@@ -64,6 +64,7 @@ bench: install
 	$(PY) -m benchmarks.chroma_sync --held 20000 --json chroma-sync.json
 	$(PY) -m benchmarks.search_scale --json search-scale.json
 	$(PY) -m benchmarks.long_running --memories 1000,10000 --updates 30000 --checkpoints 4 --json long-running.json
+	$(PY) -m benchmarks.langgraph_saver --turns 300 --rounds 2 --json langgraph-saver.json
 
 bench-quick: install
 	$(PY) -m benchmarks.engine --quick
@@ -81,6 +82,7 @@ bench-quick: install
 	$(PY) -m benchmarks.chroma_sync --writes 400 --rounds 1 --places embedded
 	$(PY) -m benchmarks.search_scale --sizes 200,1000 --queries 10
 	$(PY) -m benchmarks.long_running --memories 300 --updates 2500
+	$(PY) -m benchmarks.langgraph_saver --turns 20 --rounds 1
 
 unit: install
 	$(PY) -m pytest -q tests/unit

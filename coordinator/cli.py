@@ -214,6 +214,24 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_mcp(settings: LockstepSettings) -> int:
+    """Open the store, serve it over stdio until the host closes the pipe, close it."""
+    import anyio
+
+    from coordinator.integrations.mcp import memory_server
+    from coordinator.memory import AsyncMemoryStore
+
+    async def serve() -> None:
+        store = await AsyncMemoryStore.from_settings(settings)
+        try:
+            await memory_server(store).run_stdio_async()
+        finally:
+            await store.close()
+
+    anyio.run(serve)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="lockstep", description="Atomic memory commits across an agent's stores."
@@ -260,6 +278,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 help="longest wait after failed passes (seconds)",
             )
 
+    commands.add_parser(
+        "mcp",
+        help="serve the store's memory as MCP tools over stdio (for an MCP host to launch)",
+    )
+
     verify = commands.add_parser(
         "verify", help="compare every index and mirror with the storage (exit 1 on drift)"
     )
@@ -278,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _recover(args)
         if args.command == "status":
             return _status(args)
+        if args.command == "mcp":
+            return _serve_mcp(_settings(args))
         return _verify(args)
     except LockstepError as err:
         print(f"lockstep: {err}", file=sys.stderr)

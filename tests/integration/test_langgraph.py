@@ -22,6 +22,7 @@ import chromadb
 import pytest
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
+from langgraph.channels.delta import DeltaChannel
 from langgraph.checkpoint.base import (
     BaseCheckpointSaver,
     ChannelVersions,
@@ -238,6 +239,43 @@ def test_a_thread_survives_a_restart_and_travels_back_in_time(tmp_path: Path) ->
         assert mem.verify().clean
 
 
+def extend(state: list[str] | None, writes: Sequence[list[str]]) -> list[str]:
+    return [*(state or []), *(item for write in writes for item in write)]
+
+
+class Journal(TypedDict, total=False):
+    # A DeltaChannel keeps most checkpoints' value as a sentinel: reading it walks the
+    # parents' pending writes back to a snapshot, in get_tuple's order.
+    log: Annotated[list[str], DeltaChannel(extend, snapshot_frequency=3)]
+
+
+def test_a_delta_channel_is_rebuilt_from_the_stored_writes(tmp_path: Path) -> None:
+    def note(state: Journal) -> Journal:
+        return {"log": [f"entry {len(state.get('log') or [])}"]}
+
+    def journal(saver: BaseCheckpointSaver[Any]) -> Any:
+        builder = StateGraph(Journal)
+        builder.add_node("note", note)
+        builder.add_edge(START, "note")
+        builder.add_edge("note", END)
+        return builder.compile(checkpointer=saver)
+
+    config: RunnableConfig = {"configurable": {"thread_id": "journal"}}
+    reference = journal(InMemorySaver())
+    with MemoryStore.open(tmp_path / "memory", embedder=EMBEDDER) as mem:
+        graph = journal(LockstepSaver(mem))
+        for n in range(8):
+            graph.invoke({"log": [f"input {n}"]}, config)
+            reference.invoke({"log": [f"input {n}"]}, config)
+    with MemoryStore.open(tmp_path / "memory", embedder=EMBEDDER) as mem:
+        graph = journal(LockstepSaver(mem))
+        log = graph.get_state(config).values["log"]
+        assert log == reference.get_state(config).values["log"]
+        assert len(log) == 16 and log[-2:] == ["input 7", "entry 15"]
+        ours = [s.values.get("log") for s in graph.get_state_history(config)]
+        assert ours == [s.values.get("log") for s in reference.get_state_history(config)]
+
+
 class Fan(TypedDict, total=False):
     done: Annotated[list[str], operator.add]
 
@@ -422,3 +460,12 @@ def test_deleting_a_threads_latest_run_moves_its_head_back(tmp_path: Path) -> No
         assert saver.get_tuple({"configurable": {"thread_id": "t"}}) is None
         assert mem.query() == []  # head included
         assert mem.verify().clean
+
+
+@pytest.mark.parametrize("saver", ["lockstep", "langgraph-sqlite"])
+def test_the_saver_benchmark_measures_a_whole_thread(tmp_path: Path, saver: str) -> None:
+    from benchmarks.langgraph_saver import measure
+
+    result = measure({"saver": saver, "turns": 3, "dir": str(tmp_path)})
+    assert result["checkpoints"] == 9  # three a turn, as LangGraph writes them
+    assert result["turn_p50_ms"] > 0 and result["get_state_ms"] > 0
