@@ -308,6 +308,17 @@ def test_search_filters_on_metadata_and_session(open_index: Opener) -> None:
     assert index.search(vector, 5, {"session_id": "other"}) == []
 
 
+def test_a_search_of_an_empty_index_finds_nothing_with_or_without_conditions(
+    open_index: Opener,
+) -> None:
+    """A fresh store searched by session or type before anything was written (Qdrant local
+    divided by the number of points meeting the conditions: zero)."""
+    index = open_index()
+    vector = EMBEDDER.embed_query("tea")
+    for where in ({}, {"session_id": "s1"}, {"type": "note", "role": "drink"}):
+        assert index.search(vector, 5, where) == [], where
+
+
 @pytest.mark.parametrize(
     ("write", "message"),
     [

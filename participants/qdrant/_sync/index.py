@@ -331,9 +331,9 @@ class QdrantIndex(VectorIndexBase):
             found = self._nearest(vector, k, conditions, with_payload=True)
             return [hit_of(p.payload, float(p.score)) for p in found if p.payload]
         wanted = catalog.matching(where) if where else None
+        if wanted is not None and not wanted:
+            return []  # no point meets the conditions (in an empty collection, too)
         if wanted is not None and len(wanted) * _SPARSE < len(catalog):
-            if not wanted:
-                return []
             return catalog.hits(self._ranked(vector, wanted))[:k]
         total = len(catalog)
         limit = k + catalog.markers()
