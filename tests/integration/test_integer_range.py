@@ -9,22 +9,17 @@ int, naming where, before any store sees it.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import chromadb
 import pytest
 from qdrant_client import QdrantClient
 
-from chaos.servers import ChromaServer, PostgresServer, RedisServer
 from coordinator import Fact, MemoryStore, UsageError
 from coordinator.embeddings import HashingEmbedder
-from participants.chroma import ChromaIndex
-from participants.postgres import PostgresStorage
 from participants.qdrant import QdrantIndex
-from participants.redis import RedisStorage
 from participants.sqlite import SQLiteStorage
+from tests.support.servers import postgres_redis_chroma
 
 EMBEDDER = HashingEmbedder(16)
 INSIDE = [2**63 - 1, -(2**63), 2**53 + 1, 0]
@@ -44,16 +39,7 @@ def mem(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MemoryStore]
     if request.param.startswith("sqlite"):
         store = embedded(tmp_path)
     else:
-        postgres: PostgresServer = request.getfixturevalue("postgres_server")
-        redis_server: RedisServer = request.getfixturevalue("redis_server")
-        chroma: ChromaServer = request.getfixturevalue("chroma_server")
-        tag = uuid.uuid4().hex[:10]
-        client = chromadb.HttpClient(host="127.0.0.1", port=chroma.port)
-        store = MemoryStore(
-            PostgresStorage(postgres.create_database(f"ints_{tag}")),
-            [ChromaIndex(client, f"i{tag}", "content", metadata_fields=["n"], embedder=EMBEDDER)],
-            mirrors=[RedisStorage(redis_server.url, name="copy", prefix=f"i{tag}:")],
-        )
+        store = postgres_redis_chroma(request, EMBEDDER, metadata_fields=["n"])
     yield store
     store.close()
 

@@ -8,24 +8,19 @@ whole or not at all, in the storage, the mirror and the index alike.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import chromadb
 import pytest
 from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
 from qdrant_client import QdrantClient
 
-from chaos.servers import ChromaServer, PostgresServer, RedisServer
 from coordinator import Fact, MemoryStore, UsageError
 from coordinator.integrations.langchain import LangChainEmbedder, LockstepVectorStore
-from participants.chroma import ChromaIndex
-from participants.postgres import PostgresStorage
 from participants.qdrant import QdrantIndex
-from participants.redis import RedisStorage
 from participants.sqlite import SQLiteStorage
+from tests.support.servers import postgres_redis_chroma
 
 FAKE = DeterministicFakeEmbedding(size=6)  # the model LangChain's standard tests use
 EMBEDDER = LangChainEmbedder(FAKE, 6, name="deterministic-fake-6")
@@ -45,16 +40,7 @@ def mem(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MemoryStore]
         index = QdrantIndex(client, "docs", embedder=EMBEDDER, owns_client=True)
         store = MemoryStore(SQLiteStorage(tmp_path / "facts.db"), [index])
     else:
-        postgres: PostgresServer = request.getfixturevalue("postgres_server")
-        redis_server: RedisServer = request.getfixturevalue("redis_server")
-        chroma: ChromaServer = request.getfixturevalue("chroma_server")
-        tag = uuid.uuid4().hex[:10]
-        remote = chromadb.HttpClient(host="127.0.0.1", port=chroma.port)
-        store = MemoryStore(
-            PostgresStorage(postgres.create_database(f"lc_{tag}")),
-            [ChromaIndex(remote, f"lc{tag}", embedder=EMBEDDER)],
-            mirrors=[RedisStorage(redis_server.url, name="copy", prefix=f"lc{tag}:")],
-        )
+        store = postgres_redis_chroma(request, EMBEDDER)
     yield store
     assert store.verify().clean  # storage, mirror and index agree after every test
     store.close()

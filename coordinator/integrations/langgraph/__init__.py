@@ -1,12 +1,13 @@
-"""LangGraph checkpoint savers on a Lockstep memory store (``pip install 'lockstep[langgraph]'``).
+"""LangGraph on a Lockstep memory store (``pip install 'lockstep[langgraph]'``): checkpoint
+savers for a graph's threads, and ``LockstepStore`` for its long-term memory.
 
 ::
 
     from coordinator import MemoryStore
-    from coordinator.integrations.langgraph import LockstepSaver
+    from coordinator.integrations.langgraph import LockstepSaver, LockstepStore
 
     mem = MemoryStore.open("agent-memory/")
-    graph = builder.compile(checkpointer=LockstepSaver(mem))
+    graph = builder.compile(checkpointer=LockstepSaver(mem), store=LockstepStore(mem))
 
 ``AsyncLockstepSaver`` takes an ``AsyncMemoryStore``, for ``ainvoke``/``astream``.
 """
@@ -28,6 +29,7 @@ from coordinator.integrations.langgraph._async.saver import (
     AsyncLockstepSaver,
 )
 from coordinator.integrations.langgraph._sync.saver import LockstepSaver
+from coordinator.integrations.langgraph.store import UNINDEXED, LockstepStore
 
 __all__ = [
     "BLOB",
@@ -36,6 +38,8 @@ __all__ = [
     "THREAD_SESSION",
     "WRITE",
     "WRITES_SESSION",
+    "UNINDEXED",
     "AsyncLockstepSaver",
     "LockstepSaver",
+    "LockstepStore",
 ]

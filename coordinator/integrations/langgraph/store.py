@@ -1,0 +1,233 @@
+"""LangGraph's long-term memory store (``BaseStore``) on a Lockstep memory store.
+
+An item is a fact: its value in the storage, its text in every index, written together in
+one transaction (a batch's puts and deletes all at once), so a semantic search never finds
+an item the storage lost, nor misses one it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from langgraph.store.base import (
+    BaseStore,
+    GetOp,
+    Item,
+    ListNamespacesOp,
+    MatchCondition,
+    Op,
+    PutOp,
+    Result,
+    SearchItem,
+    SearchOp,
+)
+from langgraph.store.base.embed import get_text_at_path, tokenize_path
+
+from coordinator.abc import OWN_TYPE_PREFIX
+from coordinator.errors import UsageError
+from coordinator.memory._model import Fact, check_text
+
+if TYPE_CHECKING:
+    from coordinator.memory import MemoryStore
+
+UNINDEXED = OWN_TYPE_PREFIX + "store_item"
+"""The type of an item put with ``index=False`` (or with no text to embed): the storage
+keeps it, no index holds it."""
+_NAMESPACE = uuid.UUID("5b0e8c1d-2f3a-4e6b-9d7c-8a1f0e2d3c4b")
+_PLAIN_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_FETCH_MORE = 4  # a search whose filter is checked here asks the index for this many more
+
+
+class LockstepStore(BaseStore):
+    """``BaseStore`` (``store.put``/``get``/``search``/``delete``/``list_namespaces``) on a
+    :class:`MemoryStore`, for ``builder.compile(store=LockstepStore(mem))``.
+
+    :param type: the fact type of the items the indexes embed.
+    :param fields: what of an item's value is embedded (LangGraph's paths: ``"$"`` the
+        whole value as JSON, ``"text"``, ``"sections[*].body"``…), unless a put names its
+        own (``index=[...]``); several texts are embedded as one. ``index=False`` keeps an
+        item out of the indexes (found by filters, never by a query).
+
+    Searches with a ``query`` go to the store's indexes (cosine similarity as ``score``);
+    the others read the storage, newest first. ``abatch`` runs ``batch`` in a worker
+    thread. TTLs are not supported.
+    """
+
+    def __init__(
+        self, store: MemoryStore, *, type: str = "memory", fields: Sequence[str] = ("$",)
+    ) -> None:
+        check_text("type", type, required=True)
+        if type.startswith(OWN_TYPE_PREFIX):
+            raise UsageError(
+                f"type {type!r}: types beginning {OWN_TYPE_PREFIX!r} are Lockstep's own"
+            )
+        self.store = store
+        self.type = type
+        self.fields = tuple(fields)
+
+    # -- the batch ------------------------------------------------------------------------
+
+    def batch(self, ops: Iterable[Op]) -> list[Result]:
+        """Reads first, against the state before the batch; then every put and delete in
+        one transaction (the last put of a key wins), as LangGraph's own stores do."""
+        results: list[Result] = []
+        puts: dict[tuple[tuple[str, ...], str], PutOp] = {}
+        for op in ops:
+            if isinstance(op, GetOp):
+                found = self.store.get(_item_id(op.namespace, op.key))
+                results.append(None if found is None else _item(found))
+            elif isinstance(op, SearchOp):
+                results.append(self._search(op))
+            elif isinstance(op, ListNamespacesOp):
+                results.append(self._namespaces(op))
+            elif isinstance(op, PutOp):
+                puts[(tuple(op.namespace), op.key)] = op
+                results.append(None)
+            else:
+                raise UsageError(f"LockstepStore: unknown operation {type(op).__name__}")
+        if puts:
+            self._write(list(puts.values()))
+        return results
+
+    async def abatch(self, ops: Iterable[Op]) -> list[Result]:
+        return await asyncio.to_thread(self.batch, list(ops))
+
+    # -- writes -------------------------------------------------------------------------
+
+    def _write(self, puts: list[PutOp]) -> None:
+        with self.store.transaction() as tx:
+            for op in puts:
+                fact_id = _item_id(op.namespace, op.key)
+                current = tx.get(fact_id)
+                if op.value is None:
+                    if current is not None:
+                        tx.delete(fact_id)
+                    continue
+                payload: dict[str, Any] = {
+                    "namespace": list(op.namespace),
+                    "key": op.key,
+                    "value": dict(op.value),
+                    "depth": len(op.namespace),
+                    **{f"ns_{i}": label for i, label in enumerate(op.namespace)},
+                    "created_at": (
+                        current["payload"]["created_at"]
+                        if current is not None
+                        else datetime.now(UTC).isoformat()
+                    ),
+                }
+                text = self._text(op)
+                if text:
+                    payload["content"] = text
+                kind = self.type if text else UNINDEXED
+                tx.commit(Fact(id=fact_id, type=kind, payload=payload))
+
+    def _text(self, op: PutOp) -> str:
+        """The text the indexes embed for this put: its fields' texts, one per line."""
+        if op.index is False or op.value is None:
+            return ""
+        paths = self.fields if op.index is None else op.index
+        texts: list[str] = []
+        for path in paths:
+            if path == "$":
+                texts.append(json.dumps(op.value, sort_keys=True, ensure_ascii=False))
+            else:
+                texts += get_text_at_path(op.value, tokenize_path(path))
+        return "\n".join(t for t in texts if t.strip())
+
+    # -- reads --------------------------------------------------------------------------
+
+    def _search(self, op: SearchOp) -> list[SearchItem]:
+        prefix = tuple(op.namespace_prefix)
+        pushed: dict[str, str | int] = {f"payload.ns_{i}": label for i, label in enumerate(prefix)}
+        checked = dict(op.filter or {})
+        for field, wanted in checked.items():
+            # A plain equality on a plainly named field the storage (or index) filters too;
+            # every condition is checked here anyway, with LangGraph's semantics.
+            if isinstance(wanted, str | int) and _PLAIN_FIELD.fullmatch(field):
+                pushed[f"payload.value.{field}"] = wanted
+        wanted_n = max(op.offset, 0) + max(op.limit, 0)
+        found: list[tuple[dict[str, Any], float | None]]
+        if op.query:
+            k = wanted_n * (_FETCH_MORE if checked else 1)
+            hits = self.store.search(op.query, max(k, 1), self.type, pushed)
+            found = [(hit.fact, hit.score) for hit in hits]
+        else:
+            facts = [
+                *self.store.query(self.type, pushed),
+                *self.store.query(UNINDEXED, pushed),
+            ]
+            facts.sort(key=lambda f: f["ts"], reverse=True)
+            found = [(fact, None) for fact in facts]
+        kept = [
+            (fact, score)
+            for fact, score in found
+            if all(_matches(fact["payload"]["value"].get(k), v) for k, v in checked.items())
+        ]
+        return [_search_item(fact, score) for fact, score in kept[op.offset : op.offset + op.limit]]
+
+    def _namespaces(self, op: ListNamespacesOp) -> list[tuple[str, ...]]:
+        every = {
+            tuple(f["payload"]["namespace"])
+            for kind in (self.type, UNINDEXED)
+            for f in self.store.query(kind)
+        }
+        chosen = [ns for ns in every if all(_fits(c, ns) for c in op.match_conditions or ())]
+        if op.max_depth is not None:
+            chosen = [ns[: op.max_depth] for ns in chosen]
+        return sorted(set(chosen))[op.offset : op.offset + op.limit]
+
+
+def _item_id(namespace: Sequence[str], key: str) -> str:
+    return f"lgstore:{uuid.uuid5(_NAMESPACE, json.dumps([list(namespace), key]))}"
+
+
+def _item(fact: dict[str, Any]) -> Item:
+    payload = fact["payload"]
+    return Item(
+        value=payload["value"],
+        key=payload["key"],
+        namespace=tuple(payload["namespace"]),
+        created_at=datetime.fromisoformat(payload["created_at"]),
+        updated_at=fact["ts"],
+    )
+
+
+def _search_item(fact: dict[str, Any], score: float | None) -> SearchItem:
+    item = _item(fact)
+    return SearchItem(item.namespace, item.key, item.value, item.created_at, item.updated_at, score)
+
+
+def _fits(condition: MatchCondition, namespace: tuple[str, ...]) -> bool:
+    path = tuple(condition.path)
+    if len(namespace) < len(path):
+        return False
+    labels = namespace[: len(path)] if condition.match_type == "prefix" else namespace[-len(path) :]
+    return all(p in ("*", label) for p, label in zip(path, labels, strict=True)) if path else True
+
+
+_OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
+    "$eq": lambda a, b: a == b,
+    "$ne": lambda a, b: a != b,
+    "$gt": lambda a, b: a is not None and float(a) > float(b),
+    "$gte": lambda a, b: a is not None and float(a) >= float(b),
+    "$lt": lambda a, b: a is not None and float(a) < float(b),
+    "$lte": lambda a, b: a is not None and float(a) <= float(b),
+}
+
+
+def _matches(value: Any, wanted: Any) -> bool:
+    """LangGraph's filter semantics: equality, nested dicts, ``$eq``/``$ne``/``$gt``…"""
+    if isinstance(wanted, dict):
+        if any(key.startswith("$") for key in wanted):
+            unknown = sorted(k for k in wanted if k not in _OPERATORS)
+            if unknown:
+                raise UsageError(f"search filter: unknown operators {unknown}")
+            return all(_OPERATORS[op](value, operand) for op, operand in wanted.items())
+        return isinstance(value, dict) and all(_matches(value.get(k), v) for k, v in wanted.items())
+    return bool(value == wanted)
