@@ -216,7 +216,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _serve_mcp(settings: LockstepSettings) -> int:
     """Open the store, serve it over stdio until the host closes the pipe, close it."""
-    import anyio
+    import asyncio
 
     from coordinator.integrations.mcp import memory_server
     from coordinator.memory import AsyncMemoryStore
@@ -228,7 +228,7 @@ def _serve_mcp(settings: LockstepSettings) -> int:
         finally:
             await store.close()
 
-    anyio.run(serve)
+    asyncio.run(serve())
     return 0
 
 
