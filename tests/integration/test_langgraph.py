@@ -469,3 +469,21 @@ def test_the_saver_benchmark_measures_a_whole_thread(tmp_path: Path, saver: str)
     result = measure({"saver": saver, "turns": 3, "dir": str(tmp_path)})
     assert result["checkpoints"] == 9  # three a turn, as LangGraph writes them
     assert result["turn_p50_ms"] > 0 and result["get_state_ms"] > 0
+
+
+def test_copying_an_older_thread_onto_a_newer_one_keeps_the_newer_latest(tmp_path: Path) -> None:
+    with MemoryStore.open(tmp_path / "memory", embedder=EMBEDDER) as mem:
+        saver = LockstepSaver(mem)
+        old = checkpoint_with(saver, None, a="old")
+        source: RunnableConfig = {"configurable": {"thread_id": "source", "checkpoint_ns": ""}}
+        saver.put(source, old, {}, old["channel_versions"])
+        new = checkpoint_with(saver, None, a="new")  # a later id
+        target: RunnableConfig = {"configurable": {"thread_id": "target", "checkpoint_ns": ""}}
+        saver.put(target, new, {}, new["channel_versions"])
+        saver.copy_thread("source", "target")
+        latest = saver.get_tuple({"configurable": {"thread_id": "target"}})
+        assert latest is not None and latest.checkpoint["channel_values"] == {"a": "new"}
+        assert len(list(saver.list({"configurable": {"thread_id": "target"}}))) == 2
+        saver.copy_thread("target", "empty")  # into a thread with nothing: its latest too
+        copied = saver.get_tuple({"configurable": {"thread_id": "empty"}})
+        assert copied is not None and copied.checkpoint["id"] == new["id"]

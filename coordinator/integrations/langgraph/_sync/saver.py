@@ -191,13 +191,22 @@ class LockstepSaver(BaseCheckpointSaver[str]):
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copy every checkpoint, value and write of one thread to another (one transaction);
-        facts the target holds under the same keys are replaced."""
+        facts the target holds under the same keys are replaced, and a namespace's latest
+        checkpoint is the newer of the two threads'."""
         target = str(target_thread_id)
         facts = self._thread_facts(str(source_thread_id))
         if facts:
             with self.store.transaction() as tx:
                 for fact in facts:
-                    _write(tx, fact["type"], {**fact["payload"], "thread_id": target})
+                    copy = {**fact["payload"], "thread_id": target}
+                    if fact["type"] == HEAD:
+                        held = tx.get(_fact_id(HEAD, copy))
+                        if (
+                            held is not None
+                            and held["payload"]["checkpoint_id"] > copy["checkpoint_id"]
+                        ):
+                            continue
+                    _write(tx, fact["type"], copy)
 
     def _thread_facts(self, thread_id: str) -> _Records:
         """Every fact of the thread: its session's, and each checkpoint's writes."""
