@@ -109,6 +109,12 @@ class LockstepVectorStore(VectorStore):
         with self.store.transaction() as tx:
             for i, document in enumerate(documents):
                 fact_id = (ids[i] if ids else None) or document.id or str(uuid.uuid4())
+                held = tx.get(fact_id)
+                if held is not None and held["type"] != self.type:
+                    raise UsageError(
+                        f"add_documents(): id {fact_id!r} is a {held['type']!r} fact, not a "
+                        f"{self.type!r} document; nothing was added"
+                    )
                 payload = {"content": document.page_content, "metadata": dict(document.metadata)}
                 written.append(tx.commit(Fact(id=fact_id, type=self.type, payload=payload)))
         return written

@@ -83,6 +83,8 @@ def memory_server(
         and any extra JSON ``fields``. With the ``id`` of an existing memory, replace it.
         Returns the memory as stored (its id and version)."""
         _check_type(type)
+        if id is not None:
+            await _not_ours(id)
         payload = {**(fields or {}), "content": content}
         fact = (
             Fact(type=type, payload=payload)
@@ -162,6 +164,12 @@ def memory_server(
         """Undo the last ``steps`` changes (of one session, or of the whole memory); the
         undo is itself a change in history. Returns the ids of the memories it touched."""
         return {"undone": await store.rollback(steps, session_id, actor=actor)}
+
+    async def _not_ours(fact_id: str) -> None:
+        """Refuse to replace one of Lockstep's own records (a checkpoint, say) by its id."""
+        found = await store.get(fact_id)
+        if found is not None and found["type"].startswith(OWN_TYPE_PREFIX):
+            raise UsageError(f"id {fact_id!r} names one of Lockstep's own records")
 
     async def _existing(fact_id: str, *, deleted_too: bool = False) -> None:
         """Refuse an id that names no memory (a deleted one will do for its history)."""

@@ -107,10 +107,15 @@ def test_filters_scores_and_other_types(mem: MemoryStore) -> None:
     scored = vectors.similarity_search_with_relevance_scores("foo", k=2)
     assert [d.id for d, _ in scored] == ["f", "c"]
     assert scored[0][1] == pytest.approx(1.0) and 0.0 <= scored[1][1] < 1.0
-    # The note is another type: not a document of this store, and not deleted by it.
+    # The note is another type: not a document of this store, not deleted nor replaced.
     assert vectors.get_by_ids(["note"]) == []
     vectors.delete(["note"])
-    assert mem.get("note") is not None
+    with pytest.raises(UsageError, match="'note' fact, not a 'document'"):
+        vectors.add_documents(
+            [Document(page_content="x"), Document(page_content="y")], ids=["z", "note"]
+        )
+    assert mem.get("note")["type"] == "note"  # type: ignore[index]
+    assert mem.get("z") is None
 
 
 def test_misuse_is_refused_by_name(mem: MemoryStore, tmp_path: Path) -> None:

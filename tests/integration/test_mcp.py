@@ -147,6 +147,8 @@ async def lockstep_records_stay_hidden(store: AsyncMemoryStore) -> None:
             assert answer(await client.call_tool("get_memory", {"id": fact_id})) is None
             refused = await client.call_tool("forget", {"id": fact_id})
             assert refused.is_error
+            replaced = await client.call_tool("remember", {"content": "x", "id": fact_id})
+            assert replaced.is_error and "Lockstep's own" in text(replaced)
         found = answer(await client.call_tool("recall", {"query": "hi", "k": 10}))
         assert [m["id"] for m in found] == [note]
     assert await store.get(hidden[0]) is not None  # still there
