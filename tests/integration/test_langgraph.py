@@ -35,6 +35,7 @@ from langgraph.checkpoint.conformance import checkpointer_test, validate
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
+from qdrant_client import AsyncQdrantClient
 
 from chaos.servers import ChromaServer, PostgresServer, RedisServer
 from coordinator import AsyncMemoryStore, Fact, MemoryStore, Policy, UsageError
@@ -50,6 +51,7 @@ from coordinator.integrations.langgraph import (
 )
 from participants.chroma import AsyncChromaIndex
 from participants.postgres import AsyncPostgresStorage, PostgresStorage
+from participants.qdrant import AsyncQdrantIndex
 from participants.redis import AsyncRedisStorage, RedisStorage
 from tests.support.crash import CrashAt, SimulatedCrash
 
@@ -155,6 +157,23 @@ async def test_the_async_saver_passes_langgraph_conformance_on_postgres_redis_ch
         )
         yield AsyncLockstepSaver(store)
         assert (await store.verify()).clean  # the mirror holds what the storage holds
+        await store.close()
+
+    assert_conformant(await validate(fresh))
+
+
+@pytest.mark.anyio
+async def test_the_async_saver_passes_langgraph_conformance_on_redis(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    @checkpointer_test(name="lockstep redis")
+    async def fresh() -> AsyncIterator[AsyncLockstepSaver]:
+        prefix = f"lg{uuid.uuid4().hex[:10]}:"
+        client = AsyncQdrantClient(path=str(tmp_path / prefix.rstrip(":")))
+        index = AsyncQdrantIndex(client, "memories", embedder=EMBEDDER, owns_client=True)
+        store = AsyncMemoryStore(AsyncRedisStorage(redis_server.url, prefix=prefix), [index])
+        yield AsyncLockstepSaver(store)
+        assert (await store.verify()).clean
         await store.close()
 
     assert_conformant(await validate(fresh))
