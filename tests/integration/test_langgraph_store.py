@@ -8,6 +8,7 @@ storage, the mirror and the index.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from langgraph.store.memory import InMemoryStore
 from coordinator import MemoryStore, UsageError
 from coordinator.embeddings import HashingEmbedder
 from coordinator.integrations.langgraph import UNINDEXED, LockstepSaver, LockstepStore
+from participants.memory import InMemoryStorage, MemoryBackend
 from tests.support.servers import postgres_redis_chroma
 
 EMBEDDER = HashingEmbedder(16)
@@ -178,3 +180,67 @@ def test_misuse_is_refused_by_name(tmp_path: Path) -> None:
         with pytest.raises(NotImplementedError, match="TTL is not supported"):
             store.put(("a",), "k", {"n": 2}, ttl=5)
         assert store.get(("a",), "k").value == {"n": 1}  # type: ignore[union-attr]
+
+
+def test_writers_racing_on_one_key_each_land_and_the_last_one_stays(tmp_path: Path) -> None:
+    """A put replaces what the key holds (LangGraph's semantics): a put that lost a race
+    with another writer retries instead of failing the caller's graph step. Writers of
+    one store take turns; two stores on the same memory race as two processes would."""
+    with MemoryStore.open(tmp_path / "memory", embedder=EMBEDDER) as mem:
+        stores = [LockstepStore(mem), LockstepStore(mem)]
+        errors: list[BaseException] = []
+
+        def writer(n: int) -> None:
+            try:
+                for i in range(15):
+                    stores[n % 2].put(("race",), "same", {"writer": n, "i": i})
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        item = stores[0].get(("race",), "same")
+        assert item is not None and item.value["i"] == 14
+        [fact] = mem.query(typename="memory")
+        assert fact["version"] == 60  # every put landed, one after another
+        assert mem.indexes[0].contents().committed == {fact["id"]: 60}
+
+
+def test_a_put_that_loses_a_race_with_another_process_writes_again() -> None:
+    """Two memory stores on one storage, as two processes have: the other one writes the
+    key between this put's read and its commit; the put conflicts, reads again and lands
+    after it instead of failing the caller's graph step."""
+    backend = MemoryBackend()
+    first, second = (MemoryStore(InMemoryStorage("facts", backend)) for _ in range(2))
+    ours, other = LockstepStore(first), LockstepStore(second)
+    ours.put(("race",), "same", {"by": "ours", "i": 0})
+    opened = first.transaction
+    cut_in: list[str] = []
+
+    def transaction(*args: Any, **kwargs: Any) -> Any:
+        tx = opened(*args, **kwargs)
+        read = tx.get
+
+        def get(fact_id: str) -> Any:
+            found = read(fact_id)
+            if not cut_in:
+                cut_in.append(fact_id)
+                other.put(("race",), "same", {"by": "other"})
+            return found
+
+        tx.get = get  # type: ignore[method-assign]
+        return tx
+
+    first.transaction = transaction  # type: ignore[method-assign]
+    ours.put(("race",), "same", {"by": "ours", "i": 1})
+    assert cut_in  # the other writer did cut in
+    history = first.history(cut_in[0])
+    assert [v["payload"]["value"] for v in history] == [
+        {"by": "ours", "i": 0},
+        {"by": "other"},
+        {"by": "ours", "i": 1},
+    ]

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
+import threading
+import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -30,7 +34,7 @@ from langgraph.store.base import (
 from langgraph.store.base.embed import get_text_at_path, tokenize_path
 
 from coordinator.abc import OWN_TYPE_PREFIX
-from coordinator.errors import UsageError
+from coordinator.errors import UsageError, VersionConflict
 from coordinator.memory._model import Fact, check_text
 
 if TYPE_CHECKING:
@@ -42,6 +46,7 @@ keeps it, no index holds it."""
 _NAMESPACE = uuid.UUID("5b0e8c1d-2f3a-4e6b-9d7c-8a1f0e2d3c4b")
 _PLAIN_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _FETCH_MORE = 4  # a search whose filter is checked here asks the index for this many more
+_ATTEMPTS = 8  # a batch that lost a race with another process's writer is written again
 
 
 class LockstepStore(BaseStore):
@@ -70,6 +75,7 @@ class LockstepStore(BaseStore):
         self.store = store
         self.type = type
         self.fields = tuple(fields)
+        self._writing = _lock_of(store)
 
     # -- the batch ------------------------------------------------------------------------
 
@@ -101,6 +107,21 @@ class LockstepStore(BaseStore):
     # -- writes -------------------------------------------------------------------------
 
     def _write(self, puts: list[PutOp]) -> None:
+        """The puts and deletes, in one transaction. A put replaces whatever the key holds,
+        so a batch that lost a race with another process's writer reads again and writes
+        again; the writers of one memory store take turns (racing there, one could lose
+        every time to the others' commits in flight)."""
+        with self._writing:
+            for attempt in range(_ATTEMPTS):
+                try:
+                    return self._write_once(puts)
+                except VersionConflict:
+                    if attempt == _ATTEMPTS - 1:
+                        raise
+                    # Writers that collided spread out before they try again.
+                    time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+
+    def _write_once(self, puts: list[PutOp]) -> None:
         with self.store.transaction() as tx:
             for op in puts:
                 fact_id = _item_id(op.namespace, op.key)
@@ -181,6 +202,16 @@ class LockstepStore(BaseStore):
         if op.max_depth is not None:
             chosen = [ns[: op.max_depth] for ns in chosen]
         return sorted(set(chosen))[op.offset : op.offset + op.limit]
+
+
+_LOCKS: weakref.WeakKeyDictionary[MemoryStore, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_of(store: MemoryStore) -> threading.Lock:
+    """One lock per memory store, shared by every LockstepStore on it."""
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(store, threading.Lock())
 
 
 def _item_id(namespace: Sequence[str], key: str) -> str:
