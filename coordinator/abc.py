@@ -493,14 +493,17 @@ OWN_TYPE_PREFIX = "lockstep:"
 saver's): the storage and its mirrors keep them, no index holds them."""
 
 
+def is_own_type(typename: str) -> bool:
+    """Whether facts of this type are Lockstep's own records (see :data:`OWN_TYPE_PREFIX`)."""
+    return typename.startswith(OWN_TYPE_PREFIX)
+
+
 def indexed_text(index: AsyncIndex | Index, fact: FactRecord) -> str | None:
     """The text ``index`` embeds for ``fact``, or ``None`` when it does not hold the fact
     (its own choice, or one of Lockstep's own records). The memory API, ``verify`` and
     ``repair`` ask here, never ``text_of`` directly, so they agree on what an index holds.
     """
-    if fact.type.startswith(OWN_TYPE_PREFIX):
-        return None
-    return index.text_of(fact)
+    return None if is_own_type(fact.type) else index.text_of(fact)
 
 
 def embedder_name(embedder: object) -> str | None:

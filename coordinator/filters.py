@@ -21,6 +21,15 @@ _SEGMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _MAX_DEPTH = 8
 
 
+def filterable(key: str, value: object) -> bool:
+    """Whether ``{key: value}`` is a filter every store takes (see :func:`check_filters`)."""
+    try:
+        check_filters({key: value})
+    except UsageError:
+        return False
+    return True
+
+
 def check_filters(filters: object) -> dict[tuple[str, ...], JSONValue]:
     """Return the filters as ``{path: value}``, or raise :class:`UsageError` naming the key."""
     if filters is None:

@@ -23,9 +23,8 @@ except ImportError as missing:  # pragma: no cover - depends on the installation
         "coordinator.integrations.langchain needs LangChain: pip install 'lockstep[langchain]'"
     ) from missing
 
-from coordinator.abc import OWN_TYPE_PREFIX
 from coordinator.errors import UsageError
-from coordinator.memory._model import Fact, check_text
+from coordinator.memory._model import Fact, as_dict, check_text, check_user_type
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -63,11 +62,7 @@ class LockstepVectorStore(VectorStore):
     """
 
     def __init__(self, store: MemoryStore, *, type: str = "document") -> None:
-        check_text("type", type, required=True)
-        if type.startswith(OWN_TYPE_PREFIX):
-            raise UsageError(
-                f"type {type!r}: types beginning {OWN_TYPE_PREFIX!r} are Lockstep's own"
-            )
+        check_user_type("type", type)
         if not store.indexes:
             raise UsageError("a vector store needs a memory store with at least one index")
         self.store = store
@@ -158,13 +153,17 @@ class LockstepVectorStore(VectorStore):
         return lambda similarity: min(1.0, max(0.0, (similarity + 1.0) / 2.0))
 
     def _facts(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """This store's documents among ``ids``, by id, in the order given."""
-        found: dict[str, dict[str, Any]] = {}
-        for fact_id in dict.fromkeys(ids):
-            fact = self.store.get(fact_id)
-            if fact is not None and fact["type"] == self.type:
-                found[fact_id] = fact
-        return found
+        """This store's documents among ``ids``, by id, in the order given (one read)."""
+        unique = list(dict.fromkeys(ids))
+        for fact_id in unique:
+            check_text("id", fact_id, required=True)
+        self.store.check_open()
+        records = self.store.storage.get_many(unique)
+        return {
+            fact_id: as_dict(records[fact_id])
+            for fact_id in unique
+            if fact_id in records and records[fact_id].type == self.type
+        }
 
     @classmethod
     def from_texts(

@@ -28,9 +28,9 @@ except ImportError as missing:  # pragma: no cover - depends on the installation
         "coordinator.integrations.mcp needs the MCP SDK: pip install 'lockstep[mcp]'"
     ) from missing
 
-from coordinator.abc import OWN_TYPE_PREFIX
+from coordinator.abc import is_own_type
 from coordinator.errors import LockstepError, UsageError
-from coordinator.memory._model import Fact
+from coordinator.memory._model import Fact, check_user_type
 
 if TYPE_CHECKING:
     from coordinator.memory._async.store import AsyncMemoryStore
@@ -82,7 +82,7 @@ def memory_server(
         """Store a memory: its text (``content``), a type ("note" unless given), a session,
         and any extra JSON ``fields``. With the ``id`` of an existing memory, replace it.
         Returns the memory as stored (its id and version)."""
-        _check_type(type)
+        check_user_type("type", type)
         if id is not None:
             await _not_ours(id)
         payload = {**(fields or {}), "content": content}
@@ -113,10 +113,8 @@ def memory_server(
     @_told
     async def get_memory(id: str) -> dict[str, Any] | None:
         """The memory with this id, or null."""
-        found = await store.get(id)
-        return (
-            None if found is None or found["type"].startswith(OWN_TYPE_PREFIX) else _memory(found)
-        )
+        found = _visible(await store.get(id))
+        return None if found is None else _memory(found)
 
     @server.tool(annotations=_READ)
     @_told
@@ -128,7 +126,7 @@ def memory_server(
         """Memories by type, session and equal payload fields ({"payload.role": "diet"}),
         oldest first."""
         found = await store.query(type, filters, session_id)
-        return [_memory(f) for f in found if not f["type"].startswith(OWN_TYPE_PREFIX)]
+        return [_memory(f) for f in found if _visible(f)]
 
     @server.tool(annotations=_WRITE)
     @_told
@@ -168,7 +166,7 @@ def memory_server(
     async def _not_ours(fact_id: str) -> None:
         """Refuse to replace one of Lockstep's own records (a checkpoint, say) by its id."""
         found = await store.get(fact_id)
-        if found is not None and found["type"].startswith(OWN_TYPE_PREFIX):
+        if found is not None and _visible(found) is None:
             raise UsageError(f"id {fact_id!r} names one of Lockstep's own records")
 
     async def _existing(fact_id: str, *, deleted_too: bool = False) -> None:
@@ -177,17 +175,15 @@ def memory_server(
         if deleted_too and found is None:
             versions = await store.history(fact_id)
             found = versions[-1] if versions else None
-        if found is None or found["type"].startswith(OWN_TYPE_PREFIX):
+        if _visible(found) is None:
             raise UsageError(f"no memory with id {fact_id!r}")
 
     return server
 
 
-def _check_type(typename: str) -> None:
-    if typename.startswith(OWN_TYPE_PREFIX):
-        raise UsageError(
-            f"type {typename!r}: types beginning {OWN_TYPE_PREFIX!r} are Lockstep's own"
-        )
+def _visible(fact: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The fact, unless it is absent or one of Lockstep's own records (not a memory)."""
+    return None if fact is None or is_own_type(fact["type"]) else fact
 
 
 def _memory(fact: dict[str, Any] | None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
+from coordinator.abc import OWN_TYPE_PREFIX, is_own_type
 from coordinator.errors import UsageError, ValidationFailed
 from coordinator.records import FactRecord, unstorable_int, unstorable_text
 
@@ -244,6 +245,17 @@ def check_text(what: str, value: object, *, required: bool = False) -> None:
         raise UsageError(f"{what} must be {wanted}, got {value!r}")
     if (fault := unstorable_text(value)) is not None:
         raise UsageError(f"{what} {value!r} {fault}")
+
+
+def check_user_type(what: str, typename: object) -> None:
+    """Refuse a fact type a caller may not write through an integration: one
+    :func:`check_text` refuses, or one of Lockstep's own (``lockstep:``…)."""
+    check_text(what, typename, required=True)
+    assert isinstance(typename, str)
+    if is_own_type(typename):
+        raise UsageError(
+            f"{what} {typename!r}: types beginning {OWN_TYPE_PREFIX!r} are Lockstep's own"
+        )
 
 
 _LONG_DIGITS = re.compile(r"\d{19}")

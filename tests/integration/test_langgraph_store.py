@@ -244,3 +244,15 @@ def test_a_put_that_loses_a_race_with_another_process_writes_again() -> None:
         {"by": "other"},
         {"by": "ours", "i": 1},
     ]
+
+
+def test_a_query_with_a_filter_few_items_meet_still_fills_its_page(tmp_path: Path) -> None:
+    """An operator filter is checked here, after the index's nearest items: when few items
+    meet it, the search asks the index for more until the page is full or none are left."""
+    with MemoryStore.open(tmp_path / "memory", embedder=EMBEDDER) as mem:
+        store = LockstepStore(mem, fields=["text"])
+        store.batch([PutOp(("notes",), f"k{n}", {"text": f"note {n}", "n": n}) for n in range(60)])
+        hits = store.search(("notes",), query="note 1", filter={"n": {"$gte": 55}}, limit=4)
+        assert len(hits) == 4 and all(h.value["n"] >= 55 for h in hits)
+        every = store.search(("notes",), query="note 1", filter={"n": {"$gte": 55}}, limit=10)
+        assert sorted(h.value["n"] for h in every) == [55, 56, 57, 58, 59]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import re
 import threading
 import time
 import uuid
@@ -35,7 +34,9 @@ from langgraph.store.base.embed import get_text_at_path, tokenize_path
 
 from coordinator.abc import OWN_TYPE_PREFIX
 from coordinator.errors import UsageError, VersionConflict
-from coordinator.memory._model import Fact, check_text
+from coordinator.filters import filterable
+from coordinator.memory._model import Fact, check_user_type
+from coordinator.memory._sync.store import MOST_CANDIDATES
 
 if TYPE_CHECKING:
     from coordinator.memory import MemoryStore
@@ -44,8 +45,7 @@ UNINDEXED = OWN_TYPE_PREFIX + "store_item"
 """The type of an item put with ``index=False`` (or with no text to embed): the storage
 keeps it, no index holds it."""
 _NAMESPACE = uuid.UUID("5b0e8c1d-2f3a-4e6b-9d7c-8a1f0e2d3c4b")
-_PLAIN_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-_FETCH_MORE = 4  # a search whose filter is checked here asks the index for this many more
+_FETCH_MORE = 4  # a query search short of its page asks the index for this many times more
 _ATTEMPTS = 8  # a batch that lost a race with another process's writer is written again
 
 
@@ -67,11 +67,7 @@ class LockstepStore(BaseStore):
     def __init__(
         self, store: MemoryStore, *, type: str = "memory", fields: Sequence[str] = ("$",)
     ) -> None:
-        check_text("type", type, required=True)
-        if type.startswith(OWN_TYPE_PREFIX):
-            raise UsageError(
-                f"type {type!r}: types beginning {OWN_TYPE_PREFIX!r} are Lockstep's own"
-            )
+        check_user_type("type", type)
         self.store = store
         self.type = type
         self.fields = tuple(fields)
@@ -134,7 +130,6 @@ class LockstepStore(BaseStore):
                     "namespace": list(op.namespace),
                     "key": op.key,
                     "value": dict(op.value),
-                    "depth": len(op.namespace),
                     **{f"ns_{i}": label for i, label in enumerate(op.namespace)},
                     "created_at": (
                         current["payload"]["created_at"]
@@ -170,27 +165,33 @@ class LockstepStore(BaseStore):
         for field, wanted in checked.items():
             # A plain equality on a plainly named field the storage (or index) filters too;
             # every condition is checked here anyway, with LangGraph's semantics.
-            if isinstance(wanted, str | int) and _PLAIN_FIELD.fullmatch(field):
-                pushed[f"payload.value.{field}"] = wanted
-        wanted_n = max(op.offset, 0) + max(op.limit, 0)
-        found: list[tuple[dict[str, Any], float | None]]
-        if op.query:
-            k = wanted_n * (_FETCH_MORE if checked else 1)
-            hits = self.store.search(op.query, max(k, 1), self.type, pushed)
-            found = [(hit.fact, hit.score) for hit in hits]
-        else:
+            key = f"payload.value.{field}"
+            if isinstance(wanted, str | int) and filterable(key, wanted):
+                pushed[key] = wanted
+        wanted = max(op.offset, 0) + max(op.limit, 0)
+
+        def meets(fact: dict[str, Any]) -> bool:
+            value = fact["payload"]["value"]
+            return all(_matches(value.get(field), v) for field, v in checked.items())
+
+        if not op.query:
             facts = [
                 *self.store.query(self.type, pushed),
                 *self.store.query(UNINDEXED, pushed),
             ]
             facts.sort(key=lambda f: f["ts"], reverse=True)
-            found = [(fact, None) for fact in facts]
-        kept = [
-            (fact, score)
-            for fact, score in found
-            if all(_matches(fact["payload"]["value"].get(k), v) for k, v in checked.items())
-        ]
-        return [_search_item(fact, score) for fact, score in kept[op.offset : op.offset + op.limit]]
+            page = [(fact, None) for fact in facts if meets(fact)]
+            return [_search_item(f, s) for f, s in page[op.offset : op.offset + op.limit]]
+        # The conditions checked here come after the index's nearest items: when too few
+        # of those meet them, ask for more, until the page is full or the index has no more.
+        k = max(wanted, 1)
+        while True:
+            hits = self.store.search(op.query, k, self.type, pushed)
+            kept = [(hit.fact, hit.score) for hit in hits if meets(hit.fact)]
+            if len(kept) >= wanted or len(hits) < k or k >= MOST_CANDIDATES:
+                break
+            k = min(MOST_CANDIDATES, k * _FETCH_MORE)
+        return [_search_item(f, s) for f, s in kept[op.offset : op.offset + op.limit]]
 
     def _namespaces(self, op: ListNamespacesOp) -> list[tuple[str, ...]]:
         every = {
