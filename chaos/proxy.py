@@ -10,6 +10,9 @@ cut connections between the phases of a commit::
     proxy.heal()                               # back to passing traffic
     proxy.close()
 
+``tap``, if given, sees every chunk it forwards: ``tap(connection, to_server, data)``,
+``connection`` counting the connections accepted from 0 (tests count protocol messages).
+
 Only loopback addresses are used; every thread stops when the proxy is closed.
 """
 
@@ -20,13 +23,18 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
+
+Tap = Callable[[int, bool, bytes], None]
 
 
 class FaultProxy:
     """Forwards 127.0.0.1:<port> to 127.0.0.1:<upstream_port>, with faults on demand."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, tap: Tap | None = None) -> None:
         self.upstream_port = upstream_port
+        self._tap = tap
+        self._accepted = 0
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
@@ -85,9 +93,12 @@ class FaultProxy:
                 continue
             with self._lock:
                 self._pairs.append((client, upstream))
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+            number, self._accepted = self._accepted, self._accepted + 1
+            threading.Thread(
+                target=self._pump, args=(client, upstream, number), daemon=True
+            ).start()
 
-    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+    def _pump(self, a: socket.socket, b: socket.socket, number: int) -> None:
         peers = {a: b, b: a}
         try:
             while not self._closed.is_set():
@@ -100,6 +111,8 @@ class FaultProxy:
                         continue
                     if self._latency:
                         time.sleep(self._latency)
+                    if self._tap is not None:
+                        self._tap(number, sock is a, data)
                     peers[sock].sendall(data)
         except (OSError, ValueError):
             return

@@ -6,6 +6,11 @@ winner. Postgres commits (and fsyncs, with ``synchronous_commit=on``) before rep
 a decision is durable when ``decide`` returns; concurrent decisions share WAL flushes
 through Postgres's own group commit. END marks are written with
 ``synchronous_commit=off``: losing one only makes recovery re-drive an idempotent commit.
+
+Each call is one round trip: the pool's connections are in autocommit, so a lone read is
+its own transaction, and a write sends ``BEGIN``, its statements and ``COMMIT`` together
+(psycopg's pipeline mode), where a connection that opens its transactions itself waits
+for each of them apart (an END took four round trips, a decision four).
 """
 
 from __future__ import annotations
@@ -26,11 +31,16 @@ from coordinator.log import AsyncDecisionLogAdapter
 from coordinator.log._base import DecisionLogBase, check_decisions
 from participants.postgres._pool import idle_check
 from participants.postgres._schema import DECISIONS_SCHEMA
+from participants.postgres._sync.pipeline import Statement, send
 
 logger = logging.getLogger("participants.postgres")
 
 #: The advisory-lock key of the recovery daemon's lease (one per database).
 DAEMON_LEASE_KEY = 0x10C57E9  # "lockstep"-ish; any constant unique to this use
+INSERT_DECISION = (
+    "INSERT INTO lockstep_decisions (txid, decision, participants, decided_at) "
+    "VALUES (%s, %s, %s, %s) ON CONFLICT (txid) DO NOTHING"
+)
 
 
 class PostgresDecisionLog(DecisionLogBase):
@@ -48,7 +58,7 @@ class PostgresDecisionLog(DecisionLogBase):
             conninfo,
             min_size=1,
             max_size=max_connections,
-            kwargs={"connect_timeout": max(1, int(connect_timeout))},
+            kwargs={"connect_timeout": max(1, int(connect_timeout)), "autocommit": True},
             timeout=connect_timeout,
             open=False,
             check=idle_check,
@@ -63,28 +73,24 @@ class PostgresDecisionLog(DecisionLogBase):
         self._connect_timeout = connect_timeout
         with self._connection() as conn:
             present = conn.execute("SELECT to_regclass('lockstep_decisions_unended')").fetchone()
-            if present is None or present[0] is None:
-                conn.execute("SELECT pg_advisory_xact_lock(4242424242)")
-                for statement in DECISIONS_SCHEMA:
-                    conn.execute(statement)
+        if present is None or present[0] is None:
+            lock: Statement = ("SELECT pg_advisory_xact_lock(4242424242)", None)
+            self._transaction(lock, *((statement, None) for statement in DECISIONS_SCHEMA))
 
     def decide_many(
         self, decisions: Sequence[tuple[str, Decision, Sequence[str]]]
     ) -> dict[str, Decision]:
         check_decisions(decisions)
         now = time.time()
-        with self._connection() as conn:
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO lockstep_decisions (txid, decision, participants, decided_at) "
-                    "VALUES (%s, %s, %s, %s) ON CONFLICT (txid) DO NOTHING",
-                    [(t, Decision(d).value, Jsonb(list(p)), now) for t, d, p in decisions],
-                )
-            rows = conn.execute(
+        rows = [(t, Decision(d).value, Jsonb(list(p)), now) for t, d, p in decisions]
+        _, winners = self._transaction(
+            (INSERT_DECISION, rows),
+            (
                 "SELECT txid, decision FROM lockstep_decisions WHERE txid = ANY(%s)",
                 ([t for t, _, _ in decisions],),
-            ).fetchall()
-        return {txid: Decision(decision) for txid, decision in rows}
+            ),
+        )
+        return {txid: Decision(decision) for txid, decision in winners.fetchall()}
 
     def records(self, txids: Iterable[str]) -> dict[str, DecisionRecord]:
         with self._connection() as conn:
@@ -107,9 +113,10 @@ class PostgresDecisionLog(DecisionLogBase):
         ids = list(txids)
         if not ids:
             return
-        with self._connection() as conn:
-            conn.execute("SET LOCAL synchronous_commit = off")  # lazy: never forced
-            conn.execute("UPDATE lockstep_decisions SET ended = true WHERE txid = ANY(%s)", (ids,))
+        self._transaction(
+            ("SET LOCAL synchronous_commit = off", None),  # lazy: never forced
+            ("UPDATE lockstep_decisions SET ended = true WHERE txid = ANY(%s)", (ids,)),
+        )
 
     def close(self) -> None:
         self._pool.close()
@@ -126,11 +133,21 @@ class PostgresDecisionLog(DecisionLogBase):
             lease.release()
 
     def _connection(self) -> Any:
+        """A pooled connection in autocommit: each statement its own transaction."""
         return _Translated(self._pool)
+
+    def _transaction(self, *statements: Statement) -> list[psycopg.Cursor[Any]]:
+        """``statements`` in one transaction and one round trip (``BEGIN``, the statements
+        and ``COMMIT`` in pipeline mode, where psycopg's own transaction blocks wait for
+        their ``BEGIN`` and ``COMMIT`` apart); their cursors, rows fetched."""
+        with self._connection() as conn:
+            # A failed statement leaves the rest skipped, COMMIT too; the pool's connection
+            # block rolls the transaction back as the error leaves it.
+            return send(conn, ("BEGIN", None), *statements, ("COMMIT", None))[1:-1]
 
 
 class _Translated:
-    """A pooled connection in a transaction; psycopg errors become DecisionLogError."""
+    """A pooled connection; psycopg errors become DecisionLogError."""
 
     def __init__(self, pool: ConnectionPool[Any]) -> None:
         self._pool = pool

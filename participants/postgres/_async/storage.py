@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
-from psycopg import AsyncConnection, errors, pq
+from psycopg import AsyncConnection, AsyncCursor, errors, pq
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
@@ -62,10 +62,13 @@ from participants._checks import (
 )
 from participants.postgres import _schema as sql
 from participants.postgres import _your_sql as your_sql
+from participants.postgres._async.pipeline import Statement, send
 from participants.postgres._log import AsyncPostgresDecisionLog, PostgresDecisionLog
 from participants.postgres._pool import aidle_check
 
 logger = logging.getLogger("participants.postgres")
+#: The history's primary key (id, version): a version may be written once.
+HISTORY_KEY = "lockstep_fact_history_pkey"
 
 
 class AsyncPostgresStorage:
@@ -266,18 +269,7 @@ class AsyncPostgresStorage:
         facts, statements = facts_and_sql(self._name, writes)
         meta = transaction_meta(writes)
         try:
-            await self._stage(conn, txid, facts, statements, meta)
-            if decision_for is not None:
-                inserted = await conn.execute(
-                    sql.INSERT_COMMIT_DECISION,
-                    (txid, Jsonb(list(decision_for)), time.time()),
-                )
-                if await inserted.fetchone() is None:
-                    raise TransactionAborted(
-                        "recovery aborted this transaction before its COMMIT was recorded",
-                        txid=txid,
-                        participant=self._name,
-                    )
+            await self._stage(conn, txid, facts, statements, meta, decision_for)
         except LockstepError:
             await conn.rollback()
             raise
@@ -462,14 +454,23 @@ class AsyncPostgresStorage:
         facts: Sequence[UpsertFact | DeleteFact],
         statements: Sequence[Execute],
         meta: TransactionMeta,
+        decision_for: Sequence[str] | None = None,
     ) -> None:
-        await conn.execute(f"SET LOCAL lock_timeout = '{self._lock_timeout_ms}ms'")
+        """Check and write the branch in ``conn``'s open transaction, in as few round
+        trips as the checks allow (see :func:`send`): the row locks and versions; the
+        singleton claims, if any; then every write, with the COMMIT decision when
+        ``decision_for`` names the participants (the caller's own SQL, if any, between
+        the facts' writes and the rest)."""
         now = time.time()
-        # The marker goes first: a fenced (aborted) txid fails here, before any work.
-        await conn.execute("INSERT INTO lockstep_markers VALUES (%s, 'committed', %s)", (txid, now))
         ids = [w.fact_id for w in facts]
-        cursor = await conn.execute(sql.SELECT_VERSIONS, (ids,))
-        versions = dict(await cursor.fetchall())
+        # The marker goes first: a fenced (aborted) txid fails there, before any work.
+        *_, locked = await send(
+            conn,
+            (f"SET LOCAL lock_timeout = '{self._lock_timeout_ms}ms'", None),
+            ("INSERT INTO lockstep_markers VALUES (%s, 'committed', %s)", (txid, now)),
+            (sql.SELECT_VERSIONS, (ids,)),
+        )
+        versions = dict(await locked.fetchall())
         for write in facts:
             actual = versions.get(write.fact_id, 0)
             if actual != write.expected_version:
@@ -478,38 +479,68 @@ class AsyncPostgresStorage:
                 )
         upserts = [w for w in facts if isinstance(w, UpsertFact)]
         claims = await self._check_claims(conn, txid, upserts)
-        # Each statement for all the facts at once: a transaction of thousands of facts
-        # is not thousands of round trips.
-        await conn.execute("DELETE FROM lockstep_claims WHERE fact_id = ANY(%s)", (ids,))
         gone = [w.fact_id for w in facts if isinstance(w, DeleteFact)]
-        if gone:
-            await conn.execute("DELETE FROM lockstep_facts WHERE id = ANY(%s)", (gone,))
-        await _each(conn, sql.UPSERT_FACT, [sql.fact_row(w.fact) for w in upserts])
         history = [(w.fact, False) for w in upserts] + [
             (w.tombstone, True) for w in facts if isinstance(w, DeleteFact) and w.tombstone
         ]
         rows = [(f.id, f.version, deleted, f.txid, f.to_json()) for f, deleted in history]
-        try:
-            await _each(conn, sql.INSERT_HISTORY, rows)
-        except errors.UniqueViolation as exc:
-            fact_id, version = sql.clashing_history(exc, rows)
-            raise history_conflict(self._name, txid, fact_id, version) from exc
-        await _each(conn, "INSERT INTO lockstep_claims VALUES (%s, %s)", claims)
-        await self._run_your_sql(conn, txid, statements)
-        if meta.undoes:
-            await conn.execute(sql.MARK_ROLLED_BACK, (txid, list(meta.undoes)))
-        await conn.execute(
-            sql.INSERT_TRANSACTION,
+        # Each statement for all the facts at once: a transaction of thousands of facts
+        # is not thousands of round trips.
+        writes: list[Statement] = [
+            ("DELETE FROM lockstep_claims WHERE fact_id = ANY(%s)", (ids,)),
+            ("DELETE FROM lockstep_facts WHERE id = ANY(%s)", (gone,)) if gone else None,
+            (sql.UPSERT_FACT, [sql.fact_row(w.fact) for w in upserts]),
+            (sql.INSERT_HISTORY, rows),
+            ("INSERT INTO lockstep_claims VALUES (%s, %s)", claims),
+        ]
+        ending: list[Statement] = [
+            (sql.MARK_ROLLED_BACK, (txid, list(meta.undoes))) if meta.undoes else None,
             (
-                txid,
-                meta.session_id,
-                meta.kind,
-                sql.undoes_json(meta.undoes),
-                now,
-                meta.actor,
-                meta.reason,
+                sql.INSERT_TRANSACTION,
+                (
+                    txid,
+                    meta.session_id,
+                    meta.kind,
+                    sql.undoes_json(meta.undoes),
+                    now,
+                    meta.actor,
+                    meta.reason,
+                ),
             ),
-        )
+        ]
+        if decision_for is not None:
+            ending.append(
+                (sql.INSERT_COMMIT_DECISION, (txid, Jsonb(list(decision_for)), time.time()))
+            )
+        if statements:  # the caller's SQL reports its own failures, after the facts'
+            await self._send_writes(conn, txid, rows, writes)
+            await self._run_your_sql(conn, txid, statements)
+            sent = await send(conn, *ending)
+        else:
+            sent = await self._send_writes(conn, txid, rows, writes + ending)
+        if decision_for is not None and await sent[-1].fetchone() is None:
+            raise TransactionAborted(
+                "recovery aborted this transaction before its COMMIT was recorded",
+                txid=txid,
+                participant=self._name,
+            )
+
+    async def _send_writes(
+        self,
+        conn: AsyncConnection[Any],
+        txid: str,
+        history: Sequence[tuple[Any, ...]],
+        statements: Sequence[Statement],
+    ) -> list[AsyncCursor[Any]]:
+        """:func:`send` ``statements``, which write ``history``: a version already in a
+        fact's history is a refusal that names it."""
+        try:
+            return await send(conn, *statements)
+        except errors.UniqueViolation as exc:
+            if exc.diag.constraint_name != HISTORY_KEY:
+                raise
+            fact_id, version = sql.clashing_history(exc, history)
+            raise history_conflict(self._name, txid, fact_id, version) from exc
 
     async def _run_your_sql(
         self, conn: AsyncConnection[Any], txid: str, statements: Sequence[Execute]
@@ -664,12 +695,3 @@ async def _rollback_local(conn: AsyncConnection[Any]) -> None:
         await conn.rollback()
     except psycopg.Error:
         pass
-
-
-async def _each(conn: AsyncConnection[Any], statement: str, rows: Sequence[Any]) -> None:
-    """``statement`` for each of ``rows``: several rows in one pipeline
-    (``executemany``), a single one as a plain statement."""
-    if len(rows) == 1:
-        await conn.execute(statement, rows[0])
-    elif rows:
-        await conn.cursor().executemany(statement, rows)

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
-from psycopg import Connection, errors, pq
+from psycopg import Connection, Cursor, errors, pq
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
@@ -66,8 +66,11 @@ from participants.postgres import _schema as sql
 from participants.postgres import _your_sql as your_sql
 from participants.postgres._log import PostgresDecisionLog
 from participants.postgres._pool import idle_check
+from participants.postgres._sync.pipeline import Statement, send
 
 logger = logging.getLogger("participants.postgres")
+#: The history's primary key (id, version): a version may be written once.
+HISTORY_KEY = "lockstep_fact_history_pkey"
 
 
 class PostgresStorage:
@@ -268,18 +271,7 @@ class PostgresStorage:
         facts, statements = facts_and_sql(self._name, writes)
         meta = transaction_meta(writes)
         try:
-            self._stage(conn, txid, facts, statements, meta)
-            if decision_for is not None:
-                inserted = conn.execute(
-                    sql.INSERT_COMMIT_DECISION,
-                    (txid, Jsonb(list(decision_for)), time.time()),
-                )
-                if inserted.fetchone() is None:
-                    raise TransactionAborted(
-                        "recovery aborted this transaction before its COMMIT was recorded",
-                        txid=txid,
-                        participant=self._name,
-                    )
+            self._stage(conn, txid, facts, statements, meta, decision_for)
         except LockstepError:
             conn.rollback()
             raise
@@ -460,14 +452,23 @@ class PostgresStorage:
         facts: Sequence[UpsertFact | DeleteFact],
         statements: Sequence[Execute],
         meta: TransactionMeta,
+        decision_for: Sequence[str] | None = None,
     ) -> None:
-        conn.execute(f"SET LOCAL lock_timeout = '{self._lock_timeout_ms}ms'")
+        """Check and write the branch in ``conn``'s open transaction, in as few round
+        trips as the checks allow (see :func:`send`): the row locks and versions; the
+        singleton claims, if any; then every write, with the COMMIT decision when
+        ``decision_for`` names the participants (the caller's own SQL, if any, between
+        the facts' writes and the rest)."""
         now = time.time()
-        # The marker goes first: a fenced (aborted) txid fails here, before any work.
-        conn.execute("INSERT INTO lockstep_markers VALUES (%s, 'committed', %s)", (txid, now))
         ids = [w.fact_id for w in facts]
-        cursor = conn.execute(sql.SELECT_VERSIONS, (ids,))
-        versions = dict(cursor.fetchall())
+        # The marker goes first: a fenced (aborted) txid fails there, before any work.
+        *_, locked = send(
+            conn,
+            (f"SET LOCAL lock_timeout = '{self._lock_timeout_ms}ms'", None),
+            ("INSERT INTO lockstep_markers VALUES (%s, 'committed', %s)", (txid, now)),
+            (sql.SELECT_VERSIONS, (ids,)),
+        )
+        versions = dict(locked.fetchall())
         for write in facts:
             actual = versions.get(write.fact_id, 0)
             if actual != write.expected_version:
@@ -476,38 +477,68 @@ class PostgresStorage:
                 )
         upserts = [w for w in facts if isinstance(w, UpsertFact)]
         claims = self._check_claims(conn, txid, upserts)
-        # Each statement for all the facts at once: a transaction of thousands of facts
-        # is not thousands of round trips.
-        conn.execute("DELETE FROM lockstep_claims WHERE fact_id = ANY(%s)", (ids,))
         gone = [w.fact_id for w in facts if isinstance(w, DeleteFact)]
-        if gone:
-            conn.execute("DELETE FROM lockstep_facts WHERE id = ANY(%s)", (gone,))
-        _each(conn, sql.UPSERT_FACT, [sql.fact_row(w.fact) for w in upserts])
         history = [(w.fact, False) for w in upserts] + [
             (w.tombstone, True) for w in facts if isinstance(w, DeleteFact) and w.tombstone
         ]
         rows = [(f.id, f.version, deleted, f.txid, f.to_json()) for f, deleted in history]
-        try:
-            _each(conn, sql.INSERT_HISTORY, rows)
-        except errors.UniqueViolation as exc:
-            fact_id, version = sql.clashing_history(exc, rows)
-            raise history_conflict(self._name, txid, fact_id, version) from exc
-        _each(conn, "INSERT INTO lockstep_claims VALUES (%s, %s)", claims)
-        self._run_your_sql(conn, txid, statements)
-        if meta.undoes:
-            conn.execute(sql.MARK_ROLLED_BACK, (txid, list(meta.undoes)))
-        conn.execute(
-            sql.INSERT_TRANSACTION,
+        # Each statement for all the facts at once: a transaction of thousands of facts
+        # is not thousands of round trips.
+        writes: list[Statement] = [
+            ("DELETE FROM lockstep_claims WHERE fact_id = ANY(%s)", (ids,)),
+            ("DELETE FROM lockstep_facts WHERE id = ANY(%s)", (gone,)) if gone else None,
+            (sql.UPSERT_FACT, [sql.fact_row(w.fact) for w in upserts]),
+            (sql.INSERT_HISTORY, rows),
+            ("INSERT INTO lockstep_claims VALUES (%s, %s)", claims),
+        ]
+        ending: list[Statement] = [
+            (sql.MARK_ROLLED_BACK, (txid, list(meta.undoes))) if meta.undoes else None,
             (
-                txid,
-                meta.session_id,
-                meta.kind,
-                sql.undoes_json(meta.undoes),
-                now,
-                meta.actor,
-                meta.reason,
+                sql.INSERT_TRANSACTION,
+                (
+                    txid,
+                    meta.session_id,
+                    meta.kind,
+                    sql.undoes_json(meta.undoes),
+                    now,
+                    meta.actor,
+                    meta.reason,
+                ),
             ),
-        )
+        ]
+        if decision_for is not None:
+            ending.append(
+                (sql.INSERT_COMMIT_DECISION, (txid, Jsonb(list(decision_for)), time.time()))
+            )
+        if statements:  # the caller's SQL reports its own failures, after the facts'
+            self._send_writes(conn, txid, rows, writes)
+            self._run_your_sql(conn, txid, statements)
+            sent = send(conn, *ending)
+        else:
+            sent = self._send_writes(conn, txid, rows, writes + ending)
+        if decision_for is not None and sent[-1].fetchone() is None:
+            raise TransactionAborted(
+                "recovery aborted this transaction before its COMMIT was recorded",
+                txid=txid,
+                participant=self._name,
+            )
+
+    def _send_writes(
+        self,
+        conn: Connection[Any],
+        txid: str,
+        history: Sequence[tuple[Any, ...]],
+        statements: Sequence[Statement],
+    ) -> list[Cursor[Any]]:
+        """:func:`send` ``statements``, which write ``history``: a version already in a
+        fact's history is a refusal that names it."""
+        try:
+            return send(conn, *statements)
+        except errors.UniqueViolation as exc:
+            if exc.diag.constraint_name != HISTORY_KEY:
+                raise
+            fact_id, version = sql.clashing_history(exc, history)
+            raise history_conflict(self._name, txid, fact_id, version) from exc
 
     def _run_your_sql(
         self, conn: Connection[Any], txid: str, statements: Sequence[Execute]
@@ -662,12 +693,3 @@ def _rollback_local(conn: Connection[Any]) -> None:
         conn.rollback()
     except psycopg.Error:
         pass
-
-
-def _each(conn: Connection[Any], statement: str, rows: Sequence[Any]) -> None:
-    """``statement`` for each of ``rows``: several rows in one pipeline
-    (``executemany``), a single one as a plain statement."""
-    if len(rows) == 1:
-        conn.execute(statement, rows[0])
-    elif rows:
-        conn.cursor().executemany(statement, rows)
