@@ -61,9 +61,9 @@ class Urls:
 
     @property
     def last_resource(self) -> bool:
-        """The storage holds the log and commits last with the decision (SQLite and
-        Postgres do; Redis keeps its log beside the facts and commits in two phases)."""
-        return self.log == self.storage and not self.storage.startswith("redis")
+        """The storage holds the log and commits last with the decision (SQLite, Postgres
+        and Redis, each keeping its log beside its facts)."""
+        return self.log == self.storage
 
     @property
     def names(self) -> list[str]:

@@ -79,8 +79,9 @@ class RedisDecisionLog(DecisionLogBase):
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),  # fail fast: the coordinator decides what next
         )
+        self.url, self.prefix = url, prefix
         self._records_key = records_key(prefix)
-        self._unended_key = f"{prefix}decisions:unended"
+        self._unended_key = unended_key(prefix)
         self._lease_key = f"{prefix}recovery-lease"
         self._decide = self._client.register_script(_DECIDE)
         self._lease_script = self._client.register_script(_LEASE)
@@ -95,8 +96,7 @@ class RedisDecisionLog(DecisionLogBase):
         now = time.time()
         args: list[Any] = [now]
         for txid, decision, participants in decisions:
-            record = {"decision": Decision(decision).value, "participants": list(participants)}
-            args += [txid, json.dumps({**record, "decided_at": now})]
+            args += [txid, decision_json(Decision(decision).value, participants, now)]
         won = self._call(
             "decide", self._decide, keys=[self._records_key, self._unended_key], args=args
         )
@@ -195,6 +195,17 @@ def _record(txid: str, text: str, *, ended: bool) -> DecisionRecord:
 def records_key(prefix: str) -> str:
     """The hash holding the decision records of the log under ``prefix``."""
     return f"{prefix}decisions"
+
+
+def unended_key(prefix: str) -> str:
+    """The sorted set of the txids decided and not ended, in the log under ``prefix``."""
+    return f"{prefix}decisions:unended"
+
+
+def decision_json(decision: str, participants: Sequence[str], now: float) -> str:
+    """A decision record as the log stores it (the storage's last-resource commit writes
+    the same)."""
+    return json.dumps({"decision": decision, "participants": list(participants), "decided_at": now})
 
 
 def where(url: str) -> tuple[str, str]:

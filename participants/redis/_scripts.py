@@ -12,36 +12,46 @@ release's commit script still running somewhere) are read from the log by ``UNDO
 before it answers.
 """
 
-PREPARE = """
-local p, txid, stage = ARGV[1], ARGV[2], ARGV[3]
-if redis.call('SISMEMBER', p .. 'prepared', txid) == 1 then return {'YES'} end
-if redis.call('ZSCORE', p .. 'aborted', txid) then return {'ABORTED'} end
-local n = tonumber(ARGV[4])
-for i = 0, n - 1 do
-  local id, expected, claim = ARGV[5 + 4*i], tonumber(ARGV[6 + 4*i]), ARGV[7 + 4*i]
-  local recreated = ARGV[8 + 4*i]
-  local holder = redis.call('GET', p .. 'lock:' .. id)
-  if holder and holder ~= txid then return {'LOCKED', id} end
-  local actual = tonumber(redis.call('HGET', p .. 'versions', id) or '0')
-  if actual ~= expected then return {'VERSION', id, tostring(actual)} end
-  if recreated ~= '0' and redis.call('HEXISTS', p .. 'history:' .. id, recreated) == 1 then
-    return {'HISTORY', id, recreated}
+# The checks of a prepare and, when they all pass, its stage: ``{'YES'}``, or the first
+# refusal. The facts' fields (id, expected version, claim, re-created version) are ARGV
+# from ``base`` on, four a fact.
+_PREPARE_FN = """
+local function prepare(p, txid, stage, n, base)
+  if redis.call('SISMEMBER', p .. 'prepared', txid) == 1 then return {'YES'} end
+  if redis.call('ZSCORE', p .. 'aborted', txid) then return {'ABORTED'} end
+  for i = 0, n - 1 do
+    local id, expected, claim = ARGV[base + 4*i], tonumber(ARGV[base + 1 + 4*i]), ARGV[base + 2 + 4*i]
+    local recreated = ARGV[base + 3 + 4*i]
+    local holder = redis.call('GET', p .. 'lock:' .. id)
+    if holder and holder ~= txid then return {'LOCKED', id} end
+    local actual = tonumber(redis.call('HGET', p .. 'versions', id) or '0')
+    if actual ~= expected then return {'VERSION', id, tostring(actual)} end
+    if recreated ~= '0' and redis.call('HEXISTS', p .. 'history:' .. id, recreated) == 1 then
+      return {'HISTORY', id, recreated}
+    end
+    if claim ~= '' then
+      local owner = redis.call('HGET', p .. 'claims', claim)
+      if owner and owner ~= id then return {'CLAIM', claim, owner} end
+      local locker = redis.call('GET', p .. 'claimlock:' .. claim)
+      if locker and locker ~= txid then return {'CLAIM', claim, 'staged by another transaction'} end
+    end
   end
-  if claim ~= '' then
-    local owner = redis.call('HGET', p .. 'claims', claim)
-    if owner and owner ~= id then return {'CLAIM', claim, owner} end
-    local locker = redis.call('GET', p .. 'claimlock:' .. claim)
-    if locker and locker ~= txid then return {'CLAIM', claim, 'staged by another transaction'} end
+  for i = 0, n - 1 do
+    redis.call('SET', p .. 'lock:' .. ARGV[base + 4*i], txid)
+    if ARGV[base + 2 + 4*i] ~= '' then redis.call('SET', p .. 'claimlock:' .. ARGV[base + 2 + 4*i], txid) end
   end
+  redis.call('SET', p .. 'stage:' .. txid, stage)
+  redis.call('SADD', p .. 'prepared', txid)
+  return {'YES'}
 end
-for i = 0, n - 1 do
-  redis.call('SET', p .. 'lock:' .. ARGV[5 + 4*i], txid)
-  if ARGV[7 + 4*i] ~= '' then redis.call('SET', p .. 'claimlock:' .. ARGV[7 + 4*i], txid) end
-end
-redis.call('SET', p .. 'stage:' .. txid, stage)
-redis.call('SADD', p .. 'prepared', txid)
-return {'YES'}
 """
+
+PREPARE = (
+    _PREPARE_FN
+    + """
+return prepare(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), 5)
+"""
+)
 
 # A fact's record, or (deleted or never written) the newest version its history holds.
 HEAD = """
@@ -110,72 +120,109 @@ local function forget_undoable(p, txid)
 end
 """
 
+# Applies a prepared stage and deletes it: 1, or 0 when there is none (committed already).
+_COMMIT_FN = """
+local function commit(p, txid, now)
+  local raw = redis.call('GET', p .. 'stage:' .. txid)
+  if not raw then return 0 end
+  local stage = cjson.decode(raw)
+  local written = {}
+  for _, w in ipairs(stage.writes) do
+    local id = w.id
+    local oldclaim = redis.call('HGET', p .. 'factclaim', id)
+    if oldclaim then
+      redis.call('HDEL', p .. 'claims', oldclaim)
+      redis.call('HDEL', p .. 'factclaim', id)
+    end
+    local old = redis.call('HGET', p .. 'where', id)
+    if old then
+      local t, s = string.match(old, '^(.-)\\31(.*)$')
+      redis.call('SREM', p .. 'type:' .. t, id)
+      if s ~= '' then redis.call('SREM', p .. 'session:' .. s, id) end
+    end
+    if w.op == 'upsert' then
+      redis.call('SET', p .. 'fact:' .. id, w.record)
+      redis.call('HSET', p .. 'versions', id, w.version)
+      redis.call('HSET', p .. 'where', id, w.type .. '\\31' .. w.session)
+      redis.call('SADD', p .. 'facts', id)
+      redis.call('SADD', p .. 'type:' .. w.type, id)
+      if w.session ~= '' then redis.call('SADD', p .. 'session:' .. w.session, id) end
+      redis.call('HSET', p .. 'history:' .. id, w.version, w.record)
+      if w.claim ~= '' then
+        redis.call('HSET', p .. 'claims', w.claim, id)
+        redis.call('HSET', p .. 'factclaim', id, w.claim)
+      end
+      table.insert(written, id .. '\\31' .. w.version)
+    else
+      redis.call('DEL', p .. 'fact:' .. id)
+      redis.call('HDEL', p .. 'versions', id)
+      redis.call('HDEL', p .. 'where', id)
+      redis.call('SREM', p .. 'facts', id)
+      if w.tombstone ~= '' then
+        redis.call('HSET', p .. 'history:' .. id, w.tomb_version, w.tombstone)
+        table.insert(written, id .. '\\31' .. w.tomb_version)
+      end
+    end
+    if redis.call('GET', p .. 'lock:' .. id) == txid then redis.call('DEL', p .. 'lock:' .. id) end
+    if w.claim ~= '' and redis.call('GET', p .. 'claimlock:' .. w.claim) == txid then
+      redis.call('DEL', p .. 'claimlock:' .. w.claim)
+    end
+  end
+  local meta = stage.meta
+  for _, undone in ipairs(meta.undoes) do
+    redis.call('HSET', p .. 'tx:' .. undone, 'rolled_back_by', txid)
+    forget_undoable(p, undone)
+  end
+  local seq = redis.call('INCR', p .. 'seq')
+  if meta.kind == 'write' then add_undoable(p, txid, seq, meta.session_id) end
+  if tonumber(redis.call('GET', p .. 'undo:seq') or '0') == seq - 1 then
+    redis.call('SET', p .. 'undo:seq', seq)  -- the sets account for every commit so far
+  end
+  redis.call('HSET', p .. 'tx:' .. txid, 'seq', seq, 'session_id', meta.session_id,
+    'kind', meta.kind, 'undoes', cjson.encode(meta.undoes), 'committed_at', now,
+    'actor', meta.actor, 'reason', meta.reason, 'written', table.concat(written, '\\30'))
+  redis.call('ZADD', p .. 'txlog', seq, txid)
+  redis.call('DEL', p .. 'stage:' .. txid)
+  redis.call('SREM', p .. 'prepared', txid)
+  return 1
+end
+"""
+
 COMMIT = (
     UNDO_SETS
+    + _COMMIT_FN
     + """
-local p, txid, now = ARGV[1], ARGV[2], ARGV[3]
-local raw = redis.call('GET', p .. 'stage:' .. txid)
-if not raw then return 0 end
-local stage = cjson.decode(raw)
-local written = {}
-for _, w in ipairs(stage.writes) do
-  local id = w.id
-  local oldclaim = redis.call('HGET', p .. 'factclaim', id)
-  if oldclaim then
-    redis.call('HDEL', p .. 'claims', oldclaim)
-    redis.call('HDEL', p .. 'factclaim', id)
-  end
-  local old = redis.call('HGET', p .. 'where', id)
-  if old then
-    local t, s = string.match(old, '^(.-)\\31(.*)$')
-    redis.call('SREM', p .. 'type:' .. t, id)
-    if s ~= '' then redis.call('SREM', p .. 'session:' .. s, id) end
-  end
-  if w.op == 'upsert' then
-    redis.call('SET', p .. 'fact:' .. id, w.record)
-    redis.call('HSET', p .. 'versions', id, w.version)
-    redis.call('HSET', p .. 'where', id, w.type .. '\\31' .. w.session)
-    redis.call('SADD', p .. 'facts', id)
-    redis.call('SADD', p .. 'type:' .. w.type, id)
-    if w.session ~= '' then redis.call('SADD', p .. 'session:' .. w.session, id) end
-    redis.call('HSET', p .. 'history:' .. id, w.version, w.record)
-    if w.claim ~= '' then
-      redis.call('HSET', p .. 'claims', w.claim, id)
-      redis.call('HSET', p .. 'factclaim', id, w.claim)
-    end
-    table.insert(written, id .. '\\31' .. w.version)
-  else
-    redis.call('DEL', p .. 'fact:' .. id)
-    redis.call('HDEL', p .. 'versions', id)
-    redis.call('HDEL', p .. 'where', id)
-    redis.call('SREM', p .. 'facts', id)
-    if w.tombstone ~= '' then
-      redis.call('HSET', p .. 'history:' .. id, w.tomb_version, w.tombstone)
-      table.insert(written, id .. '\\31' .. w.tomb_version)
-    end
-  end
-  if redis.call('GET', p .. 'lock:' .. id) == txid then redis.call('DEL', p .. 'lock:' .. id) end
-  if w.claim ~= '' and redis.call('GET', p .. 'claimlock:' .. w.claim) == txid then
-    redis.call('DEL', p .. 'claimlock:' .. w.claim)
+return commit(ARGV[1], ARGV[2], ARGV[3])
+"""
+)
+
+# A one-phase commit: prepare and commit as one atomic step, so a refusal leaves nothing
+# and success leaves nothing staged. ARGV: prefix, txid, stage, facts, now, the COMMIT
+# decision (JSON, or '' for none), then the facts' fields as PREPARE's. With a decision
+# (the last resource: the storage's own decision log, its records hash and unended set as
+# KEYS), an ABORT already recorded there (recovery fenced the txid) refuses, a COMMIT means
+# this very commit ran already, and otherwise the decision is recorded with the writes.
+ONE_PHASE = (
+    UNDO_SETS
+    + _PREPARE_FN
+    + _COMMIT_FN
+    + """
+local p, txid, now, decision = ARGV[1], ARGV[2], ARGV[5], ARGV[6]
+if decision ~= '' then
+  local existing = redis.call('HGET', KEYS[1], txid)
+  if existing then
+    if cjson.decode(existing).decision == 'commit' then return {'YES'} end
+    return {'DECIDED'}
   end
 end
-local meta = stage.meta
-for _, undone in ipairs(meta.undoes) do
-  redis.call('HSET', p .. 'tx:' .. undone, 'rolled_back_by', txid)
-  forget_undoable(p, undone)
+local reply = prepare(p, txid, ARGV[3], tonumber(ARGV[4]), 7)
+if reply[1] ~= 'YES' then return reply end
+commit(p, txid, now)
+if decision ~= '' then
+  redis.call('HSET', KEYS[1], txid, decision)
+  redis.call('ZADD', KEYS[2], now, txid)
 end
-local seq = redis.call('INCR', p .. 'seq')
-if meta.kind == 'write' then add_undoable(p, txid, seq, meta.session_id) end
-if tonumber(redis.call('GET', p .. 'undo:seq') or '0') == seq - 1 then
-  redis.call('SET', p .. 'undo:seq', seq)  -- the sets account for every commit so far
-end
-redis.call('HSET', p .. 'tx:' .. txid, 'seq', seq, 'session_id', meta.session_id,
-  'kind', meta.kind, 'undoes', cjson.encode(meta.undoes), 'committed_at', now,
-  'actor', meta.actor, 'reason', meta.reason, 'written', table.concat(written, '\\30'))
-redis.call('ZADD', p .. 'txlog', seq, txid)
-redis.call('DEL', p .. 'stage:' .. txid)
-redis.call('SREM', p .. 'prepared', txid)
-return 1
+return {'YES'}
 """
 )
 

@@ -232,7 +232,7 @@ def test_a_sqlite_log_url_can_turn_group_commit_off(
 CRASH_AFTER_THE_STORAGE_COMMITS = """
 import sys
 from qdrant_client import QdrantClient
-from coordinator import Fact, MemoryStore, Policy
+from coordinator import Fact, MemoryStore
 from coordinator.embeddings import HashingEmbedder
 from coordinator.faults import hook_from_environment
 from participants.qdrant import QdrantIndex
@@ -242,7 +242,6 @@ url, prefix, vectors = sys.argv[1:]
 mem = MemoryStore(
     RedisStorage(url, name="facts", prefix=prefix),
     [QdrantIndex(QdrantClient(path=vectors), "memories", embedder=HashingEmbedder(16))],
-    policy=Policy(concurrent_prepare=False),  # the storage finishes first
     fault_hook=hook_from_environment(),
 )
 mem.commit(Fact(id="kept", type="note", payload={"content": "decided"}))
@@ -252,10 +251,11 @@ mem.commit(Fact(id="kept", type="note", payload={"content": "decided"}))
 def test_a_redis_storage_keeps_its_decisions_in_redis_so_recovery_finishes_a_commit(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    """Killed after Redis committed and before the index did: recovery, in another
-    process, reads the COMMIT decision from Redis and finishes the index. Before, a Redis
-    storage without log= kept its decisions in the process, so recovery found none,
-    aborted the index's branch and left the fact in Redis alone."""
+    """Killed after Redis committed (with the decision: it commits last) and before the
+    index did: recovery, in another process, reads the COMMIT decision from Redis and
+    finishes the index. Before, a Redis storage without log= kept its decisions in the
+    process, so recovery found none, aborted the index's branch and left the fact in
+    Redis alone."""
     from qdrant_client import QdrantClient
 
     from coordinator import MemoryStore, Policy
@@ -267,7 +267,7 @@ def test_a_redis_storage_keeps_its_decisions_in_redis_so_recovery_finishes_a_com
     prefix, vectors = f"{tmp_path.name}:", str(tmp_path / "vectors")
     child = subprocess.run(
         [sys.executable, "-c", CRASH_AFTER_THE_STORAGE_COMMITS, url, prefix, vectors],
-        env={**os.environ, "LOCKSTEP_KILL_AT": "after_commit:facts"},
+        env={**os.environ, "LOCKSTEP_KILL_AT": "after_decision"},
         check=False,
         capture_output=True,
         text=True,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -33,6 +34,7 @@ from coordinator.faults import last_resource_points
 from coordinator.records import FactRecord, TransactionMeta, UpsertFact, Write
 from participants.postgres import PostgresDecisionLog, PostgresStorage
 from participants.qdrant import QdrantIndex
+from participants.redis import RedisStorage
 from participants.sqlite import SQLiteStorage
 from tests.support.crash import CrashAt, SimulatedCrash
 
@@ -105,18 +107,22 @@ def test_the_commit_record_rides_in_the_postgres_transaction(postgres_dsn: str) 
     mem.close()
 
 
-@pytest.fixture(params=["postgres", "sqlite"])
+@pytest.fixture(params=["postgres", "sqlite", "redis"])
 def last_resource_store(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Callable[..., MemoryStore]:
     """A store whose storage commits last with the decision: Postgres with its log in the
-    same database, or SQLite with no log given (it keeps one in its own file)."""
+    same database, SQLite or Redis with no log given (each keeps its own beside its facts)."""
+    prefix = f"t{uuid.uuid4().hex[:12]}:"
 
     def opener(**kwargs: Any) -> MemoryStore:
         if request.param == "postgres":
             return store(request.getfixturevalue("postgres_dsn"), **kwargs)
         client = QdrantClient(":memory:")
         vectors = QdrantIndex(client, "notes", "content", embedder=HashingEmbedder(16))
+        if request.param == "redis":
+            url = request.getfixturevalue("redis_server").url
+            return MemoryStore(RedisStorage(url, prefix=prefix), [vectors], **kwargs)
         return MemoryStore(SQLiteStorage(tmp_path / "facts.db"), [vectors], **kwargs)
 
     return opener
@@ -128,7 +134,7 @@ def test_recovery_that_fences_first_makes_the_last_resource_abort(
     stores: list[MemoryStore] = []
 
     def recover_first(point: str) -> None:
-        # SQLite commits after the index prepared; Postgres stages its transaction while
+        # SQLite and Redis commit after the index prepared; Postgres stages its transaction while
         # the index prepares: fence before that staging writes the COMMIT record.
         if point in ("before_decision", "before_stage:postgres"):
             wait_for(lambda: stores[0].indexes[0].recover() != [], "the index to prepare")

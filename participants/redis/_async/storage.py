@@ -7,6 +7,12 @@ that applies the stage and deletes it (a missing stage: already committed). ``ab
 deletes the stage and the locks and records the txid as aborted, which refuses a late
 prepare. Durability of each step is Redis's: run it with ``appendonly yes`` and
 ``appendfsync always`` (checked at start-up, with a warning).
+
+Alone in a transaction, the storage commits in one phase: one script checks and applies.
+With its own decision log (the default: a :class:`~participants.redis.RedisDecisionLog`
+under the same prefix) it is the last resource: once the indexes have prepared, one
+script checks, applies and records the COMMIT decision, where two phases took a prepare,
+a decision and a commit, each written to disk before Redis replied.
 """
 
 from __future__ import annotations
@@ -18,11 +24,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from coordinator.abc import AsyncDecisionLog, TransactionEntry, UndoReads, Vote
-from coordinator.errors import ParticipantError
+from coordinator.errors import ParticipantError, TransactionAborted, TransactionInDoubt
 from coordinator.filters import check_filters, matches
 from coordinator.ids import check_participant_name
 from coordinator.plugins import scheme_of
-from coordinator.records import FactRecord, JSONValue, UpsertFact, Write
+from coordinator.records import DeleteFact, FactRecord, JSONValue, UpsertFact, Write
 from participants._checks import (
     already_aborted,
     claim_conflict,
@@ -33,8 +39,23 @@ from participants._checks import (
     version_conflict,
 )
 from participants.redis import _scripts
-from participants.redis._clients import AsyncRedis, AsyncRetry, NoBackoff, RedisError
-from participants.redis._log import AsyncRedisDecisionLog, records_key, server_of, where
+from participants.redis._clients import (
+    AsyncRedis,
+    AsyncRetry,
+    NoBackoff,
+    RedisConnectionError,
+    RedisError,
+    RedisTimeoutError,
+)
+from participants.redis._log import (
+    AsyncRedisDecisionLog,
+    RedisDecisionLog,
+    decision_json,
+    records_key,
+    server_of,
+    unended_key,
+    where,
+)
 
 logger = logging.getLogger("participants.redis")
 
@@ -69,6 +90,7 @@ class AsyncRedisStorage:
         )
         self._prepare_script = self._client.register_script(_scripts.PREPARE)
         self._commit_script = self._client.register_script(_scripts.COMMIT)
+        self._one_phase_script = self._client.register_script(_scripts.ONE_PHASE)
         self._abort_script = self._client.register_script(_scripts.ABORT)
         self._undoable_script = self._client.register_script(_scripts.UNDOABLE)
         self._head_script = self._client.register_script(_scripts.HEAD)
@@ -85,6 +107,15 @@ class AsyncRedisStorage:
         using these facts (and their recovery) reads the same ones."""
         return AsyncRedisDecisionLog(self._url, prefix=self._prefix, timeout=self._timeout)
 
+    def holds_decision_log(self, log: object) -> bool:
+        """True when ``log`` keeps its records on this Redis under this storage's prefix."""
+        inner = getattr(log, "sync", log)  # an async log wraps the synchronous one
+        return (
+            isinstance(inner, RedisDecisionLog)
+            and inner.prefix == self._prefix
+            and server_of(inner.url) == server_of(self._url)
+        )
+
     async def decision_log_for(self, url: str) -> str | None:
         """The log URL to recover this store with, when this Redis holds decisions of its
         own and ``url`` names another log; ``None`` when ``url`` will do."""
@@ -99,33 +130,65 @@ class AsyncRedisStorage:
     # -- the participant contract -------------------------------------------------------
 
     async def prepare(self, txid: str, writes: Sequence[Write]) -> Vote:
-        facts = fact_writes(self._name, writes)
-        meta = transaction_meta(writes)
-        stage: dict[str, Any] = {
-            "writes": [_staged(w) for w in facts],
-            "meta": {
-                "session_id": meta.session_id or "",
-                "kind": meta.kind,
-                "undoes": list(meta.undoes),
-                "actor": meta.actor or "",
-                "reason": meta.reason or "",
-            },
-        }
-        args: list[Any] = [self._prefix, txid, json.dumps(stage), len(facts)]
-        for write in facts:
-            claim = write.claim if isinstance(write, UpsertFact) and write.claim else ""
-            # A re-creation's version, checked against history (0: nothing to check).
-            recreated = (
-                write.fact.version
-                if isinstance(write, UpsertFact) and write.expected_version == 0
-                else 0
-            )
-            args += [write.fact_id, write.expected_version, claim, recreated]
+        facts, stage, checks = _arguments(self._name, writes)
         await self._check_durability()
-        reply = await self._run("prepare", txid, self._prepare_script, args)
+        reply = await self._run(
+            "prepare", txid, self._prepare_script, [self._prefix, txid, stage, *checks]
+        )
+        self._vote(txid, facts, reply)
+        return Vote.YES
+
+    async def commit_one_phase(self, txid: str, writes: Sequence[Write]) -> None:
+        """Check and apply ``writes`` in one script: all of them, or none and a refusal."""
+        await self._commit_at_once(txid, writes, None)
+
+    async def commit_with_decision(
+        self, txid: str, writes: Sequence[Write], participants: Sequence[str]
+    ) -> None:
+        """The last-resource commit: these writes and the COMMIT decision (naming
+        ``participants``) in this storage's own decision log, one script. It refuses,
+        writing nothing, when recovery recorded an ABORT for the txid first."""
+        await self._commit_at_once(txid, writes, participants)
+
+    async def _commit_at_once(
+        self, txid: str, writes: Sequence[Write], decision_for: Sequence[str] | None
+    ) -> None:
+        facts, stage, checks = _arguments(self._name, writes)
+        now = time.time()
+        decision = "" if decision_for is None else decision_json("commit", decision_for, now)
+        keys = (
+            [] if decision_for is None else [records_key(self._prefix), unended_key(self._prefix)]
+        )
+        await self._check_durability()
+        try:
+            reply = await self._one_phase_script(
+                keys=keys, args=[self._prefix, txid, stage, checks[0], now, decision, *checks[1:]]
+            )
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            # Sent or not, run or not: the reply is lost. With the decision, recovery
+            # reads it back; without, the caller must look.
+            raise TransactionInDoubt(
+                f"the connection to Redis failed during a one-phase commit: {exc}",
+                txid=txid,
+                participant=self._name,
+            ) from exc
+        except RedisError as exc:  # refused by the server: nothing ran
+            raise ParticipantError(
+                f"Redis commit failed: {exc}", txid=txid, participant=self._name
+            ) from exc
+        if reply == ["DECIDED"]:
+            raise TransactionAborted(
+                "recovery aborted this transaction before its COMMIT was recorded",
+                txid=txid,
+                participant=self._name,
+            )
+        self._vote(txid, facts, reply)
+
+    def _vote(self, txid: str, facts: Sequence[UpsertFact | DeleteFact], reply: Any) -> None:
+        """Return on ``YES``; raise the refusal a prepare's checks gave."""
         match reply:
             case ["YES"]:
-                return Vote.YES
+                return
             case ["ABORTED"]:
                 raise already_aborted(self._name, txid)
             case ["LOCKED", fact_id]:
@@ -137,7 +200,9 @@ class AsyncRedisStorage:
                 raise version_conflict(self._name, txid, fact_id, expected, int(actual))
             case ["CLAIM", claim, owner]:
                 raise claim_conflict(self._name, txid, claim, owner)
-        raise ParticipantError(f"unexpected reply to prepare: {reply!r}", participant=self._name)
+        raise ParticipantError(
+            f"unexpected reply from Redis: {reply!r}", txid=txid, participant=self._name
+        )
 
     async def commit(self, txid: str) -> None:
         await self._run("commit", txid, self._commit_script, [self._prefix, txid, time.time()])
@@ -285,6 +350,37 @@ class AsyncRedisStorage:
             return await method(*args)
         except RedisError as exc:
             raise ParticipantError(f"Redis {action} failed: {exc}", participant=self._name) from exc
+
+
+def _arguments(
+    participant: str, writes: Sequence[Write]
+) -> tuple[list[UpsertFact | DeleteFact], str, list[Any]]:
+    """The facts ``writes`` change, their stage (JSON) and the checks' arguments of the
+    prepare script: the number of facts, then four a fact (id, expected version, claim,
+    re-created version)."""
+    facts = fact_writes(participant, writes)
+    meta = transaction_meta(writes)
+    stage = {
+        "writes": [_staged(w) for w in facts],
+        "meta": {
+            "session_id": meta.session_id or "",
+            "kind": meta.kind,
+            "undoes": list(meta.undoes),
+            "actor": meta.actor or "",
+            "reason": meta.reason or "",
+        },
+    }
+    checks: list[Any] = [len(facts)]
+    for write in facts:
+        claim = write.claim if isinstance(write, UpsertFact) and write.claim else ""
+        # A re-creation's version, checked against history (0: nothing to check).
+        recreated = (
+            write.fact.version
+            if isinstance(write, UpsertFact) and write.expected_version == 0
+            else 0
+        )
+        checks += [write.fact_id, write.expected_version, claim, recreated]
+    return facts, json.dumps(stage), checks
 
 
 def _staged(write: Any) -> dict[str, Any]:

@@ -9,6 +9,12 @@ that applies the stage and deletes it (a missing stage: already committed). ``ab
 deletes the stage and the locks and records the txid as aborted, which refuses a late
 prepare. Durability of each step is Redis's: run it with ``appendonly yes`` and
 ``appendfsync always`` (checked at start-up, with a warning).
+
+Alone in a transaction, the storage commits in one phase: one script checks and applies.
+With its own decision log (the default: a :class:`~participants.redis.RedisDecisionLog`
+under the same prefix) it is the last resource: once the indexes have prepared, one
+script checks, applies and records the COMMIT decision, where two phases took a prepare,
+a decision and a commit, each written to disk before Redis replied.
 """
 
 from __future__ import annotations
@@ -20,11 +26,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from coordinator.abc import DecisionLog, TransactionEntry, UndoReads, Vote
-from coordinator.errors import ParticipantError
+from coordinator.errors import ParticipantError, TransactionAborted, TransactionInDoubt
 from coordinator.filters import check_filters, matches
 from coordinator.ids import check_participant_name
 from coordinator.plugins import scheme_of
-from coordinator.records import FactRecord, JSONValue, UpsertFact, Write
+from coordinator.records import DeleteFact, FactRecord, JSONValue, UpsertFact, Write
 from participants._checks import (
     already_aborted,
     claim_conflict,
@@ -35,8 +41,22 @@ from participants._checks import (
     version_conflict,
 )
 from participants.redis import _scripts
-from participants.redis._clients import NoBackoff, Redis, RedisError, Retry
-from participants.redis._log import RedisDecisionLog, records_key, server_of, where
+from participants.redis._clients import (
+    NoBackoff,
+    Redis,
+    RedisConnectionError,
+    RedisError,
+    RedisTimeoutError,
+    Retry,
+)
+from participants.redis._log import (
+    RedisDecisionLog,
+    decision_json,
+    records_key,
+    server_of,
+    unended_key,
+    where,
+)
 
 logger = logging.getLogger("participants.redis")
 
@@ -71,6 +91,7 @@ class RedisStorage:
         )
         self._prepare_script = self._client.register_script(_scripts.PREPARE)
         self._commit_script = self._client.register_script(_scripts.COMMIT)
+        self._one_phase_script = self._client.register_script(_scripts.ONE_PHASE)
         self._abort_script = self._client.register_script(_scripts.ABORT)
         self._undoable_script = self._client.register_script(_scripts.UNDOABLE)
         self._head_script = self._client.register_script(_scripts.HEAD)
@@ -87,6 +108,15 @@ class RedisStorage:
         using these facts (and their recovery) reads the same ones."""
         return RedisDecisionLog(self._url, prefix=self._prefix, timeout=self._timeout)
 
+    def holds_decision_log(self, log: object) -> bool:
+        """True when ``log`` keeps its records on this Redis under this storage's prefix."""
+        inner = getattr(log, "sync", log)  # an async log wraps the synchronous one
+        return (
+            isinstance(inner, RedisDecisionLog)
+            and inner.prefix == self._prefix
+            and server_of(inner.url) == server_of(self._url)
+        )
+
     def decision_log_for(self, url: str) -> str | None:
         """The log URL to recover this store with, when this Redis holds decisions of its
         own and ``url`` names another log; ``None`` when ``url`` will do."""
@@ -101,33 +131,65 @@ class RedisStorage:
     # -- the participant contract -------------------------------------------------------
 
     def prepare(self, txid: str, writes: Sequence[Write]) -> Vote:
-        facts = fact_writes(self._name, writes)
-        meta = transaction_meta(writes)
-        stage: dict[str, Any] = {
-            "writes": [_staged(w) for w in facts],
-            "meta": {
-                "session_id": meta.session_id or "",
-                "kind": meta.kind,
-                "undoes": list(meta.undoes),
-                "actor": meta.actor or "",
-                "reason": meta.reason or "",
-            },
-        }
-        args: list[Any] = [self._prefix, txid, json.dumps(stage), len(facts)]
-        for write in facts:
-            claim = write.claim if isinstance(write, UpsertFact) and write.claim else ""
-            # A re-creation's version, checked against history (0: nothing to check).
-            recreated = (
-                write.fact.version
-                if isinstance(write, UpsertFact) and write.expected_version == 0
-                else 0
-            )
-            args += [write.fact_id, write.expected_version, claim, recreated]
+        facts, stage, checks = _arguments(self._name, writes)
         self._check_durability()
-        reply = self._run("prepare", txid, self._prepare_script, args)
+        reply = self._run(
+            "prepare", txid, self._prepare_script, [self._prefix, txid, stage, *checks]
+        )
+        self._vote(txid, facts, reply)
+        return Vote.YES
+
+    def commit_one_phase(self, txid: str, writes: Sequence[Write]) -> None:
+        """Check and apply ``writes`` in one script: all of them, or none and a refusal."""
+        self._commit_at_once(txid, writes, None)
+
+    def commit_with_decision(
+        self, txid: str, writes: Sequence[Write], participants: Sequence[str]
+    ) -> None:
+        """The last-resource commit: these writes and the COMMIT decision (naming
+        ``participants``) in this storage's own decision log, one script. It refuses,
+        writing nothing, when recovery recorded an ABORT for the txid first."""
+        self._commit_at_once(txid, writes, participants)
+
+    def _commit_at_once(
+        self, txid: str, writes: Sequence[Write], decision_for: Sequence[str] | None
+    ) -> None:
+        facts, stage, checks = _arguments(self._name, writes)
+        now = time.time()
+        decision = "" if decision_for is None else decision_json("commit", decision_for, now)
+        keys = (
+            [] if decision_for is None else [records_key(self._prefix), unended_key(self._prefix)]
+        )
+        self._check_durability()
+        try:
+            reply = self._one_phase_script(
+                keys=keys, args=[self._prefix, txid, stage, checks[0], now, decision, *checks[1:]]
+            )
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            # Sent or not, run or not: the reply is lost. With the decision, recovery
+            # reads it back; without, the caller must look.
+            raise TransactionInDoubt(
+                f"the connection to Redis failed during a one-phase commit: {exc}",
+                txid=txid,
+                participant=self._name,
+            ) from exc
+        except RedisError as exc:  # refused by the server: nothing ran
+            raise ParticipantError(
+                f"Redis commit failed: {exc}", txid=txid, participant=self._name
+            ) from exc
+        if reply == ["DECIDED"]:
+            raise TransactionAborted(
+                "recovery aborted this transaction before its COMMIT was recorded",
+                txid=txid,
+                participant=self._name,
+            )
+        self._vote(txid, facts, reply)
+
+    def _vote(self, txid: str, facts: Sequence[UpsertFact | DeleteFact], reply: Any) -> None:
+        """Return on ``YES``; raise the refusal a prepare's checks gave."""
         match reply:
             case ["YES"]:
-                return Vote.YES
+                return
             case ["ABORTED"]:
                 raise already_aborted(self._name, txid)
             case ["LOCKED", fact_id]:
@@ -139,7 +201,9 @@ class RedisStorage:
                 raise version_conflict(self._name, txid, fact_id, expected, int(actual))
             case ["CLAIM", claim, owner]:
                 raise claim_conflict(self._name, txid, claim, owner)
-        raise ParticipantError(f"unexpected reply to prepare: {reply!r}", participant=self._name)
+        raise ParticipantError(
+            f"unexpected reply from Redis: {reply!r}", txid=txid, participant=self._name
+        )
 
     def commit(self, txid: str) -> None:
         self._run("commit", txid, self._commit_script, [self._prefix, txid, time.time()])
@@ -283,6 +347,37 @@ class RedisStorage:
             return method(*args)
         except RedisError as exc:
             raise ParticipantError(f"Redis {action} failed: {exc}", participant=self._name) from exc
+
+
+def _arguments(
+    participant: str, writes: Sequence[Write]
+) -> tuple[list[UpsertFact | DeleteFact], str, list[Any]]:
+    """The facts ``writes`` change, their stage (JSON) and the checks' arguments of the
+    prepare script: the number of facts, then four a fact (id, expected version, claim,
+    re-created version)."""
+    facts = fact_writes(participant, writes)
+    meta = transaction_meta(writes)
+    stage = {
+        "writes": [_staged(w) for w in facts],
+        "meta": {
+            "session_id": meta.session_id or "",
+            "kind": meta.kind,
+            "undoes": list(meta.undoes),
+            "actor": meta.actor or "",
+            "reason": meta.reason or "",
+        },
+    }
+    checks: list[Any] = [len(facts)]
+    for write in facts:
+        claim = write.claim if isinstance(write, UpsertFact) and write.claim else ""
+        # A re-creation's version, checked against history (0: nothing to check).
+        recreated = (
+            write.fact.version
+            if isinstance(write, UpsertFact) and write.expected_version == 0
+            else 0
+        )
+        checks += [write.fact_id, write.expected_version, claim, recreated]
+    return facts, json.dumps(stage), checks
 
 
 def _staged(write: Any) -> dict[str, Any]:
