@@ -1,6 +1,7 @@
 """The stores each benchmark system runs on, built from one ``spec`` (a JSON-able dict).
 
-``spec`` holds ``combo`` (one of :data:`COMBOS`), ``dir`` (a private directory),
+``spec`` holds ``combo`` (one of :data:`COMBOS`, or a Redis storage's: ``redis``,
+``redis + qdrant local``, Lockstep only), ``dir`` (a private directory),
 ``collection`` and, per combination, ``pg_url``, ``redis_url`` + ``prefix``,
 ``chroma_port`` (from :class:`Servers`), and ``system`` (``lockstep-deferred`` turns on
 ``Policy(deferred_finish=True)``). Lockstep's stores are opened from their URLs, as a user
@@ -40,12 +41,13 @@ def lockstep_store(spec: dict[str, Any], asynchronous: bool = False) -> Any:
 
     d = Path(spec["dir"])
     combo = spec["combo"]
-    storage_url = (
-        f"sqlite:///{d / 'facts.db'}{spec.get('storage_query', '')}"
-        if combo.startswith("sqlite")
-        else spec["pg_url"]
-    )
-    mirror_urls = [f"{spec['redis_url']}?prefix={spec['prefix']}"] if "redis" in combo else []
+    if combo.startswith("sqlite"):
+        storage_url = f"sqlite:///{d / 'facts.db'}{spec.get('storage_query', '')}"
+    elif combo.startswith("redis"):
+        storage_url = redis_storage_url(spec)
+    else:
+        storage_url = spec["pg_url"]
+    mirror_urls = [redis_storage_url(spec)] if "+ redis" in combo else []
     options = f"collection={spec['collection']}&text_field=content{spec.get('index_query', '')}"
     index_urls = []
     if "qdrant" in combo:
@@ -70,6 +72,12 @@ def lockstep_store(spec: dict[str, Any], asynchronous: bool = False) -> Any:
         log=log,
         policy=Policy(**policy),
     )
+
+
+def redis_storage_url(spec: dict[str, Any]) -> str:
+    """The URL of the spec's Redis storage (or mirror), which is also that of the decision
+    log it keeps beside its facts."""
+    return f"{spec['redis_url']}?prefix={spec['prefix']}"
 
 
 def _chroma_client(spec: dict[str, Any]) -> Any:

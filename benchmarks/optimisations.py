@@ -1,9 +1,9 @@
 """Each optimisation of the protocol on and off, through the memory API, on real stores.
 
-One-phase commit (a storage alone), group commit of the SQLite storage (concurrent
-one-phase and last-resource commits in one local transaction), the last-resource commit
-(the storage holding the decision log: the default for SQLite and Postgres, compared here
-on Postgres with the log passed explicitly), the last resource staged while the others
+One-phase commit (a storage alone: SQLite, Redis), group commit of the SQLite storage
+(concurrent one-phase and last-resource commits in one local transaction), the
+last-resource commit (the storage holding the decision log: the default for SQLite,
+Postgres and Redis, compared here on Postgres and Redis with the log passed explicitly), the last resource staged while the others
 prepare (Postgres), concurrent prepares, write combining (group
 commit of a Chroma index's prepares: concurrent transactions stage their points in one
 upsert), and deferred finishing of the indexes. Group commit of a separate decision log,
@@ -14,7 +14,8 @@ configurations of a combination take turns of ``--slice`` writes a writer, the f
 turn rotating. Each optimisation is compared with the default configuration of the same
 stores in the same run.
 
-    python -m benchmarks.optimisations [--ops 200] [--rounds 2] [--slice 25] [--json out.json]
+    python -m benchmarks.optimisations [--ops 200] [--rounds 2] [--slice 25] [--combos a,b]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -27,19 +28,32 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import commit_cost
-from benchmarks._common import accumulate, children, machine, percentile_ms, positive, take_turns
-from benchmarks._stores import Servers
+from benchmarks._common import (
+    accumulate,
+    children,
+    machine,
+    percentile_ms,
+    pick,
+    positive,
+    take_turns,
+)
+from benchmarks._stores import Servers, redis_storage_url
 
 # optimisation -> (the combinations it acts on, the configuration that flips it, its
 # state in that configuration)
 TOGGLES: dict[str, tuple[list[str], dict[str, Any], str]] = {
-    "one-phase commit": (["sqlite"], {"policy": {"one_phase": False}}, "off"),
+    "one-phase commit": (["sqlite", "redis"], {"policy": {"one_phase": False}}, "off"),
     "group commit": (
         ["sqlite", "sqlite + qdrant local"],
         {"storage_query": "?group_commit=0"},
         "off",
     ),
-    "last resource": (["postgres + redis + chroma server"], {"log": "{pg_url}"}, "off"),
+    # The log given explicitly: the storage's own, which it then no longer commits with.
+    "last resource": (
+        ["redis + qdrant local", "postgres + redis + chroma server"],
+        {"log": "{storage}"},
+        "off",
+    ),
     "staged last resource": (
         ["postgres + qdrant local", "postgres + redis + chroma server"],
         {"policy": {"stage_last_resource": False}},
@@ -66,6 +80,8 @@ TOGGLES: dict[str, tuple[list[str], dict[str, Any], str]] = {
 COMBOS = [
     "sqlite",
     "sqlite + qdrant local",
+    "redis",
+    "redis + qdrant local",
     "postgres + qdrant local",
     "postgres + redis + chroma server",
 ]
@@ -91,21 +107,24 @@ def main() -> int:
         default=25,
         help="writes each writer makes in a configuration's turn before the next one's",
     )
+    parser.add_argument("--combos", default=",".join(COMBOS))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    combos = pick(parser, "--combos", args.combos, COMBOS)
     merged: dict[tuple[str, str, str], dict[str, Any]] = {}
     failures: dict[tuple[str, str, str], str] = {}
     with tempfile.TemporaryDirectory(prefix="lockstep-optimisations-") as tmp:
         servers = Servers(Path(tmp))
         try:
             for round_ in range(args.rounds):
-                for combo in COMBOS:
+                for combo in combos:
                     for mode in MODES:
                         specs = {}
                         for name, changes in _configs(combo):
                             spec = {**servers.spec_for(combo), **changes}
                             if "log" in spec:  # the decision log in the storage's database
-                                spec["log"] = spec["log"].format(pg_url=spec["pg_url"])
+                                own = spec.get("pg_url") or redis_storage_url(spec)
+                                spec["log"] = spec["log"].format(storage=own)
                             specs[name] = {
                                 **spec,
                                 "combo": combo,
