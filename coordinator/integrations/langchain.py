@@ -24,6 +24,7 @@ except ImportError as missing:  # pragma: no cover - depends on the installation
     ) from missing
 
 from coordinator.errors import UsageError
+from coordinator.integrations import check_store
 from coordinator.memory._model import Fact, as_dict, check_text, check_user_type
 
 if TYPE_CHECKING:
@@ -62,6 +63,9 @@ class LockstepVectorStore(VectorStore):
     """
 
     def __init__(self, store: MemoryStore, *, type: str = "document") -> None:
+        from coordinator.memory import MemoryStore
+
+        check_store("LockstepVectorStore", store, MemoryStore)
         check_user_type("type", type)
         if not store.indexes:
             raise UsageError("a vector store needs a memory store with at least one index")

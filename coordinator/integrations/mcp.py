@@ -30,6 +30,7 @@ except ImportError as missing:  # pragma: no cover - depends on the installation
 
 from coordinator.abc import is_own_type
 from coordinator.errors import LockstepError, UsageError
+from coordinator.integrations import check_store
 from coordinator.memory._model import Fact, check_user_type
 
 if TYPE_CHECKING:
@@ -68,6 +69,9 @@ def memory_server(
 ) -> MCPServer:
     """An MCP server whose tools read and change ``store``; ``actor`` is recorded in the
     history of every change they make. The store stays the caller's to close."""
+    from coordinator.memory import AsyncMemoryStore
+
+    check_store("memory_server", store, AsyncMemoryStore)
     server = MCPServer(name, instructions=INSTRUCTIONS)
 
     @server.tool(annotations=_WRITE)

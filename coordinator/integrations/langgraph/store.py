@@ -35,6 +35,7 @@ from langgraph.store.base.embed import get_text_at_path, tokenize_path
 from coordinator.abc import OWN_TYPE_PREFIX
 from coordinator.errors import UsageError, VersionConflict
 from coordinator.filters import filterable
+from coordinator.integrations import check_store
 from coordinator.memory._model import Fact, check_user_type
 from coordinator.memory._sync.store import MOST_CANDIDATES
 
@@ -67,6 +68,9 @@ class LockstepStore(BaseStore):
     def __init__(
         self, store: MemoryStore, *, type: str = "memory", fields: Sequence[str] = ("$",)
     ) -> None:
+        from coordinator.memory import MemoryStore
+
+        check_store("LockstepStore", store, MemoryStore)
         check_user_type("type", type)
         self.store = store
         self.type = type

@@ -37,6 +37,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from coordinator.abc import OWN_TYPE_PREFIX
 from coordinator.errors import UsageError, VersionConflict
+from coordinator.integrations import check_store
 from coordinator.memory._model import Fact
 
 if TYPE_CHECKING:
@@ -81,6 +82,9 @@ class AsyncLockstepSaver(BaseCheckpointSaver[str]):
     """
 
     def __init__(self, store: AsyncMemoryStore, *, serde: SerializerProtocol | None = None):
+        from coordinator.memory._async.store import AsyncMemoryStore
+
+        check_store(type(self).__name__, store, AsyncMemoryStore)
         super().__init__(serde=serde)
         self.store = store
 

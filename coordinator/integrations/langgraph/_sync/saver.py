@@ -39,6 +39,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from coordinator.abc import OWN_TYPE_PREFIX
 from coordinator.errors import UsageError, VersionConflict
+from coordinator.integrations import check_store
 from coordinator.memory._model import Fact
 
 if TYPE_CHECKING:
@@ -83,6 +84,9 @@ class LockstepSaver(BaseCheckpointSaver[str]):
     """
 
     def __init__(self, store: MemoryStore, *, serde: SerializerProtocol | None = None):
+        from coordinator.memory._sync.store import MemoryStore
+
+        check_store(type(self).__name__, store, MemoryStore)
         super().__init__(serde=serde)
         self.store = store
 
