@@ -9,7 +9,8 @@ savers for a graph's threads, and ``LockstepStore`` for its long-term memory.
     mem = MemoryStore.open("agent-memory/")
     graph = builder.compile(checkpointer=LockstepSaver(mem), store=LockstepStore(mem))
 
-``AsyncLockstepSaver`` takes an ``AsyncMemoryStore``, for ``ainvoke``/``astream``.
+``AsyncLockstepSaver`` and ``AsyncLockstepStore`` take an ``AsyncMemoryStore``, for
+``ainvoke``/``astream``.
 """
 
 try:
@@ -29,7 +30,7 @@ from coordinator.integrations.langgraph._async.saver import (
     AsyncLockstepSaver,
 )
 from coordinator.integrations.langgraph._sync.saver import LockstepSaver
-from coordinator.integrations.langgraph.store import UNINDEXED, LockstepStore
+from coordinator.integrations.langgraph.store import UNINDEXED, AsyncLockstepStore, LockstepStore
 
 __all__ = [
     "BLOB",
@@ -40,6 +41,7 @@ __all__ = [
     "WRITES_SESSION",
     "UNINDEXED",
     "AsyncLockstepSaver",
+    "AsyncLockstepStore",
     "LockstepSaver",
     "LockstepStore",
 ]

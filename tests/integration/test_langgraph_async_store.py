@@ -1,0 +1,106 @@
+"""LangGraph's long-term memory store on an ``AsyncMemoryStore``, on real stores.
+
+The same script as the synchronous store's goes through ``AsyncLockstepStore`` (its
+synchronous methods, called from a worker thread as a synchronous tool calls them, run on
+the store's event loop) and is compared with LangGraph's ``InMemoryStore``; the async
+methods reach the same stores; writers racing on one key all land.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import chromadb
+import pytest
+from langgraph.store.base import PutOp
+from langgraph.store.memory import InMemoryStore
+
+from chaos.servers import ChromaServer, PostgresServer, RedisServer
+from coordinator import AsyncMemoryStore, UsageError
+from coordinator.embeddings import HashingEmbedder
+from coordinator.integrations.langgraph import UNINDEXED, AsyncLockstepStore
+from participants.chroma import AsyncChromaIndex
+from participants.postgres import AsyncPostgresStorage
+from participants.redis import AsyncRedisStorage
+from tests.integration.test_langgraph_store import same_script
+
+pytestmark = pytest.mark.anyio
+EMBEDDER = HashingEmbedder(16)
+
+
+@pytest.fixture(params=["embedded", "postgres + redis + chroma server"])
+async def amem(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncMemoryStore]:
+    if request.param == "embedded":
+        store = await AsyncMemoryStore.open(tmp_path / "memory", embedder=EMBEDDER)
+    else:
+        postgres: PostgresServer = request.getfixturevalue("postgres_server")
+        redis_server: RedisServer = request.getfixturevalue("redis_server")
+        chroma: ChromaServer = request.getfixturevalue("chroma_server")
+        tag = uuid.uuid4().hex[:12]
+        client = chromadb.HttpClient(host="127.0.0.1", port=chroma.port)
+        store = AsyncMemoryStore(
+            AsyncPostgresStorage(postgres.create_database(f"t_{tag}")),
+            [AsyncChromaIndex(client, f"c{tag}", "content", embedder=EMBEDDER)],
+            mirrors=[AsyncRedisStorage(redis_server.url, name="copy", prefix=f"m{tag}:")],
+        )
+    yield store
+    assert (await store.verify()).clean
+    await store.close()
+
+
+async def test_the_async_store_answers_as_langgraphs_own(amem: AsyncMemoryStore) -> None:
+    ours = AsyncLockstepStore(amem)
+    # A synchronous caller on another thread, as LangGraph runs a synchronous tool.
+    assert await asyncio.to_thread(same_script, ours) == same_script(InMemoryStore())
+    assert await ours.alist_namespaces() == [("users", "ada", "prefs"), ("users", "bob", "prefs")]
+    items = {f["payload"]["key"]: f["type"] for f in await amem.query()}
+    assert items == {"diet": "memory", "drink": UNINDEXED}
+    assert len((await amem.indexes[0].contents()).committed) == 2  # "drink": index=False
+
+
+async def test_the_async_methods_write_and_search_every_store(amem: AsyncMemoryStore) -> None:
+    store = AsyncLockstepStore(amem, fields=["text"])
+    await store.aput(("notes",), "a", {"text": "the user is allergic to peanuts"})
+    await store.aput(("notes",), "b", {"text": "the user lives in Lyon", "n": 2})
+    item = await store.aget(("notes",), "b")
+    assert item is not None and item.value == {"text": "the user lives in Lyon", "n": 2}
+    hits = await store.asearch(("notes",), query="the user is allergic to peanuts", limit=2)
+    assert [h.key for h in hits] == ["a", "b"]
+    assert [h.key for h in await store.asearch(("notes",), filter={"n": {"$gte": 2}})] == ["b"]
+    with pytest.raises(UsageError, match=r"payload\.value\.big"):
+        await store.abatch(
+            [PutOp(("notes",), "c", {"v": 1}), PutOp(("notes",), "d", {"big": 2**70})]
+        )
+    await store.adelete(("notes",), "a")
+    stored = {f["payload"]["key"]: f for f in await amem.query()}
+    assert set(stored) == {"b"}  # "a" deleted; nothing of the refused batch
+    assert set((await amem.indexes[0].contents()).committed) == {stored["b"]["id"]}
+    for mirror in amem.mirrors:
+        assert [f.payload["key"] for f in await mirror.all_facts()] == ["b"]
+
+
+async def test_a_synchronous_call_on_the_loop_thread_is_refused(tmp_path: Path) -> None:
+    amem = await AsyncMemoryStore.open(tmp_path / "memory", embedder=EMBEDDER)
+    store = AsyncLockstepStore(amem)
+    with pytest.raises(UsageError, match="await its async methods"):
+        store.put(("a",), "k", {"v": 1})  # waiting here would stop the loop it needs
+    assert await amem.query() == []
+    await amem.close()
+
+
+async def test_writers_racing_on_one_key_each_land_and_the_last_one_stays(tmp_path: Path) -> None:
+    amem = await AsyncMemoryStore.open(tmp_path / "memory", embedder=EMBEDDER)
+    stores = [AsyncLockstepStore(amem), AsyncLockstepStore(amem)]
+
+    async def writer(n: int) -> None:
+        for i in range(10):
+            await stores[n % 2].aput(("race",), "same", {"writer": n, "i": i})
+
+    await asyncio.gather(*(writer(n) for n in range(4)))
+    [fact] = await amem.query(typename="memory")
+    assert fact["version"] == 40  # every put landed, one after another
+    assert (await amem.indexes[0].contents()).committed == {fact["id"]: 40}
+    await amem.close()
