@@ -10,7 +10,12 @@ import pytest
 
 from coordinator import AsyncMemoryStore, MemoryStore, UsageError
 from coordinator.integrations.langchain import LockstepVectorStore
-from coordinator.integrations.langgraph import AsyncLockstepSaver, LockstepSaver, LockstepStore
+from coordinator.integrations.langgraph import (
+    AsyncLockstepSaver,
+    AsyncLockstepStore,
+    LockstepSaver,
+    LockstepStore,
+)
 from coordinator.integrations.mcp import memory_server
 from participants.memory import AsyncInMemoryStorage, InMemoryStorage
 
@@ -21,6 +26,7 @@ CASES: dict[str, tuple[Callable[[object], object], str]] = {
     "LockstepSaver": (LockstepSaver, SYNC),  # type: ignore[dict-item]
     "AsyncLockstepSaver": (AsyncLockstepSaver, ASYNC),  # type: ignore[dict-item]
     "LockstepStore": (LockstepStore, SYNC),  # type: ignore[dict-item]
+    "AsyncLockstepStore": (AsyncLockstepStore, ASYNC),  # type: ignore[dict-item]
     "LockstepVectorStore": (LockstepVectorStore, SYNC),  # type: ignore[dict-item]
     "memory_server": (memory_server, ASYNC),  # type: ignore[dict-item]
 }

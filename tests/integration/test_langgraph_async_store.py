@@ -12,20 +12,22 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import chromadb
 import pytest
-from langgraph.store.base import PutOp
+from langgraph.graph import END, START, StateGraph
+from langgraph.store.base import BaseStore, PutOp
 from langgraph.store.memory import InMemoryStore
 
 from chaos.servers import ChromaServer, PostgresServer, RedisServer
 from coordinator import AsyncMemoryStore, UsageError
 from coordinator.embeddings import HashingEmbedder
-from coordinator.integrations.langgraph import UNINDEXED, AsyncLockstepStore
+from coordinator.integrations.langgraph import UNINDEXED, AsyncLockstepSaver, AsyncLockstepStore
 from participants.chroma import AsyncChromaIndex
 from participants.postgres import AsyncPostgresStorage
 from participants.redis import AsyncRedisStorage
-from tests.integration.test_langgraph_store import same_script
+from tests.integration.test_langgraph_store import Turn, same_script
 
 pytestmark = pytest.mark.anyio
 EMBEDDER = HashingEmbedder(16)
@@ -103,4 +105,45 @@ async def test_writers_racing_on_one_key_each_land_and_the_last_one_stays(tmp_pa
     [fact] = await amem.query(typename="memory")
     assert fact["version"] == 40  # every put landed, one after another
     assert (await amem.indexes[0].contents()).committed == {fact["id"]: 40}
+    await amem.close()
+
+
+async def test_an_async_graph_remembers_with_async_nodes_and_a_synchronous_tool(
+    tmp_path: Path,
+) -> None:
+    """``ainvoke`` with the async saver and store: an async node awaits the store, a
+    synchronous one (run by LangGraph in a worker thread) calls it as it is."""
+
+    async def remember(state: Turn, *, store: BaseStore) -> dict[str, Any]:
+        await store.aput(("memories", state["user"]), str(uuid.uuid4()), {"text": state["said"]})
+        return {}
+
+    def recall(state: Turn, *, store: BaseStore) -> dict[str, Any]:
+        known = store.search(("memories", state["user"]), query=state["said"], limit=10)
+        return {"said": f"I know {len(known)} things about you"}
+
+    builder = StateGraph(Turn)
+    builder.add_node("remember", remember)
+    builder.add_node("recall", recall)
+    builder.add_edge(START, "remember")
+    builder.add_edge("remember", "recall")
+    builder.add_edge("recall", END)
+    amem = await AsyncMemoryStore.open(tmp_path / "memory", embedder=EMBEDDER)
+    graph = builder.compile(
+        checkpointer=AsyncLockstepSaver(amem), store=AsyncLockstepStore(amem, fields=["text"])
+    )
+    first = await graph.ainvoke(
+        {"user": "ada", "said": "I like tea"}, {"configurable": {"thread_id": "1"}}
+    )
+    second = await graph.ainvoke(
+        {"user": "ada", "said": "I live in Lyon"}, {"configurable": {"thread_id": "2"}}
+    )
+    assert (first["said"], second["said"]) == (
+        "I know 1 things about you",
+        "I know 2 things about you",  # the other thread's memory, from the store
+    )
+    memories = await amem.query(typename="memory")
+    assert sorted(f["payload"]["content"] for f in memories) == ["I like tea", "I live in Lyon"]
+    assert set((await amem.indexes[0].contents()).committed) == {f["id"] for f in memories}
+    assert (await amem.verify()).clean
     await amem.close()
