@@ -172,7 +172,9 @@ class AsyncRedisStorage:
                 txid=txid,
                 participant=self._name,
             ) from exc
-        except RedisError as exc:  # refused by the server: nothing ran
+        except RedisError as exc:
+            # An answer, and an error: refused before it ran (out of memory, a read-only
+            # replica...), so nothing is written and no decision either.
             raise ParticipantError(
                 f"Redis commit failed: {exc}", txid=txid, participant=self._name
             ) from exc
