@@ -10,6 +10,7 @@ the storage and the mirror alike.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import operator
 import uuid
@@ -71,11 +72,19 @@ EVERY_CAPABILITY_BUT_PRUNE = {
 
 
 class SyncShim(BaseCheckpointSaver[str]):
-    """The conformance suite calls the async methods: these call the sync saver's."""
+    """The conformance suite calls the async methods: these call the saver's synchronous
+    ones, on this thread or (``threaded``, as a caller outside the event loop would) on a
+    worker thread."""
 
-    def __init__(self, saver: LockstepSaver) -> None:
+    def __init__(self, saver: BaseCheckpointSaver[str], *, threaded: bool = False) -> None:
         super().__init__(serde=saver.serde)
         self.saver = saver
+        self.threaded = threaded
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.threaded:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        return fn(*args, **kwargs)
 
     async def aput(
         self,
@@ -84,7 +93,10 @@ class SyncShim(BaseCheckpointSaver[str]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        return self.saver.put(config, checkpoint, metadata, new_versions)
+        put: RunnableConfig = await self._call(
+            self.saver.put, config, checkpoint, metadata, new_versions
+        )
+        return put
 
     async def aput_writes(
         self,
@@ -93,10 +105,11 @@ class SyncShim(BaseCheckpointSaver[str]):
         task_id: str,
         task_path: str = "",
     ) -> None:
-        self.saver.put_writes(config, writes, task_id, task_path)
+        await self._call(self.saver.put_writes, config, writes, task_id, task_path)
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        return self.saver.get_tuple(config)
+        found: CheckpointTuple | None = await self._call(self.saver.get_tuple, config)
+        return found
 
     async def alist(
         self,
@@ -106,17 +119,20 @@ class SyncShim(BaseCheckpointSaver[str]):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
-        for found in self.saver.list(config, filter=filter, before=before, limit=limit):
+        def every() -> list[CheckpointTuple]:
+            return list(self.saver.list(config, filter=filter, before=before, limit=limit))
+
+        for found in await self._call(every):
             yield found
 
     async def adelete_thread(self, thread_id: str) -> None:
-        self.saver.delete_thread(thread_id)
+        await self._call(self.saver.delete_thread, thread_id)
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
-        self.saver.delete_for_runs(run_ids)
+        await self._call(self.saver.delete_for_runs, run_ids)
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
-        self.saver.copy_thread(source_thread_id, target_thread_id)
+        await self._call(self.saver.copy_thread, source_thread_id, target_thread_id)
 
 
 def assert_conformant(report: Any) -> None:
@@ -188,6 +204,49 @@ async def test_the_sync_saver_passes_langgraph_conformance(tmp_path: Path) -> No
         store.close()
 
     assert_conformant(await validate(fresh))
+
+
+@pytest.mark.anyio
+async def test_the_async_savers_synchronous_methods_pass_langgraph_conformance(
+    tmp_path: Path,
+) -> None:
+    """Called from worker threads, as code outside the event loop calls them, the async
+    saver's synchronous methods run on its loop and answer as its async ones."""
+
+    @checkpointer_test(name="lockstep async, called synchronously")
+    async def fresh() -> AsyncIterator[SyncShim]:
+        store = await AsyncMemoryStore.open(tmp_path / uuid.uuid4().hex, embedder=EMBEDDER)
+        yield SyncShim(AsyncLockstepSaver(store), threaded=True)
+        assert (await store.verify()).clean
+        await store.close()
+
+    assert_conformant(await validate(fresh))
+
+
+@pytest.mark.anyio
+async def test_the_async_saver_serves_a_synchronous_graph_from_another_thread(
+    tmp_path: Path,
+) -> None:
+    config: RunnableConfig = {"configurable": {"thread_id": "chat-1"}}
+    store = await AsyncMemoryStore.open(tmp_path / "memory", embedder=EMBEDDER)
+    saver = AsyncLockstepSaver(store)
+    graph = chat_graph(saver)
+    hello = {"messages": [HumanMessage(content="hello")]}
+    await asyncio.to_thread(graph.invoke, hello, config)  # a synchronous caller
+    await graph.ainvoke(hello, config)  # the same thread, on the loop
+    state = await asyncio.to_thread(graph.get_state, config)
+    assert state.values["turns"] == 2
+    assert state.values == (await graph.aget_state(config)).values
+    history = await asyncio.to_thread(lambda: list(saver.list(config)))
+    assert [c.checkpoint["id"] for c in history] == [
+        c.checkpoint["id"] async for c in saver.alist(config)
+    ]
+    with pytest.raises(UsageError, match="await its async methods"):
+        saver.get_tuple(config)  # on the loop's own thread: waiting would stop it
+    await asyncio.to_thread(saver.delete_thread, "chat-1")
+    assert await saver.aget_tuple(config) is None
+    assert (await store.verify()).clean
+    await store.close()
 
 
 # -- graphs ---------------------------------------------------------------------------------

@@ -27,9 +27,8 @@ from coordinator.integrations.langgraph._async.saver import (
     THREAD_SESSION,
     WRITE,
     WRITES_SESSION,
-    AsyncLockstepSaver,
 )
-from coordinator.integrations.langgraph._sync.saver import LockstepSaver
+from coordinator.integrations.langgraph.saver import AsyncLockstepSaver, LockstepSaver
 from coordinator.integrations.langgraph.store import UNINDEXED, AsyncLockstepStore, LockstepStore
 
 __all__ = [

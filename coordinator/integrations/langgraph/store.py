@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 from langgraph.store.base import BaseStore, Op, Result
 
-from coordinator.errors import UsageError
 from coordinator.integrations import check_store
 from coordinator.integrations.langgraph._async.store import AsyncStoreCore
 from coordinator.integrations.langgraph._items import UNINDEXED
+from coordinator.integrations.langgraph._loop import EventLoopBridge
 from coordinator.integrations.langgraph._sync.store import StoreCore
 from coordinator.memory._model import check_user_type
 
@@ -80,10 +80,11 @@ class AsyncLockstepStore(BaseStore):
         check_store("AsyncLockstepStore", store, AsyncMemoryStore)
         check_user_type("type", type)
         self._core = AsyncStoreCore(store, type, fields)
-        try:
-            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            self._loop = None
+        self._bridge = EventLoopBridge(
+            "AsyncLockstepStore",
+            "await its async methods (aput, aget, asearch...) on the loop, or use "
+            "LockstepStore with a MemoryStore",
+        )
 
     @property
     def store(self) -> AsyncMemoryStore:
@@ -95,14 +96,4 @@ class AsyncLockstepStore(BaseStore):
 
     def batch(self, ops: Iterable[Op]) -> list[Result]:
         """:meth:`abatch` on the store's event loop, from another thread."""
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if self._loop is None or running is self._loop or self._loop.is_closed():
-            raise UsageError(
-                "AsyncLockstepStore's synchronous methods run on the event loop it was made "
-                "in, called from another thread: await its async methods (aput, aget, "
-                "asearch...) on the loop, or use LockstepStore with a MemoryStore"
-            )
-        return asyncio.run_coroutine_threadsafe(self.abatch(list(ops)), self._loop).result()
+        return self._bridge.wait(self.abatch(list(ops)))

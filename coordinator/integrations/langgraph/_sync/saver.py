@@ -73,15 +73,10 @@ _ATTEMPTS = 5  # a put that lost a race for a head re-reads it and writes again
 _Records: TypeAlias = list[dict[str, Any]]  # (the sync twin's class has a method named list)
 
 
-class LockstepSaver(BaseCheckpointSaver[str]):
-    """LangGraph's checkpointer on a Lockstep memory store.
-
-    ``builder.compile(checkpointer=LockstepSaver(store))`` on a ``MemoryStore`` for
-    ``invoke``/``stream``; ``AsyncLockstepSaver`` on an ``AsyncMemoryStore`` for
-    ``ainvoke``/``astream``. The store stays the caller's: the saver neither opens nor
-    closes it. ``prune`` is not offered: dropping a thread's older checkpoints safely
-    needs to know which channels are LangGraph ``DeltaChannel``s.
-    """
+class SaverCore(BaseCheckpointSaver[str]):
+    """LangGraph's checkpointer on a Lockstep memory store: what the savers in
+    ``langgraph/saver.py`` do, in the methods of their own kind (the async ones here, the
+    synchronous ones in the generated twin)."""
 
     def __init__(self, store: MemoryStore, *, serde: SerializerProtocol | None = None):
         from coordinator.memory._sync.store import MemoryStore
