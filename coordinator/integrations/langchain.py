@@ -25,7 +25,7 @@ except ImportError as missing:  # pragma: no cover - depends on the installation
 
 from coordinator.errors import UsageError
 from coordinator.integrations import check_store
-from coordinator.memory._model import Fact, as_dict, check_text, check_user_type
+from coordinator.memory._model import Fact, check_user_type
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -158,16 +158,8 @@ class LockstepVectorStore(VectorStore):
 
     def _facts(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """This store's documents among ``ids``, by id, in the order given (one read)."""
-        unique = list(dict.fromkeys(ids))
-        for fact_id in unique:
-            check_text("id", fact_id, required=True)
-        self.store.check_open()
-        records = self.store.storage.get_many(unique)
-        return {
-            fact_id: as_dict(records[fact_id])
-            for fact_id in unique
-            if fact_id in records and records[fact_id].type == self.type
-        }
+        found = self.store.get_many(ids)
+        return {fact_id: f for fact_id, f in found.items() if f["type"] == self.type}
 
     @classmethod
     def from_texts(

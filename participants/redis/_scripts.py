@@ -12,12 +12,11 @@ release's commit script still running somewhere) are read from the log by ``UNDO
 before it answers.
 """
 
-# The checks of a prepare and, when they all pass, its stage: ``{'YES'}``, or the first
-# refusal. The facts' fields (id, expected version, claim, re-created version) are ARGV
-# from ``base`` on, four a fact.
-_PREPARE_FN = """
-local function prepare(p, txid, stage, n, base)
-  if redis.call('SISMEMBER', p .. 'prepared', txid) == 1 then return {'YES'} end
+# The checks a prepare (or a one-phase commit) makes before it writes anything: nil when
+# all pass, else the first refusal. The facts' fields (id, expected version, claim,
+# re-created version) are ARGV from ``base`` on, four a fact.
+_CHECK_FN = """
+local function check(p, txid, n, base)
   if redis.call('ZSCORE', p .. 'aborted', txid) then return {'ABORTED'} end
   for i = 0, n - 1 do
     local id, expected, claim = ARGV[base + 4*i], tonumber(ARGV[base + 1 + 4*i]), ARGV[base + 2 + 4*i]
@@ -36,20 +35,24 @@ local function prepare(p, txid, stage, n, base)
       if locker and locker ~= txid then return {'CLAIM', claim, 'staged by another transaction'} end
     end
   end
-  for i = 0, n - 1 do
-    redis.call('SET', p .. 'lock:' .. ARGV[base + 4*i], txid)
-    if ARGV[base + 2 + 4*i] ~= '' then redis.call('SET', p .. 'claimlock:' .. ARGV[base + 2 + 4*i], txid) end
-  end
-  redis.call('SET', p .. 'stage:' .. txid, stage)
-  redis.call('SADD', p .. 'prepared', txid)
-  return {'YES'}
+  return nil
 end
 """
 
 PREPARE = (
-    _PREPARE_FN
+    _CHECK_FN
     + """
-return prepare(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), 5)
+local p, txid, stage, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+if redis.call('SISMEMBER', p .. 'prepared', txid) == 1 then return {'YES'} end
+local refused = check(p, txid, n, 5)
+if refused then return refused end
+for i = 0, n - 1 do
+  redis.call('SET', p .. 'lock:' .. ARGV[5 + 4*i], txid)
+  if ARGV[7 + 4*i] ~= '' then redis.call('SET', p .. 'claimlock:' .. ARGV[7 + 4*i], txid) end
+end
+redis.call('SET', p .. 'stage:' .. txid, stage)
+redis.call('SADD', p .. 'prepared', txid)
+return {'YES'}
 """
 )
 
@@ -120,12 +123,10 @@ local function forget_undoable(p, txid)
 end
 """
 
-# Applies a prepared stage and deletes it: 1, or 0 when there is none (committed already).
-_COMMIT_FN = """
-local function commit(p, txid, now)
-  local raw = redis.call('GET', p .. 'stage:' .. txid)
-  if not raw then return 0 end
-  local stage = cjson.decode(raw)
+# Applies a stage (the writes and the transaction's meta, decoded): the facts, their
+# history, the transaction log; and releases the locks a prepare of this txid took.
+_APPLY_FN = """
+local function apply(p, txid, now, stage)
   local written = {}
   for _, w in ipairs(stage.writes) do
     local id = w.id
@@ -182,32 +183,36 @@ local function commit(p, txid, now)
     'kind', meta.kind, 'undoes', cjson.encode(meta.undoes), 'committed_at', now,
     'actor', meta.actor, 'reason', meta.reason, 'written', table.concat(written, '\\30'))
   redis.call('ZADD', p .. 'txlog', seq, txid)
-  redis.call('DEL', p .. 'stage:' .. txid)
-  redis.call('SREM', p .. 'prepared', txid)
-  return 1
 end
 """
 
+# Applies a prepared stage and deletes it: 1, or 0 when there is none (committed already).
 COMMIT = (
     UNDO_SETS
-    + _COMMIT_FN
+    + _APPLY_FN
     + """
-return commit(ARGV[1], ARGV[2], ARGV[3])
+local p, txid, now = ARGV[1], ARGV[2], ARGV[3]
+local raw = redis.call('GET', p .. 'stage:' .. txid)
+if not raw then return 0 end
+apply(p, txid, now, cjson.decode(raw))
+redis.call('DEL', p .. 'stage:' .. txid)
+redis.call('SREM', p .. 'prepared', txid)
+return 1
 """
 )
 
-# A one-phase commit: prepare and commit as one atomic step, so a refusal leaves nothing
-# and success leaves nothing staged. ARGV: prefix, txid, stage, facts, now, the COMMIT
-# decision (JSON, or '' for none), then the facts' fields as PREPARE's. With a decision
+# A one-phase commit: a prepare's checks, then the writes applied, as one atomic step (no
+# stage, no locks: nothing runs between them). ARGV: prefix, txid, now, the COMMIT
+# decision (JSON, or '' for none), then as PREPARE's from its stage on. With a decision
 # (the last resource: the storage's own decision log, its records hash and unended set as
 # KEYS), an ABORT already recorded there (recovery fenced the txid) refuses, a COMMIT means
 # this very commit ran already, and otherwise the decision is recorded with the writes.
 ONE_PHASE = (
     UNDO_SETS
-    + _PREPARE_FN
-    + _COMMIT_FN
+    + _CHECK_FN
+    + _APPLY_FN
     + """
-local p, txid, now, decision = ARGV[1], ARGV[2], ARGV[5], ARGV[6]
+local p, txid, now, decision = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if decision ~= '' then
   local existing = redis.call('HGET', KEYS[1], txid)
   if existing then
@@ -215,9 +220,9 @@ if decision ~= '' then
     return {'DECIDED'}
   end
 end
-local reply = prepare(p, txid, ARGV[3], tonumber(ARGV[4]), 7)
-if reply[1] ~= 'YES' then return reply end
-commit(p, txid, now)
+local refused = check(p, txid, tonumber(ARGV[6]), 7)
+if refused then return refused end
+apply(p, txid, now, cjson.decode(ARGV[5]))
 if decision ~= '' then
   redis.call('HSET', KEYS[1], txid, decision)
   redis.call('ZADD', KEYS[2], now, txid)

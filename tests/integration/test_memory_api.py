@@ -88,6 +88,18 @@ def test_a_commit_lands_in_the_storage_and_the_index(mem: MemoryStore) -> None:
     assert mem.verify().clean
 
 
+def test_get_many_reads_the_facts_that_exist_once_each(mem: MemoryStore) -> None:
+    first = mem.commit(Fact(type="note", payload={"content": "one"}))
+    second = mem.commit(Fact(type="note", payload={"content": "two"}))
+    mem.update(second, {"payload": {"content": "two, again"}})
+    found = mem.get_many([second, "missing", first, second])
+    assert list(found) == [second, first]  # in the order asked, each once
+    assert found == {second: mem.get(second), first: mem.get(first)}
+    assert found[second]["version"] == 2
+    with pytest.raises(UsageError, match="get_many"):
+        mem.get_many([first, ""])
+
+
 def test_search_returns_only_committed_current_versions(mem: MemoryStore) -> None:
     fid = mem.commit_model(UserPref(content="likes green tea", role="drink"))
     mem.update(fid, {"payload": {"content": "likes black coffee"}})

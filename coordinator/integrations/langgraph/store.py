@@ -20,7 +20,6 @@ from coordinator.integrations.langgraph._async.store import AsyncStoreCore
 from coordinator.integrations.langgraph._items import UNINDEXED
 from coordinator.integrations.langgraph._loop import EventLoopBridge
 from coordinator.integrations.langgraph._sync.store import StoreCore
-from coordinator.memory._model import check_user_type
 
 if TYPE_CHECKING:
     from coordinator.memory import AsyncMemoryStore, MemoryStore
@@ -49,7 +48,6 @@ class LockstepStore(BaseStore):
         from coordinator.memory import MemoryStore
 
         check_store("LockstepStore", store, MemoryStore)
-        check_user_type("type", type)
         self._core = StoreCore(store, type, fields)
 
     @property
@@ -78,7 +76,6 @@ class AsyncLockstepStore(BaseStore):
         from coordinator.memory import AsyncMemoryStore
 
         check_store("AsyncLockstepStore", store, AsyncMemoryStore)
-        check_user_type("type", type)
         self._core = AsyncStoreCore(store, type, fields)
         self._bridge = EventLoopBridge(
             "AsyncLockstepStore",

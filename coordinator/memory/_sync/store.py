@@ -452,6 +452,15 @@ class MemoryStore:
         fact = self.storage.get(fact_id)
         return None if fact is None else as_dict(fact)
 
+    def get_many(self, fact_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The committed state of those of ``fact_ids`` that exist, by id (one read)."""
+        ids = list(dict.fromkeys(fact_ids))
+        for fact_id in ids:
+            check_text("get_many(): fact_id", fact_id, required=True)
+        self.check_open()
+        found = self.storage.get_many(ids)
+        return {fact_id: as_dict(found[fact_id]) for fact_id in ids if fact_id in found}
+
     def query(
         self,
         typename: str | None = None,

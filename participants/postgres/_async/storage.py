@@ -509,9 +509,7 @@ class AsyncPostgresStorage:
             ),
         ]
         if decision_for is not None:
-            ending.append(
-                (sql.INSERT_COMMIT_DECISION, (txid, Jsonb(list(decision_for)), time.time()))
-            )
+            ending.append((sql.INSERT_COMMIT_DECISION, (txid, Jsonb(list(decision_for)), now)))
         if statements:  # the caller's SQL reports its own failures, after the facts'
             await self._send_writes(conn, txid, rows, writes)
             await self._run_your_sql(conn, txid, statements)

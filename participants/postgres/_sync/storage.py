@@ -507,9 +507,7 @@ class PostgresStorage:
             ),
         ]
         if decision_for is not None:
-            ending.append(
-                (sql.INSERT_COMMIT_DECISION, (txid, Jsonb(list(decision_for)), time.time()))
-            )
+            ending.append((sql.INSERT_COMMIT_DECISION, (txid, Jsonb(list(decision_for)), now)))
         if statements:  # the caller's SQL reports its own failures, after the facts'
             self._send_writes(conn, txid, rows, writes)
             self._run_your_sql(conn, txid, statements)

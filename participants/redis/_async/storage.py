@@ -130,10 +130,10 @@ class AsyncRedisStorage:
     # -- the participant contract -------------------------------------------------------
 
     async def prepare(self, txid: str, writes: Sequence[Write]) -> Vote:
-        facts, stage, checks = _arguments(self._name, writes)
+        facts, checks = _arguments(self._name, writes)
         await self._check_durability()
         reply = await self._run(
-            "prepare", txid, self._prepare_script, [self._prefix, txid, stage, *checks]
+            "prepare", txid, self._prepare_script, [self._prefix, txid, *checks]
         )
         self._vote(txid, facts, reply)
         return Vote.YES
@@ -153,7 +153,7 @@ class AsyncRedisStorage:
     async def _commit_at_once(
         self, txid: str, writes: Sequence[Write], decision_for: Sequence[str] | None
     ) -> None:
-        facts, stage, checks = _arguments(self._name, writes)
+        facts, checks = _arguments(self._name, writes)
         now = time.time()
         decision = "" if decision_for is None else decision_json("commit", decision_for, now)
         keys = (
@@ -162,7 +162,7 @@ class AsyncRedisStorage:
         await self._check_durability()
         try:
             reply = await self._one_phase_script(
-                keys=keys, args=[self._prefix, txid, stage, checks[0], now, decision, *checks[1:]]
+                keys=keys, args=[self._prefix, txid, now, decision, *checks]
             )
         except (RedisConnectionError, RedisTimeoutError) as exc:
             # Sent or not, run or not: the reply is lost. With the decision, recovery
@@ -356,9 +356,9 @@ class AsyncRedisStorage:
 
 def _arguments(
     participant: str, writes: Sequence[Write]
-) -> tuple[list[UpsertFact | DeleteFact], str, list[Any]]:
-    """The facts ``writes`` change, their stage (JSON) and the checks' arguments of the
-    prepare script: the number of facts, then four a fact (id, expected version, claim,
+) -> tuple[list[UpsertFact | DeleteFact], list[Any]]:
+    """The facts ``writes`` change, and what the prepare script takes after the txid: the
+    stage (JSON), the number of facts, then four a fact (id, expected version, claim,
     re-created version)."""
     facts = fact_writes(participant, writes)
     meta = transaction_meta(writes)
@@ -372,7 +372,7 @@ def _arguments(
             "reason": meta.reason or "",
         },
     }
-    checks: list[Any] = [len(facts)]
+    checks: list[Any] = [json.dumps(stage), len(facts)]
     for write in facts:
         claim = write.claim if isinstance(write, UpsertFact) and write.claim else ""
         # A re-creation's version, checked against history (0: nothing to check).
@@ -382,7 +382,7 @@ def _arguments(
             else 0
         )
         checks += [write.fact_id, write.expected_version, claim, recreated]
-    return facts, json.dumps(stage), checks
+    return facts, checks
 
 
 def _staged(write: Any) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from coordinator.integrations.langgraph._items import (
     text_of,
 )
 from coordinator.memory._async.store import MOST_CANDIDATES
-from coordinator.memory._model import Fact
+from coordinator.memory._model import Fact, check_user_type
 
 if TYPE_CHECKING:
     from coordinator.memory._async.store import AsyncMemoryStore
@@ -52,6 +52,7 @@ class AsyncStoreCore:
     :data:`UNINDEXED`), the text of ``fields`` embedded."""
 
     def __init__(self, store: AsyncMemoryStore, type: str, fields: Sequence[str]) -> None:
+        check_user_type("type", type)
         self.store = store
         self.type = type
         self.fields = tuple(fields)

@@ -269,12 +269,12 @@ class SaverCore(BaseCheckpointSaver[str]):
     ) -> CheckpointTuple:
         thread_id, ns = record["thread_id"], record["checkpoint_ns"]
         blob_ids = dict(zip(_blob_ids(record), record["channel_versions"], strict=True))
-        blobs = self.store.storage.get_many(list(blob_ids))
+        blobs = self.store.get_many(list(blob_ids))
         values = {}
         for fact_id, channel in blob_ids.items():
             blob = blobs.get(fact_id)
-            if blob is not None and blob.payload["value"] is not None:
-                values[channel] = self._load(blob.payload["value"])
+            if blob is not None and blob["payload"]["value"] is not None:
+                values[channel] = self._load(blob["payload"]["value"])
         writes = self.store.query(WRITE, session_id=_session(WRITE, record))
         ordered = sorted(
             (w["payload"] for w in writes),

@@ -39,7 +39,7 @@ from coordinator.integrations.langgraph._items import (
     search_item,
     text_of,
 )
-from coordinator.memory._model import Fact
+from coordinator.memory._model import Fact, check_user_type
 from coordinator.memory._sync.store import MOST_CANDIDATES
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ class StoreCore:
     :data:`UNINDEXED`), the text of ``fields`` embedded."""
 
     def __init__(self, store: MemoryStore, type: str, fields: Sequence[str]) -> None:
+        check_user_type("type", type)
         self.store = store
         self.type = type
         self.fields = tuple(fields)
