@@ -1,12 +1,16 @@
-"""Qdrant participant: a vector index in a Qdrant collection (server, local mode, memory).
+"""Qdrant participant: a vector index in a Qdrant collection (server, local mode, memory,
+or Qdrant Edge: Qdrant's engine inside the process).
 
-Needs the ``qdrant`` extra (``qdrant-client``).
+Needs the ``qdrant`` extra (``qdrant-client``); Qdrant Edge the ``qdrant-edge`` extra
+(``qdrant-edge-py``, too).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from coordinator.abc import Embedder
-from coordinator.errors import ParticipantError
+from coordinator.errors import ConfigurationError, ParticipantError
 from participants.qdrant._async.index import AsyncQdrantIndex
 from participants.qdrant._sync.index import QdrantIndex
 
@@ -20,20 +24,49 @@ def from_url(
     asynchronous: bool = False,
     embedder: Embedder | None = None,
 ) -> QdrantIndex | AsyncQdrantIndex:
-    """``qdrant+local:///dir?collection=memories`` (local mode), ``qdrant+http://host:6333``.
+    """``qdrant+local:///dir?collection=memories`` (local mode), ``qdrant+http://host:6333``,
+    ``qdrant+edge:///dir?collection=memories`` (Qdrant Edge).
 
     Query parameters: ``collection`` (default ``memories``), ``text_field``,
     ``metadata_fields`` (comma-separated), ``types`` (comma-separated target types),
-    ``embedder`` (a spec such as ``hashing:32``, when no ``embedder`` object is passed).
+    ``embedder`` (a spec such as ``hashing:32``, when no ``embedder`` object is passed);
+    for Qdrant Edge, ``durable=0`` leaves its write-ahead log unsynced (a killed process
+    loses nothing, a power cut may lose the last writes).
     """
-    from qdrant_client import AsyncQdrantClient, QdrantClient
-
-    from coordinator.plugins import path_of, scheme_of
     from participants._vectors import url_options
 
     options = url_options(url, embedder)
+    cls = AsyncQdrantIndex if asynchronous else QdrantIndex
+    return cls(
+        _client(url, asynchronous, name),
+        options.collection,
+        options.text_field,
+        options.metadata_fields,
+        embedder=options.embedder,
+        target_types=options.target_types,
+        name=name,
+        owns_client=True,
+    )
+
+
+def _client(url: str, asynchronous: bool, name: str | None) -> Any:
+    """The client the URL names: a Qdrant client, or a Qdrant Edge one."""
+    from qdrant_client import AsyncQdrantClient, QdrantClient
+
+    from coordinator.plugins import path_of, query_flag, scheme_of
+
     scheme = scheme_of(url)
     base = url.split("?", 1)[0]
+    if scheme == "qdrant+edge":
+        try:
+            from participants.qdrant._edge import AsyncEdgeClient, EdgeClient
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"{scheme}:// needs qdrant-edge-py: pip install 'lockstep[qdrant-edge]'",
+                participant=name,
+            ) from exc
+        edge = AsyncEdgeClient if asynchronous else EdgeClient
+        return edge(path_of(base), durable=query_flag(url, "durable"))
     kwargs: dict[str, str] = {}
     if scheme == "qdrant+local":
         kwargs["path"] = path_of(base)
@@ -42,7 +75,7 @@ def from_url(
     else:
         kwargs["location"] = ":memory:"
     try:
-        client = AsyncQdrantClient(**kwargs) if asynchronous else QdrantClient(**kwargs)  # type: ignore[arg-type]
+        return AsyncQdrantClient(**kwargs) if asynchronous else QdrantClient(**kwargs)  # type: ignore[arg-type]
     except RuntimeError as exc:
         if "already accessed" not in str(exc):
             raise
@@ -54,14 +87,3 @@ def from_url(
             "(qdrant+http://) for several processes",
             participant=name,
         ) from exc
-    cls = AsyncQdrantIndex if asynchronous else QdrantIndex
-    return cls(
-        client,  # type: ignore[arg-type]
-        options.collection,
-        options.text_field,
-        options.metadata_fields,
-        embedder=options.embedder,
-        target_types=options.target_types,
-        name=name,
-        owns_client=True,
-    )

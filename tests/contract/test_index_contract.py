@@ -1,5 +1,5 @@
-"""The participant contract for vector indexes: Qdrant (local mode, memory) and Chroma
-(embedded, server). Every test reads the index's real points (``contents``, ``search``).
+"""The participant contract for vector indexes: Qdrant (local mode, memory, Edge) and
+Chroma (embedded, server). Every test reads the index's real points (``contents``, ``search``).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from participants.chroma import SYNC_THRESHOLD, AsyncChromaIndex, ChromaIndex, f
 from participants.qdrant import QdrantIndex
 from participants.qdrant import _catalog as catalog
 from participants.qdrant._catalog import points_file
+from participants.qdrant._edge import EdgeClient
 
 EMBEDDER = HashingEmbedder(16)
 Opener = Callable[[], Index]
@@ -47,6 +48,7 @@ Opener = Callable[[], Index]
         "qdrant-local",
         "qdrant-local-scan",
         "qdrant-memory",
+        "qdrant-edge",
         "chroma-embedded",
         "chroma-server",
     ]
@@ -75,6 +77,11 @@ def open_index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opene
             )
         elif kind == "qdrant-memory":
             index = QdrantIndex(memory_client, collection, "content", ["role"], embedder=EMBEDDER)  # type: ignore[arg-type]
+        elif kind == "qdrant-edge":
+            edge = EdgeClient(tmp_path / "edge")
+            index = QdrantIndex(
+                edge, collection, "content", ["role"], embedder=EMBEDDER, owns_client=True
+            )
         elif kind == "chroma-embedded":
             embedded = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
             index = ChromaIndex(embedded, collection, "content", ["role"], embedder=EMBEDDER)
@@ -308,6 +315,27 @@ def test_search_filters_on_metadata_and_session(open_index: Opener) -> None:
     assert index.search(vector, 5, {"session_id": "other"}) == []
 
 
+def test_search_filters_on_a_boolean_field(open_index: Opener) -> None:
+    """A boolean is its own value: True is not 1 (Qdrant Edge's client passes a boolean
+    match to the engine as an integer, so its index meets that condition itself)."""
+    index = open_index()
+    txid = new_txid()
+    index.prepare(
+        txid,
+        [
+            upsert(fact("a", 1, "tea", role=True)),
+            upsert(fact("b", 1, "tea", role=False)),
+            upsert(fact("c", 1, "tea", role=1)),
+        ],
+    )
+    index.commit(txid)
+    vector = EMBEDDER.embed_query("tea")
+    assert [h.fact_id for h in index.search(vector, 5, {"role": True})] == ["a"]
+    assert [h.fact_id for h in index.search(vector, 5, {"role": False, "type": "note"})] == ["b"]
+    assert [h.fact_id for h in index.search(vector, 5, {"role": 1})] == ["c"]
+    assert index.search(vector, 5, {"role": True, "session_id": "other"}) == []
+
+
 def test_a_search_of_an_empty_index_finds_nothing_with_or_without_conditions(
     open_index: Opener,
 ) -> None:
@@ -352,6 +380,13 @@ def test_a_collection_of_another_dimension_is_refused(tmp_path: Path) -> None:
         ConfigurationError, match="holds 16-dimensional vectors; the embedder makes 32"
     ):
         QdrantIndex(client, "shared", embedder=HashingEmbedder(32)).recover()
+    edge = EdgeClient(tmp_path / "edge")
+    QdrantIndex(edge, "shared", embedder=HashingEmbedder(16)).recover()
+    with pytest.raises(
+        ConfigurationError, match="holds 16-dimensional vectors; the embedder makes 32"
+    ):
+        QdrantIndex(edge, "shared", embedder=HashingEmbedder(32)).recover()
+    edge.close()
     chroma = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
     ChromaIndex(chroma, "shared", embedder=HashingEmbedder(16)).recover()
     with pytest.raises(ConfigurationError, match="holds 16-dimensional vectors"):
@@ -366,7 +401,9 @@ class NamedHashing(HashingEmbedder):
         self.name = name  # type: ignore[assignment]
 
 
-@pytest.mark.parametrize("kind", ["qdrant-local", "chroma-embedded", "chroma-server"])
+@pytest.mark.parametrize(
+    "kind", ["qdrant-local", "qdrant-edge", "chroma-embedded", "chroma-server"]
+)
 def test_a_collection_embedded_by_another_model_is_refused(
     request: pytest.FixtureRequest, tmp_path: Path, kind: str
 ) -> None:
@@ -376,6 +413,9 @@ def test_a_collection_embedded_by_another_model_is_refused(
         if kind == "qdrant-local":
             client = QdrantClient(path=str(tmp_path / "qdrant"))
             return QdrantIndex(client, collection, embedder=embedder, owns_client=True)
+        if kind == "qdrant-edge":
+            edge = EdgeClient(tmp_path / "edge")
+            return QdrantIndex(edge, collection, embedder=embedder, owns_client=True)
         if kind == "chroma-embedded":
             chroma = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
             return ChromaIndex(chroma, collection, embedder=embedder)

@@ -3,7 +3,8 @@
 """The Qdrant index participant (source of the generated sync twin).
 
 Works against a Qdrant server (``AsyncQdrantClient(url=...)``), local mode
-(``AsyncQdrantClient(path=...)``) and ``:memory:``. Staging is described in
+(``AsyncQdrantClient(path=...)``), ``:memory:`` and Qdrant Edge shards
+(``participants.qdrant._edge.AsyncEdgeClient``, which answers as a server does). Staging is described in
 ``participants/_vectors.py``; Qdrant batches are not atomic, so every step is idempotent
 and recoverable from the points alone.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy
 from qdrant_client import QdrantClient, models
@@ -42,6 +43,9 @@ from participants.qdrant._catalog import (
     write_ahead_log,
 )
 
+if TYPE_CHECKING:
+    from participants.qdrant._edge import EdgeClient
+
 _PAGE = 512
 #: A search whose conditions fewer than one point in this many meets reads those points
 #: by id and ranks them; a commoner one is found among the nearest points. Neither sends
@@ -54,8 +58,8 @@ class QdrantIndex(VectorIndexBase):
 
     Takes MemState's ``QdrantSyncHook`` arguments, plus ``embedder=``.
 
-    :param client: a Qdrant client (server, local ``path=`` or ``:memory:``); not closed
-        by this index unless ``owns_client``.
+    :param client: a Qdrant client (server, local ``path=`` or ``:memory:``), or a Qdrant
+        Edge client; not closed by this index unless ``owns_client``.
     :param collection_name: created (cosine distance) if missing; an existing one must
         have been created by Lockstep with the embedder's dimension.
     :param text_field: payload field to embed (default: ``content``, ``text``, or the
@@ -72,7 +76,7 @@ class QdrantIndex(VectorIndexBase):
 
     def __init__(
         self,
-        client: QdrantClient,
+        client: QdrantClient | EdgeClient,
         collection_name: str,
         text_field: str | None = None,
         metadata_fields: Sequence[str] | None = None,
@@ -83,7 +87,7 @@ class QdrantIndex(VectorIndexBase):
         owns_client: bool = False,
         catalog: bool = True,
     ) -> None:
-        self._client = client
+        self._client: Any = client  # a Qdrant client, or Edge's answering as one
         self._collection = collection_name
         super().__init__(
             f"qdrant:{collection_name}",
@@ -435,9 +439,9 @@ class QdrantIndex(VectorIndexBase):
         if self._guarded(self._client.collection_exists, self._collection):
             return False
         try:
-            # Local mode records the embedder in the collection's metadata (a server
-            # keeps collection metadata from Qdrant 1.16 only: not asked of it).
-            recorded = self.recorded_embedder() if _is_local(self._client) else {}
+            # Local mode and Edge record the embedder in the collection's metadata (a
+            # server keeps collection metadata from Qdrant 1.16 only: not asked of it).
+            recorded = self.recorded_embedder() if _records_metadata(self._client) else {}
             self._guarded(
                 self._client.create_collection,
                 self._collection,
@@ -564,3 +568,9 @@ def _direct(call: Any, *args: Any, **kwargs: Any) -> Any:
 
 def _is_local(client: object) -> bool:
     return type(getattr(client, "_client", None)).__name__.endswith("QdrantLocal")
+
+
+def _records_metadata(client: object) -> bool:
+    """True for a client whose collections keep Lockstep's metadata: local mode, and the
+    Qdrant Edge client (``participants.qdrant._edge``)."""
+    return _is_local(client) or getattr(client, "records_metadata", False) is True

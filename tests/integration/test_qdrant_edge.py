@@ -1,0 +1,211 @@
+"""Qdrant Edge (``qdrant+edge://``): Qdrant's engine inside the process, as a memory
+store's index, through the memory API, agent crashes, a second client and both APIs.
+The index contract runs on it too (``tests/contract/test_index_contract.py``)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from coordinator import AsyncMemoryStore, Fact, MemoryStore, ParticipantError, Policy
+from coordinator.embeddings import HashingEmbedder
+from coordinator.plugins import open_participant
+from participants.qdrant import AsyncQdrantIndex, QdrantIndex
+from participants.qdrant._edge import EdgeClient
+from participants.sqlite import AsyncSQLiteStorage, SQLiteStorage
+
+EMBEDDER = HashingEmbedder(32)
+RECOVER_NOW = Policy(in_doubt_timeout=0.001, redrive_after=0, finish_attempts=2, prepare_timeout=5)
+
+
+def _index(directory: Path) -> QdrantIndex:
+    return QdrantIndex(
+        EdgeClient(directory / "edge"), "notes", "content", embedder=EMBEDDER, owns_client=True
+    )
+
+
+def test_a_memory_store_on_an_edge_url_commits_updates_deletes_and_searches(
+    tmp_path: Path,
+) -> None:
+    url = f"qdrant+edge:///{tmp_path / 'edge'}?collection=notes&text_field=content"
+    index = open_participant(url, embedder=EMBEDDER)
+    assert isinstance(index, QdrantIndex)
+    mem = MemoryStore(SQLiteStorage(tmp_path / "facts.db"), [index])
+    tea = mem.commit(Fact(type="note", payload={"content": "green tea"}), "s")
+    coffee = mem.commit(Fact(type="note", payload={"content": "black coffee"}), "s")
+    mem.update(tea, {"payload": {"content": "green tea with mint"}})
+    mem.delete("s", coffee)
+    hits = mem.search("green tea", k=5)
+    assert [h.fact["payload"]["content"] for h in hits] == ["green tea with mint"]
+    assert index.contents().committed == {tea: 2}  # the older version and the delete: gone
+    assert mem.verify().clean
+    mem.close()
+    # Reopened, as a new process would: the same points, from the shard's files.
+    again = open_participant(url, embedder=EMBEDDER)
+    assert isinstance(again, QdrantIndex)
+    assert again.contents().committed == {tea: 2}
+    again.close()
+
+
+def test_a_second_client_of_an_open_collection_is_refused_until_the_first_closes(
+    tmp_path: Path,
+) -> None:
+    first = _index(tmp_path)
+    assert first.recover() == []
+    second = _index(tmp_path)
+    with pytest.raises(ParticipantError, match="open in another client"):
+        second.recover()
+    second.close()
+    first.close()
+    third = _index(tmp_path)
+    assert third.recover() == []
+    third.close()
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_every_write_syncs_the_write_ahead_log_unless_told_not_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool
+) -> None:
+    url = f"qdrant+edge:///{tmp_path / 'edge'}?collection=notes&durable={int(durable)}"
+    index = open_participant(url, embedder=EMBEDDER)
+    assert isinstance(index, QdrantIndex)
+    mem = MemoryStore(SQLiteStorage(tmp_path / "facts.db"), [index])
+    mem.commit(Fact(type="note", payload={"content": "warm up"}))  # creates the collection
+    synced: list[str] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    mem.commit(Fact(type="note", payload={"content": "green tea"}))
+    wal = str(tmp_path / "edge" / "notes" / "shard" / "wal")
+    if durable:
+        # The prepare, and the commit's writes: each synced the log's files.
+        assert len(synced) >= 2 and all(path.startswith(wal + "/") for path in synced), synced
+    else:
+        assert synced == []
+    mem.close()
+
+
+AGENT = r"""
+import os, sys
+from pathlib import Path
+from coordinator import Fact, MemoryStore, Policy
+from coordinator.embeddings import HashingEmbedder
+from coordinator.faults import hook_from_environment
+from participants.qdrant import AsyncQdrantIndex, QdrantIndex
+from participants.qdrant._edge import EdgeClient
+from participants.sqlite import AsyncSQLiteStorage, SQLiteStorage
+
+d = Path(sys.argv[1])
+index = QdrantIndex(EdgeClient(d / "edge"), "notes", "content",
+                    embedder=HashingEmbedder(32), owns_client=True)
+policy = Policy(deferred_finish=True, deferred_batch=2) if os.environ.get("DEFERRED") else None
+mem = MemoryStore(SQLiteStorage(d / "facts.db"), [index], policy=policy,
+                  fault_hook=hook_from_environment())
+for i in range(int(sys.argv[2])):
+    fid = mem.commit(Fact(id=f"f{i % 4}", type="note", payload={"content": f"note {i}"}))
+    print(fid, flush=True)
+"""
+
+
+def _reopen_and_check(tmp_path: Path, returned: set[str]) -> None:
+    """Reopen the dead agent's stores, recover, and check they agree and that every commit
+    it saw return is there (G2)."""
+    mem = MemoryStore(SQLiteStorage(tmp_path / "facts.db"), [_index(tmp_path)], policy=RECOVER_NOW)
+    assert mem.recover().clean
+    verdict = mem.verify()
+    assert verdict.clean, verdict
+    stored = {f["id"]: f["payload"]["content"] for f in mem.query()}
+    assert returned <= set(stored)
+    hits = mem.search("note", k=10)  # every fact once, at its stored version
+    assert {h.fact["id"]: h.fact["payload"]["content"] for h in hits} == stored
+    assert len(hits) == len(stored)
+    mem.close()
+
+
+@pytest.mark.parametrize(
+    ("kill_at", "deferred"),
+    [
+        ("after_prepare:qdrant:notes", False),
+        ("before_decision", False),  # the storage commits last, with the decision
+        ("after_decision", False),
+        ("after_commit:qdrant:notes", False),
+        ("after_decision", True),
+        ("recovery_before_resolve:qdrant:notes", True),
+    ],
+)
+def test_an_agent_killed_at_a_named_point_reopens_in_agreement(
+    tmp_path: Path, kill_at: str, deferred: bool
+) -> None:
+    env = {"LOCKSTEP_KILL_AT": kill_at, "LOCKSTEP_KILL_SKIP": "3"}
+    if deferred:
+        env["DEFERRED"] = "1"
+    agent = subprocess.run(
+        [sys.executable, "-c", AGENT, str(tmp_path), "10"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert agent.returncode == -signal.SIGKILL, agent.stderr
+    returned = set(agent.stdout.split())
+    assert returned
+    _reopen_and_check(tmp_path, returned)
+
+
+def test_an_agent_killed_at_random_moments_reopens_in_agreement(tmp_path: Path) -> None:
+    """SIGKILL from outside while the agent commits, three times over the same stores."""
+    rng = random.Random(7)
+    for run in range(3):
+        agent = subprocess.Popen(
+            [sys.executable, "-c", AGENT, str(tmp_path), "100000"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert agent.stdout is not None
+        first = agent.stdout.readline()  # it has opened the stores and committed once
+        assert first, f"run {run}: the agent died before its first commit"
+        time.sleep(rng.uniform(0.0, 0.3))
+        agent.send_signal(signal.SIGKILL)
+        rest, _ = agent.communicate(timeout=60)
+        assert agent.returncode == -signal.SIGKILL
+        _reopen_and_check(tmp_path, {first.strip(), *rest.split()})
+
+
+def test_an_async_memory_store_on_edge_lands_racing_commits(tmp_path: Path) -> None:
+    async def main() -> None:
+        url = f"qdrant+edge:///{tmp_path / 'edge'}?collection=notes&text_field=content"
+        index = open_participant(url, asynchronous=True, embedder=EMBEDDER)
+        assert isinstance(index, AsyncQdrantIndex)
+        mem = AsyncMemoryStore(AsyncSQLiteStorage(tmp_path / "facts.db"), [index])
+        ids: list[str] = []
+
+        async def writer(w: int) -> None:
+            for i in range(10):
+                fact = Fact(type="note", payload={"content": f"writer {w} note {i}"})
+                ids.append(await mem.commit(fact))
+
+        async with anyio.create_task_group() as group:
+            for w in range(8):
+                group.start_soon(writer, w)
+        contents = await index.contents()
+        assert contents.committed == dict.fromkeys(ids, 1) and len(ids) == 80
+        assert contents.pending == ()
+        hits = await mem.search("writer 3 note 7", k=1)
+        assert hits[0].fact["payload"]["content"] == "writer 3 note 7"
+        assert (await mem.verify()).clean
+        await mem.close()
+
+    anyio.run(main)
