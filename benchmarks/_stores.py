@@ -1,7 +1,7 @@
 """The stores each benchmark system runs on, built from one ``spec`` (a JSON-able dict).
 
 ``spec`` holds ``combo`` (one of :data:`COMBOS`, or a Redis storage's: ``redis``,
-``redis + qdrant local``, Lockstep only), ``dir`` (a private directory),
+``redis + qdrant local``; those and ``sqlite + qdrant edge`` are Lockstep's only), ``dir`` (a private directory),
 ``collection`` and, per combination, ``pg_url``, ``redis_url`` + ``prefix``,
 ``chroma_port`` (from :class:`Servers`), and ``system`` (``lockstep-deferred`` turns on
 ``Policy(deferred_finish=True)``). Lockstep's stores are opened from their URLs, as a user
@@ -21,6 +21,7 @@ COMBOS = [
     "sqlite",
     "sqlite + chroma embedded",
     "sqlite + qdrant local",
+    "sqlite + qdrant edge",
     "postgres + qdrant local",
     "postgres + chroma server",
     "postgres + redis + chroma server",
@@ -50,7 +51,9 @@ def lockstep_store(spec: dict[str, Any], asynchronous: bool = False) -> Any:
     mirror_urls = [redis_storage_url(spec)] if "+ redis" in combo else []
     options = f"collection={spec['collection']}&text_field=content{spec.get('index_query', '')}"
     index_urls = []
-    if "qdrant" in combo:
+    if "qdrant edge" in combo:
+        index_urls.append(f"qdrant+edge:///{d / 'edge'}?{options}")
+    elif "qdrant" in combo:
         index_urls.append(f"qdrant+local:///{d / 'qdrant'}?{options}")
     elif "server" in combo:
         index_urls.append(f"chroma+http://127.0.0.1:{spec['chroma_port']}?{options}")
@@ -153,11 +156,19 @@ class _AsyncRedisCopy:
         return []
 
 
+def _no_edge(combo: str) -> None:
+    if "qdrant edge" in combo:
+        raise NotImplementedError(
+            "MemState's Qdrant hook takes a qdrant-client; Qdrant Edge has an API of its own"
+        )
+
+
 def memstate_store(spec: dict[str, Any]) -> Any:
     from memstate import MemoryStore, SQLiteStorage
 
     d = Path(spec["dir"])
     combo = spec["combo"]
+    _no_edge(combo)
     storage: Any
     if combo.startswith("sqlite"):
         storage = SQLiteStorage(str(d / "facts.db"))
@@ -202,6 +213,7 @@ async def memstate_store_async(spec: dict[str, Any]) -> Any:
 
     d = Path(spec["dir"])
     combo = spec["combo"]
+    _no_edge(combo)
     if "chroma" in combo and "server" not in combo:
         raise NotImplementedError("MemState's async Chroma hook needs a Chroma server")
     storage: Any

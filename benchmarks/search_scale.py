@@ -8,7 +8,9 @@ them itself. Four kinds of search,
 through the memory API as an agent calls them, alternating query by query: plain; by the
 type 99% of the memories have; by a session holding 10% of them; by a type 1% have.
 ``--index "chroma embedded"`` measures SQLite + a Chroma ``PersistentClient`` instead,
-whose plain searches leave the filter out unless a delete marker comes back.
+whose plain searches leave the filter out unless a delete marker comes back;
+``--index "qdrant edge"`` SQLite + Qdrant Edge (Qdrant's engine in the process), which
+evaluates every filter itself, with its payload indexes.
 
     python -m benchmarks.search_scale [--sizes 1000,10000] [--queries 50] [--index NAME]
 """
@@ -40,9 +42,16 @@ def open_store(index: str, directory: Path) -> MemoryStore:
     import chromadb
 
     from participants.chroma import ChromaIndex
+    from participants.qdrant import QdrantIndex
+    from participants.qdrant._edge import EdgeClient
     from participants.sqlite import SQLiteStorage
 
     directory.mkdir()
+    if index == "qdrant edge":
+        edge = QdrantIndex(
+            EdgeClient(directory / "vectors"), "memories", "content", embedder=SameEmbedder()
+        )
+        return MemoryStore(SQLiteStorage(directory / "facts.db"), [edge])
     client = chromadb.PersistentClient(str(directory / "vectors"))
     chroma = ChromaIndex(client, "memories", "content", embedder=SameEmbedder())
     return MemoryStore(SQLiteStorage(directory / "facts.db"), [chroma])
@@ -77,7 +86,9 @@ def main() -> int:
     parser.add_argument("--sizes", default="1000,10000")
     parser.add_argument("--queries", type=positive, default=50)
     parser.add_argument(
-        "--index", choices=["qdrant local", "chroma embedded"], default="qdrant local"
+        "--index",
+        choices=["qdrant local", "qdrant edge", "chroma embedded"],
+        default="qdrant local",
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()

@@ -147,6 +147,7 @@ def _local(d: Path) -> dict[str, str]:
     return {
         "sqlite": f"sqlite:///{d / 'facts.db'}",
         "qdrant": f"qdrant+local:///{d / 'qdrant'}?collection=notes&{INDEX_OPTIONS}",
+        "edge": f"qdrant+edge:///{d / 'edge'}?collection=notes&{INDEX_OPTIONS}",
         "chroma": f"chroma+local:///{d / 'chroma'}?collection=notes&{INDEX_OPTIONS}",
     }
 
@@ -176,6 +177,9 @@ COMBOS: dict[str, Callable[[Servers, Path], Urls]] = {
     ),
     "sqlite + qdrant local": lambda s, d: Urls(
         _local(d)["sqlite"], _local(d)["qdrant"], _local(d)["sqlite"], ()
+    ),
+    "sqlite + qdrant edge": lambda s, d: Urls(
+        _local(d)["sqlite"], _local(d)["edge"], _local(d)["sqlite"], ()
     ),
     "postgres + chroma server": lambda s, d: Urls(
         (pg := _pg_url(s)), _chroma_url(s), pg, ("postgres", "chroma")

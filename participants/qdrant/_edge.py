@@ -16,10 +16,14 @@ collection is created with.
 
 Durability: an Edge update is in the shard's write-ahead log when it returns, which a
 killed process keeps (the page cache holds it), but the log is not synced to the disk.
-With ``durable=True`` (the default) every write is followed by an ``fdatasync`` of the
-log's files, so a prepared point survives a power cut as a SQLite commit does; the
-alternative, :meth:`EdgeShard.flush`, writes every segment and cost ten times as much
-(4.3 ms against 0.45 ms a write, in a probe of 384-dimensional points).
+With ``durable=True`` (the default) an ``upsert`` (a prepare) is followed by an
+``fdatasync`` of the log's files, so a prepared point survives a power cut as a SQLite
+commit does; the alternative, :meth:`EdgeShard.flush`, writes every segment and cost ten
+times as much (4.3 ms against 0.45 ms a write, in a probe of 384-dimensional points).
+``set_payload`` and ``delete`` are not synced on their own: the index's commit calls
+:meth:`EdgeClient.sync_log` once after its writes, before the coordinator records the
+transaction's end, and an abort lost to a power cut is done again by recovery (the
+pending points come back, and the decision log says ABORT, or says nothing).
 
 An Edge shard's log is locked by the process that opened it: a second process, or a
 second client in this one, is refused with a :class:`ParticipantError` that says so.
@@ -49,6 +53,8 @@ _INDEXED = {
     "state": edge.PayloadSchemaType.Keyword,
     "op": edge.PayloadSchemaType.Keyword,
     "version": edge.PayloadSchemaType.Integer,
+    "type": edge.PayloadSchemaType.Keyword,
+    "session_id": edge.PayloadSchemaType.Keyword,
 }
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _CONFIG = "collection.json"
@@ -100,13 +106,16 @@ class _Shard:
         self._durable = durable
         self._synced_names: frozenset[str] = frozenset()
 
-    def update(self, operation: edge.UpdateOperation) -> None:
+    def update(self, operation: edge.UpdateOperation, *, sync: bool = True) -> None:
         self.shard.update(operation)
-        if self._durable:
-            self._sync()
+        if sync:
+            self.sync()
 
-    def _sync(self) -> None:
-        """Sync the log's files (and the log's directory when it gained a file)."""
+    def sync(self) -> None:
+        """Sync the log's files (and the log's directory when it gained a file), if the
+        client is durable."""
+        if not self._durable:
+            return
         try:
             names = frozenset(os.listdir(self._wal))
         except FileNotFoundError:  # a release that keeps its log elsewhere: write it all
@@ -212,7 +221,7 @@ class EdgeClient:
         wait: bool = True,
     ) -> None:
         self._shard(collection_name).update(
-            edge.UpdateOperation.set_payload([str(p) for p in points], dict(payload))
+            edge.UpdateOperation.set_payload([str(p) for p in points], dict(payload)), sync=False
         )
 
     def delete(
@@ -225,7 +234,11 @@ class EdgeClient:
             operation = edge.UpdateOperation.delete_points([str(p) for p in points_selector.points])
         else:
             operation = edge.UpdateOperation.delete_points_by_filter(_filter(points_selector))
-        self._shard(collection_name).update(operation)
+        self._shard(collection_name).update(operation, sync=False)
+
+    def sync_log(self, collection_name: str) -> None:
+        """Make the collection's writes so far durable (see the module's text)."""
+        self._shard(collection_name).sync()
 
     # -- reads --------------------------------------------------------------------------
 
@@ -293,9 +306,6 @@ class EdgeClient:
         return EdgeQueryResponse(
             [EdgeScoredPoint(str(p.id), float(p.score), p.payload) for p in found]
         )
-
-    def count(self, collection_name: str) -> int:
-        return self._shard(collection_name).shard.count(edge.CountRequest(exact=True))
 
     def close(self) -> None:
         with self._lock:
@@ -443,8 +453,8 @@ class AsyncEdgeClient:
             self.sync.query_points, collection_name, query, query_filter, limit, with_payload
         )
 
-    async def count(self, collection_name: str) -> int:
-        return await ablocking(self.sync.count, collection_name)
+    async def sync_log(self, collection_name: str) -> None:
+        await ablocking(self.sync.sync_log, collection_name)
 
     async def close(self) -> None:
         await ablocking(self.sync.close)

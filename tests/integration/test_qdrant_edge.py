@@ -15,7 +15,16 @@ from pathlib import Path
 import anyio
 import pytest
 
-from coordinator import AsyncMemoryStore, Fact, MemoryStore, ParticipantError, Policy
+from coordinator import (
+    AsyncMemoryStore,
+    Fact,
+    FactRecord,
+    MemoryStore,
+    ParticipantError,
+    Policy,
+    UpsertFact,
+    new_txid,
+)
 from coordinator.embeddings import HashingEmbedder
 from coordinator.plugins import open_participant
 from participants.qdrant import AsyncQdrantIndex, QdrantIndex
@@ -71,14 +80,15 @@ def test_a_second_client_of_an_open_collection_is_refused_until_the_first_closes
 
 
 @pytest.mark.parametrize("durable", [True, False])
-def test_every_write_syncs_the_write_ahead_log_unless_told_not_to(
+def test_a_prepare_and_a_commit_each_sync_the_write_ahead_log_unless_told_not_to(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool
 ) -> None:
-    url = f"qdrant+edge:///{tmp_path / 'edge'}?collection=notes&durable={int(durable)}"
-    index = open_participant(url, embedder=EMBEDDER)
-    assert isinstance(index, QdrantIndex)
-    mem = MemoryStore(SQLiteStorage(tmp_path / "facts.db"), [index])
-    mem.commit(Fact(type="note", payload={"content": "warm up"}))  # creates the collection
+    """Synced before they return: the prepare (its point must outlive a power cut once it
+    voted yes) and the commit (before the coordinator records the end)."""
+    index = QdrantIndex(
+        EdgeClient(tmp_path / "edge", durable=durable), "notes", "content", embedder=EMBEDDER
+    )
+    assert index.recover() == []  # the collection is made
     synced: list[str] = []
     real = os.fdatasync
 
@@ -87,14 +97,21 @@ def test_every_write_syncs_the_write_ahead_log_unless_told_not_to(
         real(fd)
 
     monkeypatch.setattr(os, "fdatasync", fdatasync)
-    mem.commit(Fact(type="note", payload={"content": "green tea"}))
-    wal = str(tmp_path / "edge" / "notes" / "shard" / "wal")
+    record = FactRecord("a", "note", {"content": "green tea"}, 1)
+    embedding = tuple(EMBEDDER.embed(["green tea"])[0])
+    txid = new_txid()
+    index.prepare(txid, [UpsertFact(record, 0, embedding=embedding)])
+    prepared, synced[:] = list(synced), []
+    index.commit(txid)
+    committed = list(synced)
+    wal = str(tmp_path / "edge" / "notes" / "shard" / "wal") + "/"
     if durable:
-        # The prepare, and the commit's writes: each synced the log's files.
-        assert len(synced) >= 2 and all(path.startswith(wal + "/") for path in synced), synced
+        for calls in (prepared, committed):
+            assert calls and all(path.startswith(wal) for path in calls), calls
     else:
-        assert synced == []
-    mem.close()
+        assert prepared == committed == []
+    assert index.contents().committed == {"a": 1}
+    index.close()
 
 
 AGENT = r"""

@@ -145,6 +145,7 @@ class AsyncQdrantIndex(VectorIndexBase):
                     wait=True,
                 )
                 await self._delete_markers(staged)
+            await self._sync_log()
         except Exception as exc:
             raise self._failed("commit", txid, exc) from exc
 
@@ -182,6 +183,7 @@ class AsyncQdrantIndex(VectorIndexBase):
                     wait=True,
                 )
             await self._delete_markers(staged)
+            await self._sync_log()
         except Exception as exc:
             raise self._failed("commit", None, exc) from exc
 
@@ -517,6 +519,13 @@ class AsyncQdrantIndex(VectorIndexBase):
             found += page
             if offset is None:
                 return found
+
+    async def _sync_log(self) -> None:
+        """Make a commit's writes durable where the client leaves that to the caller (the
+        Qdrant Edge client: see ``participants/qdrant/_edge.py``)."""
+        sync_log = getattr(self._client, "sync_log", None)
+        if sync_log is not None:
+            await sync_log(self._collection)
 
     async def _guarded(self, call: Any, *args: Any, **kwargs: Any) -> Any:
         async with self._guard:

@@ -147,6 +147,7 @@ class QdrantIndex(VectorIndexBase):
                     wait=True,
                 )
                 self._delete_markers(staged)
+            self._sync_log()
         except Exception as exc:
             raise self._failed("commit", txid, exc) from exc
 
@@ -183,6 +184,7 @@ class QdrantIndex(VectorIndexBase):
                     wait=True,
                 )
             self._delete_markers(staged)
+            self._sync_log()
         except Exception as exc:
             raise self._failed("commit", None, exc) from exc
 
@@ -507,6 +509,13 @@ class QdrantIndex(VectorIndexBase):
             found += page
             if offset is None:
                 return found
+
+    def _sync_log(self) -> None:
+        """Make a commit's writes durable where the client leaves that to the caller (the
+        Qdrant Edge client: see ``participants/qdrant/_edge.py``)."""
+        sync_log = getattr(self._client, "sync_log", None)
+        if sync_log is not None:
+            sync_log(self._collection)
 
     def _guarded(self, call: Any, *args: Any, **kwargs: Any) -> Any:
         with self._guard:
