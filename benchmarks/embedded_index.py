@@ -1,8 +1,9 @@
-"""Which embedded vector index should the embedded default use? Both, measured in one run.
+"""Which embedded vector index should the embedded default use? All three, in one run.
 
 Through Lockstep's own index participants (so staging, commit and search are what a real
-commit pays): Qdrant local mode (``QdrantClient(path=...)``) and Chroma ``PersistentClient``,
-same deterministic embedder, rounds alternating between the two.
+commit pays): Qdrant local mode (``QdrantClient(path=...)``), Qdrant Edge (Qdrant's engine
+in the process, ``qdrant+edge://``) and Chroma ``PersistentClient``, same deterministic
+embedder, rounds alternating between them.
 
     python -m benchmarks.embedded_index [--quick]
 """
@@ -30,14 +31,19 @@ from coordinator.abc import Index
 from coordinator.embeddings import HashingEmbedder
 from participants.chroma import ChromaIndex
 from participants.qdrant import QdrantIndex
+from participants.qdrant._edge import EdgeClient
 
 EMBEDDER = HashingEmbedder(384)
+KINDS = ("qdrant local", "qdrant edge", "chroma embedded")
 
 
 def make(kind: str, directory: Path) -> Index:
     if kind == "qdrant local":
         client = QdrantClient(path=str(directory / "q"))
         return QdrantIndex(client, "bench", "content", embedder=EMBEDDER, owns_client=True)
+    if kind == "qdrant edge":
+        edge = EdgeClient(directory / "e")
+        return QdrantIndex(edge, "bench", "content", embedder=EMBEDDER, owns_client=True)
     client_c = chromadb.PersistentClient(path=str(directory / "c"))
     return ChromaIndex(client_c, "bench", "content", embedder=EMBEDDER)
 
@@ -75,7 +81,7 @@ def main() -> int:
     n, rounds = (100, 1) if args.quick else (300, 3)
     merged: dict[str, dict[str, list[float]]] = {}
     for _ in range(rounds):
-        for kind in ("qdrant local", "chroma embedded"):
+        for kind in KINDS:
             result = run(kind, n)
             for key, values in result.items():
                 merged.setdefault(kind, {}).setdefault(key, []).extend(values)
