@@ -205,12 +205,19 @@ class EdgeClient:
     # -- writes -------------------------------------------------------------------------
 
     def upsert(
-        self, collection_name: str, points: Sequence[models.PointStruct], wait: bool = True
+        self,
+        collection_name: str,
+        points: Sequence[models.PointStruct],
+        wait: bool = True,
+        *,
+        synced: bool = True,
     ) -> None:
+        """Write ``points``; with ``synced`` (as the index calls it), sync the log too."""
         self._shard(collection_name).update(
             edge.UpdateOperation.upsert_points(
                 [edge.Point(str(p.id), _vector(p.vector), p.payload or {}) for p in points]
-            )
+            ),
+            sync=synced,
         )
 
     def set_payload(
@@ -377,15 +384,18 @@ class EdgeClient:
 
 
 class AsyncEdgeClient:
-    """:class:`EdgeClient` for the async index: each call runs in a worker thread."""
+    """:class:`EdgeClient` for the async index. Edge's calls run on the event loop, as
+    local mode's do: they hold the interpreter while they run (well under a millisecond
+    for a write), so a worker thread would only add its hand-over. The write-ahead log's
+    sync waits on the disk, with the interpreter released, and runs in a worker thread."""
 
     records_metadata = True
 
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = True) -> None:
-        self.sync = EdgeClient(path, durable=durable)
+        self.client = EdgeClient(path, durable=durable)
 
     async def collection_exists(self, collection_name: str) -> bool:
-        return await ablocking(self.sync.collection_exists, collection_name)
+        return self.client.collection_exists(collection_name)
 
     async def create_collection(
         self,
@@ -394,16 +404,17 @@ class AsyncEdgeClient:
         metadata: Mapping[str, Any] | None = None,
     ) -> bool:
         return await ablocking(
-            self.sync.create_collection, collection_name, vectors_config, metadata
+            self.client.create_collection, collection_name, vectors_config, metadata
         )
 
     async def get_collection(self, collection_name: str) -> EdgeCollectionInfo:
-        return await ablocking(self.sync.get_collection, collection_name)
+        return self.client.get_collection(collection_name)
 
     async def upsert(
         self, collection_name: str, points: Sequence[models.PointStruct], wait: bool = True
     ) -> None:
-        await ablocking(self.sync.upsert, collection_name, points)
+        self.client.upsert(collection_name, points, synced=False)
+        await self.sync_log(collection_name)
 
     async def set_payload(
         self,
@@ -412,7 +423,7 @@ class AsyncEdgeClient:
         points: Sequence[models.ExtendedPointId],
         wait: bool = True,
     ) -> None:
-        await ablocking(self.sync.set_payload, collection_name, payload, points)
+        self.client.set_payload(collection_name, payload, points)
 
     async def delete(
         self,
@@ -420,7 +431,7 @@ class AsyncEdgeClient:
         points_selector: models.PointIdsList | models.Filter,
         wait: bool = True,
     ) -> None:
-        await ablocking(self.sync.delete, collection_name, points_selector)
+        self.client.delete(collection_name, points_selector)
 
     async def scroll(
         self,
@@ -431,14 +442,8 @@ class AsyncEdgeClient:
         with_payload: bool = True,
         with_vectors: bool = False,
     ) -> tuple[list[EdgeRecord], str | None]:
-        return await ablocking(
-            self.sync.scroll,
-            collection_name,
-            scroll_filter,
-            limit,
-            offset,
-            with_payload,
-            with_vectors,
+        return self.client.scroll(
+            collection_name, scroll_filter, limit, offset, with_payload, with_vectors
         )
 
     async def query_points(
@@ -449,15 +454,13 @@ class AsyncEdgeClient:
         limit: int = 10,
         with_payload: bool = False,
     ) -> EdgeQueryResponse:
-        return await ablocking(
-            self.sync.query_points, collection_name, query, query_filter, limit, with_payload
-        )
+        return self.client.query_points(collection_name, query, query_filter, limit, with_payload)
 
     async def sync_log(self, collection_name: str) -> None:
-        await ablocking(self.sync.sync_log, collection_name)
+        await ablocking(self.client.sync_log, collection_name)
 
     async def close(self) -> None:
-        await ablocking(self.sync.close)
+        self.client.close()
 
 
 @dataclass(frozen=True)
