@@ -14,6 +14,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from qdrant_client import models
 
 from coordinator import (
     AsyncMemoryStore,
@@ -77,6 +78,32 @@ def test_a_second_client_of_an_open_collection_is_refused_until_the_first_closes
     third = _index(tmp_path)
     assert third.recover() == []
     third.close()
+
+
+def test_points_lost_below_lockstep_are_found_by_verify_and_written_again_by_repair(
+    tmp_path: Path,
+) -> None:
+    """What a power cut can take from an index opened with ``durable=0``: points gone
+    from the shard while the storage holds their facts."""
+    mem = MemoryStore(SQLiteStorage(tmp_path / "facts.db"), [_index(tmp_path)])
+    ids = [mem.commit(Fact(type="note", payload={"content": f"note {i}"})) for i in range(5)]
+    mem.close()
+    client = EdgeClient(tmp_path / "edge")
+    points, _ = client.scroll("notes", limit=10)
+    lost: list[models.ExtendedPointId] = [
+        p.id for p in points if (p.payload or {})["fact_id"] in ids[:2]
+    ]
+    client.delete("notes", models.PointIdsList(points=lost))
+    client.sync_log("notes")
+    client.close()
+    index = _index(tmp_path)
+    mem = MemoryStore(SQLiteStorage(tmp_path / "facts.db"), [index])
+    assert sorted(mem.verify().derived["qdrant:notes"].missing) == sorted(ids[:2])
+    mem.repair()
+    assert mem.verify().clean
+    assert index.contents().committed == dict.fromkeys(ids, 1)
+    assert {h.fact["id"] for h in mem.search("note", k=10)} == set(ids)
+    mem.close()
 
 
 @pytest.mark.parametrize("durable", [True, False])
