@@ -112,9 +112,9 @@ def test_a_prepare_and_a_commit_each_sync_the_write_ahead_log_unless_told_not_to
 ) -> None:
     """Synced before they return: the prepare (its point must outlive a power cut once it
     voted yes) and the commit (before the coordinator records the end)."""
-    index = QdrantIndex(
-        EdgeClient(tmp_path / "edge", durable=durable), "notes", "content", embedder=EMBEDDER
-    )
+    url = f"qdrant+edge:///{tmp_path / 'edge'}?collection=notes&durable={int(durable)}"
+    index = open_participant(url, embedder=EMBEDDER)
+    assert isinstance(index, QdrantIndex)
     assert index.recover() == []  # the collection is made
     synced: list[str] = []
     real = os.fdatasync
