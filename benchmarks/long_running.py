@@ -5,7 +5,8 @@ stay and every search goes over them again; each update of a memory writes a new
 and deletes the old one. The index drops the deleted points once they are most of what a
 collection holds in memory (``participants.qdrant._catalog.compact``). Each run is
 its own process (its memory measured alone), with compaction on and, for comparison,
-off; the two alternate round by round. Vectors have 384 dimensions, as the default e5
+off, and on Qdrant Edge (``qdrant edge``: Qdrant's engine in the process, which keeps the
+points on disk); they alternate round by round. Vectors have 384 dimensions, as the default e5
 model's (a deterministic hashing embedder makes them: no model is measured). At each
 checkpoint: plain search p50 through the memory API, and the process's resident memory;
 over the updates, their latency.
@@ -33,7 +34,7 @@ from benchmarks._common import (
     serve_child,
 )
 
-MODES = ("compaction", "no compaction")
+MODES = ("compaction", "no compaction", "qdrant edge")
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
@@ -48,7 +49,19 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     memories, updates = spec["memories"], spec["updates"]
     # 384 dimensions, as the default e5 model's: a row's cost in a search is its vector's.
     embedder = HashingEmbedder(384)
-    mem = MemoryStore.open(Path(spec["dir"]) / "memory", embedder=embedder)
+    directory = Path(spec["dir"]) / "memory"
+    if spec["mode"] == "qdrant edge":
+        from participants.qdrant import QdrantIndex
+        from participants.qdrant._edge import EdgeClient
+        from participants.sqlite import SQLiteStorage
+
+        directory.mkdir()
+        edge = QdrantIndex(
+            EdgeClient(directory / "vectors"), "memories", "content", embedder=embedder
+        )
+        mem = MemoryStore(SQLiteStorage(directory / "facts.db"), [edge])
+    else:
+        mem = MemoryStore.open(directory, embedder=embedder)
     try:
         ids = []
         for start in range(0, memories, 1000):
@@ -128,7 +141,7 @@ def main() -> int:
                     if isinstance(answer, str):
                         raise SystemExit(f"{mode}: {answer}")
                     results.append({**spec, "round": round_ + 1, **answer})
-    print("## A long-running agent: memories updated many times (SQLite + Qdrant local)\n")
+    print("## A long-running agent: memories updated many times (SQLite + Qdrant local or Edge)\n")
     print(f"Machine: {machine()}\n")
     print("Plain search p50 and resident memory at each checkpoint; update latency over all.\n")
     header = " | ".join(f"after {p['updates']:,} updates" for p in results[0]["points"])
