@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -34,6 +35,7 @@ from coordinator.abc import Storage
 from coordinator.embeddings import HashingEmbedder
 from participants.postgres import PostgresStorage
 from participants.qdrant import QdrantIndex
+from participants.qdrant._edge import EdgeClient
 from participants.redis import RedisStorage
 from participants.sqlite import SQLiteStorage
 
@@ -87,11 +89,14 @@ class MemoryMachine(RuleBasedStateMachine):
     def storage(self) -> Storage:
         return SQLiteStorage(self.dir / "facts.db")
 
+    def vectors(self) -> QdrantClient | EdgeClient:
+        return QdrantClient(":memory:")
+
     @initialize()
     def open_store(self) -> None:
         self.dir = Path(tempfile.mkdtemp(dir=SCRATCH))
         self.index = FlakyIndex(
-            QdrantClient(":memory:"),
+            self.vectors(),
             "memories",
             text_field="content",
             embedder=HashingEmbedder(32),
@@ -267,6 +272,19 @@ class PostgresMemoryMachine(MemoryMachine):
         return PostgresStorage(self.server.create_database(f"m{uuid.uuid4().hex[:12]}"))
 
 
+class EdgeMemoryMachine(MemoryMachine):
+    """The same on a Qdrant Edge index, which the index drives as a server, by filters."""
+
+    def vectors(self) -> QdrantClient | EdgeClient:
+        return EdgeClient(self.dir / "edge")
+
+
+class DeferredEdgeMemoryMachine(EdgeMemoryMachine):
+    """Qdrant Edge with phase 2 deferred: batches committed by filters, one log sync each."""
+
+    policy = DeferredMemoryMachine.policy
+
+
 # A quarter of the loaded profile's examples: a server's round trips make each step slower.
 def _server_settings() -> settings:
     return settings(stateful_step_count=30, max_examples=max(10, settings().max_examples // 4))
@@ -275,6 +293,11 @@ def _server_settings() -> settings:
 def test_the_memory_machine_on_redis(redis_server: RedisServer) -> None:
     RedisMemoryMachine.url = redis_server.url
     run_state_machine_as_test(RedisMemoryMachine, settings=_server_settings())
+
+
+@pytest.mark.parametrize("machine", [EdgeMemoryMachine, DeferredEdgeMemoryMachine])
+def test_the_memory_machine_on_qdrant_edge(machine: type[MemoryMachine]) -> None:
+    run_state_machine_as_test(machine, settings=_server_settings())
 
 
 def test_the_memory_machine_on_postgres(postgres_server: PostgresServer) -> None:
