@@ -39,19 +39,21 @@ KINDS = [
 def open_store(index: str, directory: Path) -> MemoryStore:
     if index == "qdrant local":
         return MemoryStore.open(directory, embedder=SameEmbedder())
-    import chromadb
-
-    from participants.chroma import ChromaIndex
-    from participants.qdrant import QdrantIndex
-    from participants.qdrant._edge import EdgeClient
     from participants.sqlite import SQLiteStorage
 
     directory.mkdir()
     if index == "qdrant edge":
+        from participants.qdrant import QdrantIndex
+        from participants.qdrant._edge import EdgeClient
+
         edge = QdrantIndex(
             EdgeClient(directory / "vectors"), "memories", "content", embedder=SameEmbedder()
         )
         return MemoryStore(SQLiteStorage(directory / "facts.db"), [edge])
+    import chromadb
+
+    from participants.chroma import ChromaIndex
+
     client = chromadb.PersistentClient(str(directory / "vectors"))
     chroma = ChromaIndex(client, "memories", "content", embedder=SameEmbedder())
     return MemoryStore(SQLiteStorage(directory / "facts.db"), [chroma])
