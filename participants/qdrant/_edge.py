@@ -23,7 +23,9 @@ times as much (4.3 ms against 0.45 ms a write, in a probe of 384-dimensional poi
 ``set_payload`` and ``delete`` are not synced on their own: the index's commit calls
 :meth:`EdgeClient.sync_log` once after its writes, before the coordinator records the
 transaction's end, and an abort lost to a power cut is done again by recovery (the
-pending points come back, and the decision log says ABORT, or says nothing).
+pending points come back, and the decision log says ABORT, or says nothing). A sync also
+flushes the segments once every :data:`FLUSH_EVERY` writes, which lets Edge drop the log
+they cover.
 
 An Edge shard's log is locked by the process that opened it: a second process, or a
 second client in this one, is refused with a :class:`ParticipantError` that says so.
@@ -56,6 +58,13 @@ _INDEXED = {
     "type": edge.PayloadSchemaType.Keyword,
     "session_id": edge.PayloadSchemaType.Keyword,
 }
+#: Writes between two flushes of a shard's segments. Edge drops the write-ahead log's
+#: segments only once the writes they hold are in flushed segments, and flushes only when
+#: told: unflushed, the log kept every write (178 MB after 30,000 writes of 2,048
+#: dimensions, and growing, in a probe; 50 MB flushed every 4,096), and a process that
+#: died left all of it to replay. A flush of 4,096 writes of 384 dimensions took 39 ms
+#: on average, 191 ms at most (0.01 ms a write).
+FLUSH_EVERY = 4096
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _CONFIG = "collection.json"
 
@@ -84,8 +93,13 @@ class EdgeQueryResponse:
 
 
 @dataclass(frozen=True)
+class _Params:
+    vectors: models.VectorParams
+
+
+@dataclass(frozen=True)
 class _CollectionConfig:
-    params: Any
+    params: _Params
     metadata: dict[str, Any] | None
 
 
@@ -105,15 +119,21 @@ class _Shard:
         self._wal = directory / "wal"
         self._durable = durable
         self._synced_names: frozenset[str] = frozenset()
+        self._unflushed = 0
 
     def update(self, operation: edge.UpdateOperation, *, sync: bool = True) -> None:
         self.shard.update(operation)
+        self._unflushed += 1
         if sync:
             self.sync()
 
     def sync(self) -> None:
-        """Sync the log's files (and the log's directory when it gained a file), if the
-        client is durable."""
+        """Write the segments once every :data:`FLUSH_EVERY` writes; then, if the client
+        is durable, sync the log's files (and the log's directory when it gained a file).
+        """
+        if self._unflushed >= FLUSH_EVERY:
+            self._unflushed = 0
+            self.shard.flush()
         if not self._durable:
             return
         try:
@@ -139,7 +159,8 @@ class _Shard:
 class EdgeClient:
     """Qdrant Edge shards under ``path``, one a collection, answering as a Qdrant client.
 
-    :param durable: sync the write-ahead log after every write (see the module's text).
+    :param durable: sync the write-ahead log after a prepare's upsert and a commit's
+        writes (see the module's text).
     """
 
     #: The index records its embedder in the collection's metadata (see ``get_collection``).
@@ -461,11 +482,6 @@ class AsyncEdgeClient:
 
     async def close(self) -> None:
         self.client.close()
-
-
-@dataclass(frozen=True)
-class _Params:
-    vectors: models.VectorParams
 
 
 def _without_flags(query_filter: models.Filter) -> tuple[models.Filter | None, dict[str, bool]]:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import anyio
@@ -253,3 +254,24 @@ def test_an_async_memory_store_on_edge_lands_racing_commits(tmp_path: Path) -> N
         await mem.close()
 
     anyio.run(main)
+
+
+def test_the_write_ahead_log_stays_bounded_as_writes_go_on(tmp_path: Path) -> None:
+    """Edge drops the log's segments only once their writes are in flushed segments, and
+    flushes only when told: the client flushes every FLUSH_EVERY writes. 30,000 writes of
+    2,048 dimensions fill five 32 MB log segments; unflushed, all five stayed."""
+    dim = 2048
+    client = EdgeClient(tmp_path / "edge", durable=False)
+    client.create_collection("big", models.VectorParams(size=dim, distance=models.Distance.COSINE))
+    points = [
+        models.PointStruct(id=str(uuid.uuid4()), vector=[0.5] * dim, payload={"i": i})
+        for i in range(100)
+    ]
+    for i in range(30_000):
+        client.upsert("big", [points[i % 100]])
+    wal = tmp_path / "edge" / "big" / "shard" / "wal"
+    closed = [name for name in os.listdir(wal) if name.startswith("closed-")]
+    used = sum(os.stat(wal / name).st_blocks * 512 for name in os.listdir(wal))
+    assert len(closed) <= 1, sorted(os.listdir(wal))
+    assert used < 100 * 2**20, used
+    client.close()
