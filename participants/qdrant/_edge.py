@@ -136,24 +136,23 @@ class _Shard:
             self.shard.flush()
         if not self._durable:
             return
-        try:
-            names = frozenset(os.listdir(self._wal))
-        except FileNotFoundError:  # a release that keeps its log elsewhere: write it all
-            self.shard.flush()
+        for _ in range(3):
+            try:
+                names = frozenset(os.listdir(self._wal))
+            except FileNotFoundError:  # a release that keeps its log elsewhere
+                break
+            try:
+                for name in names:
+                    _sync_file(self._wal / name, os.fdatasync)
+            except FileNotFoundError:
+                # Edge renames its log files from a thread of its own (a segment made
+                # ready, ``tmp-open-N`` to ``open-N``; a full one closed): list them again.
+                continue
+            if names != self._synced_names:
+                _sync_file(self._wal, os.fsync)
+                self._synced_names = names
             return
-        for name in names:
-            fd = os.open(self._wal / name, os.O_RDONLY)
-            try:
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
-        if names != self._synced_names:
-            fd = os.open(self._wal, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            self._synced_names = names
+        self.shard.flush()  # the log could not be listed steadily: write everything
 
 
 class EdgeClient:
@@ -548,6 +547,14 @@ def _plain(vector: Any) -> list[float] | None:
     return None if vector is None else list(vector)
 
 
+def _sync_file(path: Path, sync: Any) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        sync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_json(path: Path, value: Mapping[str, Any]) -> None:
     """Write ``path`` whole or not at all, synced, with its directory and that one's."""
     temporary = path.with_suffix(".tmp")
@@ -557,8 +564,4 @@ def _write_json(path: Path, value: Mapping[str, Any]) -> None:
         os.fsync(handle.fileno())
     os.replace(temporary, path)
     for directory in (path.parent, path.parent.parent):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _sync_file(directory, os.fsync)

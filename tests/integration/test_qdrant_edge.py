@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -30,6 +31,7 @@ from coordinator import (
 from coordinator.embeddings import HashingEmbedder
 from coordinator.plugins import open_participant
 from participants.qdrant import AsyncQdrantIndex, QdrantIndex
+from participants.qdrant import _edge as edge_module
 from participants.qdrant._edge import EdgeClient
 from participants.sqlite import AsyncSQLiteStorage, SQLiteStorage
 
@@ -274,4 +276,31 @@ def test_the_write_ahead_log_stays_bounded_as_writes_go_on(tmp_path: Path) -> No
     used = sum(os.stat(wal / name).st_blocks * 512 for name in os.listdir(wal))
     assert len(closed) <= 1, sorted(os.listdir(wal))
     assert used < 100 * 2**20, used
+    client.close()
+
+
+def test_a_log_file_renamed_during_a_sync_is_synced_under_its_new_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Edge renames its log files from a thread of its own (``tmp-open-N`` to ``open-N``
+    once made ready, ``open-N`` to ``closed-M`` once full): a file listed may be gone when
+    the sync opens it. The sync lists the log again; it failed the commit before."""
+    client = EdgeClient(tmp_path / "edge")
+    client.create_collection("c", models.VectorParams(size=4, distance=models.Distance.COSINE))
+    wal = tmp_path / "edge" / "c" / "shard" / "wal"
+    real = edge_module._sync_file
+    synced: list[str] = []
+    renamed = False
+
+    def sync_file(path: Path, sync: Any) -> None:
+        nonlocal renamed
+        if not renamed:  # the first file opened has just been renamed
+            renamed = True
+            raise FileNotFoundError(path)
+        synced.append(path.name)
+        real(path, sync)
+
+    monkeypatch.setattr(edge_module, "_sync_file", sync_file)
+    client.upsert("c", [models.PointStruct(id=str(uuid.uuid4()), vector=[0.1, 0.2, 0.3, 0.4])])
+    assert set(os.listdir(wal)) <= set(synced)  # every log file, after listing them again
     client.close()
