@@ -23,7 +23,8 @@ times as much (4.3 ms against 0.45 ms a write, in a probe of 384-dimensional poi
 ``set_payload`` and ``delete`` are not synced on their own: the index's commit calls
 :meth:`EdgeClient.sync_log` once after its writes, before the coordinator records the
 transaction's end, and an abort lost to a power cut is done again by recovery (the
-pending points come back, and the decision log says ABORT, or says nothing). A sync also
+pending points come back, and the decision log says ABORT, or says nothing). Concurrent
+writers share syncs: one sync covers every write made before it began. A sync also
 flushes the segments once every :data:`FLUSH_EVERY` writes, which lets Edge drop the log
 they cover.
 
@@ -112,30 +113,51 @@ class EdgeCollectionInfo:
 
 
 class _Shard:
-    """One open Edge shard and the files its write-ahead log keeps."""
+    """One open Edge shard and the files its write-ahead log keeps.
+
+    Writers share syncs (a group commit): a sync covers every write made before it
+    started, so a writer whose write a sync in progress or just finished covers returns
+    without syncing again, and writers arriving during a sync wait for it, then one of
+    them syncs for all of them.
+    """
 
     def __init__(self, shard: edge.EdgeShard, directory: Path, durable: bool) -> None:
         self.shard = shard
         self._wal = directory / "wal"
         self._durable = durable
         self._synced_names: frozenset[str] = frozenset()
-        self._unflushed = 0
+        self._count_lock = threading.Lock()
+        self._written = 0  # writes made through this client
+        self._sync_lock = threading.Lock()
+        self._synced = 0  # of those, the ones a finished sync covers
+        self._flushed = 0  # of those, the ones the last flush covers
+        self.syncs = 0  # syncs made (for tests and probes)
 
     def update(self, operation: edge.UpdateOperation, *, sync: bool = True) -> None:
         self.shard.update(operation)
-        self._unflushed += 1
+        with self._count_lock:
+            self._written += 1
         if sync:
             self.sync()
 
     def sync(self) -> None:
-        """Write the segments once every :data:`FLUSH_EVERY` writes; then, if the client
-        is durable, sync the log's files (and the log's directory when it gained a file).
-        """
-        if self._unflushed >= FLUSH_EVERY:
-            self._unflushed = 0
-            self.shard.flush()
-        if not self._durable:
-            return
+        """Make every write made so far durable, unless a sync already did. Once every
+        :data:`FLUSH_EVERY` writes, write the segments first; then, if the client is
+        durable, sync the log's files (and the log's directory when it gained a file)."""
+        wanted = self._written  # the caller's writes are done, so they are counted
+        with self._sync_lock:
+            if self._synced >= wanted:
+                return
+            covered = self._written  # every write counted here returned before the sync
+            if covered - self._flushed >= FLUSH_EVERY:
+                self.shard.flush()
+                self._flushed = covered
+            if self._durable:
+                self._sync_log()
+                self.syncs += 1
+            self._synced = covered
+
+    def _sync_log(self) -> None:
         for _ in range(3):
             try:
                 names = frozenset(os.listdir(self._wal))

@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -303,4 +304,50 @@ def test_a_log_file_renamed_during_a_sync_is_synced_under_its_new_name(
     monkeypatch.setattr(edge_module, "_sync_file", sync_file)
     client.upsert("c", [models.PointStruct(id=str(uuid.uuid4()), vector=[0.1, 0.2, 0.3, 0.4])])
     assert set(os.listdir(wal)) <= set(synced)  # every log file, after listing them again
+    client.close()
+
+
+def test_racing_writers_share_a_log_sync_that_began_after_their_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group commit of log syncs: while one writer's sync is on the disk, seven others
+    write and wait; then one sync covers all seven. None may return on the sync that was
+    already running (it began before their writes), and none syncs again for itself."""
+    client = EdgeClient(tmp_path / "edge")
+    client.create_collection("c", models.VectorParams(size=4, distance=models.Distance.COSINE))
+    shard = client._shards["c"]
+    syncs_before = shard.syncs
+    on_disk, release = threading.Event(), threading.Event()
+    real = edge_module._sync_file
+
+    def sync_file(path: Path, sync: Any) -> None:
+        if not on_disk.is_set():  # the first writer's sync stays on the disk until released
+            on_disk.set()
+            assert release.wait(30)
+        real(path, sync)
+
+    monkeypatch.setattr(edge_module, "_sync_file", sync_file)
+
+    def write(i: int) -> None:
+        client.upsert("c", [models.PointStruct(id=str(uuid.uuid4()), vector=[0.1, 0.2, 0.3, i])])
+
+    first = threading.Thread(target=write, args=(0,))
+    first.start()
+    assert on_disk.wait(30)
+    written_before = shard._written
+    others = [threading.Thread(target=write, args=(i,)) for i in range(1, 8)]
+    for thread in others:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while shard._written < written_before + 7:  # every other writer's point is written
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    assert all(thread.is_alive() for thread in others)  # each waits for a sync
+    release.set()
+    for thread in [first, *others]:
+        thread.join(30)
+    assert shard.syncs - syncs_before == 2  # the first writer's, then one for the seven
+    assert shard._synced == shard._written == written_before + 7
+    points, _ = client.scroll("c", limit=100)
+    assert len(points) == 8
     client.close()
