@@ -3,7 +3,8 @@
 ::
 
     # lockstep.toml
-    path = "agent-memory"                 # the embedded default in this directory, or:
+    path = "agent-memory"                 # the embedded default in this directory,
+    embedded_index = "qdrant+edge"        #   its vectors in Qdrant Edge (default: qdrant+local), or:
     storage = "sqlite:///agent.db"        # any storage URL
     indexes = ["qdrant+local:///vectors?collection=memories&text_field=content"]
     mirrors = ["redis://127.0.0.1:6379/0"]  # further copies of the facts (optional)
@@ -16,6 +17,8 @@ Environment variables override the file: ``LOCKSTEP_PATH``, ``LOCKSTEP_STORAGE``
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import (
@@ -43,6 +46,11 @@ class LockstepSettings(BaseSettings):
     )
 
     path: str | None = Field(default=None, description="directory of the embedded default")
+    embedded_index: Literal["qdrant+local", "qdrant+edge"] | None = Field(
+        default=None,
+        description="the embedded default's vector engine (default: the one its directory "
+        "holds, else qdrant+local)",
+    )
     storage: str | None = Field(default=None, description="storage URL (source of truth)")
     indexes: list[str] = Field(default_factory=list, description="index URLs")
     mirrors: list[str] = Field(default_factory=list, description="mirror storage URLs")

@@ -21,16 +21,19 @@ from qdrant_client import models
 
 from coordinator import (
     AsyncMemoryStore,
+    ConfigurationError,
     Fact,
     FactRecord,
     MemoryStore,
     ParticipantError,
     Policy,
     UpsertFact,
+    UsageError,
     new_txid,
 )
 from coordinator.embeddings import HashingEmbedder
 from coordinator.plugins import open_participant
+from coordinator.settings import LockstepSettings
 from participants.qdrant import AsyncQdrantIndex, QdrantIndex
 from participants.qdrant import _edge as edge_module
 from participants.qdrant._edge import EdgeClient
@@ -351,3 +354,92 @@ def test_racing_writers_share_a_log_sync_that_began_after_their_writes(
     points, _ = client.scroll("c", limit=100)
     assert len(points) == 8
     client.close()
+
+
+# -- the embedded default on Qdrant Edge ---------------------------------------------------
+
+
+def _notes(mem: MemoryStore) -> dict[str, str]:
+    return {h.fact["id"]: h.fact["payload"]["content"] for h in mem.search("tea", k=10)}
+
+
+def test_the_embedded_default_on_edge_keeps_its_engine_when_opened_again(
+    tmp_path: Path,
+) -> None:
+    mem = MemoryStore.open(tmp_path, embedder=EMBEDDER, index="qdrant+edge")
+    green = mem.commit(Fact(type="note", payload={"content": "green tea"}), "s")
+    black = mem.commit(Fact(type="note", payload={"content": "black tea"}), "s")
+    mem.delete("s", black)
+    mem.close()
+    assert (tmp_path / "edge" / "memories" / "shard").is_dir()
+    assert not (tmp_path / "vectors").exists()
+    mem = MemoryStore.open(tmp_path, embedder=EMBEDDER)  # the directory's engine: Edge
+    assert isinstance(mem.indexes[0], QdrantIndex)
+    assert isinstance(mem.indexes[0]._client, EdgeClient)
+    assert _notes(mem) == {green: "green tea"}
+    mem.close()
+    settings = LockstepSettings(path=str(tmp_path), embedder="hashing:32")
+    mem = MemoryStore.from_settings(settings)  # as the CLI and the daemon open it
+    assert _notes(mem) == {green: "green tea"}
+    assert mem.verify().clean
+    mem.close()
+    assert not (tmp_path / "vectors").exists()
+
+
+def test_an_embedded_edge_store_open_elsewhere_is_refused_at_opening(tmp_path: Path) -> None:
+    """Edge locks a shard when it loads it; opening loads it at once, so a second store
+    stops there (as with local mode), not at its first commit."""
+    first = MemoryStore.open(tmp_path, embedder=EMBEDDER, index="qdrant+edge")
+    with pytest.raises(ParticipantError, match="open in another client"):
+        MemoryStore.open(tmp_path, embedder=EMBEDDER)
+    first.commit(Fact(type="note", payload={"content": "green tea"}), "s")
+    first.close()
+    again = MemoryStore.open(tmp_path, embedder=EMBEDDER)
+    assert list(_notes(again).values()) == ["green tea"]
+    again.close()
+
+
+def test_a_directory_of_one_engine_refuses_the_other_until_moved_and_repaired(
+    tmp_path: Path,
+) -> None:
+    mem = MemoryStore.open(tmp_path, embedder=EMBEDDER)  # Qdrant local mode
+    ids = [mem.commit(Fact(type="note", payload={"content": f"tea {i}"}), "s") for i in range(3)]
+    mem.close()
+    with pytest.raises(ConfigurationError, match=r"vectors in qdrant\+local .*verify --repair"):
+        MemoryStore.open(tmp_path, embedder=EMBEDDER, index="qdrant+edge")
+    assert not (tmp_path / "edge").exists()  # nothing made
+    with pytest.raises(UsageError, match="one of"):
+        MemoryStore.open(tmp_path, embedder=EMBEDDER, index="chroma+local")
+    (tmp_path / "vectors").rename(tmp_path / "vectors.old")
+    mem = MemoryStore.open(tmp_path, embedder=EMBEDDER, index="qdrant+edge")
+    assert set(mem.verify().derived["vectors"].missing) == set(ids)
+    assert set(mem.repair().derived["vectors"].missing) == set(ids)  # what it repaired
+    assert mem.verify().clean
+    assert set(_notes(mem)) == set(ids)
+    mem.close()
+    (tmp_path / "vectors.old").rename(tmp_path / "vectors")
+    with pytest.raises(ConfigurationError, match="both"):
+        MemoryStore.open(tmp_path, embedder=EMBEDDER)
+    mem = MemoryStore.open(tmp_path, embedder=EMBEDDER, index="qdrant+edge")
+    assert set(_notes(mem)) == set(ids)
+    mem.close()
+    with pytest.raises(ConfigurationError, match="embedded_index"):
+        MemoryStore.from_settings(
+            LockstepSettings(
+                storage=f"sqlite:///{tmp_path / 'facts.db'}", embedded_index="qdrant+edge"
+            )
+        )
+
+
+def test_the_async_embedded_default_opens_on_edge_and_finds_it_again(tmp_path: Path) -> None:
+    async def main() -> None:
+        mem = await AsyncMemoryStore.open(tmp_path, embedder=EMBEDDER, index="qdrant+edge")
+        green = await mem.commit(Fact(type="note", payload={"content": "green tea"}), "s")
+        await mem.close()
+        mem = await AsyncMemoryStore.open(tmp_path, embedder=EMBEDDER)
+        hits = await mem.search("tea", k=5)
+        assert [h.fact["id"] for h in hits] == [green]
+        await mem.close()
+
+    anyio.run(main)
+    assert (tmp_path / "edge").is_dir() and not (tmp_path / "vectors").exists()

@@ -41,6 +41,7 @@ from coordinator.memory._async.transaction import (
     embed_query,
     index_holds,
 )
+from coordinator.memory._embedded import ENGINES, engine_for
 from coordinator.memory._model import (
     Constraint,
     Fact,
@@ -135,35 +136,47 @@ class AsyncMemoryStore:
         embedder: Embedder | None = None,
         policy: Policy | None = None,
         fault_hook: FaultHook = no_faults,
+        index: str | None = None,
     ) -> AsyncMemoryStore:
         """The embedded default in directory ``path``: SQLite facts with the decision log in
-        the same file (the storage commits last, with the decision), a Qdrant local-mode
-        vector index, the offline semantic embedder. Recovery runs first.
+        the same file (the storage commits last, with the decision), a Qdrant vector index
+        in the process, the offline semantic embedder. Recovery runs first.
 
-        Qdrant's local mode locks its directory to one process, so no other coordinator
-        can be half-way through a commit on these files: every in-doubt branch left by an
-        earlier process is resolved at once, without waiting out the in-doubt timeout.
+        ``index`` picks the vector engine: ``"qdrant+local"`` (Qdrant's local mode, the
+        default) or ``"qdrant+edge"`` (Qdrant Edge, the ``qdrant-edge`` extra: faster
+        searches, points kept on disk rather than in the process). A directory keeps the
+        engine it was made with: without ``index`` the one it holds is used, and naming
+        the other is refused (see :mod:`coordinator.memory._embedded`).
+
+        Both engines lock their files to one process, so no other coordinator can be
+        half-way through a commit on these files: every in-doubt branch left by an earlier
+        process is resolved at once, without waiting out the in-doubt timeout.
         """
         directory = await ablocking(_whole, path)  # the URLs below name it from the root
+        engine = await ablocking(engine_for, directory, index)
         await ablocking(directory.mkdir, parents=True, exist_ok=True)
-        # The index first: local mode locks its directory to one client, so a second
-        # process stops here, before it has opened anything else.
-        index = _index(
+        # The index first: it locks its files to one client, so a second process stops
+        # here, before it has opened anything else.
+        vectors = _index(
             open_participant(
-                f"qdrant+local:///{directory / 'vectors'}?collection=memories",
+                f"{engine}:///{directory / ENGINES[engine]}?collection=memories",
                 name="vectors",
                 asynchronous=ASYNC_API,
                 embedder=embedder,
             )
         )
         try:
+            if engine == "qdrant+edge":
+                # Edge takes its lock when it first loads the collection's shard (local
+                # mode's client took it above): load it now, making it if new.
+                await vectors.recover()
             storage = _storage(
                 open_participant(
                     f"sqlite:///{directory / FACTS_FILE}", name="facts", asynchronous=ASYNC_API
                 )
             )
         except BaseException:
-            await index.close()
+            await vectors.close()
             raise
         # Without a log the storage keeps its decisions in facts.db and commits last with
         # them; a decisions.db left by an earlier version (facts.db holding no log of its
@@ -173,7 +186,7 @@ class AsyncMemoryStore:
         has_own_log = getattr(storage, "has_decision_table", lambda: False)
         if await ablocking(beside.exists) and not await ablocking(has_own_log):
             log = _log(open_decision_log(f"sqlite:///{beside}", asynchronous=ASYNC_API))
-        store = cls(storage, [index], log=log, policy=policy, fault_hook=fault_hook)
+        store = cls(storage, [vectors], log=log, policy=policy, fault_hook=fault_hook)
         return await _recovered(
             store, store.coordinator_with(in_doubt_timeout=0.001, redrive_after=0.0)
         )
@@ -190,7 +203,15 @@ class AsyncMemoryStore:
                     "source of truth) or use `path` alone for the embedded default"
                 )
             return await cls.open(
-                settings.path or DEFAULT_PATH, embedder=embedder, policy=settings.policy()
+                settings.path or DEFAULT_PATH,
+                embedder=embedder,
+                policy=settings.policy(),
+                index=settings.embedded_index,
+            )
+        if settings.embedded_index is not None:
+            raise ConfigurationError(
+                "settings name a storage and embedded_index, which picks the embedded "
+                "default's engine (with `path`); name a storage's indexes by URL in `indexes`"
             )
         storage = open_participant(settings.storage, name="facts", asynchronous=ASYNC_API)
         indexes = [
