@@ -72,6 +72,7 @@ bench-quick: install
 	$(PY) -m benchmarks.failure --ops 200
 	$(PY) -m benchmarks.crash --runs 5 --combos "sqlite + qdrant local"
 	$(PY) -m benchmarks.crash --runs 5 --combos "sqlite + qdrant local" --rollbacks 0.2
+	$(PY) -m benchmarks.crash --runs 5 --combos "sqlite + qdrant edge"
 	$(PY) -m benchmarks.late_writes --runs 5
 	$(PY) -m benchmarks.commit_cost --ops 24 --rounds 1 --combos "sqlite,sqlite + qdrant local"
 	$(PY) -m benchmarks.optimisations --ops 24 --rounds 1

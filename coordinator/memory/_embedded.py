@@ -46,7 +46,8 @@ def engine_for(directory: Path, asked: str | None) -> str:
             f"{directory} keeps its memories' vectors in {other} "
             f"({directory / ENGINES[other]}), not {asked}: open it without index= to use "
             f"them. To move to {asked}, move that directory aside, open with "
-            f"index={asked!r}, and repair (`lockstep verify --repair`): every memory is "
-            "written into the new index from the facts"
+            f"index={asked!r} and call repair() (or run `lockstep verify --repair` with "
+            f"embedded_index = {asked!r} in the settings): every memory is written into "
+            "the new index from the facts"
         )
     return asked
