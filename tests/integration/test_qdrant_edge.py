@@ -443,3 +443,44 @@ def test_the_async_embedded_default_opens_on_edge_and_finds_it_again(tmp_path: P
 
     anyio.run(main)
     assert (tmp_path / "edge").is_dir() and not (tmp_path / "vectors").exists()
+
+
+EMBEDDED_AGENT = r"""
+import sys
+from coordinator import Fact, MemoryStore
+from coordinator.embeddings import HashingEmbedder
+from coordinator.faults import hook_from_environment
+
+mem = MemoryStore.open(sys.argv[1], embedder=HashingEmbedder(32), index="qdrant+edge",
+                       fault_hook=hook_from_environment())
+for i in range(10):
+    print(mem.commit(Fact(id=f"f{i % 3}", type="note", payload={"content": f"tea {i}"})),
+          flush=True)
+"""
+
+
+@pytest.mark.parametrize("kill_at", ["after_prepare:vectors", "after_decision"])
+def test_an_embedded_edge_agent_killed_mid_commit_is_settled_by_the_next_open(
+    tmp_path: Path, kill_at: str
+) -> None:
+    """Edge locks the store's files to one process, so the next ``open()`` settles what
+    a killed one left in doubt at once, without waiting out the in-doubt timeout."""
+    agent = subprocess.run(
+        [sys.executable, "-c", EMBEDDED_AGENT, str(tmp_path)],
+        env={**os.environ, "LOCKSTEP_KILL_AT": kill_at, "LOCKSTEP_KILL_SKIP": "4"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert agent.returncode == -signal.SIGKILL, agent.stderr
+    returned = set(agent.stdout.split())
+    assert returned
+    mem = MemoryStore.open(tmp_path, embedder=EMBEDDER)
+    verdict = mem.verify()
+    assert verdict.clean, verdict  # nothing left staged: settled by open()'s recovery
+    stored = {f["id"]: f["payload"]["content"] for f in mem.query()}
+    assert returned <= set(stored)
+    hits = mem.search("tea", k=10)
+    assert {h.fact["id"]: h.fact["payload"]["content"] for h in hits} == stored
+    mem.close()
