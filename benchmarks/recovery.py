@@ -1,5 +1,6 @@
 """Recovery: time to resolve 10,000 in-doubt transactions, and the start-up cost of
-``MemoryStore.open`` (the embedded default: SQLite facts and log, Qdrant local vectors).
+``MemoryStore.open`` (the embedded default: SQLite facts and log, and its vectors in
+Qdrant's local mode or, with ``index="qdrant+edge"``, in Qdrant Edge).
 
 The in-doubt state is what a crash leaves, for half of the transactions after the commit
 decision and for half before it, in two layouts:
@@ -13,7 +14,8 @@ decision and for half before it, in two layouts:
 
 ``MemoryStore.open`` recovers them all; the stores are checked afterwards.
 
-    python -m benchmarks.recovery [--transactions 10000] [--json out.json]
+    python -m benchmarks.recovery [--transactions 10000] [--engines qdrant+local,qdrant+edge]
+                                  [--json out.json]
 """
 
 from __future__ import annotations
@@ -26,22 +28,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import SameEmbedder, machine
+from benchmarks._common import SameEmbedder, machine, pick
 from coordinator import FactRecord, MemoryStore, UpsertFact, new_txid
 from coordinator.abc import Decision
 from coordinator.log import SQLiteDecisionLog
+from coordinator.memory._embedded import ENGINES
 from coordinator.plugins import open_participant
 
 LAYOUTS = ("last resource", "separate log")
 
 
-def leave_in_doubt(directory: Path, transactions: int, layout: str) -> None:
+def leave_in_doubt(directory: Path, transactions: int, layout: str, engine: str) -> None:
     """Stage ``transactions`` single-fact inserts as a crash would leave them in
-    ``layout``; half of them are decided (COMMIT), half are not."""
+    ``layout``, the vectors in ``engine`` (as the embedded default keeps them); half of
+    them are decided (COMMIT), half are not."""
     directory.mkdir(parents=True, exist_ok=True)
     storage: Any = open_participant(f"sqlite:///{directory / 'facts.db'}", name="facts")
     index: Any = open_participant(
-        f"qdrant+local:///{directory / 'vectors'}?collection=memories",
+        f"{engine}:///{directory / ENGINES[engine]}?collection=memories",
         name="vectors",
         embedder=SameEmbedder(),
     )
@@ -79,58 +83,81 @@ def timed_open(directory: Path, **options: Any) -> tuple[float, MemoryStore]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--transactions", type=int, default=10_000)
+    parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    engines = pick(parser, "--engines", args.engines, list(ENGINES))
     n = args.transactions
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="lockstep-recovery-") as tmp:
-        base = Path(tmp)
-        seconds, mem = timed_open(base / "empty", embedder=SameEmbedder())
-        mem.close()
-        rows.append({"case": "open, empty directory", "seconds": seconds})
-
-        for layout in LAYOUTS:
-            print(f"  staging {n} in-doubt transactions ({layout})", file=sys.stderr, flush=True)
-            crashed = base / layout.replace(" ", "-")
-            leave_in_doubt(crashed, n, layout)
-            seconds, mem = timed_open(crashed, embedder=SameEmbedder())
-            facts = {f.id for f in mem.storage.all_facts()}
-            contents = mem.indexes[0].contents()
-            report = mem.verify()
-            assert len(facts) == (n + 1) // 2, f"recovery ({layout}): {len(facts)} facts"
-            assert len(contents.committed) == len(facts), f"recovery ({layout}): vectors"
-            assert report.clean, f"recovery ({layout}) left drift or staged branches"
-            mem.close()
-            rows.append(
-                {
-                    "case": f"open + recover {n} in-doubt transactions ({layout})",
-                    "seconds": seconds,
-                    "transactions_per_s": n / seconds,
-                }
-            )
-
-        seconds, mem = timed_open(crashed, embedder=SameEmbedder())
-        mem.close()
-        rows.append({"case": f"open, {len(facts)} facts, nothing in doubt", "seconds": seconds})
-
-        seconds, mem = timed_open(base / "model")
-        mem.close()
-        rows.append(
-            {"case": "open, empty, default embedder (offline e5 model load)", "seconds": seconds}
-        )
+        for engine in engines:
+            rows += _open_and_recover(Path(tmp) / engine.replace("+", "-"), n, engine)
 
     print(f"## Recovery and start-up\n\nMachine: {machine()}\n")
-    print("SQLite facts + SQLite decision log + Qdrant local vectors (`MemoryStore.open`).\n")
-    print("| case | seconds | transactions/s |")
-    print("|---|---:|---:|")
+    print("SQLite facts + SQLite decision log + the vectors in the index (`MemoryStore.open`).\n")
+    print("| index | case | seconds | transactions/s |")
+    print("|---|---|---:|---:|")
     for row in rows:
         rate = row.get("transactions_per_s")
         print(
-            f"| {row['case']} | {row['seconds']:.2f} | {'' if rate is None else f'{rate:,.0f}'} |"
+            f"| {row['index']} | {row['case']} | {row['seconds']:.2f} "
+            f"| {'' if rate is None else f'{rate:,.0f}'} |"
         )
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "results": rows}, indent=2))
     return 0
+
+
+def _open_and_recover(base: Path, n: int, engine: str) -> list[dict[str, Any]]:
+    """The rows of one engine: opening an empty directory (first in the process, so with
+    the imports an engine's first use costs, then again), recovering ``n`` in-doubt
+    transactions in each layout, opening again, opening with the default embedder."""
+    rows: list[dict[str, Any]] = []
+    seconds, mem = timed_open(base / "first", embedder=SameEmbedder(), index=engine)
+    mem.close()
+    first = "open, empty directory, the engine's first in the process (imports included)"
+    rows.append({"index": engine, "case": first, "seconds": seconds})
+    seconds, mem = timed_open(base / "empty", embedder=SameEmbedder(), index=engine)
+    mem.close()
+    rows.append({"index": engine, "case": "open, empty directory", "seconds": seconds})
+
+    for layout in LAYOUTS:
+        print(f"  {engine}: staging {n} in-doubt transactions ({layout})", file=sys.stderr)
+        crashed = base / layout.replace(" ", "-")
+        leave_in_doubt(crashed, n, layout, engine)
+        seconds, mem = timed_open(crashed, embedder=SameEmbedder())  # the engine it holds
+        facts = {f.id for f in mem.storage.all_facts()}
+        contents = mem.indexes[0].contents()
+        report = mem.verify()
+        assert len(facts) == (n + 1) // 2, f"recovery ({layout}): {len(facts)} facts"
+        assert len(contents.committed) == len(facts), f"recovery ({layout}): vectors"
+        assert report.clean, f"recovery ({layout}) left drift or staged branches"
+        mem.close()
+        rows.append(
+            {
+                "index": engine,
+                "case": f"open + recover {n} in-doubt transactions ({layout})",
+                "seconds": seconds,
+                "transactions_per_s": n / seconds,
+            }
+        )
+
+    seconds, mem = timed_open(crashed, embedder=SameEmbedder())
+    mem.close()
+    rows.append(
+        {"index": engine, "case": f"open, {len(facts)} facts, nothing in doubt", "seconds": seconds}
+    )
+
+    seconds, mem = timed_open(base / "model", index=engine)
+    mem.close()
+    rows.append(
+        {
+            "index": engine,
+            "case": "open, empty, default embedder (offline e5 model load)",
+            "seconds": seconds,
+        }
+    )
+    return rows
 
 
 if __name__ == "__main__":
