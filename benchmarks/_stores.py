@@ -156,11 +156,19 @@ class _AsyncRedisCopy:
         return []
 
 
+NO_MEMSTATE_ON_EDGE = (
+    "MemState's Qdrant hook takes a qdrant-client; Qdrant Edge has an API of its own"
+)
+
+
+def memstate_runs_on(combo: str) -> bool:
+    """Whether MemState can run on ``combo`` (not on Qdrant Edge)."""
+    return "qdrant edge" not in combo
+
+
 def _no_edge(combo: str) -> None:
-    if "qdrant edge" in combo:
-        raise NotImplementedError(
-            "MemState's Qdrant hook takes a qdrant-client; Qdrant Edge has an API of its own"
-        )
+    if not memstate_runs_on(combo):
+        raise NotImplementedError(NO_MEMSTATE_ON_EDGE)
 
 
 def memstate_store(spec: dict[str, Any]) -> Any:

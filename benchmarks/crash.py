@@ -13,7 +13,7 @@ can reach a vector server after the pass listed what was staged (a request the s
 received is carried out though its client is dead), and only a later pass sees it;
 searches never return it (every hit is checked against the fact store).
 Systems alternate run by run; two runs go at once (the kill moment, not speed, matters).
-MemState does not run on Qdrant Edge (its hook takes a qdrant-client).
+MemState does not run on Qdrant Edge (:data:`benchmarks._stores.NO_MEMSTATE_ON_EDGE`).
 
     python -m benchmarks.crash [--runs 200] [--combos a,b] [--rollbacks 0.2] [--json out.json]
 """
@@ -36,7 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import ROOT, embed, ensure_memstate_env, machine, pick
-from benchmarks._stores import Servers, lockstep_store, memstate_store
+from benchmarks._stores import (
+    NO_MEMSTATE_ON_EDGE,
+    Servers,
+    lockstep_store,
+    memstate_runs_on,
+    memstate_store,
+)
 from benchmarks.failure import _compare, _points
 
 COMBOS = [
@@ -279,9 +285,7 @@ def main() -> int:
     pythons = dict.fromkeys(systems, sys.executable)
     if "memstate" in systems:
         pythons["memstate"] = str(ensure_memstate_env())
-    measured = {
-        c: [s for s in systems if s != "memstate" or "qdrant edge" not in c] for c in combos
-    }
+    measured = {c: [s for s in systems if s != "memstate" or memstate_runs_on(c)] for c in combos}
     drifted: dict[str, dict[str, list[int]]] = {c: {s: [] for s in measured[c]} for c in combos}
     late: dict[str, dict[str, list[int]]] = {c: {s: [] for s in measured[c]} for c in combos}
     started = time.monotonic()
@@ -353,7 +357,7 @@ def main() -> int:
             )
     for combo in combos:
         if "memstate" in systems and "memstate" not in measured[combo]:
-            print(f"\nnot measured: MemState on {combo} (its Qdrant hook takes a qdrant-client)")
+            print(f"\nnot measured: MemState on {combo}: {NO_MEMSTATE_ON_EDGE}")
     if args.json:
         args.json.write_text(
             json.dumps({"machine": machine(), "drifted": drifted, "late": late}, indent=2)

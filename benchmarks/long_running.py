@@ -49,19 +49,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     memories, updates = spec["memories"], spec["updates"]
     # 384 dimensions, as the default e5 model's: a row's cost in a search is its vector's.
     embedder = HashingEmbedder(384)
-    directory = Path(spec["dir"]) / "memory"
-    if spec["mode"] == "qdrant edge":
-        from participants.qdrant import QdrantIndex
-        from participants.qdrant._edge import EdgeClient
-        from participants.sqlite import SQLiteStorage
-
-        directory.mkdir()
-        edge = QdrantIndex(
-            EdgeClient(directory / "vectors"), "memories", "content", embedder=embedder
-        )
-        mem = MemoryStore(SQLiteStorage(directory / "facts.db"), [edge])
-    else:
-        mem = MemoryStore.open(directory, embedder=embedder)
+    engine = "qdrant+edge" if spec["mode"] == "qdrant edge" else "qdrant+local"
+    mem = MemoryStore.open(Path(spec["dir"]) / "memory", embedder=embedder, index=engine)
     try:
         ids = []
         for start in range(0, memories, 1000):

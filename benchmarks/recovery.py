@@ -32,8 +32,8 @@ from benchmarks._common import SameEmbedder, machine, pick
 from coordinator import FactRecord, MemoryStore, UpsertFact, new_txid
 from coordinator.abc import Decision
 from coordinator.log import SQLiteDecisionLog
-from coordinator.memory._embedded import ENGINES
 from coordinator.plugins import open_participant
+from coordinator.settings import ENGINES
 
 LAYOUTS = ("last resource", "separate log")
 

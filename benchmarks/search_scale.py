@@ -37,23 +37,15 @@ KINDS = [
 
 
 def open_store(index: str, directory: Path) -> MemoryStore:
-    if index == "qdrant local":
-        return MemoryStore.open(directory, embedder=SameEmbedder())
-    from participants.sqlite import SQLiteStorage
-
-    directory.mkdir()
-    if index == "qdrant edge":
-        from participants.qdrant import QdrantIndex
-        from participants.qdrant._edge import EdgeClient
-
-        edge = QdrantIndex(
-            EdgeClient(directory / "vectors"), "memories", "content", embedder=SameEmbedder()
-        )
-        return MemoryStore(SQLiteStorage(directory / "facts.db"), [edge])
+    if index in ("qdrant local", "qdrant edge"):
+        engine = index.replace(" ", "+")
+        return MemoryStore.open(directory, embedder=SameEmbedder(), index=engine)
     import chromadb
 
     from participants.chroma import ChromaIndex
+    from participants.sqlite import SQLiteStorage
 
+    directory.mkdir()
     client = chromadb.PersistentClient(str(directory / "vectors"))
     chroma = ChromaIndex(client, "memories", "content", embedder=SameEmbedder())
     return MemoryStore(SQLiteStorage(directory / "facts.db"), [chroma])

@@ -18,7 +18,7 @@ Environment variables override the file: ``LOCKSTEP_PATH``, ``LOCKSTEP_STORAGE``
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field
 from pydantic_settings import (
@@ -32,6 +32,10 @@ from coordinator.abc import Embedder
 from coordinator.embeddings import embedder_from_spec
 from coordinator.policy import Policy
 
+EmbeddedIndex = Literal["qdrant+local", "qdrant+edge"]
+"""The embedded default's vector engines, by URL scheme (the first is the default)."""
+ENGINES: dict[str, str] = dict(zip(get_args(EmbeddedIndex), ("vectors", "edge"), strict=True))
+"""Each embedded engine's subdirectory of the store's directory."""
 DEFAULT_PATH = "lockstep-memory"
 """The embedded default's directory when the settings name neither ``path`` nor ``storage``."""
 FACTS_FILE = "facts.db"
@@ -46,7 +50,7 @@ class LockstepSettings(BaseSettings):
     )
 
     path: str | None = Field(default=None, description="directory of the embedded default")
-    embedded_index: Literal["qdrant+local", "qdrant+edge"] | None = Field(
+    embedded_index: EmbeddedIndex | None = Field(
         default=None,
         description="the embedded default's vector engine (default: the one its directory "
         "holds, else qdrant+local)",

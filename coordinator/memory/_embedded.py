@@ -15,16 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from coordinator.errors import ConfigurationError, UsageError
-
-ENGINES = {"qdrant+local": "vectors", "qdrant+edge": "edge"}
-"""The embedded default's vector engines, by URL scheme, and the subdirectory of each."""
-DEFAULT_ENGINE = "qdrant+local"
+from coordinator.settings import ENGINES
 
 
 def engine_for(directory: Path, asked: str | None) -> str:
     """The engine to open ``directory`` with: ``asked``, or the one the directory holds.
 
-    :raises UsageError: ``asked`` is not one of :data:`ENGINES`.
+    :raises UsageError: ``asked`` is not one of :data:`coordinator.settings.ENGINES`.
     :raises ConfigurationError: the directory holds the other engine's points (or both
         engines' and nothing was asked).
     """
@@ -39,7 +36,7 @@ def engine_for(directory: Path, asked: str | None) -> str:
                 f"{directory} holds points of both {held[0]} and {held[1]}; name the one "
                 f"to use with index= (embedded_index in the settings)"
             )
-        return held[0] if held else DEFAULT_ENGINE
+        return held[0] if held else "qdrant+local"
     if held and asked not in held:
         other = held[0]
         raise ConfigurationError(

@@ -429,7 +429,9 @@ class AsyncEdgeClient:
     """:class:`EdgeClient` for the async index. Edge's calls run on the event loop, as
     local mode's do: they hold the interpreter while they run (well under a millisecond
     for a write), so a worker thread would only add its hand-over. The write-ahead log's
-    sync waits on the disk, with the interpreter released, and runs in a worker thread."""
+    sync waits on the disk, with the interpreter released, and runs in a worker thread,
+    as does a collection's creation (which syncs). Each method takes what
+    :class:`EdgeClient`'s of the same name takes."""
 
     records_metadata = True
 
@@ -439,15 +441,8 @@ class AsyncEdgeClient:
     async def collection_exists(self, collection_name: str) -> bool:
         return self.client.collection_exists(collection_name)
 
-    async def create_collection(
-        self,
-        collection_name: str,
-        vectors_config: models.VectorParams,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> bool:
-        return await ablocking(
-            self.client.create_collection, collection_name, vectors_config, metadata
-        )
+    async def create_collection(self, *args: Any, **kwargs: Any) -> bool:
+        return await ablocking(self.client.create_collection, *args, **kwargs)
 
     async def get_collection(self, collection_name: str) -> EdgeCollectionInfo:
         return self.client.get_collection(collection_name)
@@ -458,45 +453,17 @@ class AsyncEdgeClient:
         self.client.upsert(collection_name, points, synced=False)
         await self.sync_log(collection_name)
 
-    async def set_payload(
-        self,
-        collection_name: str,
-        payload: Mapping[str, Any],
-        points: Sequence[models.ExtendedPointId],
-        wait: bool = True,
-    ) -> None:
-        self.client.set_payload(collection_name, payload, points)
+    async def set_payload(self, *args: Any, **kwargs: Any) -> None:
+        self.client.set_payload(*args, **kwargs)
 
-    async def delete(
-        self,
-        collection_name: str,
-        points_selector: models.PointIdsList | models.Filter,
-        wait: bool = True,
-    ) -> None:
-        self.client.delete(collection_name, points_selector)
+    async def delete(self, *args: Any, **kwargs: Any) -> None:
+        self.client.delete(*args, **kwargs)
 
-    async def scroll(
-        self,
-        collection_name: str,
-        scroll_filter: models.Filter | None = None,
-        limit: int = 10,
-        offset: models.ExtendedPointId | None = None,
-        with_payload: bool = True,
-        with_vectors: bool = False,
-    ) -> tuple[list[EdgeRecord], str | None]:
-        return self.client.scroll(
-            collection_name, scroll_filter, limit, offset, with_payload, with_vectors
-        )
+    async def scroll(self, *args: Any, **kwargs: Any) -> tuple[list[EdgeRecord], str | None]:
+        return self.client.scroll(*args, **kwargs)
 
-    async def query_points(
-        self,
-        collection_name: str,
-        query: Sequence[float],
-        query_filter: models.Filter | None = None,
-        limit: int = 10,
-        with_payload: bool = False,
-    ) -> EdgeQueryResponse:
-        return self.client.query_points(collection_name, query, query_filter, limit, with_payload)
+    async def query_points(self, *args: Any, **kwargs: Any) -> EdgeQueryResponse:
+        return self.client.query_points(*args, **kwargs)
 
     async def sync_log(self, collection_name: str) -> None:
         await ablocking(self.client.sync_log, collection_name)

@@ -38,6 +38,7 @@ from participants.qdrant import AsyncQdrantIndex, QdrantIndex
 from participants.qdrant import _edge as edge_module
 from participants.qdrant._edge import EdgeClient
 from participants.sqlite import AsyncSQLiteStorage, SQLiteStorage
+from tests.support.crash import killed_agent
 
 EMBEDDER = HashingEmbedder(32)
 RECOVER_NOW = Policy(in_doubt_timeout=0.001, redrive_after=0, finish_attempts=2, prepare_timeout=5)
@@ -170,19 +171,25 @@ for i in range(int(sys.argv[2])):
 """
 
 
-def _reopen_and_check(tmp_path: Path, returned: set[str]) -> None:
-    """Reopen the dead agent's stores, recover, and check they agree and that every commit
-    it saw return is there (G2)."""
-    mem = MemoryStore(SQLiteStorage(tmp_path / "facts.db"), [_index(tmp_path)], policy=RECOVER_NOW)
-    assert mem.recover().clean
+def _check_agreement(mem: MemoryStore, returned: set[str], query: str) -> None:
+    """The stores agree, nothing is left staged, and every commit the dead agent saw
+    return is there (G2); a search finds every fact once, at its stored version; closes
+    ``mem``."""
     verdict = mem.verify()
     assert verdict.clean, verdict
     stored = {f["id"]: f["payload"]["content"] for f in mem.query()}
     assert returned <= set(stored)
-    hits = mem.search("note", k=10)  # every fact once, at its stored version
+    hits = mem.search(query, k=10)
     assert {h.fact["id"]: h.fact["payload"]["content"] for h in hits} == stored
     assert len(hits) == len(stored)
     mem.close()
+
+
+def _reopen_and_check(tmp_path: Path, returned: set[str]) -> None:
+    """Reopen the dead agent's stores, recover, and check what they hold."""
+    mem = MemoryStore(SQLiteStorage(tmp_path / "facts.db"), [_index(tmp_path)], policy=RECOVER_NOW)
+    assert mem.recover().clean
+    _check_agreement(mem, returned, "note")
 
 
 @pytest.mark.parametrize(
@@ -199,19 +206,8 @@ def _reopen_and_check(tmp_path: Path, returned: set[str]) -> None:
 def test_an_agent_killed_at_a_named_point_reopens_in_agreement(
     tmp_path: Path, kill_at: str, deferred: bool
 ) -> None:
-    env = {"LOCKSTEP_KILL_AT": kill_at, "LOCKSTEP_KILL_SKIP": "3"}
-    if deferred:
-        env["DEFERRED"] = "1"
-    agent = subprocess.run(
-        [sys.executable, "-c", AGENT, str(tmp_path), "10"],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert agent.returncode == -signal.SIGKILL, agent.stderr
-    returned = set(agent.stdout.split())
+    env = {"DEFERRED": "1"} if deferred else {}
+    returned = killed_agent(kill_at, AGENT, str(tmp_path), "10", **env)
     assert returned
     _reopen_and_check(tmp_path, returned)
 
@@ -465,22 +461,7 @@ def test_an_embedded_edge_agent_killed_mid_commit_is_settled_by_the_next_open(
 ) -> None:
     """Edge locks the store's files to one process, so the next ``open()`` settles what
     a killed one left in doubt at once, without waiting out the in-doubt timeout."""
-    agent = subprocess.run(
-        [sys.executable, "-c", EMBEDDED_AGENT, str(tmp_path)],
-        env={**os.environ, "LOCKSTEP_KILL_AT": kill_at, "LOCKSTEP_KILL_SKIP": "4"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert agent.returncode == -signal.SIGKILL, agent.stderr
-    returned = set(agent.stdout.split())
+    returned = killed_agent(kill_at, EMBEDDED_AGENT, str(tmp_path))
     assert returned
-    mem = MemoryStore.open(tmp_path, embedder=EMBEDDER)
-    verdict = mem.verify()
-    assert verdict.clean, verdict  # nothing left staged: settled by open()'s recovery
-    stored = {f["id"]: f["payload"]["content"] for f in mem.query()}
-    assert returned <= set(stored)
-    hits = mem.search("tea", k=10)
-    assert {h.fact["id"]: h.fact["payload"]["content"] for h in hits} == stored
-    mem.close()
+    # No recovery called here: open()'s own pass must leave nothing staged.
+    _check_agreement(MemoryStore.open(tmp_path, embedder=EMBEDDER), returned, "tea")

@@ -4,11 +4,7 @@ agent process SIGKILLed mid-commit with embedded indexes, and a reader beside 1,
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +20,7 @@ from coordinator.log import SQLiteDecisionLog
 from participants.chroma import ChromaIndex
 from participants.qdrant import QdrantIndex
 from participants.sqlite import SQLiteStorage
-from tests.support.crash import upsert
+from tests.support.crash import killed_agent, upsert
 
 EMBEDDER = HashingEmbedder(32)
 RECOVER_NOW = Policy(in_doubt_timeout=0.001, redrive_after=0, finish_attempts=2, prepare_timeout=5)
@@ -134,18 +130,11 @@ for i in range(int(sys.argv[2])):
 
 def _kill_and_reopen(
     tmp_path: Path, script: list[str], kill_at: str, env: dict[str, str]
-) -> tuple[subprocess.CompletedProcess[str], MemoryStore, ChromaIndex]:
+) -> tuple[set[str], MemoryStore, ChromaIndex]:
     """Run an agent script that is SIGKILLed at the fourth pass of ``kill_at``; reopen its
-    stores (the log in the storage unless ``SEPARATE_LOG``), recover and check they agree."""
-    agent = subprocess.run(
-        [sys.executable, "-c", *script],
-        env={**os.environ, "LOCKSTEP_KILL_AT": kill_at, "LOCKSTEP_KILL_SKIP": "3", **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert agent.returncode == -signal.SIGKILL, agent.stderr
+    stores (the log in the storage unless ``SEPARATE_LOG``), recover and check they agree.
+    What it printed (the ids of the commits it saw return), the store and its index."""
+    printed = killed_agent(kill_at, *script, **env)
     index = ChromaIndex(
         chromadb.PersistentClient(path=str(tmp_path / "chroma")),
         "notes",
@@ -157,7 +146,7 @@ def _kill_and_reopen(
     assert mem.recover().clean
     verdict = mem.verify()
     assert verdict.clean, verdict
-    return agent, mem, index
+    return printed, mem, index
 
 
 @pytest.mark.parametrize(
@@ -182,9 +171,8 @@ def test_an_agent_killed_mid_commit_with_an_embedded_index_reopens_in_agreement(
     env = {"DEFERRED": "1"} if deferred else {}
     if separate_log:
         env["SEPARATE_LOG"] = "1"
-    agent, mem, _ = _kill_and_reopen(tmp_path, [AGENT, str(tmp_path), "10"], kill_at, env)
+    returned, mem, _ = _kill_and_reopen(tmp_path, [AGENT, str(tmp_path), "10"], kill_at, env)
     # G2: every commit the agent saw return survived its death.
-    returned = set(agent.stdout.split())
     assert returned and returned <= {f["id"] for f in mem.query()}
 
 

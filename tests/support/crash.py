@@ -1,6 +1,12 @@
-"""Simulated crashes, and small builders of facts and writes for tests."""
+"""Simulated crashes, agents killed for real, and small builders of facts and writes for
+tests."""
 
 from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
 
 from coordinator import FactRecord, UpsertFact
 
@@ -30,3 +36,18 @@ def fact(fact_id: str, version: int, **payload: object) -> FactRecord:
 
 def upsert(fact_id: str, version: int, **payload: object) -> UpsertFact:
     return UpsertFact(fact(fact_id, version, **payload), version - 1)
+
+
+def killed_agent(kill_at: str, agent: str, *args: str, **env: str) -> set[str]:
+    """Run the Python source ``agent`` (with ``args``) until the fault hook SIGKILLs it at
+    the fourth pass of ``kill_at``; the ids it printed, one a commit it saw return."""
+    done = subprocess.run(
+        [sys.executable, "-c", agent, *args],
+        env={**os.environ, "LOCKSTEP_KILL_AT": kill_at, "LOCKSTEP_KILL_SKIP": "3", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    return set(done.stdout.split())

@@ -41,7 +41,7 @@ from coordinator.memory._async.transaction import (
     embed_query,
     index_holds,
 )
-from coordinator.memory._embedded import ENGINES, engine_for
+from coordinator.memory._embedded import engine_for
 from coordinator.memory._model import (
     Constraint,
     Fact,
@@ -55,7 +55,7 @@ from coordinator.outcomes import RecoveryReport
 from coordinator.plugins import open_decision_log, open_participant
 from coordinator.policy import Policy
 from coordinator.records import DeleteFact, FactRecord, JSONValue, UpsertFact, Write
-from coordinator.settings import DEFAULT_PATH, FACTS_FILE, LockstepSettings
+from coordinator.settings import DEFAULT_PATH, ENGINES, FACTS_FILE, LockstepSettings
 
 logger = logging.getLogger("coordinator")
 

@@ -37,7 +37,7 @@ from coordinator.faults import FaultHook, no_faults
 from coordinator.filters import check_filters, matches
 from coordinator.ids import new_txid
 from coordinator.log import MemoryDecisionLog
-from coordinator.memory._embedded import ENGINES, engine_for
+from coordinator.memory._embedded import engine_for
 from coordinator.memory._model import (
     Constraint,
     Fact,
@@ -57,7 +57,7 @@ from coordinator.outcomes import RecoveryReport
 from coordinator.plugins import open_decision_log, open_participant
 from coordinator.policy import Policy
 from coordinator.records import DeleteFact, FactRecord, JSONValue, UpsertFact, Write
-from coordinator.settings import DEFAULT_PATH, FACTS_FILE, LockstepSettings
+from coordinator.settings import DEFAULT_PATH, ENGINES, FACTS_FILE, LockstepSettings
 
 logger = logging.getLogger("coordinator")
 
