@@ -159,6 +159,9 @@ async def test_a_log_failure_at_the_decision_is_in_doubt_then_settled_by_recover
         await stores.coordinator.commit({"facts": [upsert("a", 1)], "mirror": [upsert("a", 1)]})
     assert len((await stores.staged())[0]) == 1  # nothing touched while in doubt
     stores.log.failing = False
+    # Past the recoverer's in-doubt timeout (1 ms): a fast machine got here sooner once,
+    # and the branch was left waiting, as it must be while it is younger.
+    await asleep(0.01)
     report = await stores.recoverer().recover()
     assert len(report.fenced) == 1
     assert await stores.both("a") == (None, None)
