@@ -7,6 +7,8 @@ Needs the ``qdrant`` extra (``qdrant-client``); Qdrant Edge the ``qdrant-edge`` 
 
 from __future__ import annotations
 
+import atexit
+import weakref
 from typing import Any
 
 from coordinator.abc import Embedder
@@ -75,7 +77,7 @@ def _client(url: str, asynchronous: bool, name: str | None) -> Any:
     else:
         kwargs["location"] = ":memory:"
     try:
-        return AsyncQdrantClient(**kwargs) if asynchronous else QdrantClient(**kwargs)  # type: ignore[arg-type]
+        client = AsyncQdrantClient(**kwargs) if asynchronous else QdrantClient(**kwargs)  # type: ignore[arg-type]
     except RuntimeError as exc:
         if "already accessed" not in str(exc):
             raise
@@ -87,3 +89,21 @@ def _client(url: str, asynchronous: bool, name: str | None) -> Any:
             "(qdrant+http://) for several processes",
             participant=name,
         ) from exc
+    if "path" in kwargs and isinstance(client, QdrantClient):
+        _OPEN_AT_EXIT.add(client)
+    return client
+
+
+# A local-mode QdrantClient still open when the interpreter shuts down (a store kept in a
+# reference cycle, or by a saved exception) is closed by its ``__del__`` after imports are
+# gone, and its close imports the module that unlocks the directory: Python prints an
+# ImportError traceback as the program exits (qdrant-client issue 1079). Those this module
+# made are closed at exit instead, while imports still work; closing twice is harmless.
+# (The async client has no ``__del__``.)
+_OPEN_AT_EXIT: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_local_clients() -> None:
+    for client in list(_OPEN_AT_EXIT):
+        client.close()

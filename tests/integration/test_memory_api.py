@@ -464,6 +464,41 @@ def test_an_embedded_store_open_elsewhere_is_a_clear_error_that_changes_nothing(
     again.close()
 
 
+def test_a_store_still_open_when_the_program_ends_exits_quietly_and_opens_again(
+    tmp_path: Path,
+) -> None:
+    """A program that never closes its embedded store and keeps it to the end (here in a
+    reference cycle, as an agent object holding it would) exits without a traceback: the
+    local-mode client is closed at exit, not by its ``__del__`` once imports are gone. The
+    store then opens with its fact in both stores."""
+    program = (
+        "import sys\n"
+        "from coordinator import Fact, MemoryStore\n"
+        "from coordinator.embeddings import HashingEmbedder\n"
+        "mem = MemoryStore.open(sys.argv[1], embedder=HashingEmbedder(16))\n"
+        "mem.commit(Fact(id='kept', type='note', payload={'content': 'kept to the end'}))\n"
+        "class Agent:\n"
+        "    def __init__(self, memory):\n"
+        "        self.memory, self.me = memory, self\n"
+        "agent = Agent(mem)\n"
+    )
+    ended = subprocess.run(
+        [sys.executable, "-c", program, str(tmp_path / "memory")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ended.returncode == 0, ended.stderr
+    assert "Exception ignored" not in ended.stderr, ended.stderr
+    assert "Traceback" not in ended.stderr, ended.stderr
+    again = MemoryStore.open(tmp_path / "memory", embedder=HashingEmbedder(16))
+    assert again.get("kept")["payload"] == {"content": "kept to the end"}  # type: ignore[index]
+    assert [hit.fact["id"] for hit in again.search("kept to the end", k=1)] == ["kept"]
+    assert again.verify().clean
+    again.close()
+
+
 def test_a_payload_that_is_not_json_is_refused_before_any_store_sees_it(tmp_path: Path) -> None:
     """The embedded default's index embeds the whole payload as JSON when it has no text
     field; bytes there used to escape as a bare TypeError from the index. Now the memory
