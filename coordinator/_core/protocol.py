@@ -1,6 +1,6 @@
 """The two-phase commit protocol as a generator of effects (presumed abort).
 
-Rules (each is a promise of DESIGN.md; tests check every one of them at every yield):
+Rules (each serves a guarantee of docs/engine.md; tests check every one of them at every yield):
 
 Rule 1. No participant is told to commit before the COMMIT decision is durable in the
         log. The COMMIT insert is the commit point.

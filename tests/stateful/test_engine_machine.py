@@ -3,7 +3,7 @@
 Three participants (a SQLite file and two in-process stores, one of them flaky) share a
 SQLite decision log. The model is the set of facts every store must hold.
 
-Invariants (DESIGN.md section 1):
+Invariants (the guarantees of docs/engine.md):
 
 * G1 all or none: whenever no outcome is pending, every store holds exactly the model and
   nothing is staged anywhere.

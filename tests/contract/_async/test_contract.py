@@ -1,4 +1,4 @@
-"""The participant contract (DESIGN.md section 3), run against every participant.
+"""The participant contract (docs/participants.md), run against every participant.
 
 Source of the generated sync twin. Each test says one obligation; assertions read the
 store's committed contents through a fresh participant object where durability matters.
