@@ -42,7 +42,10 @@ def from_url(
     scheme = scheme_of(url)
     base = url.split("?", 1)[0]
     if scheme == "chroma+local":
-        client = chromadb.PersistentClient(path=path_of(base))
+        # Absolute: Chroma keeps one client per path string in a process, so a relative
+        # path opened again from another working directory would get the first
+        # directory's client, and write there.
+        client = chromadb.PersistentClient(path=os.path.abspath(path_of(base)))
     elif scheme in ("chroma+http", "chroma+https"):
         parts = urlsplit(base)
         host, port = parts.hostname or "127.0.0.1", parts.port or 8000

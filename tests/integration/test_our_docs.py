@@ -18,6 +18,7 @@ import sqlite3
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
+import chromadb
 import pytest
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
 from langgraph.graph import END, START, StateGraph
@@ -177,6 +178,9 @@ def test_the_guides_three_stores_on_private_servers(
         "from participants.postgres import PostgresStorage\n"
         "from participants.redis import RedisStorage\n"
     )
+    server = chromadb.HttpClient(host="127.0.0.1", port=chroma_server.port)
+    if "agent_memory" in [c.name for c in server.list_collections()]:
+        server.delete_collection("agent_memory")  # the server is shared: start afresh
     mem = run(prelude + code, {}, "guide: three stores")["mem"]
     fid = mem.commit(Fact(type="note", payload={"content": "The user lives in Lyon"}))
     cache = mem.mirrors[0]
@@ -185,6 +189,7 @@ def test_the_guides_three_stores_on_private_servers(
     assert mem.search("where does the user live?", k=1)[0].fact["id"] == fid
     assert mem.verify().clean
     mem.close()
+    server.delete_collection("agent_memory")
 
 
 def test_the_guides_deferred_finishing() -> None:

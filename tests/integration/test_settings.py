@@ -7,10 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import chromadb
 import pytest
 
 from coordinator import ConfigurationError, Fact, MemoryStore
 from coordinator.embeddings import HashingEmbedder
+from coordinator.plugins import open_participant
 from coordinator.settings import LockstepSettings
 
 
@@ -94,6 +96,31 @@ def test_relative_urls_and_directories_name_the_working_directory(
     again.close()
 
 
+def test_a_relative_chroma_url_opened_again_elsewhere_writes_where_it_now_points(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``chroma+local:///vectors`` is ./vectors when it is opened. Chroma keeps one client
+    per path string in a process: a program that opened it in one directory, then in
+    another, wrote the second store's vectors into the first one's."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for directory in (first, second):
+        directory.mkdir()
+        monkeypatch.chdir(directory)
+        mem = MemoryStore.from_settings(
+            LockstepSettings(
+                storage="sqlite:///agent.db",
+                indexes=["chroma+local:///vectors?collection=notes"],
+                embedder="hashing:16",
+            )
+        )
+        mem.commit(Fact(id=directory.name, type="note", payload={"content": directory.name}))
+        mem.close()
+    for directory in (first, second):
+        held = chromadb.PersistentClient(str(directory / "vectors")).get_collection("notes")
+        metadatas = held.get(include=["metadatas"])["metadatas"] or []
+        assert {m["fact_id"] for m in metadatas} == {directory.name}
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
@@ -120,7 +147,6 @@ def test_unknown_setting_keys_are_refused() -> None:
 @pytest.mark.parametrize("scheme", ["qdrant+memory", "chroma+memory"])
 def test_an_index_url_may_name_its_embedder(scheme: str) -> None:
     """So the CLI and the daemon can open an index that was made with a given embedder."""
-    from coordinator.plugins import open_participant
 
     index = open_participant(f"{scheme}://?collection=e{scheme[0]}&embedder=hashing:24")
     assert index.embedder.dim == 24  # type: ignore[attr-defined]
@@ -131,7 +157,6 @@ def test_an_index_url_may_name_its_embedder(scheme: str) -> None:
 def test_an_unreachable_chroma_server_is_a_participant_error_naming_it() -> None:
     from chaos.servers import free_port
     from coordinator import ParticipantError
-    from coordinator.plugins import open_participant
 
     port = free_port()  # nothing listens there
     with pytest.raises(
@@ -151,7 +176,6 @@ def test_an_unreachable_chroma_server_is_a_participant_error_naming_it() -> None
 def test_a_backend_whose_extra_is_missing_names_the_extra(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, url: str, missing: str, extra: str
 ) -> None:
-    from coordinator.plugins import open_participant
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(sys.modules, missing, None)  # as if not installed
