@@ -188,7 +188,9 @@ class EdgeClient:
     records_metadata = True
 
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = True) -> None:
-        self.path = Path(path)
+        # Absolute now: shards open at their first use, which a change of the working
+        # directory in between would otherwise send elsewhere.
+        self.path = Path(path).absolute()
         self.durable = durable
         self._shards: dict[str, _Shard] = {}
         self._lock = threading.Lock()

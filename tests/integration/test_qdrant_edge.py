@@ -73,6 +73,28 @@ def test_a_memory_store_on_an_edge_url_commits_updates_deletes_and_searches(
     again.close()
 
 
+def test_a_relative_edge_url_stays_in_its_directory_when_the_program_changes_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``qdrant+edge:///edge`` is ./edge when the store is opened. The shard opens at its
+    first use; a program that changed directory in between had its commits refused (the
+    shard's files sought under the new directory)."""
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    mem = MemoryStore(
+        SQLiteStorage("facts.db"),
+        [open_participant("qdrant+edge:///edge?collection=notes", embedder=EMBEDDER)],
+    )
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    fid = mem.commit(Fact(type="note", payload={"content": "kept where it was opened"}))
+    assert mem.verify().clean
+    mem.close()
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+    index = _index(tmp_path)
+    assert index.contents().committed == {fid: 1}
+    index.close()
+
+
 def test_a_second_client_of_an_open_collection_is_refused_until_the_first_closes(
     tmp_path: Path,
 ) -> None:
