@@ -81,10 +81,9 @@ def test_a_relative_edge_url_stays_in_its_directory_when_the_program_changes_dir
     shard's files sought under the new directory)."""
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path)
-    mem = MemoryStore(
-        SQLiteStorage("facts.db"),
-        [open_participant("qdrant+edge:///edge?collection=notes", embedder=EMBEDDER)],
-    )
+    opened = open_participant("qdrant+edge:///edge?collection=notes", embedder=EMBEDDER)
+    assert isinstance(opened, QdrantIndex)
+    mem = MemoryStore(SQLiteStorage("facts.db"), [opened])
     monkeypatch.chdir(tmp_path / "elsewhere")
     fid = mem.commit(Fact(type="note", payload={"content": "kept where it was opened"}))
     assert mem.verify().clean
