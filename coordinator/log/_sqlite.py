@@ -53,6 +53,13 @@ CREATE INDEX IF NOT EXISTS lockstep_decisions_unended
 """
 
 
+def sqlite_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as SQLite opens it now: absolute (``:memory:`` and ``""``, SQLite's
+    private databases, stay themselves)."""
+    text = os.fspath(path)
+    return text if text in (":memory:", "") else os.path.abspath(text)
+
+
 def insert_decisions(
     conn: sqlite3.Connection,
     items: Sequence[tuple[str, Decision, Sequence[str]]],
@@ -99,7 +106,9 @@ class SQLiteDecisionLog(DecisionLogBase):
     def __init__(
         self, path: str | os.PathLike[str], *, group_commit: bool = True, busy_timeout: float = 30.0
     ) -> None:
-        self.path = os.fspath(path)
+        # Absolute, as the connection opened now: later uses of the path (the lease file,
+        # comparing files) mean this file after a change of the working directory too.
+        self.path = sqlite_path(path)
         self.group_commit = group_commit
         self.flushes = 0
         """Forced write transactions so far (a measure of group commit)."""

@@ -45,7 +45,7 @@ from coordinator.errors import (
     UsageError,
 )
 from coordinator.filters import check_filters
-from coordinator.log._sqlite import insert_decisions
+from coordinator.log._sqlite import insert_decisions, sqlite_path
 from coordinator.plugins import path_of, scheme_of
 from coordinator.records import (
     DeleteFact,
@@ -144,7 +144,7 @@ class SQLiteStore:
         busy_timeout: float,
         group_commit: bool = True,
     ) -> None:
-        self.path = os.fspath(path)
+        self.path = sqlite_path(path)  # as opened now, whatever the working directory later
         self.name = name
         self._lock = threading.RLock()
         self._log_inside = False

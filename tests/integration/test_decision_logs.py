@@ -318,3 +318,29 @@ def test_one_recovery_daemon_holds_a_redis_logs_lease(
             assert not other.held
     with second.lease() as taken:  # released when the first daemon's block ended
         assert taken.held
+
+
+def test_sqlite_files_named_relatively_stay_the_files_opened_after_a_change_of_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SQLite log or storage opened from a relative path keeps meaning that file: the
+    daemon's lease beside the log, and the storage telling which log its file holds, used
+    to resolve the name again in whatever directory the program had moved to."""
+    from participants.sqlite import SQLiteStorage
+
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    log = SQLiteDecisionLog("agent.db")
+    storage = SQLiteStorage("agent.db", name="facts")
+    txid = new_txid()
+    assert log.decide(txid, Decision.COMMIT, ["facts"]) is Decision.COMMIT
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with log.lease() as lease:
+        assert lease.held
+        assert (tmp_path / "agent.db.lease").is_file()
+    # The file holds the decisions, so any other log URL is answered with this file's.
+    assert storage.decision_log_for("memory://") == f"sqlite:///{tmp_path / 'agent.db'}"
+    assert storage.decision_log_for(f"sqlite:///{tmp_path / 'agent.db'}") is None
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+    storage.close()
+    log.close()
