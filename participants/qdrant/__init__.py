@@ -8,6 +8,7 @@ Needs the ``qdrant`` extra (``qdrant-client``); Qdrant Edge the ``qdrant-edge`` 
 from __future__ import annotations
 
 import atexit
+import os
 import weakref
 from typing import Any
 
@@ -90,7 +91,7 @@ def _client(url: str, asynchronous: bool, name: str | None) -> Any:
             participant=name,
         ) from exc
     if "path" in kwargs and isinstance(client, QdrantClient):
-        _OPEN_AT_EXIT.add(client)
+        _OPEN_AT_EXIT[client] = os.getpid()
     return client
 
 
@@ -99,11 +100,13 @@ def _client(url: str, asynchronous: bool, name: str | None) -> Any:
 # gone, and its close imports the module that unlocks the directory: Python prints an
 # ImportError traceback as the program exits (qdrant-client issue 1079). Those this module
 # made are closed at exit instead, while imports still work; closing twice is harmless.
-# (The async client has no ``__del__``.)
-_OPEN_AT_EXIT: weakref.WeakSet[Any] = weakref.WeakSet()
+# Only in the process that made them: a forked child closing one would unlock the
+# directory its parent holds. (The async client has no ``__del__``.)
+_OPEN_AT_EXIT: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 
 @atexit.register
 def _close_local_clients() -> None:
-    for client in list(_OPEN_AT_EXIT):
-        client.close()
+    for client, pid in list(_OPEN_AT_EXIT.items()):
+        if pid == os.getpid():
+            client.close()

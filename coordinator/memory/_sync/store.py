@@ -122,6 +122,7 @@ class MemoryStore:
         self.log: DecisionLog = log or MemoryDecisionLog()
         self._fault_hook = fault_hook
         self._closed = False
+        self._pid = os.getpid()  # the process whose connections, locks and threads these are
         self.coordinator = Coordinator(
             [storage], self.log, policy=self.policy, fault_hook=fault_hook
         )
@@ -676,16 +677,30 @@ class MemoryStore:
 
     def close(self) -> None:
         """Close the storage, the indexes and the log (once; closing again does nothing).
-        The store cannot be used afterwards: open it again."""
+        The store cannot be used afterwards: open it again.
+
+        In a process forked from the one that opened it, only this object is closed: the
+        connections and locks are the parent's, and closing them here would end them for
+        the parent too (a Postgres client says goodbye to the server, a Qdrant local-mode
+        client unlocks the directory the parent holds)."""
         if self._closed:
             return
         self._closed = True
-        self.coordinator.close()
+        if os.getpid() == self._pid:
+            self.coordinator.close()
 
     def check_open(self) -> None:
-        """:raises UsageError: the store was closed."""
+        """:raises UsageError: the store was closed, or this is a process forked from the
+        one that opened it (a ``multiprocessing`` worker, say), which cannot share its
+        connections, file locks and worker threads."""
         if self._closed:
             raise UsageError("this memory store is closed; open the stores again to use them")
+        if os.getpid() != self._pid:
+            raise UsageError(
+                f"this memory store was opened in process {self._pid}, and process "
+                f"{os.getpid()} is a fork of it: its connections, file locks and threads "
+                "cannot be shared with a child; open the stores again in this process"
+            )
 
     def __enter__(self) -> Self:
         return self
