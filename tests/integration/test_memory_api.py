@@ -33,6 +33,7 @@ from coordinator.embeddings import HashingEmbedder
 from coordinator.records import FactRecord, JSONValue, UpsertFact
 from participants.qdrant import QdrantIndex
 from participants.sqlite import SQLiteStorage
+from tests.support.processes import open_from_another_process
 
 
 class UserPref(BaseModel):
@@ -444,18 +445,8 @@ def test_an_embedded_store_open_elsewhere_is_a_clear_error_that_changes_nothing(
     process) gets a ``ParticipantError`` naming the directory, and the first store goes on."""
     mem = MemoryStore.open(tmp_path / "memory", embedder=HashingEmbedder(16))
     fid = mem.commit(Fact(type="note", payload={"content": "first"}))
-    program = (
-        "from coordinator import MemoryStore, ParticipantError\n"
-        "from coordinator.embeddings import HashingEmbedder\n"
-        "try:\n"
-        f"    MemoryStore.open({str(tmp_path / 'memory')!r}, embedder=HashingEmbedder(16))\n"
-        "except ParticipantError as exc:\n"
-        "    print(exc)\n"
-    )
-    second = subprocess.run(
-        [sys.executable, "-c", program], capture_output=True, text=True, timeout=120, check=True
-    )
-    assert f"{tmp_path / 'memory' / 'vectors'} is open in another client" in second.stdout
+    refusal = open_from_another_process(tmp_path / "memory")
+    assert f"{tmp_path / 'memory' / 'vectors'} is open in another client" in refusal
     mem.update(fid, {"payload": {"content": "second"}})
     mem.close()
     again = MemoryStore.open(tmp_path / "memory", embedder=HashingEmbedder(16))

@@ -18,6 +18,7 @@ from pathlib import Path
 from coordinator import Fact, MemoryStore, UsageError
 from coordinator.embeddings import HashingEmbedder
 from participants.sqlite import SQLiteStorage
+from tests.support.processes import open_from_another_process
 
 WRITER = r"""
 import sys, time
@@ -111,23 +112,7 @@ def test_a_store_used_in_a_forked_child_is_refused_and_the_parent_goes_on(
     assert said[2] == "closed"
     # The child's close() left the parent's lock on the vectors: another process is still
     # refused (closing the inherited client in the child used to release it).
-    program = (
-        "import sys\n"
-        "from coordinator import MemoryStore, ParticipantError\n"
-        "from coordinator.embeddings import HashingEmbedder\n"
-        "try:\n"
-        "    MemoryStore.open(sys.argv[1], embedder=HashingEmbedder(16))\n"
-        "except ParticipantError as exc:\n"
-        "    print(exc)\n"
-    )
-    other = subprocess.run(
-        [sys.executable, "-c", program, str(tmp_path / "memory")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    assert "is open in another client" in other.stdout, other.stdout + other.stderr
+    assert "is open in another client" in open_from_another_process(tmp_path / "memory")
 
     second = mem.commit(Fact(type="note", payload={"content": "the parent again"}))
     assert {f["id"] for f in mem.query(typename="note")} == {first, second}
