@@ -284,24 +284,48 @@ class SQLiteDecisionLog(DecisionLogBase):
         if self._closed:
             raise DecisionLogError(f"decision log {self.path} is closed")
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._conn)
+    def _transaction(self) -> WriteTransaction:
+        return WriteTransaction(self._conn)
 
 
-class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error)."""
+class WriteTransaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` on ``conn``; ``ROLLBACK`` on any exception.
+
+    The connection never stays inside a transaction, where it would hold the file's write
+    lock and show its uncommitted rows to reads on it: whatever is raised while one is
+    open rolls it back, a failed ``COMMIT`` included, and so does a ``KeyboardInterrupt``
+    delivered the moment ``BEGIN`` returns. One left open all the same (an exception
+    between ``__enter__`` returning and the ``with`` block) is rolled back when the
+    connection is next used (:func:`settle`).
+    """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
     def __enter__(self) -> None:
-        self._conn.execute("BEGIN IMMEDIATE")
+        settle(self._conn)
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            settle(self._conn)
+            raise
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
+        if exc_type is not None:
+            settle(self._conn)
+            return
+        try:
             self._conn.execute("COMMIT")
-        else:
-            self._conn.execute("ROLLBACK")
+        except BaseException:
+            settle(self._conn)
+            raise
+
+
+def settle(conn: sqlite3.Connection) -> None:
+    """Roll back the transaction an interrupted caller left open on ``conn``, if any (the
+    caller holds the connection: nothing else can have one open)."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 @contextmanager

@@ -45,7 +45,7 @@ from coordinator.errors import (
     UsageError,
 )
 from coordinator.filters import check_filters
-from coordinator.log._sqlite import insert_decisions, sqlite_path
+from coordinator.log._sqlite import WriteTransaction, insert_decisions, settle, sqlite_path
 from coordinator.plugins import path_of, scheme_of
 from coordinator.records import (
     DeleteFact,
@@ -554,19 +554,17 @@ class SQLiteStore:
         (its page cache is warm: it made the last writes, which another connection would
         read from the file again), the reading one while a commit holds it."""
         if self._lock.acquire(blocking=False):
+            try:
+                settle(self._conn)  # never read an interrupted commit's rows
+            except BaseException:
+                self._lock.release()
+                raise
             return self._lock, self._conn
         self._read_lock.acquire()
         return self._read_lock, self._reader
 
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+    def _transaction(self) -> WriteTransaction:
+        return WriteTransaction(self._conn)
 
     @contextmanager
     def _translated(self, txid: str | None = None) -> Iterator[None]:
