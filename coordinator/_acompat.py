@@ -14,6 +14,8 @@ pair has the same semantics:
 * ``asleep``/``sleep`` pause.
 * ``ashielded``/``shielded``: a block that a cancellation does not interrupt (cleanup that
   must finish, such as handing a connection back); nothing in the sync twin.
+* ``ainterrupts_held``/``interrupts_held``: a block that a Ctrl-C does not cut in two (one
+  run of the protocol); nothing in the async source.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ import contextlib
 import contextvars
 import functools
 import inspect
+import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, ParamSpec, TypeVar
 
@@ -150,6 +153,55 @@ def ashielded() -> anyio.CancelScope:
 
 def shielded() -> contextlib.nullcontext[None]:
     return contextlib.nullcontext()
+
+
+def ainterrupts_held() -> contextlib.nullcontext[None]:
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives during the block until the block ends, then
+    deliver it as the handler in place would have (``KeyboardInterrupt`` by default); a
+    second Ctrl-C is delivered at once.
+
+    Python raises ``KeyboardInterrupt`` between any two bytecodes of the main thread, so
+    without this a participant could be cut in the middle of its own bookkeeping (Qdrant's
+    local mode left its arrays out of step with its ids, and every later write of the
+    process failed). Held, it lands where the protocol expects anything to. Only on the
+    main thread, where Python runs signal handlers, and only over a handler set from
+    Python; elsewhere nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None:
+        yield
+        return
+    pending: list[int] = []
+
+    def deliver(signum: int, frame: Any) -> None:
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            signal.signal(signal.SIGINT, previous)
+            signal.raise_signal(signal.SIGINT)
+
+    def hold(signum: int, frame: Any) -> None:
+        if pending:  # pressed again: do not wait any longer
+            signal.signal(signal.SIGINT, previous)
+            deliver(signum, frame)
+        pending.append(signum)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGINT) is hold:
+            signal.signal(signal.SIGINT, previous)
+            if pending:
+                deliver(signal.SIGINT, None)
 
 
 async def asleep(seconds: float) -> None:

@@ -33,6 +33,7 @@ REPLACEMENTS = {
     "ALock": "Lock",
     "aclose": "close",
     "ashielded": "shielded",
+    "ainterrupts_held": "interrupts_held",
     "aidle_check": "idle_check",
     # LangGraph's checkpointer interface names its async methods with an "a" prefix.
     "aput": "put",

@@ -16,7 +16,7 @@ from collections.abc import Collection, Generator, Mapping, Sequence
 from typing import TypeVar, cast
 
 from coordinator import telemetry
-from coordinator._acompat import EffectRunner, gather, sleep
+from coordinator._acompat import EffectRunner, gather, interrupts_held, sleep
 from coordinator._core.effects import (
     AbortAll,
     Backoff,
@@ -226,39 +226,40 @@ class Coordinator:
         Branches that fail stay prepared under their COMMIT decision and go back in the
         queue for the next batch; recovery also finishes them.
         """
-        with self._deferred_lock:
-            queued, self._deferred = self._deferred, []
-        if not queued:
-            return
-        by_name: dict[str, list[str]] = {}
-        for txid, names, _ in queued:
-            for name in names:
-                by_name.setdefault(name, []).append(txid)
-        with telemetry.phase_span("commit_deferred", queued[0][0]):
-            commit = {name: tuple(txids) for name, txids in by_name.items()}
-            failed = (self._resolve(commit, {})).failed
-        if failed:
-            logger.warning(
-                "deferred commit of %d branches failed (retried with the next batch; "
-                "recovery also finishes them): %r",
-                len(failed),
-                next(iter(failed.values())),
-            )
-        retry = [
-            (txid, left, end)
-            for txid, names, end in queued
-            if (left := tuple(n for n in names if (n, txid) in failed))
-        ]
-        if retry:
+        with interrupts_held():  # a Ctrl-C lands after the batch, not inside a store's call
             with self._deferred_lock:
-                if not self._deferred:
-                    self._deferred_since = time.monotonic()
-                self._deferred[:0] = retry
-        done = {txid for txid, _, _ in retry}
-        ended = [txid for txid, _, end in queued if end and txid not in done]
-        if ended:
-            self._fault("before_end")
-            self._record_end(ended)
+                queued, self._deferred = self._deferred, []
+            if not queued:
+                return
+            by_name: dict[str, list[str]] = {}
+            for txid, names, _ in queued:
+                for name in names:
+                    by_name.setdefault(name, []).append(txid)
+            with telemetry.phase_span("commit_deferred", queued[0][0]):
+                commit = {name: tuple(txids) for name, txids in by_name.items()}
+                failed = (self._resolve(commit, {})).failed
+            if failed:
+                logger.warning(
+                    "deferred commit of %d branches failed (retried with the next batch; "
+                    "recovery also finishes them): %r",
+                    len(failed),
+                    next(iter(failed.values())),
+                )
+            retry = [
+                (txid, left, end)
+                for txid, names, end in queued
+                if (left := tuple(n for n in names if (n, txid) in failed))
+            ]
+            if retry:
+                with self._deferred_lock:
+                    if not self._deferred:
+                        self._deferred_since = time.monotonic()
+                    self._deferred[:0] = retry
+            done = {txid for txid, _, _ in retry}
+            ended = [txid for txid, _, end in queued if end and txid not in done]
+            if ended:
+                self._fault("before_end")
+                self._record_end(ended)
 
     def close(self) -> None:
         """Finish deferred work, then close the log and every participant."""
@@ -309,9 +310,10 @@ class Coordinator:
     def _drive(self, protocol: Generator[Effect, Reply, T], run: EffectRunner) -> T:
         reply: Reply = None
         try:
-            while True:
-                effect = protocol.send(reply)
-                reply = run(effect)
+            with interrupts_held():  # a Ctrl-C lands after the run, not inside a store's call
+                while True:
+                    effect = protocol.send(reply)
+                    reply = run(effect)
         except StopIteration as stop:
             result: T = stop.value
             return result

@@ -1,4 +1,5 @@
-"""A KeyboardInterrupt (Ctrl-C) landing inside a SQLite write, at the worst moment.
+"""A KeyboardInterrupt (Ctrl-C) landing inside a SQLite write, at the worst moment; and
+Ctrl-C held while a commit runs.
 
 Python raises it between any two bytecodes, so a write transaction can be interrupted the
 moment its ``BEGIN`` returns, before any handler is in place. The tests raise it exactly
@@ -10,18 +11,23 @@ start a transaction within a transaction") and showing its rows to reads.
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from coordinator import Decision, new_txid
+from coordinator import Decision, Fact, MemoryStore, new_txid
+from coordinator._acompat import interrupts_held
+from coordinator.abc import Vote
+from coordinator.embeddings import HashingEmbedder
 from coordinator.log import SQLiteDecisionLog
-from coordinator.records import FactRecord, UpsertFact
+from coordinator.records import FactRecord, UpsertFact, Write
 from participants.sqlite import SQLiteStorage
 
 
@@ -109,3 +115,51 @@ def test_a_transaction_left_open_is_rolled_back_before_the_next_read_or_write(
     storage.commit_one_phase(new_txid(), [note("b", "next")])
     assert storage.get("a") is not None and storage.get("b") is not None
     storage.close()
+
+
+def test_a_ctrl_c_during_a_commit_lands_after_it(tmp_path: Path) -> None:
+    """Pressed while a store is in the middle of its part (here: as the index begins its
+    prepare), a Ctrl-C is held until the commit's run of the protocol ends, then raised:
+    the commit landed whole, in both stores. Cut inside the store's call instead, Qdrant's
+    local mode left its arrays out of step with its ids."""
+    mem = MemoryStore.open(tmp_path / "memory", embedder=HashingEmbedder(16))
+    index = mem.indexes[0]
+    prepare = index.prepare
+
+    def pressed_during(txid: str, writes: Sequence[Write]) -> Vote:
+        os.kill(os.getpid(), signal.SIGINT)
+        return prepare(txid, writes)
+
+    index.prepare = pressed_during  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        mem.commit(Fact(id="pressed", type="note", payload={"content": "landed whole"}))
+    index.prepare = prepare  # type: ignore[method-assign]
+    fact = mem.get("pressed")
+    assert fact is not None and fact["payload"] == {"content": "landed whole"}
+    assert [h.fact["id"] for h in mem.search("landed whole", k=1)] == ["pressed"]
+    assert mem.verify().clean
+    mem.commit(Fact(id="next", type="note", payload={"content": "and the next one"}))
+    assert mem.verify().clean
+    mem.close()
+
+
+def test_held_interrupts_come_after_the_block_and_a_second_press_at_once() -> None:
+    finished: list[str] = []
+    with pytest.raises(KeyboardInterrupt), interrupts_held():
+        os.kill(os.getpid(), signal.SIGINT)
+        finished.append("the block")
+    assert finished == ["the block"]
+    with pytest.raises(KeyboardInterrupt), interrupts_held():
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # pressed again: raised here
+        finished.append("not reached")
+    assert finished == ["the block"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with interrupts_held():
+            os.kill(os.getpid(), signal.SIGINT)
+        finished.append("ignored, as the program asked")
+    finally:
+        signal.signal(signal.SIGINT, ignored)
+    assert finished[-1] == "ignored, as the program asked"
