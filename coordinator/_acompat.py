@@ -27,7 +27,7 @@ import inspect
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, ParamSpec, TypeVar
 
@@ -159,8 +159,7 @@ def ainterrupts_held() -> contextlib.nullcontext[None]:
     return contextlib.nullcontext()
 
 
-@contextlib.contextmanager
-def interrupts_held() -> Iterator[None]:
+class interrupts_held:
     """Hold a Ctrl-C (SIGINT) that arrives during the block until the block ends, then
     deliver it as the handler in place would have (``KeyboardInterrupt`` by default); a
     second Ctrl-C is delivered at once.
@@ -170,38 +169,47 @@ def interrupts_held() -> Iterator[None]:
     local mode left its arrays out of step with its ids, and every later write of the
     process failed). Held, it lands where the protocol expects anything to. Only on the
     main thread, where Python runs signal handlers, and only over a handler set from
-    Python; elsewhere nothing changes.
+    Python; elsewhere nothing changes. A class, not a generator: it costs two
+    ``sigaction`` calls a use.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGINT)
-    if previous is None:
-        yield
-        return
-    pending: list[int] = []
 
-    def deliver(signum: int, frame: Any) -> None:
-        if callable(previous):
-            previous(signum, frame)
-        elif previous == signal.SIG_DFL:
-            signal.signal(signal.SIGINT, previous)
-            signal.raise_signal(signal.SIGINT)
+    __slots__ = ("_pending", "_previous")
 
-    def hold(signum: int, frame: Any) -> None:
-        if pending:  # pressed again: do not wait any longer
-            signal.signal(signal.SIGINT, previous)
-            deliver(signum, frame)
-        pending.append(signum)
+    def __enter__(self) -> None:
+        self._previous: Any = None
+        self._pending = False
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is None:
+            return
+        self._previous = previous
+        signal.signal(signal.SIGINT, self._hold)
 
-    signal.signal(signal.SIGINT, hold)
-    try:
-        yield
-    finally:
-        if signal.getsignal(signal.SIGINT) is hold:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        previous = self._previous
+        if previous is None:
+            return
+        self._previous = None
+        signal.signal(signal.SIGINT, previous)
+        if self._pending:
+            _deliver(previous, signal.SIGINT, None)
+
+    def _hold(self, signum: int, frame: Any) -> None:
+        if self._pending and self._previous is not None:  # pressed again: no more waiting
+            previous, self._previous = self._previous, None
             signal.signal(signal.SIGINT, previous)
-            if pending:
-                deliver(signal.SIGINT, None)
+            _deliver(previous, signum, frame)
+        self._pending = True
+
+
+def _deliver(handler: Any, signum: int, frame: Any) -> None:
+    """What ``handler`` does with ``signum``: calls it, or the default action."""
+    if callable(handler):
+        handler(signum, frame)
+    elif handler == signal.SIG_DFL:
+        signal.signal(signal.SIGINT, handler)
+        signal.raise_signal(signum)
 
 
 async def asleep(seconds: float) -> None:
