@@ -227,39 +227,42 @@ class Coordinator:
         queue for the next batch; recovery also finishes them.
         """
         with interrupts_held():  # a Ctrl-C lands after the batch, not inside a store's call
+            self._flush()
+
+    def _flush(self) -> None:
+        with self._deferred_lock:
+            queued, self._deferred = self._deferred, []
+        if not queued:
+            return
+        by_name: dict[str, list[str]] = {}
+        for txid, names, _ in queued:
+            for name in names:
+                by_name.setdefault(name, []).append(txid)
+        with telemetry.phase_span("commit_deferred", queued[0][0]):
+            commit = {name: tuple(txids) for name, txids in by_name.items()}
+            failed = (self._resolve(commit, {})).failed
+        if failed:
+            logger.warning(
+                "deferred commit of %d branches failed (retried with the next batch; "
+                "recovery also finishes them): %r",
+                len(failed),
+                next(iter(failed.values())),
+            )
+        retry = [
+            (txid, left, end)
+            for txid, names, end in queued
+            if (left := tuple(n for n in names if (n, txid) in failed))
+        ]
+        if retry:
             with self._deferred_lock:
-                queued, self._deferred = self._deferred, []
-            if not queued:
-                return
-            by_name: dict[str, list[str]] = {}
-            for txid, names, _ in queued:
-                for name in names:
-                    by_name.setdefault(name, []).append(txid)
-            with telemetry.phase_span("commit_deferred", queued[0][0]):
-                commit = {name: tuple(txids) for name, txids in by_name.items()}
-                failed = (self._resolve(commit, {})).failed
-            if failed:
-                logger.warning(
-                    "deferred commit of %d branches failed (retried with the next batch; "
-                    "recovery also finishes them): %r",
-                    len(failed),
-                    next(iter(failed.values())),
-                )
-            retry = [
-                (txid, left, end)
-                for txid, names, end in queued
-                if (left := tuple(n for n in names if (n, txid) in failed))
-            ]
-            if retry:
-                with self._deferred_lock:
-                    if not self._deferred:
-                        self._deferred_since = time.monotonic()
-                    self._deferred[:0] = retry
-            done = {txid for txid, _, _ in retry}
-            ended = [txid for txid, _, end in queued if end and txid not in done]
-            if ended:
-                self._fault("before_end")
-                self._record_end(ended)
+                if not self._deferred:
+                    self._deferred_since = time.monotonic()
+                self._deferred[:0] = retry
+        done = {txid for txid, _, _ in retry}
+        ended = [txid for txid, _, end in queued if end and txid not in done]
+        if ended:
+            self._fault("before_end")
+            self._record_end(ended)
 
     def close(self) -> None:
         """Finish deferred work, then close the log and every participant."""

@@ -36,7 +36,7 @@ def engine_for(directory: Path, asked: str | None) -> str:
                 f"{directory} holds points of both {held[0]} and {held[1]}; name the one "
                 f"to use with index= (embedded_index in the settings)"
             )
-        return held[0] if held else "qdrant+local"
+        return held[0] if held else next(iter(ENGINES))  # the first is the default
     if held and asked not in held:
         other = held[0]
         raise ConfigurationError(

@@ -322,7 +322,7 @@ class SQLiteStore:
             theirs = path_of(url)
             if os.path.exists(theirs) and os.path.samefile(theirs, self.path):
                 return None
-        return f"sqlite:///{os.path.abspath(self.path)}"
+        return f"sqlite:///{self.path}"  # absolute since it was opened
 
     def _has_decision_table(self) -> bool:
         if not self._log_inside:  # once a log is here it stays: asked until then

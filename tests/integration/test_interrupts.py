@@ -22,12 +22,13 @@ from typing import Any
 
 import pytest
 
-from coordinator import Decision, Fact, MemoryStore, new_txid
+from coordinator import Decision, Fact, MemoryStore, Policy, new_txid
 from coordinator._acompat import interrupts_held
 from coordinator.abc import Vote
 from coordinator.embeddings import HashingEmbedder
 from coordinator.log import SQLiteDecisionLog
 from coordinator.records import FactRecord, UpsertFact, Write
+from participants.qdrant import QdrantIndex
 from participants.sqlite import SQLiteStorage
 
 
@@ -163,3 +164,28 @@ def test_held_interrupts_come_after_the_block_and_a_second_press_at_once() -> No
     finally:
         signal.signal(signal.SIGINT, ignored)
     assert finished[-1] == "ignored, as the program asked"
+
+
+def test_a_ctrl_c_during_a_deferred_batch_lands_after_it(tmp_path: Path) -> None:
+    """The same for a deferred batch (``flush``): the index marks every queued point
+    committed before the Ctrl-C is raised, so nothing is left pending for recovery."""
+    mem = MemoryStore.open(
+        tmp_path / "memory", embedder=HashingEmbedder(16), policy=Policy(deferred_finish=True)
+    )
+    ids = [mem.commit(Fact(type="note", payload={"content": f"queued {n}"})) for n in (1, 2)]
+    index = mem.indexes[0]
+    assert isinstance(index, QdrantIndex)
+    assert len(index.contents().pending) == 2  # their points wait for the batch
+    commit_many = index.commit_many
+
+    def pressed_during(txids: Sequence[str]) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        commit_many(txids)
+
+    index.commit_many = pressed_during  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        mem.flush()
+    index.commit_many = commit_many  # type: ignore[method-assign]
+    assert index.contents().pending == ()
+    assert index.contents().committed == dict.fromkeys(ids, 1)
+    mem.close()

@@ -45,9 +45,16 @@ def example(doc: Path, holding: str, language: str = "python") -> str:
     return str(found[0])
 
 
-def run(code: str, names: dict[str, Any], where: str) -> dict[str, Any]:
+def run(code: str, names: dict[str, Any] | None = None, where: str = "<docs>") -> dict[str, Any]:
+    """Run ``code`` in ``names`` (a fresh namespace by default); return the namespace."""
+    names = {} if names is None else names
     exec(compile(code, where, "exec"), names)  # noqa: S102 - the documentation's own code
     return names
+
+
+def run_example(doc: Path, holding: str, names: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the example of ``doc`` that holds the line ``holding`` (see :func:`example`)."""
+    return run(example(doc, holding), names, f"{doc.name}: {holding.strip()}")
 
 
 @pytest.fixture(autouse=True)
@@ -59,13 +66,8 @@ def in_a_fresh_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_the_readme_quick_start_commits_then_undoes_in_both_stores() -> None:
-    ns = run(
-        example(
-            README,
-            'mem = MemoryStore.open("agent-memory/")  # embedded default; recovery runs on open',
-        ),
-        {},
-        "README quick start",
+    ns = run_example(
+        README, 'mem = MemoryStore.open("agent-memory/")  # embedded default; recovery runs on open'
     )
     mem, fid = ns["mem"], ns["fid"]
     assert mem.get(fid) is None  # rollback(1) undid the commit, as a new transaction
@@ -76,10 +78,8 @@ def test_the_readme_quick_start_commits_then_undoes_in_both_stores() -> None:
 
 
 def test_the_readmes_coordinator_example_commits_in_both_participants() -> None:
-    ns = run(
-        example(README, 'coord = Coordinator([facts, mirror], SQLiteDecisionLog("decisions.db"))'),
-        {},
-        "README coordinator",
+    ns = run_example(
+        README, 'coord = Coordinator([facts, mirror], SQLiteDecisionLog("decisions.db"))'
     )
     assert set(ns["outcome"].participants) == {"facts", "mirror"}
     for store in (ns["facts"], ns["mirror"]):
@@ -89,7 +89,7 @@ def test_the_readmes_coordinator_example_commits_in_both_participants() -> None:
 
 
 def test_the_engine_pages_commit_lands_in_both_sqlite_files() -> None:
-    ns = run(example(ENGINE, 'index = SQLiteStorage("index.db", name="index")'), {}, "engine page")
+    ns = run_example(ENGINE, 'index = SQLiteStorage("index.db", name="index")')
     assert set(ns["outcome"].participants) == {"facts", "index"}
     ns["coord"].close()
     for path, name in (("agent.db", "facts"), ("index.db", "index")):
@@ -102,13 +102,8 @@ def test_the_engine_pages_commit_lands_in_both_sqlite_files() -> None:
 
 
 def test_the_guide_followed_from_the_quick_start_to_your_own_sql() -> None:
-    ns = run(
-        example(
-            GUIDE,
-            'mem = MemoryStore.open("agent-memory/")  # facts.db (facts and decisions), vectors/',
-        ),
-        {},
-        "guide: quick start",
+    ns = run_example(
+        GUIDE, 'mem = MemoryStore.open("agent-memory/")  # facts.db (facts and decisions), vectors/'
     )
     fid = ns["fid"]
     mem = ns["mem"] = MemoryStore.open("agent-memory/")  # the quick start closed it
@@ -120,21 +115,19 @@ def test_the_guide_followed_from_the_quick_start_to_your_own_sql() -> None:
     ]
     assert mem.search("what does the user eat?", k=1)[0].fact["id"] == fid
 
-    run(example(GUIDE, "class UserPref(BaseModel):"), ns, "guide: typed facts")
+    run_example(GUIDE, "class UserPref(BaseModel):", ns)
     prefs = mem.query(typename="preference")
     assert [p["payload"] for p in prefs] == [{"content": "vegan", "role": "diet"}]
     assert prefs[0]["version"] == 2  # the singleton key made the second commit an update
 
     ns["old_id"] = fid  # the reader's own fact to delete
-    run(example(GUIDE, "    tx.delete(old_id)"), ns, "guide: one commit")
+    run_example(GUIDE, "    tx.delete(old_id)", ns)
     assert mem.get(fid) is None
     drinks = mem.query(typename="preference", filters={"payload.role": "drink"})
     assert [d["payload"]["content"] for d in drinks] == ["tea"]
 
-    run(
-        example(GUIDE, '    tx.execute("facts", "INSERT INTO orders (item) VALUES (?)", ["lamp"])'),
-        ns,
-        "guide: your own SQL",
+    run_example(
+        GUIDE, '    tx.execute("facts", "INSERT INTO orders (item) VALUES (?)", ["lamp"])', ns
     )
     assert [n["payload"] for n in mem.query(typename="note")] == [{"content": "ordered a lamp"}]
     assert mem.verify().clean
@@ -144,14 +137,14 @@ def test_the_guide_followed_from_the_quick_start_to_your_own_sql() -> None:
 
 
 def test_the_guides_stores_from_objects_then_from_its_settings_file() -> None:
-    ns = run(example(GUIDE, 'mem = MemoryStore(SQLiteStorage("agent.db"))'), {}, "guide: objects")
+    ns = run_example(GUIDE, 'mem = MemoryStore(SQLiteStorage("agent.db"))')
     mem = ns["mem"]
     fid = mem.commit(Fact(type="preference", payload={"content": "green tea", "role": "drink"}))
     mem.close()
 
     settings = example(GUIDE, 'storage = "sqlite:///agent.db"', language="toml")
     Path("lockstep.toml").write_text(settings)
-    mem = run(example(GUIDE, "mem = MemoryStore.from_settings()"), ns, "guide: settings")["mem"]
+    mem = run_example(GUIDE, "mem = MemoryStore.from_settings()", ns)["mem"]
     assert mem.get(fid)["payload"] == {"content": "green tea", "role": "drink"}
     assert mem.search("a hot drink", k=1)[0].fact["id"] == fid  # the same collection
     assert mem.verify().clean
@@ -181,7 +174,7 @@ def test_the_guides_three_stores_on_private_servers(
     server = chromadb.HttpClient(host="127.0.0.1", port=chroma_server.port)
     if "agent_memory" in [c.name for c in server.list_collections()]:
         server.delete_collection("agent_memory")  # the server is shared: start afresh
-    mem = run(prelude + code, {}, "guide: three stores")["mem"]
+    mem = run(prelude + code)["mem"]
     fid = mem.commit(Fact(type="note", payload={"content": "The user lives in Lyon"}))
     cache = mem.mirrors[0]
     record, _ = cache.head(fid)
@@ -198,8 +191,7 @@ def test_the_guides_deferred_finishing() -> None:
         "storage": SQLiteStorage("agent.db"),
         "index": QdrantIndex(client, "agent_memory", "content"),
     }
-    code = example(GUIDE, "from coordinator import MemoryStore, Policy")
-    mem = run(code, ns, "guide: deferred")["mem"]
+    mem = run_example(GUIDE, "from coordinator import MemoryStore, Policy", ns)["mem"]
     fid = mem.commit(Fact(type="note", payload={"content": "The user is vegetarian"}))
     mem.update(fid, {"payload": {"content": "The user is vegan"}})
     hits = mem.search("what does the user eat?", k=3)
@@ -226,10 +218,10 @@ def a_builder() -> Any:
 
 
 def test_the_guides_langgraph_checkpoints_and_long_term_store() -> None:
-    ns = run(
-        example(GUIDE, "from coordinator.integrations.langgraph import LockstepSaver"),
+    ns = run_example(
+        GUIDE,
+        "from coordinator.integrations.langgraph import LockstepSaver",
         {"builder": a_builder()},
-        "guide: LangGraph",
     )
     config = {"configurable": {"thread_id": "chat-1"}}
     mem = ns["mem"]
@@ -242,12 +234,8 @@ def test_the_guides_langgraph_checkpoints_and_long_term_store() -> None:
     assert saved and all(f["type"].startswith("lockstep:") for f in saved)
     assert mem.verify().clean  # the checkpoints are not in the index, and it agrees
 
-    ns = run(
-        example(
-            GUIDE, "from coordinator.integrations.langgraph import LockstepSaver, LockstepStore"
-        ),
-        ns,
-        "guide: LangGraph store",
+    ns = run_example(
+        GUIDE, "from coordinator.integrations.langgraph import LockstepSaver, LockstepStore", ns
     )
     store = ns["graph"].store
     store.put(("memories", "ana"), "diet", {"text": "Ana is vegetarian"})
@@ -258,10 +246,8 @@ def test_the_guides_langgraph_checkpoints_and_long_term_store() -> None:
 
 
 def test_the_guides_langchain_vector_store() -> None:
-    ns = run(
-        example(GUIDE, 'docs = LockstepVectorStore(mem)  # documents are facts of type "document"'),
-        {},
-        "guide: LangChain",
+    ns = run_example(
+        GUIDE, 'docs = LockstepVectorStore(mem)  # documents are facts of type "document"'
     )
     hits = ns["docs"].similarity_search("French cities", k=3, filter={"source": "atlas"})
     assert [(d.id, d.page_content, d.metadata) for d in hits] == [
