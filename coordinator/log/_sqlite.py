@@ -18,6 +18,7 @@ Theory of operation:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -31,6 +32,8 @@ from coordinator.abc import Decision, DecisionRecord
 from coordinator.errors import DecisionLogError
 from coordinator.log._adapter import AsyncDecisionLogAdapter
 from coordinator.log._base import DecisionLogBase, check_decisions
+
+logger = logging.getLogger("coordinator")
 
 if TYPE_CHECKING:
     from coordinator.daemon import Lease
@@ -268,12 +271,23 @@ class SQLiteDecisionLog(DecisionLogBase):
         return file_lease(self.path + ".lease")
 
     def close(self) -> None:
-        """Flush pending END marks and close the file. Idempotent."""
+        """Flush pending END marks and close the file. Idempotent.
+
+        END marks only spare recovery a look (see :meth:`end`): if they cannot be written
+        (a full disk, say), that is logged and the file is closed all the same."""
         with self._conn_lock:
             if self._closed:
                 return
             try:
                 self._flush_ends()
+            except DecisionLogError:
+                logger.warning(
+                    "could not record END for %d transactions in %s at close; recovery "
+                    "will finish them again, which changes nothing",
+                    len(self._lazy_ends),
+                    self.path,
+                    exc_info=True,
+                )
             finally:
                 self._closed = True
                 self._conn.close()

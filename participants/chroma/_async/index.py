@@ -30,6 +30,7 @@ from participants._vectors import (
     search_filter,
     stage,
 )
+from participants.chroma import _engine
 
 MARKER = "lockstep_dim"
 #: Under contention, a combined write waits up to this fraction of the last turn's
@@ -101,6 +102,7 @@ class AsyncChromaIndex(VectorIndexBase):
             name,
         )
         self._collection: Any = None
+        self._engine: Any = None  # Chroma's engine, when it runs in this process
         self._most = 1  # records a write call may carry, read from the client on first use
         # What this process staged, by txid, until the branch ends: a commit then needs
         # no read to find its points (recovery and other processes' branches read them).
@@ -316,6 +318,7 @@ class AsyncChromaIndex(VectorIndexBase):
             return self._collection
         # `chromadb.AsyncHttpClient()` may be passed without its `await`.
         client = self._client = await aresolve(self._client)
+        self._engine = _engine.engine_of(client)
         hnsw: dict[str, Any] = {"space": "cosine"}  # for a collection created here
         if self._sync_threshold is not None:
             hnsw["sync_threshold"] = self._sync_threshold
@@ -381,6 +384,7 @@ class AsyncChromaIndex(VectorIndexBase):
             await self._call(action, txid, fn, **part)
 
     async def _call(self, action: str, txid: str | None, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        _engine.check(self._engine, self._name)
         try:
             if inspect.iscoroutinefunction(fn):  # chromadb.AsyncHttpClient: awaited as is
                 return await fn(*args, **kwargs)
@@ -388,6 +392,7 @@ class AsyncChromaIndex(VectorIndexBase):
         except LockstepError:
             raise
         except Exception as exc:
+            _engine.note(self._engine, exc, self._name)
             raise ParticipantError(
                 f"Chroma {action} on collection {self._collection_name!r} failed: {exc}",
                 txid=txid,

@@ -32,6 +32,7 @@ from participants._vectors import (
     search_filter,
     stage,
 )
+from participants.chroma import _engine
 
 MARKER = "lockstep_dim"
 #: Under contention, a combined write waits up to this fraction of the last turn's
@@ -103,6 +104,7 @@ class ChromaIndex(VectorIndexBase):
             name,
         )
         self._collection: Any = None
+        self._engine: Any = None  # Chroma's engine, when it runs in this process
         self._most = 1  # records a write call may carry, read from the client on first use
         # What this process staged, by txid, until the branch ends: a commit then needs
         # no read to find its points (recovery and other processes' branches read them).
@@ -314,6 +316,7 @@ class ChromaIndex(VectorIndexBase):
             return self._collection
         # `chromadb.AsyncHttpClient()` may be passed without its `await`.
         client = self._client = resolve(self._client)
+        self._engine = _engine.engine_of(client)
         hnsw: dict[str, Any] = {"space": "cosine"}  # for a collection created here
         if self._sync_threshold is not None:
             hnsw["sync_threshold"] = self._sync_threshold
@@ -377,6 +380,7 @@ class ChromaIndex(VectorIndexBase):
             self._call(action, txid, fn, **part)
 
     def _call(self, action: str, txid: str | None, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        _engine.check(self._engine, self._name)
         try:
             if inspect.iscoroutinefunction(fn):  # chromadb.AsyncHttpClient: awaited as is
                 return fn(*args, **kwargs)
@@ -384,6 +388,7 @@ class ChromaIndex(VectorIndexBase):
         except LockstepError:
             raise
         except Exception as exc:
+            _engine.note(self._engine, exc, self._name)
             raise ParticipantError(
                 f"Chroma {action} on collection {self._collection_name!r} failed: {exc}",
                 txid=txid,
