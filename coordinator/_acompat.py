@@ -6,10 +6,13 @@ pair has the same semantics:
 
 * ``agather``/``gather`` run calls (concurrently, or one after the other), give every call
   its own timeout, and return each call's result or the ``Exception`` it raised
-  (``TimeoutError`` on timeout). The sync twin cannot interrupt a call running on the
-  caller's own thread, so its sequential form (one call, or ``concurrent=False``) has no
-  timeout. A ``BaseException`` that is not an ``Exception`` (a
-  simulated crash, a cancellation) propagates.
+  (``TimeoutError`` on timeout). The sync twin bounds a call by running it on a worker
+  thread; with ``inline`` (calls to participants inside this process, whose call a
+  timeout would only abandon, still working beside the next) its sequential form (one
+  call, or ``concurrent=False``) runs them on the caller's thread, without the timeout,
+  sparing a thread handoff (a quarter of a commit's time on SQLite + Qdrant local). A
+  ``BaseException`` that is not an ``Exception`` (a simulated crash, a cancellation)
+  propagates.
 * ``ablocking``/``blocking`` run a blocking call (off the event loop for async callers).
 * ``asleep``/``sleep`` pause.
 * ``ashielded``/``shielded``: a block that a cancellation does not interrupt (cleanup that
@@ -61,6 +64,7 @@ async def agather(
     *,
     timeout: float | None = None,  # noqa: ASYNC109 - per call, via fail_after
     concurrent: bool = True,
+    inline: bool = False,  # the sync twin's; awaiting a call here needs no thread of its own
 ) -> list[T | Exception]:
     results: list[T | Exception] = [TimeoutError("not run")] * len(calls)
 
@@ -94,15 +98,24 @@ def gather(
     *,
     timeout: float | None = None,
     concurrent: bool = True,
+    inline: bool = False,
 ) -> list[T | Exception]:
+    if concurrent and len(calls) > 1:
+        return _on_workers(calls, timeout)
+    if timeout is not None and not inline:
+        return [result for call in calls for result in _on_workers([call], timeout)]
     results: list[T | Exception] = []
-    if not concurrent or len(calls) == 1:
-        for call in calls:
-            try:
-                results.append(call())
-            except Exception as exc:
-                results.append(exc)
-        return results
+    for call in calls:
+        try:
+            results.append(call())
+        except Exception as exc:
+            results.append(exc)
+    return results
+
+
+def _on_workers(calls: Sequence[Callable[[], T]], timeout: float | None) -> list[T | Exception]:
+    """``calls`` at once on worker threads, each given up on at ``timeout``."""
+    results: list[T | Exception] = []
     # Copy the context so spans opened in a call nest under the caller's span.
     futures = [_POOL.submit(contextvars.copy_context().run, call) for call in calls]
     deadline = None if timeout is None else time.monotonic() + timeout

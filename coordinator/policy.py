@@ -12,7 +12,11 @@ class Policy:
     """How the coordinator and recovery behave. Every field has a safe default.
 
     :ivar prepare_timeout: seconds one participant may take to vote before the
-        transaction aborts with ``PrepareTimeout``.
+        transaction aborts with ``PrepareTimeout``; the bound of every other call the
+        coordinator makes to a participant too (phase 2, recovery's). The synchronous
+        coordinator waits for a participant inside the process (``in_process``: SQLite,
+        an embedded index) when it calls it alone: a timeout would leave its call working
+        beside the next.
     :ivar in_doubt_timeout: age (seconds, from the txid's timestamp) after which recovery
         aborts a prepared branch that has no decision (G6). Safety never depends on it:
         the decision log arbitrates; it only says when recovery steps in.

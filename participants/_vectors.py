@@ -215,6 +215,11 @@ class VectorIndexBase:
     :param default_name: ``<backend>:<collection>`` when no ``name`` is given.
     """
 
+    in_process = False
+    """True for an engine inside this process (Qdrant local mode or Edge, Chroma
+    embedded), with no server to stop answering: the synchronous coordinator calls it on
+    its own thread."""
+
     def __init__(
         self,
         default_name: str,

@@ -10,7 +10,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Collection, Generator, Mapping, Sequence
+from collections.abc import Collection, Generator, Iterable, Mapping, Sequence
 from typing import TypeVar, cast
 
 from coordinator import telemetry
@@ -339,6 +339,7 @@ class AsyncCoordinator:
                         calls,
                         timeout=self._policy.prepare_timeout,
                         concurrent=self._policy.concurrent_prepare,
+                        inline=self._in_process(names),
                     )
                 return Prepared(dict(zip(names, votes, strict=True)))
             case RollBackStaged():
@@ -434,6 +435,11 @@ class AsyncCoordinator:
             raise UsageError(f"participant {name!r} returned {vote!r} from prepare, not a Vote")
         return vote
 
+    def _in_process(self, names: Iterable[str]) -> bool:
+        """Whether every participant named runs inside this process (``in_process``: no
+        server to stop answering), so the sync twin may call them on its own thread."""
+        return all(getattr(self._participants[n], "in_process", False) for n in names)
+
     async def _finish(
         self, effect: FinishAll | AbortAll, txid: str, names: tuple[str, ...]
     ) -> Finished:
@@ -443,6 +449,7 @@ class AsyncCoordinator:
                 [functools.partial(self._finish_one, phase, txid, n) for n in names],
                 timeout=self._policy.prepare_timeout,
                 concurrent=self._policy.concurrent_prepare,
+                inline=self._in_process(names),
             )
         return Finished(
             {n: r for n, r in zip(names, results, strict=True) if isinstance(r, Exception)}
@@ -475,6 +482,7 @@ class AsyncCoordinator:
                     [self._participants[n].recover for n in names],
                     timeout=self._policy.prepare_timeout,
                     concurrent=self._policy.concurrent_prepare,
+                    inline=self._in_process(names),
                 )
                 self._fault("recovery_after_list")
                 return InDoubtListed(
@@ -515,6 +523,7 @@ class AsyncCoordinator:
             results = await agather(
                 [functools.partial(self._resolve_one, *item) for item in chunk],
                 timeout=self._policy.prepare_timeout,
+                inline=self._in_process(name for name, _, _ in chunk),
             )
             for (name, txid, _), result in zip(chunk, results, strict=True):
                 if isinstance(result, Exception):
@@ -540,6 +549,7 @@ class AsyncCoordinator:
                 (result,) = await agather(
                     [functools.partial(self._resolve_chunk, name, chunk, decision)],
                     timeout=self._policy.prepare_timeout + 0.01 * len(chunk),
+                    inline=self._in_process([name]),
                 )
                 if isinstance(result, Exception):
                     logger.warning("batch %s on %s failed (%s); one by one", decision, name, result)

@@ -24,6 +24,10 @@ T = TypeVar("T")
 
 #: The turns over which a combiner remembers contention (see :class:`AsyncWriteCombiner`).
 RECENT = 8
+#: The longest a turn waits for more requests, in seconds: a turn a store in trouble
+#: made slow (a server that did not answer for a while) must not hold the next one back
+#: for half as long (a writer's usual turn is a few to a few tens of milliseconds).
+LINGER_MAX = 0.1
 
 
 @dataclass(eq=False)
@@ -77,7 +81,7 @@ class WriteCombiner(Generic[T]):
     request too, and the callers write one at a time, each waiting for all the others.
     So contention is remembered over the last :data:`RECENT` turns: a turn waits when
     one of them wrote more than one request or saw one arrive while it wrote. The wait
-    lasts at most ``linger`` times the last turn's duration, and ends as soon as as many
+    lasts at most ``linger`` times the last turn's duration (and :data:`LINGER_MAX`), and ends as soon as as many
     requests are queued as the largest batch of the recent turns that waited. Nothing
     waits without contention: a lone caller's turns write at once.
 
@@ -133,7 +137,7 @@ class WriteCombiner(Generic[T]):
         """Under contention, let the callers the last write released queue again."""
         if self._linger <= 0 or max(self._seen, default=0) < 2:
             return
-        deadline = time.monotonic() + self._linger * self._last_seconds
+        deadline = time.monotonic() + min(self._linger * self._last_seconds, LINGER_MAX)
         enough = max(self._waited, default=0)
         while time.monotonic() < deadline and not (enough and len(self._queue) >= enough):
             sleep(0.001)

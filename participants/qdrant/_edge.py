@@ -186,6 +186,8 @@ class EdgeClient:
 
     #: The index records its embedder in the collection's metadata (see ``get_collection``).
     records_metadata = True
+    #: Its engine runs inside this process (see ``QdrantIndex.in_process``).
+    in_process = True
 
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = True) -> None:
         # Absolute now: shards open at their first use, which a change of the working
@@ -436,6 +438,8 @@ class AsyncEdgeClient:
     :class:`EdgeClient`'s of the same name takes."""
 
     records_metadata = True
+    #: Its engine runs inside this process (see ``QdrantIndex.in_process``).
+    in_process = True
 
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = True) -> None:
         self.client = EdgeClient(path, durable=durable)

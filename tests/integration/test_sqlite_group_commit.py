@@ -30,6 +30,7 @@ from coordinator.records import FactRecord, UpsertFact
 from participants._sync.combine import WriteCombiner
 from participants.sqlite import SQLiteStorage
 from tests.integration.test_write_combining import queue_behind
+from tests.support.threads import within
 
 T = TypeVar("T")
 
@@ -146,23 +147,8 @@ def read_beside_a_commit(storage: SQLiteStorage, read: Callable[[], T]) -> T:
     """``read()`` on another thread while this one holds the writing connection, as a
     commit does through its writes and fsync; fails if the read waits for it, and raises
     what the read raised."""
-    seen: list[T] = []
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            seen.append(read())
-        except BaseException as exc:
-            failed.append(exc)
-
     with storage.store._lock:
-        reader = threading.Thread(target=run, daemon=True)
-        reader.start()
-        reader.join(timeout=5)
-        assert not reader.is_alive(), "a read waited for the writing connection"
-    if failed:
-        raise failed[0]
-    return seen[0]
+        return within(5, read, "a read waited for the writing connection")
 
 
 def test_reads_go_on_while_a_commit_holds_the_writing_connection(tmp_path: Path) -> None:

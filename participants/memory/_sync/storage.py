@@ -21,6 +21,10 @@ class InMemoryStorage:
         model several clients of one database.
     """
 
+    in_process = True
+    """Its calls run inside this process, with no server to stop answering: the
+    synchronous coordinator calls it on its own thread."""
+
     def __init__(self, name: str = "memory", backend: MemoryBackend | None = None) -> None:
         self._name = check_participant_name(name)
         self.backend = backend if backend is not None else MemoryBackend()

@@ -102,6 +102,7 @@ class QdrantIndex(VectorIndexBase):
         # (a search beside an upsert can fail); a server client is, so it is not held back.
         self._guard: Any = contextlib.nullcontext()
         self._catalog: PointCatalog | None = None
+        self.in_process = _is_local(client) or getattr(client, "in_process", False) is True
         if _is_local(client):
             self._guard, known = shared_local(client, collection_name, Lock)
             self._catalog = known if catalog else None

@@ -38,6 +38,10 @@ class AsyncSQLiteStorage:
     runs_sql = True
     """``Execute`` writes (``tx.execute()``) run inside its local commits."""
 
+    in_process = True
+    """Its calls run inside this process, with no server to stop answering: the
+    synchronous coordinator calls it on its own thread."""
+
     def __init__(
         self,
         path: str | os.PathLike[str],
