@@ -206,13 +206,21 @@ _PLAIN_HINT = (
 )
 
 
+#: How deeply a payload's lists and dicts may nest. Python's JSON reader gives up near
+#: 1,000 levels less the depth of the reader's own calls (a framework's may be hundreds
+#: of frames), so a payload much deeper could be stored and then not read back; and
+#: checking it here would itself run out of stack. MongoDB draws the line at 100 too.
+MAX_DEPTH = 100
+
+
 def check_json(typename: str, payload: dict[str, Any], hint: str) -> None:
     """Refuse a payload no store keeps as given, naming where, before anything is
     written: a value that is not JSON (a datetime, bytes, a set, NaN: Postgres refuses
     NaN, SQLite would read it back as ``None``), text with a NUL character or a lone
-    surrogate (see :func:`~coordinator.records.unstorable_text`), or an int outside 64
-    bits (:func:`~coordinator.records.unstorable_int`). Each would otherwise fail in one
-    store, or come back different.
+    surrogate (see :func:`~coordinator.records.unstorable_text`), an int outside 64
+    bits (:func:`~coordinator.records.unstorable_int`), or lists and dicts nested deeper
+    than :data:`MAX_DEPTH`. Each would otherwise fail in one store, or come back
+    different, or not at all.
 
     :raises UsageError: naming the first such value, and what to do instead.
     """
@@ -221,6 +229,16 @@ def check_json(typename: str, payload: dict[str, Any], hint: str) -> None:
         refused = ""
     except (TypeError, ValueError) as exc:
         text, refused = "", str(exc)
+    except RecursionError:
+        text, refused = "", "it nests too deep for Python's JSON encoder"
+    # Nesting deeper than MAX_DEPTH needs as many brackets (a str may hold some too).
+    deep = not text or text.count("{") + text.count("[") > MAX_DEPTH
+    if deep and (where := _too_deep(payload, "payload")) is not None:
+        raise UsageError(
+            f"the payload of a {typename!r} fact cannot be stored: {where} nests deeper "
+            f"than {MAX_DEPTH} levels of lists and dicts, which Python's JSON reader may "
+            "not read back; store the deep part as a JSON str instead"
+        )
     # json.dumps writes a NUL as the six characters \u0000 (which a string may also hold),
     # and leaves a lone surrogate as it is, which UTF-8 cannot encode; an int outside 64
     # bits has 19 digits or more (as may a str, or an int in range: the walk tells).
@@ -261,6 +279,24 @@ def check_user_type(what: str, typename: object) -> None:
 _LONG_DIGITS = re.compile(r"\d{19}")
 _SHORT = reprlib.Repr()
 _SHORT.maxother = _SHORT.maxstring = 60
+
+
+def _too_deep(payload: Any, path: str) -> str | None:
+    """Where ``payload`` first nests deeper than :data:`MAX_DEPTH` (a path, shortened),
+    or ``None``; walked without recursion, since the payload may be deeper than the stack."""
+    pending: list[tuple[Any, str, int]] = [(payload, path, 1)]
+    while pending:
+        value, where, depth = pending.pop()
+        if isinstance(value, dict):
+            items: Any = ((f"{where}.{key}", item) for key, item in value.items())
+        elif isinstance(value, list | tuple):
+            items = ((f"{where}[{i}]", item) for i, item in enumerate(value))
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            return _SHORT.repr(where)[1:-1]
+        pending.extend((item, inner, depth + 1) for inner, item in items)
+    return None
 
 
 def _unstorable(value: Any, path: str) -> str | None:

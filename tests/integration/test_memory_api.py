@@ -30,6 +30,7 @@ from coordinator import (
     VersionConflict,
 )
 from coordinator.embeddings import HashingEmbedder
+from coordinator.memory._model import MAX_DEPTH
 from coordinator.records import FactRecord, JSONValue, UpsertFact
 from participants.qdrant import QdrantIndex
 from participants.sqlite import SQLiteStorage
@@ -308,7 +309,27 @@ BAD_INPUT = [
         UsageError,
         r"payload\.tags\[0\]\.a is a set",
     ),
+    (
+        lambda m: m.commit(Fact(type="note", payload=nested(MAX_DEPTH + 1))),
+        UsageError,
+        r"payload\.n\.n.* nests deeper than 100 levels",
+    ),
+    (  # deeper than Python's stack: the check itself must not recurse
+        lambda m: m.commit(Fact(type="note", payload=nested(5_000))),
+        UsageError,
+        "nests deeper than 100 levels",
+    ),
 ]
+
+
+def nested(levels: int) -> dict[str, Any]:
+    """A payload of dicts nested ``levels`` deep (itself the first), each under ``n``."""
+    payload: dict[str, Any] = {"content": "deep"}
+    inner = payload
+    for _ in range(levels - 1):
+        inner["n"] = {}
+        inner = inner["n"]
+    return payload
 
 
 @pytest.mark.parametrize(("call", "error", "message"), BAD_INPUT)
@@ -320,6 +341,14 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(
     with pytest.raises(error, match=message):
         call(mem)  # type: ignore[operator]
     assert snapshot(mem) == before
+
+
+def test_a_payload_nested_as_deep_as_allowed_reads_back(mem: MemoryStore) -> None:
+    payload = nested(MAX_DEPTH)
+    fid = mem.commit(Fact(type="note", payload=payload))
+    got = mem.get(fid)
+    assert got is not None and got["payload"] == payload
+    assert mem.history(fid)[-1]["payload"] == payload
 
 
 def test_an_immutable_fact_cannot_change_by_any_path(mem: MemoryStore) -> None:
