@@ -63,6 +63,25 @@ def sqlite_path(path: str | os.PathLike[str]) -> str:
     return text if text in (":memory:", "") else os.path.abspath(text)
 
 
+def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
+    """A connection to the database file ``path`` (created if missing), in autocommit
+    mode (transactions are begun explicitly), for any thread.
+
+    :raises sqlite3.OperationalError: it cannot be opened; when its directory does not
+        exist, saying so (SQLite creates the file, not the directory, and says only
+        "unable to open database file").
+    """
+    directory = os.path.dirname(path)
+    if path not in (":memory:", "") and directory and not os.path.isdir(directory):
+        raise sqlite3.OperationalError(
+            f"unable to open database file: its directory {directory} does not exist "
+            "(SQLite creates the file, not its directory)"
+        )
+    return sqlite3.connect(
+        path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+    )
+
+
 def insert_decisions(
     conn: sqlite3.Connection,
     items: Sequence[tuple[str, Decision, Sequence[str]]],
@@ -122,9 +141,7 @@ class SQLiteDecisionLog(DecisionLogBase):
         self._lazy_ends: set[str] = set()
         self._closed = False
         try:
-            self._conn = sqlite3.connect(
-                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-            )
+            self._conn = connect(self.path, busy_timeout)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             with self._transaction():

@@ -45,7 +45,13 @@ from coordinator.errors import (
     UsageError,
 )
 from coordinator.filters import check_filters
-from coordinator.log._sqlite import WriteTransaction, insert_decisions, settle, sqlite_path
+from coordinator.log._sqlite import (
+    WriteTransaction,
+    connect,
+    insert_decisions,
+    settle,
+    sqlite_path,
+)
 from coordinator.plugins import path_of, scheme_of
 from coordinator.records import (
     DeleteFact,
@@ -153,9 +159,7 @@ class SQLiteStore:
         )
         """The group committer of local commits (``None``: each commits alone)."""
         with self._translated():
-            self._conn = sqlite3.connect(
-                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-            )
+            self._conn = connect(self.path, busy_timeout)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             with self._transaction():
@@ -167,9 +171,7 @@ class SQLiteStore:
             # they wait.)
             self._reader, self._read_lock = self._conn, self._lock
             if self.path != ":memory:":
-                self._reader = sqlite3.connect(
-                    self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-                )
+                self._reader = connect(self.path, busy_timeout)
                 self._read_lock = threading.RLock()
 
     # -- the participant contract -------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -12,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from coordinator import Decision, DecisionLogError, UsageError, new_txid
+from coordinator import Decision, DecisionLogError, ParticipantError, UsageError, new_txid
 from coordinator.abc import DecisionLog
 from coordinator.log import MemoryDecisionLog, SQLiteDecisionLog
 from participants.postgres import PostgresDecisionLog
 from participants.redis import RedisDecisionLog
+from participants.sqlite import SQLiteStorage
 
 LOGS = ["sqlite", "memory", "postgres", "redis"]
 
@@ -344,3 +346,17 @@ def test_sqlite_files_named_relatively_stay_the_files_opened_after_a_change_of_d
     assert list((tmp_path / "elsewhere").iterdir()) == []
     storage.close()
     log.close()
+
+
+def test_a_sqlite_file_in_a_missing_directory_is_refused_naming_the_directory(
+    tmp_path: Path,
+) -> None:
+    """SQLite creates a file but not its directory, and says only "unable to open
+    database file"; the log and the storage say which directory is missing."""
+    missing = tmp_path / "no" / "such"
+    said = f"its directory {re.escape(str(missing))} does not exist"
+    with pytest.raises(DecisionLogError, match=said):
+        SQLiteDecisionLog(missing / "decisions.db")
+    with pytest.raises(ParticipantError, match=said):
+        SQLiteStorage(missing / "facts.db")
+    assert not (tmp_path / "no").exists()
