@@ -90,6 +90,18 @@ def _client(url: str, asynchronous: bool, name: str | None) -> Any:
             "(qdrant+http://) for several processes",
             participant=name,
         ) from exc
+    except Exception as exc:
+        if "path" not in kwargs:
+            raise
+        # Local mode reads every point of the directory as it opens: a damaged file
+        # (a disk error, a copy cut short) stops it there, with SQLite's or pickle's words.
+        raise ParticipantError(
+            f"the Qdrant local-mode directory {kwargs['path']} cannot be read "
+            f"({type(exc).__name__}: {exc}). An index holds nothing the storage does not: "
+            "move the directory aside, open the store again, and rebuild the index from "
+            "the facts with repair() (lockstep verify --repair)",
+            participant=name,
+        ) from exc
     if "path" in kwargs and isinstance(client, QdrantClient):
         _OPEN_AT_EXIT[client] = os.getpid()
     return client

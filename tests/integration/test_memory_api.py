@@ -24,6 +24,7 @@ from coordinator import (
     Fact,
     ImmutableViolation,
     MemoryStore,
+    ParticipantError,
     TransactionAborted,
     UsageError,
     ValidationFailed,
@@ -482,6 +483,29 @@ def test_an_embedded_store_open_elsewhere_is_a_clear_error_that_changes_nothing(
     assert again.get(fid)["payload"] == {"content": "second"}  # type: ignore[index]
     assert again.history(fid)[-1]["version"] == 2
     again.close()
+
+
+def test_a_damaged_index_directory_is_named_and_rebuilt_from_the_facts(tmp_path: Path) -> None:
+    """Qdrant's local mode reads every point as it opens; a damaged file there (a disk
+    error, a copy cut short) stops the open with a ``ParticipantError`` naming the
+    directory and the way out, which works: moved aside, reopened, repaired."""
+    directory = tmp_path / "memory"
+    mem = MemoryStore.open(directory, embedder=HashingEmbedder(16))
+    fid = mem.commit(Fact(type="note", payload={"content": "kept in facts.db"}))
+    mem.close()
+    (directory / "vectors" / "collection" / "memories" / "storage.sqlite").write_bytes(
+        b"not a database" * 100
+    )
+    with pytest.raises(ParticipantError, match="move the directory aside") as refused:
+        MemoryStore.open(directory, embedder=HashingEmbedder(16))
+    assert f"{directory / 'vectors'} cannot be read (DatabaseError" in str(refused.value)
+
+    (directory / "vectors").rename(tmp_path / "vectors.damaged")
+    with MemoryStore.open(directory, embedder=HashingEmbedder(16)) as mem:
+        assert mem.verify().derived["vectors"].missing == [fid]  # the new index lacks it
+        mem.repair()
+        assert mem.verify().clean
+        assert [hit.fact["id"] for hit in mem.search("kept", k=1)] == [fid]
 
 
 def test_a_store_still_open_when_the_program_ends_exits_quietly_and_opens_again(
