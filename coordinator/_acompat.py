@@ -15,6 +15,7 @@ pair has the same semantics:
   propagates.
 * ``ablocking``/``blocking`` run a blocking call (off the event loop for async callers).
 * ``asleep``/``sleep`` pause.
+* ``acurrent_runner``/``current_runner``: the task or thread running the caller.
 * ``ashielded``/``shielded``: a block that a cancellation does not interrupt (cleanup that
   must finish, such as handing a connection back); nothing in the sync twin.
 * ``ainterrupts_held``/``interrupts_held``: a block that a Ctrl-C does not cut in two (one
@@ -223,6 +224,16 @@ def _deliver(handler: Any, signum: int, frame: Any) -> None:
     elif handler == signal.SIG_DFL:
         signal.signal(signal.SIGINT, handler)
         signal.raise_signal(signum)
+
+
+def acurrent_runner() -> int:
+    """Who is running this code: the current task (its id)."""
+    return anyio.get_current_task().id
+
+
+def current_runner() -> int:
+    """Who is running this code: the current thread (its ident)."""
+    return threading.get_ident()
 
 
 async def asleep(seconds: float) -> None:

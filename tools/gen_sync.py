@@ -35,6 +35,7 @@ REPLACEMENTS = {
     "ashielded": "shielded",
     "ainterrupts_held": "interrupts_held",
     "aidle_check": "idle_check",
+    "acurrent_runner": "current_runner",
     # LangGraph's checkpointer interface names its async methods with an "a" prefix.
     "aput": "put",
     "aput_writes": "put_writes",

@@ -8,15 +8,23 @@ This module is the source; ``coordinator/_sync/coordinator.py`` is generated fro
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
 import time
-from collections.abc import Collection, Generator, Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Collection, Generator, Iterable, Iterator, Mapping, Sequence
 from typing import TypeVar, cast
 
 from coordinator import telemetry
-from coordinator._acompat import EffectRunner, gather, interrupts_held, sleep
+from coordinator._acompat import (
+    EffectRunner,
+    current_runner,
+    gather,
+    interrupts_held,
+    sleep,
+)
 from coordinator._core.effects import (
     AbortAll,
     Backoff,
@@ -109,6 +117,7 @@ class Coordinator:
         self._deferred: list[tuple[str, tuple[str, ...], bool]] = []
         self._deferred_since = 0.0
         self._deferred_lock = threading.Lock()  # guards the queue; never held across I/O
+        self._runs = _Runs()
 
     @property
     def participants(self) -> Mapping[str, Participant]:
@@ -226,7 +235,7 @@ class Coordinator:
         Branches that fail stay prepared under their COMMIT decision and go back in the
         queue for the next batch; recovery also finishes them.
         """
-        with interrupts_held():  # a Ctrl-C lands after the batch, not inside a store's call
+        with self._runs.one(), interrupts_held():  # a Ctrl-C lands after the batch
             self._flush()
 
     def _flush(self) -> None:
@@ -265,9 +274,15 @@ class Coordinator:
             self._record_end(ended)
 
     def close(self) -> None:
-        """Finish deferred work, then close the log and every participant."""
+        """Refuse new commits, recovery passes and batches, let those other threads or
+        tasks have in progress end (a commit is never cut in two by a close), finish the
+        deferred work, then close every participant and the log."""
+        self._runs.close()
+        while self._runs.others():
+            sleep(0.002)
         try:
-            self.flush()
+            with interrupts_held():
+                self._flush()
         except Exception:
             logger.warning("could not finish deferred work at close", exc_info=True)
         for participant in self._participants.values():
@@ -313,7 +328,8 @@ class Coordinator:
     def _drive(self, protocol: Generator[Effect, Reply, T], run: EffectRunner) -> T:
         reply: Reply = None
         try:
-            with interrupts_held():  # a Ctrl-C lands after the run, not inside a store's call
+            # A Ctrl-C lands after the run, not inside a store's call; a close, after it too.
+            with self._runs.one(), interrupts_held():
                 while True:
                     effect = protocol.send(reply)
                     reply = run(effect)
@@ -570,6 +586,47 @@ class Coordinator:
         else:
             participant.abort(txid)
         self._fault(f"recovery_after_resolve:{name}")
+
+
+class _Runs:
+    """A coordinator's runs of the protocol in progress (commits, recovery passes,
+    deferred batches), counted by the thread or task running each, so that ``close()``
+    lets the others' end before it closes anything, and refuses new ones. A run nested
+    in one of the runner's own (a commit's deferred batch) is not new."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_runner: Counter[int] = Counter()
+        self._closing = False
+
+    @contextlib.contextmanager
+    def one(self) -> Iterator[None]:
+        """One run, for its duration.
+
+        :raises UsageError: the coordinator is closing or closed.
+        """
+        me = current_runner()
+        with self._lock:
+            if self._closing and not self._by_runner[me]:
+                raise UsageError("this coordinator is closed; open the stores again to use them")
+            self._by_runner[me] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._by_runner[me] -= 1
+                if not self._by_runner[me]:
+                    del self._by_runner[me]  # task ids are not reused: keep none of them
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+
+    def others(self) -> int:
+        """Runs in progress in other threads or tasks than the caller's."""
+        me = current_runner()
+        with self._lock:
+            return sum(count for runner, count in self._by_runner.items() if runner != me)
 
 
 class _Staged:

@@ -10,6 +10,7 @@ import math
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -508,6 +509,58 @@ def test_a_damaged_index_directory_is_named_and_rebuilt_from_the_facts(tmp_path:
         assert [hit.fact["id"] for hit in mem.search("kept", k=1)] == [fid]
 
 
+def test_a_close_beside_committing_threads_cuts_no_commit_in_two(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A program that closes its store while worker threads commit (a shutdown): each
+    commit lands whole, or is refused with a ``UsageError`` before it starts. None is cut
+    by the close (a fact whose index branch was left for recovery, or a refusal from a
+    store closed under it). Three rounds, as a close may miss the commits in flight."""
+    directory = tmp_path / "memory"
+    landed: list[str] = []
+    for _ in range(3):
+        mem = MemoryStore.open(directory, embedder=HashingEmbedder(16))
+        before = len(landed)
+        refused: list[UsageError] = []
+        failed: list[Exception] = []
+
+        def writer(
+            mem: MemoryStore = mem,
+            refused: list[UsageError] = refused,
+            failed: list[Exception] = failed,
+        ) -> None:
+            while True:
+                try:
+                    landed.append(mem.commit(Fact(type="note", payload={"content": "work"})))
+                except UsageError as exc:
+                    refused.append(exc)
+                    return
+                except Exception as exc:
+                    failed.append(exc)
+                    return
+
+        writers = [threading.Thread(target=writer) for _ in range(3)]
+        for thread in writers:
+            thread.start()
+        while len(landed) < before + 20 and not failed:
+            time.sleep(0.001)
+        mem.close()  # while the writers commit
+        for thread in writers:
+            thread.join(60)
+        assert failed == [] and len(refused) == 3
+    assert "not finished yet" not in caplog.text
+
+    # The stores as the close left them, before any recovery: nothing staged anywhere.
+    client = QdrantClient(path=str(directory / "vectors"))
+    contents = QdrantIndex(client, "memories", embedder=HashingEmbedder(16)).contents()
+    client.close()
+    assert contents.pending == ()
+    assert set(contents.committed) == set(landed)
+    with MemoryStore.open(directory, embedder=HashingEmbedder(16)) as mem:
+        assert {fact["id"] for fact in mem.query()} == set(landed)
+        assert mem.verify().clean
+
+
 def test_a_store_still_open_when_the_program_ends_exits_quietly_and_opens_again(
     tmp_path: Path,
 ) -> None:
@@ -618,6 +671,56 @@ async def test_an_async_store_closes_at_the_end_of_an_async_with_block(tmp_path:
         fid = await mem.commit(Fact(type="note", payload={"content": "kept"}))
     async with await AsyncMemoryStore.open(tmp_path / "m", embedder=HashingEmbedder(16)) as again:
         assert (await again.get(fid))["payload"] == {"content": "kept"}  # type: ignore[index]
+
+
+@pytest.mark.anyio
+async def test_an_async_close_beside_committing_tasks_cuts_no_commit_in_two(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The async store's close, awaited while other tasks commit: each of their commits
+    lands whole or is refused before it starts (see the sync test above). Six rounds: a
+    task switches only where it awaits, so fewer closes land inside a commit."""
+    import anyio
+
+    from coordinator import AsyncMemoryStore
+
+    landed: list[str] = []
+    failed: list[Exception] = []
+    for _ in range(6):
+        mem = await AsyncMemoryStore.open(tmp_path / "m", embedder=HashingEmbedder(16))
+        refused: list[UsageError] = []
+        under_way = anyio.Event()  # twenty more commits made, or one failed
+        enough = len(landed) + 20
+
+        async def writer(
+            mem: AsyncMemoryStore = mem,
+            refused: list[UsageError] = refused,
+            under_way: anyio.Event = under_way,
+            enough: int = enough,
+        ) -> None:
+            while True:
+                try:
+                    landed.append(await mem.commit(Fact(type="note", payload={"content": "w"})))
+                except UsageError as exc:
+                    refused.append(exc)
+                    return
+                except Exception as exc:
+                    failed.append(exc)
+                    under_way.set()
+                    return
+                if len(landed) >= enough:
+                    under_way.set()
+
+        async with anyio.create_task_group() as tasks:
+            for _ in range(3):
+                tasks.start_soon(writer)
+            await under_way.wait()
+            await mem.close()  # while the writers commit
+        assert failed == [] and len(refused) == 3
+    assert "not finished yet" not in caplog.text
+    async with await AsyncMemoryStore.open(tmp_path / "m", embedder=HashingEmbedder(16)) as mem:
+        assert {fact["id"] for fact in await mem.query()} == set(landed)
+        assert (await mem.verify()).clean
 
 
 @pytest.mark.parametrize("kind", ["qdrant local", "chroma embedded"])

@@ -679,7 +679,8 @@ class AsyncMemoryStore:
 
     async def close(self) -> None:
         """Close the storage, the indexes and the log (once; closing again does nothing).
-        The store cannot be used afterwards: open it again.
+        The store cannot be used afterwards: open it again. Commits other threads or
+        tasks have under way finish first; those not yet started are refused.
 
         In a process forked from the one that opened it, only this object is closed: the
         connections and locks are the parent's, and closing them here would end them for
