@@ -32,7 +32,7 @@ from psycopg import Connection, Cursor, errors, pq
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from coordinator._acompat import Lock, shielded, sleep
+from coordinator._acompat import Deadline, Lock, deadline, shielded, sleep
 from coordinator.abc import DecisionLog, TransactionEntry, UndoReads, Vote
 from coordinator.errors import (
     ConfigurationError,
@@ -83,6 +83,11 @@ class PostgresStorage:
     :param connect_timeout: seconds to reach the server before a ``ParticipantError``.
     :param lock_timeout_ms: how long a writer waits for a row another branch holds.
     :param max_connections: size of the connection pool.
+    :param commit_timeout: seconds the local COMMIT of a one-phase or last-resource
+        commit (the commit point) may wait for the server's answer before the commit
+        raises ``TransactionInDoubt`` (recovery then decides, from the log in this
+        database): a server that stops answering, or a connection black-holed on the
+        way, would otherwise keep the caller waiting for ever.
     """
 
     runs_sql = True
@@ -96,8 +101,10 @@ class PostgresStorage:
         connect_timeout: float = 5.0,
         lock_timeout_ms: int = 100,
         max_connections: int = 8,
+        commit_timeout: float = 30.0,
     ) -> None:
         self._name = check_participant_name(name)
+        self._commit_timeout = commit_timeout
         self._conninfo = conninfo
         self._connect_timeout = connect_timeout
         self._lock_timeout_ms = int(lock_timeout_ms)
@@ -280,11 +287,14 @@ class PostgresStorage:
             raise self._refusal(txid, exc) from exc
 
     def _commit_staged(self, conn: Connection[Any], txid: str) -> None:
+        bound = Deadline()
         try:
-            conn.commit()
-        except psycopg.OperationalError as exc:
+            with deadline(self._commit_timeout, conn.pgconn.socket) as bound:
+                conn.commit()
+        except (psycopg.OperationalError, TimeoutError) as exc:
+            failure = f"no answer within {self._commit_timeout} s" if bound.expired else str(exc)
             raise TransactionInDoubt(
-                f"the connection to Postgres failed during COMMIT: {exc}",
+                f"the connection to Postgres failed during COMMIT: {failure}",
                 txid=txid,
                 participant=self._name,
             ) from exc
