@@ -108,6 +108,7 @@ class AsyncCoordinator:
         self._stageable = {
             n for n, p in by_name.items() if isinstance(p, AsyncSupportsStagedLastResource)
         }
+        self._inside = {n for n, p in by_name.items() if getattr(p, "in_process", False)}
         self._log = log
         self._policy = policy or Policy()
         self._fault = fault_hook
@@ -454,7 +455,7 @@ class AsyncCoordinator:
     def _in_process(self, names: Iterable[str]) -> bool:
         """Whether every participant named runs inside this process (``in_process``: no
         server to stop answering), so the sync twin may call them on its own thread."""
-        return all(getattr(self._participants[n], "in_process", False) for n in names)
+        return self._inside.issuperset(names)
 
     async def _finish(
         self, effect: FinishAll | AbortAll, txid: str, names: tuple[str, ...]

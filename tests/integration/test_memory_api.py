@@ -509,17 +509,23 @@ def test_a_damaged_index_directory_is_named_and_rebuilt_from_the_facts(tmp_path:
         assert [hit.fact["id"] for hit in mem.search("kept", k=1)] == [fid]
 
 
+@pytest.mark.parametrize("deferred", [False, True], ids=["finished", "deferred"])
 def test_a_close_beside_committing_threads_cuts_no_commit_in_two(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, deferred: bool
 ) -> None:
     """A program that closes its store while worker threads commit (a shutdown): each
     commit lands whole, or is refused with a ``UsageError`` before it starts. None is cut
     by the close (a fact whose index branch was left for recovery, or a refusal from a
-    store closed under it). Three rounds, as a close may miss the commits in flight."""
+    store closed under it). Three rounds, as a close may miss the commits in flight.
+    Deferred, with a batch of one, every commit runs a deferred batch inside its own run,
+    which the close must not refuse as a new one (the commit is decided by then)."""
+    from coordinator import Policy
+
+    policy = Policy(deferred_finish=True, deferred_batch=1) if deferred else None
     directory = tmp_path / "memory"
     landed: list[str] = []
     for _ in range(3):
-        mem = MemoryStore.open(directory, embedder=HashingEmbedder(16))
+        mem = MemoryStore.open(directory, embedder=HashingEmbedder(16), policy=policy)
         before = len(landed)
         refused: list[UsageError] = []
         failed: list[Exception] = []

@@ -102,7 +102,9 @@ class AsyncChromaIndex(VectorIndexBase):
             name,
         )
         self._collection: Any = None
-        self._engine: Any = _engine.engine_of(client)  # when Chroma runs in this process
+        # Chroma's engine when it runs in this process (an AsyncHttpClient passed without
+        # its await, resolved later, is a server's client).
+        self._engine: Any = _engine.engine_of(client)
         self.in_process = self._engine is not None
         self._most = 1  # records a write call may carry, read from the client on first use
         # What this process staged, by txid, until the branch ends: a commit then needs
@@ -319,8 +321,6 @@ class AsyncChromaIndex(VectorIndexBase):
             return self._collection
         # `chromadb.AsyncHttpClient()` may be passed without its `await`.
         client = self._client = await aresolve(self._client)
-        self._engine = _engine.engine_of(client)  # an async client resolved just now
-        self.in_process = self._engine is not None
         hnsw: dict[str, Any] = {"space": "cosine"}  # for a collection created here
         if self._sync_threshold is not None:
             hnsw["sync_threshold"] = self._sync_threshold
