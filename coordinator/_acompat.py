@@ -16,9 +16,6 @@ pair has the same semantics:
 * ``ablocking``/``blocking`` run a blocking call (off the event loop for async callers).
 * ``asleep``/``sleep`` pause.
 * ``acurrent_runner``/``current_runner``: the task or thread running the caller.
-* ``adeadline``/``deadline``: a block bounded in time that waits on a socket: the async
-  source cancels the block; the sync twin shuts the socket down, which ends the wait
-  with the client's own connection error. ``expired`` tells the two failures apart.
 * ``ashielded``/``shielded``: a block that a cancellation does not interrupt (cleanup that
   must finish, such as handing a connection back); nothing in the sync twin.
 * ``ainterrupts_held``/``interrupts_held``: a block that a Ctrl-C does not cut in two (one
@@ -31,13 +28,10 @@ import contextlib
 import contextvars
 import functools
 import inspect
-import itertools
-import os
 import signal
-import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, ParamSpec, TypeVar
 
@@ -240,106 +234,6 @@ def acurrent_runner() -> int:
 def current_runner() -> int:
     """Who is running this code: the current thread (its ident)."""
     return threading.get_ident()
-
-
-class Deadline:
-    """What :func:`adeadline`/:func:`deadline` yield: ``expired`` once the time ran out.
-
-    In the sync twin it also severs the socket ``sock``, unless the block has ended: the
-    watchdog may run :meth:`sever` just as the block ends, and by then the connection may
-    be another caller's (back in its pool), or the descriptor another file's.
-    """
-
-    def __init__(self, sock: int = -1) -> None:
-        self.expired = False
-        self._sock = sock
-        self._lock = threading.Lock()
-        self._over = False
-
-    def sever(self) -> None:
-        """Shut the socket down, so that a call waiting on it returns with its
-        connection error; nothing once the block has ended."""
-        with self._lock:
-            if self._over:
-                return
-            self.expired = True
-            # A duplicate of the descriptor: shutting it down ends the connection for
-            # both, and closing it leaves the client's own descriptor to the client.
-            with contextlib.suppress(OSError), socket.socket(fileno=os.dup(self._sock)) as dup:
-                dup.shutdown(socket.SHUT_RDWR)
-
-    def end(self) -> None:
-        with self._lock:
-            self._over = True
-
-
-@contextlib.contextmanager
-def adeadline(seconds: float, sock: int) -> Iterator[Deadline]:
-    """The block, cancelled after ``seconds`` (raising ``TimeoutError``); ``sock`` is the
-    sync twin's."""
-    bound = Deadline()
-    with anyio.fail_after(seconds) as scope:
-        try:
-            yield bound
-        finally:
-            bound.expired = scope.cancel_called
-
-
-@contextlib.contextmanager
-def deadline(seconds: float, sock: int) -> Iterator[Deadline]:
-    """The block, its socket ``sock`` shut down after ``seconds`` (up to a quarter of a
-    second late): a call waiting on it returns with its connection error (a thread
-    waiting in C cannot be interrupted, and a server that stopped answering never ends
-    the wait)."""
-    bound = Deadline(sock)
-    key = _WATCHDOG.add(seconds, bound.sever)
-    try:
-        yield bound
-    finally:
-        bound.end()
-        _WATCHDOG.cancel(key)
-
-
-class _Watchdog:
-    """Runs the actions of sync deadlines that expire, from one daemon thread that looks
-    every ``TICK`` seconds: a deadline costs a dict entry, not a timer thread (a
-    ``threading.Timer`` a commit cost 0.2 ms)."""
-
-    TICK = 0.25
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._due: dict[int, tuple[float, Callable[[], None]]] = {}
-        self._keys = itertools.count()
-        self._thread: threading.Thread | None = None
-
-    def add(self, seconds: float, action: Callable[[], None]) -> int:
-        key = next(self._keys)
-        with self._lock:
-            self._due[key] = (time.monotonic() + seconds, action)
-            if self._thread is None or not self._thread.is_alive():  # or forked since
-                self._thread = threading.Thread(
-                    target=self._watch, name="lockstep-deadlines", daemon=True
-                )
-                self._thread.start()
-        return key
-
-    def cancel(self, key: int) -> None:
-        with self._lock:
-            self._due.pop(key, None)
-
-    def _watch(self) -> None:
-        while True:
-            time.sleep(self.TICK)
-            now = time.monotonic()
-            with self._lock:
-                expired = [key for key, (when, _) in self._due.items() if when <= now]
-                actions = [self._due.pop(key)[1] for key in expired]
-            for action in actions:
-                action()
-
-
-_WATCHDOG = _Watchdog()
 
 
 async def asleep(seconds: float) -> None:

@@ -36,7 +36,6 @@ REPLACEMENTS = {
     "ainterrupts_held": "interrupts_held",
     "aidle_check": "idle_check",
     "acurrent_runner": "current_runner",
-    "adeadline": "deadline",
     # LangGraph's checkpointer interface names its async methods with an "a" prefix.
     "aput": "put",
     "aput_writes": "put_writes",

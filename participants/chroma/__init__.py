@@ -5,12 +5,70 @@ Needs the ``chroma`` extra (``chromadb``).
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from coordinator.abc import Embedder
 from coordinator.errors import ParticipantError
 from participants.chroma._async.index import SYNC_THRESHOLD, AsyncChromaIndex
 from participants.chroma._sync.index import ChromaIndex
 
-__all__ = ["SYNC_THRESHOLD", "AsyncChromaIndex", "ChromaIndex", "from_url"]
+__all__ = ["SYNC_THRESHOLD", "AsyncChromaIndex", "ChromaIndex", "from_url", "http_client"]
+
+#: Seconds a request to a Chroma server made by :func:`http_client` waits for an answer.
+ANSWER_TIMEOUT = 30.0
+
+
+def http_client(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    ssl: bool = False,
+    answer_timeout: float = ANSWER_TIMEOUT,
+    name: str | None = None,
+) -> Any:
+    """A ``chromadb.HttpClient`` that gives up on a request after ``answer_timeout``
+    seconds without an answer (``httpx.TimeoutException``, a ``ParticipantError`` from
+    the index), where chromadb's own waits for ever on a server that stopped answering:
+    a search, or an open, would hang the caller for good.
+
+    Chroma keeps one connection per server in a process, so the bound applies to every
+    client of that server in it. ``URL``s (``chroma+http://``) make their clients here.
+
+    :raises ParticipantError: the server does not answer its heartbeat in time.
+    """
+    import httpx
+
+    scheme = "https" if ssl else "http"
+    try:  # chromadb's client asks the server at once, with no timeout: ask first
+        httpx.get(
+            f"{scheme}://{host}:{port}/api/v2/heartbeat", timeout=answer_timeout
+        ).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise ParticipantError(
+            f"cannot reach the Chroma server at {host}:{port}: {exc!r}", participant=name
+        ) from exc
+    import chromadb
+
+    try:
+        client = chromadb.HttpClient(host=host, port=port, ssl=ssl)
+    except Exception as exc:  # the client checks the server at once (a ValueError)
+        raise ParticipantError(
+            f"cannot reach the Chroma server at {host}:{port}: {exc}", participant=name
+        ) from exc
+    # chromadb makes its httpx session with ``timeout=None`` and offers no setting.
+    session = getattr(getattr(client, "_server", None), "_session", None)
+    if isinstance(session, httpx.Client):
+        session.timeout = httpx.Timeout(answer_timeout)
+    else:
+        logging.getLogger("participants.chroma").warning(
+            "this chromadb (%s) keeps its HTTP session elsewhere: requests to %s:%s are "
+            "not bounded, and wait for ever on a server that stops answering",
+            chromadb.__version__,
+            host,
+            port,
+        )
+    return client
 
 
 def from_url(
@@ -48,13 +106,12 @@ def from_url(
         client = chromadb.PersistentClient(path=os.path.abspath(path_of(base)))
     elif scheme in ("chroma+http", "chroma+https"):
         parts = urlsplit(base)
-        host, port = parts.hostname or "127.0.0.1", parts.port or 8000
-        try:
-            client = chromadb.HttpClient(host=host, port=port, ssl=scheme == "chroma+https")
-        except Exception as exc:  # the client checks the server at once (a ValueError)
-            raise ParticipantError(
-                f"cannot reach the Chroma server at {host}:{port}: {exc}", participant=name
-            ) from exc
+        client = http_client(
+            parts.hostname or "127.0.0.1",
+            parts.port or 8000,
+            ssl=scheme == "chroma+https",
+            name=name,
+        )
     else:
         client = chromadb.EphemeralClient()
     cls = AsyncChromaIndex if asynchronous else ChromaIndex

@@ -29,7 +29,7 @@ from coordinator.abc import Decision, DecisionRecord
 from coordinator.errors import DecisionLogError
 from coordinator.log import AsyncDecisionLogAdapter
 from coordinator.log._base import DecisionLogBase, check_decisions
-from participants.postgres._pool import idle_check
+from participants.postgres._connections import BoundedConnection, idle_check
 from participants.postgres._schema import DECISIONS_SCHEMA
 from participants.postgres._sync.pipeline import Statement, send
 
@@ -48,12 +48,20 @@ class PostgresDecisionLog(DecisionLogBase):
 
     :param conninfo: libpq connection string or ``postgresql://`` URL.
     :param connect_timeout: seconds to reach the server before a ``DecisionLogError``.
+    :param answer_timeout: seconds any one statement may wait for the server's answer
+        before a ``DecisionLogError`` (see ``PostgresStorage``).
     """
 
     def __init__(
-        self, conninfo: str, *, connect_timeout: float = 5.0, max_connections: int = 8
+        self,
+        conninfo: str,
+        *,
+        connect_timeout: float = 5.0,
+        max_connections: int = 8,
+        answer_timeout: float = 30.0,
     ) -> None:
         self.conninfo = conninfo
+        self._answer_timeout = answer_timeout
         self._pool = ConnectionPool(
             conninfo,
             min_size=1,
@@ -62,6 +70,8 @@ class PostgresDecisionLog(DecisionLogBase):
             timeout=connect_timeout,
             open=False,
             check=idle_check,
+            connection_class=BoundedConnection,
+            configure=self._bound,
         )
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
@@ -125,12 +135,15 @@ class PostgresDecisionLog(DecisionLogBase):
     def lease(self) -> Iterator[AdvisoryLease]:
         """The recovery daemon's lease on this log: a session-level advisory lock on its
         own connection, released when the block ends or the process dies."""
-        lease = AdvisoryLease(self._conninfo, self._connect_timeout)
+        lease = AdvisoryLease(self._conninfo, self._connect_timeout, self._answer_timeout)
         try:
             lease.check()
             yield lease
         finally:
             lease.release()
+
+    def _bound(self, conn: BoundedConnection) -> None:
+        conn.answer_timeout = self._answer_timeout
 
     def _connection(self) -> Any:
         """A pooled connection in autocommit: each statement its own transaction."""
@@ -173,10 +186,11 @@ class _Translated:
 class AdvisoryLease:
     """``pg_try_advisory_lock`` on a dedicated connection; ``check`` re-takes a lost one."""
 
-    def __init__(self, conninfo: str, connect_timeout: float) -> None:
+    def __init__(self, conninfo: str, connect_timeout: float, answer_timeout: float) -> None:
         self._conninfo = conninfo
         self._timeout = max(1, int(connect_timeout))
-        self._conn: psycopg.Connection[Any] | None = None
+        self._answer_timeout = answer_timeout
+        self._conn: BoundedConnection | None = None
         self.held = False
 
     def check(self) -> bool:
@@ -188,9 +202,10 @@ class AdvisoryLease:
                     return True
             else:
                 self.held = False
-                self._conn = psycopg.connect(
+                self._conn = BoundedConnection.connect(
                     self._conninfo, autocommit=True, connect_timeout=self._timeout
                 )
+                self._conn.answer_timeout = self._answer_timeout
             row = self._conn.execute(
                 "SELECT pg_try_advisory_lock(%s)", (DAEMON_LEASE_KEY,)
             ).fetchone()
@@ -216,5 +231,11 @@ def _record(row: tuple[Any, ...]) -> DecisionRecord:
 class AsyncPostgresDecisionLog(AsyncDecisionLogAdapter):
     """:class:`PostgresDecisionLog` with an async face (calls run on worker threads)."""
 
-    def __init__(self, conninfo: str, *, connect_timeout: float = 5.0) -> None:
-        super().__init__(PostgresDecisionLog(conninfo, connect_timeout=connect_timeout))
+    def __init__(
+        self, conninfo: str, *, connect_timeout: float = 5.0, answer_timeout: float = 30.0
+    ) -> None:
+        super().__init__(
+            PostgresDecisionLog(
+                conninfo, connect_timeout=connect_timeout, answer_timeout=answer_timeout
+            )
+        )

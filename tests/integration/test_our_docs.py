@@ -159,15 +159,14 @@ def test_the_guides_three_stores_on_private_servers(
     )
     for theirs, ours in (
         ("postgresql://app@db/agent", postgres_dsn),
-        ('host="vectors", port=8000', f'host="127.0.0.1", port={chroma_server.port}'),
+        ('http_client("vectors", 8000)', f'http_client("127.0.0.1", {chroma_server.port})'),
         ("redis://cache:6379/0", redis_server.url),
     ):
         assert theirs in code
         code = code.replace(theirs, ours)
     prelude = (
-        "import chromadb\n"
         "from coordinator import MemoryStore\n"
-        "from participants.chroma import ChromaIndex\n"
+        "from participants.chroma import ChromaIndex, http_client\n"
         "from participants.postgres import PostgresStorage\n"
         "from participants.redis import RedisStorage\n"
     )

@@ -1,9 +1,11 @@
 """A server that stops answering (its connections black-holed by the fault proxy): the
 synchronous memory API gives up on a Chroma server at ``Policy.prepare_timeout``, in the
-prepare and in the commit's second phase alike, rather than wait for ever (Chroma's HTTP
-client itself never gives up); a Postgres storage's commit point, at its
-``commit_timeout``, as in doubt (psycopg has no timeout of its own there either). Once
-the server answers again, recovery settles what was left and the stores agree.
+prepare and in the commit's second phase alike, rather than wait for ever (chromadb's HTTP
+client never gives up; the clients ``http_client`` makes do, in a search and an open too);
+a Postgres storage or decision log gives up on any one exchange at its ``answer_timeout``
+(psycopg has no timeout of its own there either): a commit's statements as a refusal, its
+commit point as in doubt, a read as a failed read. Once the server answers again,
+recovery settles what was left and the stores agree.
 """
 
 from __future__ import annotations
@@ -20,16 +22,18 @@ from chaos.proxy import FaultProxy
 from chaos.servers import ChromaServer, PostgresServer
 from coordinator import (
     AsyncMemoryStore,
+    DecisionLogError,
     Fact,
     MemoryStore,
+    ParticipantError,
     Policy,
     PrepareTimeout,
     TransactionInDoubt,
     new_txid,
 )
 from coordinator.embeddings import HashingEmbedder
-from participants.chroma import ChromaIndex
-from participants.postgres import AsyncPostgresStorage, PostgresStorage
+from participants.chroma import ChromaIndex, http_client
+from participants.postgres import AsyncPostgresStorage, PostgresDecisionLog, PostgresStorage
 from participants.qdrant import AsyncQdrantIndex, QdrantIndex
 from participants.sqlite import SQLiteStorage
 from tests.support.threads import within
@@ -120,6 +124,31 @@ def test_a_second_phase_the_server_never_answers_leaves_the_commit_to_recovery(
     mem.close()
 
 
+def test_a_chroma_server_that_stops_answering_fails_a_search_and_an_open_in_time(
+    tmp_path: Path, proxy: FaultProxy
+) -> None:
+    """A search goes to the index on the caller's thread: with chromadb's own client it
+    waits for ever, as does opening a client (it asks the server at once). The clients
+    Lockstep makes (``http_client``, the ``chroma+http://`` URLs) give up in time."""
+    index = ChromaIndex(
+        http_client("127.0.0.1", proxy.port, answer_timeout=1),
+        f"unanswered-{new_txid()[-12:]}",
+        embedder=HashingEmbedder(16),
+    )
+    mem = MemoryStore(SQLiteStorage(tmp_path / "facts.db"), [index], policy=POLICY)
+    kept = mem.commit(note("kept"))
+    proxy.blackhole()
+    with pytest.raises(ParticipantError, match=r"Chroma search .* failed"):
+        in_time(lambda: mem.search("kept", k=1))
+    with pytest.raises(ParticipantError, match="cannot reach the Chroma server"):
+        in_time(lambda: http_client("127.0.0.1", proxy.port, answer_timeout=1))
+
+    proxy.heal()
+    proxy.cut()
+    assert [hit.fact["id"] for hit in mem.search("kept", k=1)] == [kept]
+    mem.close()
+
+
 @pytest.fixture
 def pg_proxy(postgres_server: PostgresServer) -> Iterator[FaultProxy]:
     yield from proxy_to(postgres_server.port)
@@ -136,12 +165,12 @@ def test_a_postgres_commit_point_the_server_never_answers_is_in_doubt(
     COMMIT left unanswered is in doubt, and recovery decides from the log."""
     hook, armed = black_hole_at("before_decision", pg_proxy)
     armed[0] = False
-    storage = PostgresStorage(through(pg_proxy, postgres_dsn), commit_timeout=1)
+    storage = PostgresStorage(through(pg_proxy, postgres_dsn), answer_timeout=1)
     index = QdrantIndex(QdrantClient(":memory:"), "notes", embedder=HashingEmbedder(16))
     mem = MemoryStore(storage, [index], policy=POLICY, fault_hook=hook)
     kept = mem.commit(note("before"))
     armed[0] = True
-    with pytest.raises(TransactionInDoubt, match="no answer within 1 s"):
+    with pytest.raises(TransactionInDoubt, match="did not answer within 1 s"):
         in_time(lambda: mem.commit(note("unanswered")))
 
     pg_proxy.close()  # the connections end: the server rolls back what never arrived
@@ -161,12 +190,12 @@ async def test_an_async_postgres_commit_point_the_server_never_answers_is_in_dou
     server)."""
     hook, armed = black_hole_at("before_decision", pg_proxy)
     armed[0] = False
-    storage = AsyncPostgresStorage(through(pg_proxy, postgres_dsn), commit_timeout=1)
+    storage = AsyncPostgresStorage(through(pg_proxy, postgres_dsn), answer_timeout=1)
     index = AsyncQdrantIndex(AsyncQdrantClient(":memory:"), "notes", embedder=HashingEmbedder(16))
     mem = AsyncMemoryStore(storage, [index], policy=POLICY, fault_hook=hook)
     kept = await mem.commit(note("before"))
     armed[0] = True
-    with pytest.raises(TransactionInDoubt, match="no answer within 1 s"):
+    with pytest.raises(TransactionInDoubt, match="did not answer within 1 s"):
         await mem.commit(note("unanswered"))
 
     pg_proxy.close()
@@ -175,3 +204,71 @@ async def test_an_async_postgres_commit_point_the_server_never_answers_is_in_dou
     assert (await healed.verify()).clean
     assert [fact["id"] for fact in await healed.query()] == [kept]
     await healed.close()
+
+
+def test_a_postgres_commit_whose_statements_go_unanswered_is_a_refusal(
+    postgres_dsn: str, pg_proxy: FaultProxy
+) -> None:
+    """Postgres alone commits in one phase: the server stops answering before the
+    statements that write the fact; the commit is refused (nothing was committed, so it
+    is safe to retry), and reads on a silent server fail instead of waiting."""
+    hook, armed = black_hole_at("before_one_phase:postgres", pg_proxy)
+    armed[0] = False
+    storage = PostgresStorage(through(pg_proxy, postgres_dsn), answer_timeout=1)
+    mem = MemoryStore(storage, policy=POLICY, fault_hook=hook)
+    kept = mem.commit(note("before"))
+    armed[0] = True
+    with pytest.raises(PrepareTimeout, match="did not answer within 1 s; nothing"):
+        in_time(lambda: mem.commit(note("unanswered")))
+    armed[0] = False
+    pg_proxy.heal()  # the server answers again: the same store goes on
+    assert mem.get(kept) is not None
+    pg_proxy.blackhole()
+    with pytest.raises(ParticipantError, match="did not answer within 1 s"):
+        in_time(lambda: mem.get(kept))
+
+    pg_proxy.close()  # the connections end: the server rolls back what it was sent
+    healed = MemoryStore(PostgresStorage(postgres_dsn), policy=POLICY)
+    assert [fact["id"] for fact in healed.query()] == [kept]
+    assert healed.recover().clean
+    healed.close()
+    mem.close()
+
+
+@pytest.mark.anyio
+async def test_an_async_postgres_commit_whose_statements_go_unanswered_is_a_refusal(
+    postgres_dsn: str, pg_proxy: FaultProxy
+) -> None:
+    hook, armed = black_hole_at("before_one_phase:postgres", pg_proxy)
+    armed[0] = False
+    storage = AsyncPostgresStorage(through(pg_proxy, postgres_dsn), answer_timeout=1)
+    mem = AsyncMemoryStore(storage, policy=POLICY, fault_hook=hook)
+    kept = await mem.commit(note("before"))
+    armed[0] = True
+    with pytest.raises(PrepareTimeout, match="did not answer within 1 s; nothing"):
+        await mem.commit(note("unanswered"))
+    armed[0] = False
+    pg_proxy.heal()
+    assert await mem.get(kept) is not None
+    pg_proxy.blackhole()
+    with pytest.raises(ParticipantError, match="did not answer within 1 s"):
+        await mem.get(kept)
+
+    pg_proxy.close()
+    healed = AsyncMemoryStore(AsyncPostgresStorage(postgres_dsn), policy=POLICY)
+    assert [fact["id"] for fact in await healed.query()] == [kept]
+    await healed.close()
+    await mem.close()
+
+
+def test_a_postgres_decision_log_gives_up_on_a_silent_server(
+    postgres_dsn: str, pg_proxy: FaultProxy
+) -> None:
+    log = PostgresDecisionLog(through(pg_proxy, postgres_dsn), answer_timeout=1)
+    assert log.records(["nothing"]) == {}
+    pg_proxy.blackhole()
+    with pytest.raises(DecisionLogError, match="did not answer within 1 s"):
+        in_time(lambda: log.records(["nothing"]))
+    pg_proxy.heal()
+    assert log.records(["nothing"]) == {}  # a fresh connection: the silent one was closed
+    log.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from psycopg import AsyncConnection, AsyncCursor, errors
+from psycopg import AsyncConnection, AsyncCursor
 
 #: One statement for :func:`send`: SQL and its parameters (``None``: none; a list: the
 #: statement once for each row, and with no row not sent); ``None``: no statement.
@@ -46,7 +46,9 @@ async def send(conn: AsyncConnection[Any], *statements: Statement) -> list[Async
                 # Raised by a later statement's send, which reads what has arrived. Left
                 # to escape, psycopg would end the pipeline logging what it then ignores.
                 failure = exc
-    except errors.PipelineAborted:
+    except psycopg.Error:
+        # The pipeline's end reports the failure again (PipelineAborted), or, when the
+        # connection went with it (no answer in time), that it is closed: the first says why.
         if failure is None:
             raise
     if failure is not None:

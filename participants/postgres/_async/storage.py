@@ -30,12 +30,13 @@ from psycopg import AsyncConnection, AsyncCursor, errors, pq
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from coordinator._acompat import ALock, Deadline, adeadline, ashielded, asleep
+from coordinator._acompat import ALock, ashielded, asleep
 from coordinator.abc import AsyncDecisionLog, TransactionEntry, UndoReads, Vote
 from coordinator.errors import (
     ConfigurationError,
     LockstepError,
     ParticipantError,
+    PrepareTimeout,
     TransactionAborted,
     TransactionInDoubt,
     UsageError,
@@ -63,8 +64,8 @@ from participants._checks import (
 from participants.postgres import _schema as sql
 from participants.postgres import _your_sql as your_sql
 from participants.postgres._async.pipeline import Statement, send
+from participants.postgres._connections import AsyncBoundedConnection, aidle_check, no_answer_in
 from participants.postgres._log import AsyncPostgresDecisionLog, PostgresDecisionLog
-from participants.postgres._pool import aidle_check
 
 logger = logging.getLogger("participants.postgres")
 #: The history's primary key (id, version): a version may be written once.
@@ -81,11 +82,14 @@ class AsyncPostgresStorage:
     :param connect_timeout: seconds to reach the server before a ``ParticipantError``.
     :param lock_timeout_ms: how long a writer waits for a row another branch holds.
     :param max_connections: size of the connection pool.
-    :param commit_timeout: seconds the local COMMIT of a one-phase or last-resource
-        commit (the commit point) may wait for the server's answer before the commit
-        raises ``TransactionInDoubt`` (recovery then decides, from the log in this
-        database): a server that stops answering, or a connection black-holed on the
-        way, would otherwise keep the caller waiting for ever.
+    :param answer_timeout: seconds any one exchange with the server (a statement, a
+        pipeline, a COMMIT) may wait for its answer; then the connection is closed and
+        the call fails, rather than wait for ever on a server that stopped answering or a
+        connection black-holed on the way. A commit whose statements go unanswered
+        raises ``PrepareTimeout`` (nothing was committed); one whose commit point (the
+        local COMMIT of a one-phase or last-resource commit) goes unanswered raises
+        ``TransactionInDoubt``, and recovery decides it from the log in this database; a
+        read raises ``ParticipantError``.
     """
 
     runs_sql = True
@@ -99,10 +103,10 @@ class AsyncPostgresStorage:
         connect_timeout: float = 5.0,
         lock_timeout_ms: int = 100,
         max_connections: int = 8,
-        commit_timeout: float = 30.0,
+        answer_timeout: float = 30.0,
     ) -> None:
         self._name = check_participant_name(name)
-        self._commit_timeout = commit_timeout
+        self._answer_timeout = answer_timeout
         self._conninfo = conninfo
         self._connect_timeout = connect_timeout
         self._lock_timeout_ms = int(lock_timeout_ms)
@@ -114,6 +118,8 @@ class AsyncPostgresStorage:
             timeout=connect_timeout,
             open=False,
             check=aidle_check,
+            connection_class=AsyncBoundedConnection,
+            configure=self._bound,
         )
         self._ready = False
         self._opening = ALock()  # concurrent first calls open the pool once
@@ -126,7 +132,11 @@ class AsyncPostgresStorage:
     def default_decision_log(self) -> AsyncDecisionLog:
         """A :class:`PostgresDecisionLog` in this same database, shared by every process
         that uses it; with it this storage commits last, together with the decision."""
-        return AsyncPostgresDecisionLog(self._conninfo, connect_timeout=self._connect_timeout)
+        return AsyncPostgresDecisionLog(
+            self._conninfo,
+            connect_timeout=self._connect_timeout,
+            answer_timeout=self._answer_timeout,
+        )
 
     def holds_decision_log(self, log: object) -> bool:
         """True when ``log`` keeps its records in this storage's own database."""
@@ -278,21 +288,18 @@ class AsyncPostgresStorage:
         try:
             await self._stage(conn, txid, facts, statements, meta, decision_for)
         except LockstepError:
-            await conn.rollback()
+            await _rollback_local(conn)
             raise
         except psycopg.Error as exc:
-            await conn.rollback()
+            await _rollback_local(conn)  # the connection may be gone: then so is the work
             raise self._refusal(txid, exc) from exc
 
     async def _commit_staged(self, conn: AsyncConnection[Any], txid: str) -> None:
-        bound = Deadline()
         try:
-            with adeadline(self._commit_timeout, conn.pgconn.socket) as bound:
-                await conn.commit()
-        except (psycopg.OperationalError, TimeoutError) as exc:
-            failure = f"no answer within {self._commit_timeout} s" if bound.expired else str(exc)
+            await conn.commit()
+        except psycopg.OperationalError as exc:
             raise TransactionInDoubt(
-                f"the connection to Postgres failed during COMMIT: {failure}",
+                f"the connection to Postgres failed during COMMIT: {exc}",
                 txid=txid,
                 participant=self._name,
             ) from exc
@@ -379,13 +386,18 @@ class AsyncPostgresStorage:
 
     # -- internals ----------------------------------------------------------------------
 
-    async def _connect(self) -> AsyncConnection[Any]:
+    async def _connect(self) -> AsyncBoundedConnection:
         try:
-            return await AsyncConnection.connect(
+            conn = await AsyncBoundedConnection.connect(
                 self._conninfo, connect_timeout=max(1, int(self._connect_timeout))
             )
         except psycopg.Error as exc:
             raise self._error("connect", None, exc) from exc
+        await self._bound(conn)
+        return conn
+
+    async def _bound(self, conn: AsyncBoundedConnection) -> None:
+        conn.answer_timeout = self._answer_timeout
 
     async def _open(self) -> None:
         if self._ready:
@@ -607,6 +619,12 @@ class AsyncPostgresStorage:
 
     def _refusal(self, txid: str, exc: psycopg.Error) -> LockstepError:
         """Why Postgres refused a branch, in Lockstep's terms."""
+        if (silent := no_answer_in(exc)) is not None:
+            return PrepareTimeout(
+                f"{silent}; nothing of the transaction was committed",
+                txid=txid,
+                participant=self._name,
+            )
         if isinstance(exc, errors.LockNotAvailable):
             return VersionConflict(
                 "a fact or singleton key is staged by another transaction that has not finished",
@@ -647,12 +665,12 @@ class AsyncStagedPostgresCommit:
     def __init__(
         self,
         storage: AsyncPostgresStorage,
-        conn: AsyncConnection[Any],
+        conn: AsyncBoundedConnection,
         txid: str,
         participants: tuple[str, ...],
     ) -> None:
         self._storage = storage
-        self._conn: AsyncConnection[Any] | None = conn
+        self._conn: AsyncBoundedConnection | None = conn
         self._txid = txid
         self._participants = participants
 
@@ -681,7 +699,7 @@ class AsyncStagedPostgresCommit:
             await _rollback_local(conn)
             await self._storage._pool.putconn(conn)
 
-    def _take(self) -> AsyncConnection[Any]:
+    def _take(self) -> AsyncBoundedConnection:
         conn, self._conn = self._conn, None
         if conn is None:
             raise UsageError(f"the staged commit of {self._txid} has already ended")

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from psycopg import Connection, Cursor, errors
+from psycopg import Connection, Cursor
 
 #: One statement for :func:`send`: SQL and its parameters (``None``: none; a list: the
 #: statement once for each row, and with no row not sent); ``None``: no statement.
@@ -48,7 +48,9 @@ def send(conn: Connection[Any], *statements: Statement) -> list[Cursor[Any]]:
                 # Raised by a later statement's send, which reads what has arrived. Left
                 # to escape, psycopg would end the pipeline logging what it then ignores.
                 failure = exc
-    except errors.PipelineAborted:
+    except psycopg.Error:
+        # The pipeline's end reports the failure again (PipelineAborted), or, when the
+        # connection went with it (no answer in time), that it is closed: the first says why.
         if failure is None:
             raise
     if failure is not None:

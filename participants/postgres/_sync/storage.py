@@ -32,12 +32,13 @@ from psycopg import Connection, Cursor, errors, pq
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from coordinator._acompat import Deadline, Lock, deadline, shielded, sleep
+from coordinator._acompat import Lock, shielded, sleep
 from coordinator.abc import DecisionLog, TransactionEntry, UndoReads, Vote
 from coordinator.errors import (
     ConfigurationError,
     LockstepError,
     ParticipantError,
+    PrepareTimeout,
     TransactionAborted,
     TransactionInDoubt,
     UsageError,
@@ -64,8 +65,8 @@ from participants._checks import (
 )
 from participants.postgres import _schema as sql
 from participants.postgres import _your_sql as your_sql
+from participants.postgres._connections import BoundedConnection, idle_check, no_answer_in
 from participants.postgres._log import PostgresDecisionLog
-from participants.postgres._pool import idle_check
 from participants.postgres._sync.pipeline import Statement, send
 
 logger = logging.getLogger("participants.postgres")
@@ -83,11 +84,14 @@ class PostgresStorage:
     :param connect_timeout: seconds to reach the server before a ``ParticipantError``.
     :param lock_timeout_ms: how long a writer waits for a row another branch holds.
     :param max_connections: size of the connection pool.
-    :param commit_timeout: seconds the local COMMIT of a one-phase or last-resource
-        commit (the commit point) may wait for the server's answer before the commit
-        raises ``TransactionInDoubt`` (recovery then decides, from the log in this
-        database): a server that stops answering, or a connection black-holed on the
-        way, would otherwise keep the caller waiting for ever.
+    :param answer_timeout: seconds any one exchange with the server (a statement, a
+        pipeline, a COMMIT) may wait for its answer; then the connection is closed and
+        the call fails, rather than wait for ever on a server that stopped answering or a
+        connection black-holed on the way. A commit whose statements go unanswered
+        raises ``PrepareTimeout`` (nothing was committed); one whose commit point (the
+        local COMMIT of a one-phase or last-resource commit) goes unanswered raises
+        ``TransactionInDoubt``, and recovery decides it from the log in this database; a
+        read raises ``ParticipantError``.
     """
 
     runs_sql = True
@@ -101,10 +105,10 @@ class PostgresStorage:
         connect_timeout: float = 5.0,
         lock_timeout_ms: int = 100,
         max_connections: int = 8,
-        commit_timeout: float = 30.0,
+        answer_timeout: float = 30.0,
     ) -> None:
         self._name = check_participant_name(name)
-        self._commit_timeout = commit_timeout
+        self._answer_timeout = answer_timeout
         self._conninfo = conninfo
         self._connect_timeout = connect_timeout
         self._lock_timeout_ms = int(lock_timeout_ms)
@@ -116,6 +120,8 @@ class PostgresStorage:
             timeout=connect_timeout,
             open=False,
             check=idle_check,
+            connection_class=BoundedConnection,
+            configure=self._bound,
         )
         self._ready = False
         self._opening = Lock()  # concurrent first calls open the pool once
@@ -128,7 +134,11 @@ class PostgresStorage:
     def default_decision_log(self) -> DecisionLog:
         """A :class:`PostgresDecisionLog` in this same database, shared by every process
         that uses it; with it this storage commits last, together with the decision."""
-        return PostgresDecisionLog(self._conninfo, connect_timeout=self._connect_timeout)
+        return PostgresDecisionLog(
+            self._conninfo,
+            connect_timeout=self._connect_timeout,
+            answer_timeout=self._answer_timeout,
+        )
 
     def holds_decision_log(self, log: object) -> bool:
         """True when ``log`` keeps its records in this storage's own database."""
@@ -280,21 +290,18 @@ class PostgresStorage:
         try:
             self._stage(conn, txid, facts, statements, meta, decision_for)
         except LockstepError:
-            conn.rollback()
+            _rollback_local(conn)
             raise
         except psycopg.Error as exc:
-            conn.rollback()
+            _rollback_local(conn)  # the connection may be gone: then so is the work
             raise self._refusal(txid, exc) from exc
 
     def _commit_staged(self, conn: Connection[Any], txid: str) -> None:
-        bound = Deadline()
         try:
-            with deadline(self._commit_timeout, conn.pgconn.socket) as bound:
-                conn.commit()
-        except (psycopg.OperationalError, TimeoutError) as exc:
-            failure = f"no answer within {self._commit_timeout} s" if bound.expired else str(exc)
+            conn.commit()
+        except psycopg.OperationalError as exc:
             raise TransactionInDoubt(
-                f"the connection to Postgres failed during COMMIT: {failure}",
+                f"the connection to Postgres failed during COMMIT: {exc}",
                 txid=txid,
                 participant=self._name,
             ) from exc
@@ -377,13 +384,18 @@ class PostgresStorage:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _connect(self) -> Connection[Any]:
+    def _connect(self) -> BoundedConnection:
         try:
-            return Connection.connect(
+            conn = BoundedConnection.connect(
                 self._conninfo, connect_timeout=max(1, int(self._connect_timeout))
             )
         except psycopg.Error as exc:
             raise self._error("connect", None, exc) from exc
+        self._bound(conn)
+        return conn
+
+    def _bound(self, conn: BoundedConnection) -> None:
+        conn.answer_timeout = self._answer_timeout
 
     def _open(self) -> None:
         if self._ready:
@@ -605,6 +617,12 @@ class PostgresStorage:
 
     def _refusal(self, txid: str, exc: psycopg.Error) -> LockstepError:
         """Why Postgres refused a branch, in Lockstep's terms."""
+        if (silent := no_answer_in(exc)) is not None:
+            return PrepareTimeout(
+                f"{silent}; nothing of the transaction was committed",
+                txid=txid,
+                participant=self._name,
+            )
         if isinstance(exc, errors.LockNotAvailable):
             return VersionConflict(
                 "a fact or singleton key is staged by another transaction that has not finished",
@@ -645,12 +663,12 @@ class StagedPostgresCommit:
     def __init__(
         self,
         storage: PostgresStorage,
-        conn: Connection[Any],
+        conn: BoundedConnection,
         txid: str,
         participants: tuple[str, ...],
     ) -> None:
         self._storage = storage
-        self._conn: Connection[Any] | None = conn
+        self._conn: BoundedConnection | None = conn
         self._txid = txid
         self._participants = participants
 
@@ -679,7 +697,7 @@ class StagedPostgresCommit:
             _rollback_local(conn)
             self._storage._pool.putconn(conn)
 
-    def _take(self) -> Connection[Any]:
+    def _take(self) -> BoundedConnection:
         conn, self._conn = self._conn, None
         if conn is None:
             raise UsageError(f"the staged commit of {self._txid} has already ended")
