@@ -274,6 +274,14 @@ class Coordinator:
             self._fault("before_end")
             self._record_end(ended)
 
+    def running(self) -> contextlib.AbstractContextManager[None]:
+        """The caller's block as one run of this coordinator's (a memory-API transaction,
+        from its first read to its commit): ``close()`` waits for it to end.
+
+        :raises UsageError: the coordinator is closing or closed.
+        """
+        return self._runs.one()
+
     def close(self) -> None:
         """Refuse new commits, recovery passes and batches, let those other threads or
         tasks have in progress end (a commit is never cut in two by a close), finish the

@@ -661,6 +661,60 @@ def test_search_filters_on_numbers_and_bools_as_query_does(tmp_path: Path, kind:
     mem.close()
 
 
+@pytest.mark.parametrize("what", ["transaction", "rollback"])
+def test_a_close_waits_for_a_transaction_under_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str
+) -> None:
+    """A transaction reads, then a close comes from another thread, then it reads again
+    and commits: the close waits for it, instead of closing the stores under its reads
+    (the read failed with the store's own error, 'Cannot operate on a closed database').
+    A rollback reads what it undoes before its transaction begins: the same."""
+    directory = tmp_path / "memory"
+    mem = MemoryStore.open(directory, embedder=HashingEmbedder(16))
+    first = mem.commit(Fact(type="note", payload={"content": "first"}))
+    second = mem.commit(Fact(type="note", payload={"content": "second"}))
+    read, closing = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+    reads = mem.storage.transactions
+
+    def slow_transactions(*args: Any) -> Any:  # the rollback's first read, held up
+        found = reads(*args)
+        read.set()
+        closing.wait(10)
+        time.sleep(0.3)  # the close has had time to close the stores
+        return found
+
+    def agent() -> None:
+        try:
+            if what == "rollback":
+                monkeypatch.setattr(mem.storage, "transactions", slow_transactions)
+                mem.rollback(1)
+                return
+            with mem.transaction() as tx:
+                assert tx.get(first) is not None
+                read.set()
+                closing.wait(10)
+                time.sleep(0.3)
+                assert tx.get(second) is not None  # a read after the close began
+                tx.update(first, {"payload": {"content": "changed"}})
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=agent)
+    worker.start()
+    assert read.wait(10)
+    closing.set()
+    mem.close()  # returns once the transaction has ended
+    worker.join(30)
+    assert errors == []
+    with MemoryStore.open(directory, embedder=HashingEmbedder(16)) as mem:
+        if what == "rollback":  # the second commit undone
+            assert [fact["id"] for fact in mem.query()] == [first]
+        else:
+            assert mem.get(first)["payload"] == {"content": "changed"}  # type: ignore[index]
+        assert mem.verify().clean
+
+
 def test_a_store_closes_at_the_end_of_a_with_block(tmp_path: Path) -> None:
     with MemoryStore.open(tmp_path / "memory", embedder=HashingEmbedder(16)) as mem:
         fid = mem.commit(Fact(type="note", payload={"content": "kept"}))

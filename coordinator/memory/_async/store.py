@@ -119,7 +119,8 @@ class AsyncMemoryStore:
                 self.policy = replace(self.policy, last_resource=storage.name)
         self.log: AsyncDecisionLog = log or AsyncMemoryDecisionLog()
         self._fault_hook = fault_hook
-        self._closed = False
+        self._closed = False  # refusing new work (a close has begun)
+        self._shut = False  # the stores are closed
         self._pid = os.getpid()  # the process whose connections, locks and threads these are
         self.coordinator = AsyncCoordinator(
             [storage], self.log, policy=self.policy, fault_hook=fault_hook
@@ -419,6 +420,12 @@ class AsyncMemoryStore:
             raise UsageError(f"rollback(): steps must be >= 1, got {steps}")
         check_text("rollback(): session_id", session_id)
         self.check_open()
+        with self.coordinator.running():  # a close waits for the reads as for the commit
+            return await self._rollback(steps, session_id, actor, reason)
+
+    async def _rollback(
+        self, steps: int, session_id: str | None, actor: str | None, reason: str | None
+    ) -> list[str]:
         entries = await self.storage.transactions(session_id, steps)
         if not entries:
             return []
@@ -691,12 +698,14 @@ class AsyncMemoryStore:
         self._closed = True
         if os.getpid() == self._pid:
             await self.coordinator.close()
+        self._shut = True
 
-    def check_open(self) -> None:
+    def check_open(self, *, under_way: bool = False) -> None:
         """:raises UsageError: the store was closed, or this is a process forked from the
         one that opened it (a ``multiprocessing`` worker, say), which cannot share its
-        connections, file locks and worker threads."""
-        if self._closed:
+        connections, file locks and worker threads. With ``under_way`` (a transaction
+        begun before a close, which waits for it), only once the stores are closed."""
+        if self._closed and (not under_way or self._shut):
             raise UsageError("this memory store is closed; open the stores again to use them")
         if os.getpid() != self._pid:
             raise UsageError(

@@ -6,6 +6,7 @@ Reads through a transaction see its own changes; nothing is written until it fin
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -77,8 +78,12 @@ class AsyncMemoryTransaction:
         self._newest: dict[str, int] = {}  # the newest version in history, where read
         self._sql: dict[str, list[Write]] = {}
         self.outcome: Outcome | None = None
+        self._held = contextlib.ExitStack()
 
     async def __aenter__(self) -> Self:
+        # A transaction under way is a commit under way: a close from another thread or
+        # task waits for it, rather than close the stores under its reads.
+        self._held.enter_context(self._store.coordinator.running())
         return self
 
     async def __aexit__(
@@ -87,8 +92,9 @@ class AsyncMemoryTransaction:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc_type is None:
-            self.outcome = await self.finish()
+        with self._held:
+            if exc_type is None:
+                self.outcome = await self.finish()
 
     # -- reads --------------------------------------------------------------------------
 
@@ -383,7 +389,7 @@ class AsyncMemoryTransaction:
         if not self._changes and not self._sql and not self._undoes:
             return None
         store = self._store
-        store.check_open()  # a transaction begun before the store was closed
+        store.check_open(under_way=True)  # begun before the store was closed?
         storage_writes: list[Write] = []
         index_changes: list[tuple[str, int, FactRecord | None, FactRecord | None, str | None]] = []
         for fact_id, change in self._changes.items():
