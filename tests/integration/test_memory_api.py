@@ -661,42 +661,50 @@ def test_search_filters_on_numbers_and_bools_as_query_does(tmp_path: Path, kind:
     mem.close()
 
 
-@pytest.mark.parametrize("what", ["transaction", "rollback"])
+@pytest.mark.parametrize("what", ["transaction", "rollback", "discard_session"])
 def test_a_close_waits_for_a_transaction_under_way(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str
 ) -> None:
     """A transaction reads, then a close comes from another thread, then it reads again
     and commits: the close waits for it, instead of closing the stores under its reads
     (the read failed with the store's own error, 'Cannot operate on a closed database').
-    A rollback reads what it undoes before its transaction begins: the same."""
+    A rollback and a session's discard read before their transaction begins: the same."""
     directory = tmp_path / "memory"
     mem = MemoryStore.open(directory, embedder=HashingEmbedder(16))
-    first = mem.commit(Fact(type="note", payload={"content": "first"}))
-    second = mem.commit(Fact(type="note", payload={"content": "second"}))
+    first = mem.commit(Fact(type="note", payload={"content": "first"}), session_id="s")
+    second = mem.commit(Fact(type="note", payload={"content": "second"}), session_id="s")
     read, closing = threading.Event(), threading.Event()
     errors: list[BaseException] = []
-    reads = mem.storage.transactions
 
-    def slow_transactions(*args: Any) -> Any:  # the rollback's first read, held up
-        found = reads(*args)
-        read.set()
-        closing.wait(10)
-        time.sleep(0.3)  # the close has had time to close the stores
-        return found
+    def held_up(name: str) -> None:
+        """The storage's read ``name``, its answer held until the close has begun."""
+        reads = getattr(mem.storage, name)
+
+        def slow(*args: Any) -> Any:
+            found = reads(*args)
+            read.set()
+            closing.wait(10)
+            time.sleep(0.3)  # the close has had time to close the stores
+            return found
+
+        monkeypatch.setattr(mem.storage, name, slow)
 
     def agent() -> None:
         try:
             if what == "rollback":
-                monkeypatch.setattr(mem.storage, "transactions", slow_transactions)
+                held_up("transactions")
                 mem.rollback(1)
-                return
-            with mem.transaction() as tx:
-                assert tx.get(first) is not None
-                read.set()
-                closing.wait(10)
-                time.sleep(0.3)
-                assert tx.get(second) is not None  # a read after the close began
-                tx.update(first, {"payload": {"content": "changed"}})
+            elif what == "discard_session":
+                held_up("query")
+                mem.discard_session("s")
+            else:
+                with mem.transaction() as tx:
+                    assert tx.get(first) is not None
+                    read.set()
+                    closing.wait(10)
+                    time.sleep(0.3)
+                    assert tx.get(second) is not None  # a read after the close began
+                    tx.update(first, {"payload": {"content": "changed"}})
         except BaseException as exc:
             errors.append(exc)
 
@@ -708,9 +716,9 @@ def test_a_close_waits_for_a_transaction_under_way(
     worker.join(30)
     assert errors == []
     with MemoryStore.open(directory, embedder=HashingEmbedder(16)) as mem:
-        if what == "rollback":  # the second commit undone
-            assert [fact["id"] for fact in mem.query()] == [first]
-        else:
+        expected = {"rollback": [first], "discard_session": [], "transaction": [first, second]}
+        assert sorted(fact["id"] for fact in mem.query()) == sorted(expected[what])
+        if what == "transaction":
             assert mem.get(first)["payload"] == {"content": "changed"}  # type: ignore[index]
         assert mem.verify().clean
 

@@ -358,24 +358,26 @@ class AsyncMemoryStore:
         """
         self.check_open()
         check_text("promote_session(): session_id", session_id, required=True)
-        facts = await self.storage.query(None, {}, session_id)
-        promoted: list[str] = []
-        async with self.transaction(session_id, actor, reason) as tx:
-            for fact in facts:
-                as_json = as_dict(fact)
-                if selector is not None and not selector(as_json):
-                    continue
-                await tx._put(
-                    fact.id,
-                    fact.type,
-                    dict(fact.payload),
-                    session_id=None,
-                    source=fact.source,
-                    actor=actor,
-                    reason=reason or f"promoted from session {session_id}",
-                    claim=tx._claim_of(fact.type, fact.payload),
-                )
-                promoted.append(fact.id)
+        with self.coordinator.running():  # a close waits for the read as for the commit
+            facts = await self.storage.query(None, {}, session_id)
+            promoted: list[str] = []
+            # Not self.transaction(): begun before a close, this one is under way.
+            async with AsyncMemoryTransaction(self, session_id, actor, reason) as tx:
+                for fact in facts:
+                    as_json = as_dict(fact)
+                    if selector is not None and not selector(as_json):
+                        continue
+                    await tx._put(
+                        fact.id,
+                        fact.type,
+                        dict(fact.payload),
+                        session_id=None,
+                        source=fact.source,
+                        actor=actor,
+                        reason=reason or f"promoted from session {session_id}",
+                        claim=tx._claim_of(fact.type, fact.payload),
+                    )
+                    promoted.append(fact.id)
         return promoted
 
     async def discard_session(
@@ -388,10 +390,12 @@ class AsyncMemoryStore:
         """
         self.check_open()
         check_text("discard_session(): session_id", session_id, required=True)
-        facts = await self.storage.query(None, {}, session_id)
-        async with self.transaction(session_id, actor, reason) as tx:
-            for fact in facts:
-                await tx.delete(fact.id, actor, reason or f"session {session_id} discarded")
+        with self.coordinator.running():  # a close waits for the read as for the commit
+            facts = await self.storage.query(None, {}, session_id)
+            # Not self.transaction(): begun before a close, this one is under way.
+            async with AsyncMemoryTransaction(self, session_id, actor, reason) as tx:
+                for fact in facts:
+                    await tx.delete(fact.id, actor, reason or f"session {session_id} discarded")
         return len(facts)
 
     async def rollback(

@@ -356,24 +356,26 @@ class MemoryStore:
         """
         self.check_open()
         check_text("promote_session(): session_id", session_id, required=True)
-        facts = self.storage.query(None, {}, session_id)
-        promoted: list[str] = []
-        with self.transaction(session_id, actor, reason) as tx:
-            for fact in facts:
-                as_json = as_dict(fact)
-                if selector is not None and not selector(as_json):
-                    continue
-                tx._put(
-                    fact.id,
-                    fact.type,
-                    dict(fact.payload),
-                    session_id=None,
-                    source=fact.source,
-                    actor=actor,
-                    reason=reason or f"promoted from session {session_id}",
-                    claim=tx._claim_of(fact.type, fact.payload),
-                )
-                promoted.append(fact.id)
+        with self.coordinator.running():  # a close waits for the read as for the commit
+            facts = self.storage.query(None, {}, session_id)
+            promoted: list[str] = []
+            # Not self.transaction(): begun before a close, this one is under way.
+            with MemoryTransaction(self, session_id, actor, reason) as tx:
+                for fact in facts:
+                    as_json = as_dict(fact)
+                    if selector is not None and not selector(as_json):
+                        continue
+                    tx._put(
+                        fact.id,
+                        fact.type,
+                        dict(fact.payload),
+                        session_id=None,
+                        source=fact.source,
+                        actor=actor,
+                        reason=reason or f"promoted from session {session_id}",
+                        claim=tx._claim_of(fact.type, fact.payload),
+                    )
+                    promoted.append(fact.id)
         return promoted
 
     def discard_session(
@@ -386,10 +388,12 @@ class MemoryStore:
         """
         self.check_open()
         check_text("discard_session(): session_id", session_id, required=True)
-        facts = self.storage.query(None, {}, session_id)
-        with self.transaction(session_id, actor, reason) as tx:
-            for fact in facts:
-                tx.delete(fact.id, actor, reason or f"session {session_id} discarded")
+        with self.coordinator.running():  # a close waits for the read as for the commit
+            facts = self.storage.query(None, {}, session_id)
+            # Not self.transaction(): begun before a close, this one is under way.
+            with MemoryTransaction(self, session_id, actor, reason) as tx:
+                for fact in facts:
+                    tx.delete(fact.id, actor, reason or f"session {session_id} discarded")
         return len(facts)
 
     def rollback(
