@@ -67,9 +67,11 @@ class BoundedConnection(psycopg.Connection[Any]):
         interval: float = INTERVAL,
         timeout: float | None = None,
     ) -> RV:
+        if timeout is not None:  # psycopg's own bound (it handles its expiry)
+            return super().wait(gen, interval, timeout)
         try:
-            return super().wait(gen, interval, self.answer_timeout if timeout is None else timeout)
-        except errors._WaitTimeout as exc:  # psycopg's own, raised by the bound
+            return super().wait(gen, interval, self.answer_timeout)
+        except errors._WaitTimeout as exc:  # psycopg's own error, raised by our bound
             raise _no_answer(self) from exc
 
 
@@ -86,10 +88,10 @@ class AsyncBoundedConnection(psycopg.AsyncConnection[Any]):
         interval: float = INTERVAL,
         timeout: float | None = None,  # noqa: ASYNC109 - psycopg's signature, overridden
     ) -> RV:
+        if timeout is not None:
+            return await super().wait(gen, interval, timeout)
         try:
-            return await super().wait(
-                gen, interval, self.answer_timeout if timeout is None else timeout
-            )
+            return await super().wait(gen, interval, self.answer_timeout)
         except errors._WaitTimeout as exc:
             raise _no_answer(self) from exc
 

@@ -34,6 +34,7 @@ from coordinator import (
 from coordinator.embeddings import HashingEmbedder
 from participants.chroma import ChromaIndex, http_client
 from participants.postgres import AsyncPostgresStorage, PostgresDecisionLog, PostgresStorage
+from participants.postgres._connections import BoundedConnection
 from participants.qdrant import AsyncQdrantIndex, QdrantIndex
 from participants.sqlite import SQLiteStorage
 from tests.support.threads import within
@@ -272,3 +273,15 @@ def test_a_postgres_decision_log_gives_up_on_a_silent_server(
     pg_proxy.heal()
     assert log.records(["nothing"]) == {}  # a fresh connection: the silent one was closed
     log.close()
+
+
+def test_a_bounded_connection_leaves_psycopgs_own_timeouts_alone(postgres_dsn: str) -> None:
+    """A wait psycopg bounds itself (here ``notifies(timeout=)``) keeps its meaning: it
+    ends quietly, and the connection stays open."""
+    conn = BoundedConnection.connect(postgres_dsn, autocommit=True)
+    conn.answer_timeout = 60
+    conn.execute("LISTEN lockstep_nothing")
+    assert list(conn.notifies(timeout=0.2)) == []
+    assert not conn.closed
+    assert conn.execute("SELECT 1").fetchone() == (1,)
+    conn.close()
