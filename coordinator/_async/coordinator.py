@@ -73,6 +73,9 @@ logger = logging.getLogger("coordinator")
 
 T = TypeVar("T")
 _BATCH = 2000  # branches per batched resolve call (each: one local transaction, one scroll)
+#: Seconds between the warnings of a close still waiting for others' runs (a transaction
+#: block is the caller's code, and may take its time).
+CLOSE_NOTICE = 10.0
 
 
 class AsyncCoordinator:
@@ -287,7 +290,15 @@ class AsyncCoordinator:
         tasks have in progress end (a commit is never cut in two by a close), finish the
         deferred work, then close every participant and the log."""
         self._runs.close()
-        while self._runs.others():
+        notice = time.monotonic() + CLOSE_NOTICE
+        while under_way := self._runs.others():
+            if time.monotonic() >= notice:
+                logger.warning(
+                    "close is waiting for %d commit(s) or transaction(s) under way in other "
+                    "threads or tasks",
+                    under_way,
+                )
+                notice += CLOSE_NOTICE
             await asleep(0.002)
         try:
             with ainterrupts_held():

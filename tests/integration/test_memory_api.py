@@ -6,6 +6,7 @@ changed" and "everything changed" are checked on the stores, not on return value
 
 from __future__ import annotations
 
+import logging
 import math
 import subprocess
 import sys
@@ -721,6 +722,38 @@ def test_a_close_waits_for_a_transaction_under_way(
         if what == "transaction":
             assert mem.get(first)["payload"] == {"content": "changed"}  # type: ignore[index]
         assert mem.verify().clean
+
+
+def test_a_close_waiting_for_a_long_transaction_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A transaction block is the program's own code (an agent may wait on a model inside
+    it): a close waiting for one warns while it waits, then lets it commit."""
+    from coordinator._sync import coordinator
+
+    monkeypatch.setattr(coordinator, "CLOSE_NOTICE", 0.05)
+    mem = MemoryStore.open(tmp_path / "memory", embedder=HashingEmbedder(16))
+    begun = threading.Event()
+    written: list[str] = []
+
+    def agent() -> None:
+        with mem.transaction() as tx:
+            begun.set()
+            deadline = time.monotonic() + 10
+            while "close is waiting" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.01)
+            written.append(tx.commit(Fact(type="note", payload={"content": "slow"})))
+
+    worker = threading.Thread(target=agent, daemon=True)
+    worker.start()
+    assert begun.wait(10)
+    with caplog.at_level(logging.WARNING, logger="coordinator"):
+        mem.close()
+    worker.join(10)
+    assert "close is waiting for 1 commit(s) or transaction(s) under way" in caplog.text
+    assert len(written) == 1
+    with MemoryStore.open(tmp_path / "memory", embedder=HashingEmbedder(16)) as mem:
+        assert [fact["id"] for fact in mem.query()] == written
 
 
 def test_a_store_closes_at_the_end_of_a_with_block(tmp_path: Path) -> None:
