@@ -15,16 +15,61 @@ __all__ = [
     "AsyncPostgresStorage",
     "PostgresDecisionLog",
     "PostgresStorage",
+    "decision_log_from_url",
     "from_url",
 ]
+
+#: Query parameters of a ``postgresql://`` URL that are Lockstep's, not libpq's.
+OWN_PARAMETERS = ("answer_timeout",)
 
 
 def from_url(
     url: str, *, name: str | None = None, asynchronous: bool = False, **options: object
 ) -> PostgresStorage | AsyncPostgresStorage:
-    """``postgresql://user@host:port/dbname`` (entry point of the ``postgresql`` scheme)."""
+    """``postgresql://user@host:port/dbname`` (entry point of the ``postgresql`` scheme);
+    ``?answer_timeout=`` (seconds) is the storage's, every other parameter libpq's."""
     from participants._checks import storage_options
 
     storage_options("postgresql", options)
+    conninfo, answer_timeout = _split(url)
     cls = AsyncPostgresStorage if asynchronous else PostgresStorage
-    return cls(url.replace("postgres://", "postgresql://", 1), name=name or "postgres")
+    return cls(conninfo, name=name or "postgres", answer_timeout=answer_timeout)
+
+
+def decision_log_from_url(url: str) -> PostgresDecisionLog:
+    """``postgresql://user@host:port/dbname`` (entry point of the ``postgresql`` log
+    scheme); ``?answer_timeout=`` as for the storage."""
+    conninfo, answer_timeout = _split(url)
+    return PostgresDecisionLog(conninfo, answer_timeout=answer_timeout)
+
+
+def _split(url: str) -> tuple[str, float]:
+    """The libpq URL, and the ``answer_timeout`` its query gave (30 s if none).
+
+    :raises ConfigurationError: ``answer_timeout`` is not a number of seconds > 0.
+    """
+    from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+    from coordinator.errors import ConfigurationError
+
+    url = url.replace("postgres://", "postgresql://", 1)
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    given = [value for key, value in query if key == "answer_timeout"]
+    answer_timeout = 30.0
+    if not given:
+        return url, answer_timeout  # libpq's as written
+    try:
+        answer_timeout = float(given[-1])
+    except ValueError:
+        answer_timeout = 0.0
+    if not 0 < answer_timeout < float("inf"):
+        raise ConfigurationError(
+            f"answer_timeout in a postgresql:// URL must be a number of seconds > 0, "
+            f"got {given[-1]!r}"
+        )
+    # libpq decodes %XX only: a space must not become "+".
+    rest = urlencode(
+        [(key, value) for key, value in query if key not in OWN_PARAMETERS], quote_via=quote
+    )
+    return urlunsplit(parts._replace(query=rest)), answer_timeout

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import chromadb
+import psycopg
 import pytest
 from qdrant_client import AsyncQdrantClient, QdrantClient
 
@@ -22,6 +23,7 @@ from chaos.proxy import FaultProxy
 from chaos.servers import ChromaServer, PostgresServer
 from coordinator import (
     AsyncMemoryStore,
+    ConfigurationError,
     DecisionLogError,
     Fact,
     MemoryStore,
@@ -32,6 +34,7 @@ from coordinator import (
     new_txid,
 )
 from coordinator.embeddings import HashingEmbedder
+from coordinator.plugins import open_decision_log, open_participant
 from participants.chroma import ChromaIndex, http_client
 from participants.postgres import AsyncPostgresStorage, PostgresDecisionLog, PostgresStorage
 from participants.postgres._connections import BoundedConnection
@@ -285,3 +288,37 @@ def test_a_bounded_connection_leaves_psycopgs_own_timeouts_alone(postgres_dsn: s
     assert not conn.closed
     assert conn.execute("SELECT 1").fetchone() == (1,)
     conn.close()
+
+
+def test_answer_timeout_from_a_url_for_the_storage_and_the_log(
+    postgres_dsn: str, pg_proxy: FaultProxy
+) -> None:
+    """``?answer_timeout=`` is Lockstep's (libpq would refuse it): a store opened from
+    settings sets the bound, for its storage and for a Postgres decision log; libpq's
+    own parameters pass through as written."""
+    dbname = postgres_dsn.rsplit("dbname=", 1)[1]
+    url = (
+        f"postgresql://postgres@127.0.0.1:{pg_proxy.port}/{dbname}"
+        "?application_name=agent%20memory&answer_timeout=1"
+    )
+    storage = open_participant(url, name="facts")
+    log = open_decision_log(url)
+    assert isinstance(storage, PostgresStorage) and isinstance(log, PostgresDecisionLog)
+    mem = MemoryStore(storage, log=log, policy=POLICY)
+    kept = mem.commit(note("kept"))
+    with psycopg.connect(postgres_dsn) as watcher:  # the server sees libpq's parameter
+        seen = watcher.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'agent memory'"
+        ).fetchone()
+    assert seen is not None and seen[0] >= 1
+    pg_proxy.blackhole()
+    with pytest.raises(ParticipantError, match=r"did not answer within 1\.0 s"):
+        in_time(lambda: mem.get(kept))
+    with pytest.raises(DecisionLogError, match=r"did not answer within 1\.0 s"):
+        in_time(lambda: log.records([kept]))
+    pg_proxy.heal()
+    mem.close()
+
+    for bad in ("0", "soon", "inf"):
+        with pytest.raises(ConfigurationError, match=r"answer_timeout .* got"):
+            open_participant(url.replace("answer_timeout=1", f"answer_timeout={bad}"))
