@@ -139,3 +139,19 @@ def storage_options(scheme: str, options: dict[str, object]) -> None:
     options.pop("embedder", None)  # an index option: a storage embeds nothing
     if options:
         raise ConfigurationError(f"{scheme}:// takes no options {sorted(options)}")
+
+
+def seconds_option(scheme: str, key: str, value: str) -> float:
+    """A URL query's ``key=value`` as a number of seconds > 0.
+
+    :raises ConfigurationError: it is not one.
+    """
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise ConfigurationError(
+            f"{key} in a {scheme}:// URL must be a number of seconds > 0, got {value!r}"
+        )
+    return seconds

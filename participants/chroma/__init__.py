@@ -85,15 +85,17 @@ def from_url(
     ``embedder`` (a spec such as ``hashing:32``, when no ``embedder`` object is passed),
     ``combine_writes`` (``0`` stages every transaction's points in its own upsert),
     ``sync_threshold`` (records between two persists of the HNSW index of a collection
-    created here; default 200, Chroma's own is 1,000).
+    created here; default 200, Chroma's own is 1,000), ``answer_timeout`` (seconds a
+    request to a server waits for its answer; default 30, see :func:`http_client`).
     """
     import os
-    from urllib.parse import urlsplit
+    from urllib.parse import parse_qs, urlsplit
 
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
     import chromadb
 
     from coordinator.plugins import path_of, scheme_of
+    from participants._checks import seconds_option
     from participants._vectors import url_options
 
     options = url_options(url, embedder)
@@ -106,10 +108,14 @@ def from_url(
         client = chromadb.PersistentClient(path=os.path.abspath(path_of(base)))
     elif scheme in ("chroma+http", "chroma+https"):
         parts = urlsplit(base)
+        given = parse_qs(urlsplit(url).query).get("answer_timeout")
         client = http_client(
             parts.hostname or "127.0.0.1",
             parts.port or 8000,
             ssl=scheme == "chroma+https",
+            answer_timeout=seconds_option(scheme, "answer_timeout", given[-1])
+            if given
+            else ANSWER_TIMEOUT,
             name=name,
         )
     else:

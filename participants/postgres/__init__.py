@@ -50,7 +50,7 @@ def _split(url: str) -> tuple[str, float]:
     """
     from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-    from coordinator.errors import ConfigurationError
+    from participants._checks import seconds_option
 
     url = url.replace("postgres://", "postgresql://", 1)
     parts = urlsplit(url)
@@ -59,15 +59,7 @@ def _split(url: str) -> tuple[str, float]:
     answer_timeout = 30.0
     if not given:
         return url, answer_timeout  # libpq's as written
-    try:
-        answer_timeout = float(given[-1])
-    except ValueError:
-        answer_timeout = 0.0
-    if not 0 < answer_timeout < float("inf"):
-        raise ConfigurationError(
-            f"answer_timeout in a postgresql:// URL must be a number of seconds > 0, "
-            f"got {given[-1]!r}"
-        )
+    answer_timeout = seconds_option("postgresql", "answer_timeout", given[-1])
     # libpq decodes %XX only: a space must not become "+".
     rest = urlencode(
         [(key, value) for key, value in query if key not in OWN_PARAMETERS], quote_via=quote

@@ -153,6 +153,25 @@ def test_a_chroma_server_that_stops_answering_fails_a_search_and_an_open_in_time
     mem.close()
 
 
+def test_answer_timeout_from_a_chroma_url(tmp_path: Path, proxy: FaultProxy) -> None:
+    url = (
+        f"chroma+http://127.0.0.1:{proxy.port}?collection=unanswered-{new_txid()[-12:]}"
+        "&embedder=hashing:16&answer_timeout=1"
+    )
+    index = open_participant(url)
+    assert isinstance(index, ChromaIndex)
+    mem = MemoryStore(SQLiteStorage(tmp_path / "facts.db"), [index], policy=POLICY)
+    mem.commit(note("kept"))
+    proxy.blackhole()
+    with pytest.raises(ParticipantError, match=r"Chroma search .* failed"):
+        within(10, lambda: mem.search("kept", k=1), "the URL's answer_timeout=1 not applied")
+    proxy.heal()
+    proxy.cut()
+    mem.close()
+    with pytest.raises(ConfigurationError, match=r"answer_timeout .* got 'never'"):
+        open_participant(url.replace("answer_timeout=1", "answer_timeout=never"))
+
+
 @pytest.fixture
 def pg_proxy(postgres_server: PostgresServer) -> Iterator[FaultProxy]:
     yield from proxy_to(postgres_server.port)
