@@ -141,8 +141,8 @@ def storage_options(scheme: str, options: dict[str, object]) -> None:
         raise ConfigurationError(f"{scheme}:// takes no options {sorted(options)}")
 
 
-def seconds_option(scheme: str, key: str, value: str) -> float:
-    """A URL query's ``key=value`` as a number of seconds > 0.
+def seconds_option(where: str, key: str, value: str) -> float:
+    """A URL query's ``key=value`` as a number of seconds > 0 (``where``: whose URL).
 
     :raises ConfigurationError: it is not one.
     """
@@ -152,6 +152,6 @@ def seconds_option(scheme: str, key: str, value: str) -> float:
         seconds = 0.0
     if not 0 < seconds < float("inf"):
         raise ConfigurationError(
-            f"{key} in a {scheme}:// URL must be a number of seconds > 0, got {value!r}"
+            f"{key} in the {where} URL must be a number of seconds > 0, got {value!r}"
         )
     return seconds

@@ -29,6 +29,7 @@ from coordinator.errors import ConfigurationError, UsageError
 from coordinator.ids import check_participant_name
 from coordinator.plugins import query_flag
 from coordinator.records import DeleteFact, FactRecord, JSONValue, UpsertFact, Write
+from participants._checks import seconds_option
 from participants._fence import AbortFence
 
 T = TypeVar("T")
@@ -279,8 +280,8 @@ class VectorIndexBase:
 @dataclass(frozen=True)
 class UrlOptions:
     """An index URL's query parameters (``collection``, ``text_field``,
-    ``metadata_fields``, ``types``, ``embedder``, and for Chroma ``combine_writes`` and
-    ``sync_threshold``), parsed once for every backend."""
+    ``metadata_fields``, ``types``, ``embedder``, and for Chroma ``combine_writes``,
+    ``sync_threshold`` and ``answer_timeout``), parsed once for every backend."""
 
     collection: str
     text_field: str | None
@@ -289,6 +290,7 @@ class UrlOptions:
     embedder: Embedder | None
     combine_writes: bool = True
     sync_threshold: int | None = None  # None: the participant's default
+    answer_timeout: float | None = None  # None: the participant's default
 
 
 def url_options(url: str, embedder: Embedder | None) -> UrlOptions:
@@ -307,6 +309,11 @@ def url_options(url: str, embedder: Embedder | None) -> UrlOptions:
         embedder=embedder,
         combine_writes=query_flag(url, "combine_writes"),
         sync_threshold=_whole_number(params, "sync_threshold"),
+        answer_timeout=(
+            seconds_option("index", "answer_timeout", params["answer_timeout"])
+            if "answer_timeout" in params
+            else None
+        ),
     )
 
 

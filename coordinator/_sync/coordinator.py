@@ -13,8 +13,7 @@ import functools
 import logging
 import threading
 import time
-from collections import Counter
-from collections.abc import Collection, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Generator, Iterable, Mapping, Sequence
 from typing import TypeVar, cast
 
 from coordinator import telemetry
@@ -53,6 +52,7 @@ from coordinator._core.effects import (
 )
 from coordinator._core.protocol import commit_protocol
 from coordinator._core.recovery import recovery_plan
+from coordinator._runs import Runs
 from coordinator.abc import (
     Decision,
     DecisionLog,
@@ -121,7 +121,7 @@ class Coordinator:
         self._deferred: list[tuple[str, tuple[str, ...], bool]] = []
         self._deferred_since = 0.0
         self._deferred_lock = threading.Lock()  # guards the queue; never held across I/O
-        self._runs = _Runs()
+        self._runs = Runs(current_runner)
 
     @property
     def participants(self) -> Mapping[str, Participant]:
@@ -606,47 +606,6 @@ class Coordinator:
         else:
             participant.abort(txid)
         self._fault(f"recovery_after_resolve:{name}")
-
-
-class _Runs:
-    """A coordinator's runs of the protocol in progress (commits, recovery passes,
-    deferred batches), counted by the thread or task running each, so that ``close()``
-    lets the others' end before it closes anything, and refuses new ones. A run nested
-    in one of the runner's own (a commit's deferred batch) is not new."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._by_runner: Counter[int] = Counter()
-        self._closing = False
-
-    @contextlib.contextmanager
-    def one(self) -> Iterator[None]:
-        """One run, for its duration.
-
-        :raises UsageError: the coordinator is closing or closed.
-        """
-        me = current_runner()
-        with self._lock:
-            if self._closing and not self._by_runner[me]:
-                raise UsageError("this coordinator is closed; open the stores again to use them")
-            self._by_runner[me] += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._by_runner[me] -= 1
-                if not self._by_runner[me]:
-                    del self._by_runner[me]  # task ids are not reused: keep none of them
-
-    def close(self) -> None:
-        with self._lock:
-            self._closing = True
-
-    def others(self) -> int:
-        """Runs in progress in other threads or tasks than the caller's."""
-        me = current_runner()
-        with self._lock:
-            return sum(count for runner, count in self._by_runner.items() if runner != me)
 
 
 class _Staged:

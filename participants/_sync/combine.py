@@ -81,9 +81,10 @@ class WriteCombiner(Generic[T]):
     request too, and the callers write one at a time, each waiting for all the others.
     So contention is remembered over the last :data:`RECENT` turns: a turn waits when
     one of them wrote more than one request or saw one arrive while it wrote. The wait
-    lasts at most ``linger`` times the last turn's duration (and :data:`LINGER_MAX`), and ends as soon as as many
-    requests are queued as the largest batch of the recent turns that waited. Nothing
-    waits without contention: a lone caller's turns write at once.
+    lasts at most ``linger`` times the last turn's duration (and :data:`LINGER_MAX`),
+    and ends as soon as as many requests are queued as the largest batch of the recent
+    turns that waited. Nothing waits without contention: a lone caller's turns write at
+    once.
 
     :param name: the participant's name (for errors).
     :param write: writes the items of one or more requests, raising on failure.

@@ -32,8 +32,8 @@ def http_client(
     the index), where chromadb's own waits for ever on a server that stopped answering:
     a search, or an open, would hang the caller for good.
 
-    Chroma keeps one connection per server in a process, so the bound applies to every
-    client of that server in it. ``URL``s (``chroma+http://``) make their clients here.
+    The bound is this client's: another ``chromadb.HttpClient`` of the same server has
+    its own session, unbounded. ``chroma+http://`` URLs make their clients here.
 
     :raises ParticipantError: the server does not answer its heartbeat in time.
     """
@@ -89,13 +89,12 @@ def from_url(
     request to a server waits for its answer; default 30, see :func:`http_client`).
     """
     import os
-    from urllib.parse import parse_qs, urlsplit
+    from urllib.parse import urlsplit
 
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
     import chromadb
 
     from coordinator.plugins import path_of, scheme_of
-    from participants._checks import seconds_option
     from participants._vectors import url_options
 
     options = url_options(url, embedder)
@@ -108,14 +107,11 @@ def from_url(
         client = chromadb.PersistentClient(path=os.path.abspath(path_of(base)))
     elif scheme in ("chroma+http", "chroma+https"):
         parts = urlsplit(base)
-        given = parse_qs(urlsplit(url).query).get("answer_timeout")
         client = http_client(
             parts.hostname or "127.0.0.1",
             parts.port or 8000,
             ssl=scheme == "chroma+https",
-            answer_timeout=seconds_option(scheme, "answer_timeout", given[-1])
-            if given
-            else ANSWER_TIMEOUT,
+            answer_timeout=options.answer_timeout or ANSWER_TIMEOUT,
             name=name,
         )
     else:

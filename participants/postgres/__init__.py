@@ -7,6 +7,7 @@ Needs the ``postgres`` extra (``psycopg``, ``psycopg-pool``) and a server with
 from __future__ import annotations
 
 from participants.postgres._async.storage import AsyncPostgresStorage
+from participants.postgres._connections import ANSWER_TIMEOUT
 from participants.postgres._log import AsyncPostgresDecisionLog, PostgresDecisionLog
 from participants.postgres._sync.storage import PostgresStorage
 
@@ -18,9 +19,6 @@ __all__ = [
     "decision_log_from_url",
     "from_url",
 ]
-
-#: Query parameters of a ``postgresql://`` URL that are Lockstep's, not libpq's.
-OWN_PARAMETERS = ("answer_timeout",)
 
 
 def from_url(
@@ -56,12 +54,9 @@ def _split(url: str) -> tuple[str, float]:
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     given = [value for key, value in query if key == "answer_timeout"]
-    answer_timeout = 30.0
     if not given:
-        return url, answer_timeout  # libpq's as written
-    answer_timeout = seconds_option("postgresql", "answer_timeout", given[-1])
+        return url, ANSWER_TIMEOUT  # libpq's as written
     # libpq decodes %XX only: a space must not become "+".
-    rest = urlencode(
-        [(key, value) for key, value in query if key not in OWN_PARAMETERS], quote_via=quote
-    )
+    rest = urlencode([(k, v) for k, v in query if k != "answer_timeout"], quote_via=quote)
+    answer_timeout = seconds_option("postgresql://", "answer_timeout", given[-1])
     return urlunsplit(parts._replace(query=rest)), answer_timeout

@@ -32,6 +32,8 @@ RV = TypeVar("RV")
 
 #: psycopg's own interval between checks of an interrupted wait (its default).
 INTERVAL = 0.1
+#: Seconds an exchange with the server may wait for its answer, unless told otherwise.
+ANSWER_TIMEOUT = 30.0
 
 
 class NoAnswer(psycopg.OperationalError):
@@ -50,9 +52,9 @@ def no_answer_in(exc: BaseException) -> NoAnswer | None:
     return None
 
 
-def _no_answer(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> NoAnswer:
+def _no_answer(conn: BoundedConnection | AsyncBoundedConnection) -> NoAnswer:
     conn.pgconn.finish()  # half an exchange behind it: never to be used again
-    return NoAnswer(f"Postgres did not answer within {conn.answer_timeout} s")  # type: ignore[union-attr]
+    return NoAnswer(f"Postgres did not answer within {conn.answer_timeout} s")
 
 
 class BoundedConnection(psycopg.Connection[Any]):

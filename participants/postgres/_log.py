@@ -29,7 +29,7 @@ from coordinator.abc import Decision, DecisionRecord
 from coordinator.errors import DecisionLogError
 from coordinator.log import AsyncDecisionLogAdapter
 from coordinator.log._base import DecisionLogBase, check_decisions
-from participants.postgres._connections import BoundedConnection, idle_check
+from participants.postgres._connections import ANSWER_TIMEOUT, BoundedConnection, idle_check
 from participants.postgres._schema import DECISIONS_SCHEMA
 from participants.postgres._sync.pipeline import Statement, send
 
@@ -58,7 +58,7 @@ class PostgresDecisionLog(DecisionLogBase):
         *,
         connect_timeout: float = 5.0,
         max_connections: int = 8,
-        answer_timeout: float = 30.0,
+        answer_timeout: float = ANSWER_TIMEOUT,
     ) -> None:
         self.conninfo = conninfo
         self._answer_timeout = answer_timeout
@@ -232,7 +232,7 @@ class AsyncPostgresDecisionLog(AsyncDecisionLogAdapter):
     """:class:`PostgresDecisionLog` with an async face (calls run on worker threads)."""
 
     def __init__(
-        self, conninfo: str, *, connect_timeout: float = 5.0, answer_timeout: float = 30.0
+        self, conninfo: str, *, connect_timeout: float = 5.0, answer_timeout: float = ANSWER_TIMEOUT
     ) -> None:
         super().__init__(
             PostgresDecisionLog(

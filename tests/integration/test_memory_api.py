@@ -715,7 +715,7 @@ def test_a_close_waits_for_a_transaction_under_way(
     closing.set()
     mem.close()  # returns once the transaction has ended
     worker.join(30)
-    assert errors == []
+    assert not worker.is_alive() and errors == []
     with MemoryStore.open(directory, embedder=HashingEmbedder(16)) as mem:
         expected = {"rollback": [first], "discard_session": [], "transaction": [first, second]}
         assert sorted(fact["id"] for fact in mem.query()) == sorted(expected[what])

@@ -341,3 +341,8 @@ def test_answer_timeout_from_a_url_for_the_storage_and_the_log(
     for bad in ("0", "soon", "inf"):
         with pytest.raises(ConfigurationError, match=r"answer_timeout .* got"):
             open_participant(url.replace("answer_timeout=1", f"answer_timeout={bad}"))
+    # The short scheme's log takes it too (libpq would refuse the URL otherwise).
+    short = open_decision_log(url.replace("postgresql://", "postgres://"))
+    assert isinstance(short, PostgresDecisionLog)
+    assert short.records(["nothing"]) == {}  # it opened, and answers
+    short.close()

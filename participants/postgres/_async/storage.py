@@ -64,7 +64,12 @@ from participants._checks import (
 from participants.postgres import _schema as sql
 from participants.postgres import _your_sql as your_sql
 from participants.postgres._async.pipeline import Statement, send
-from participants.postgres._connections import AsyncBoundedConnection, aidle_check, no_answer_in
+from participants.postgres._connections import (
+    ANSWER_TIMEOUT,
+    AsyncBoundedConnection,
+    aidle_check,
+    no_answer_in,
+)
 from participants.postgres._log import AsyncPostgresDecisionLog, PostgresDecisionLog
 
 logger = logging.getLogger("participants.postgres")
@@ -103,7 +108,7 @@ class AsyncPostgresStorage:
         connect_timeout: float = 5.0,
         lock_timeout_ms: int = 100,
         max_connections: int = 8,
-        answer_timeout: float = 30.0,
+        answer_timeout: float = ANSWER_TIMEOUT,
     ) -> None:
         self._name = check_participant_name(name)
         self._answer_timeout = answer_timeout

@@ -65,7 +65,12 @@ from participants._checks import (
 )
 from participants.postgres import _schema as sql
 from participants.postgres import _your_sql as your_sql
-from participants.postgres._connections import BoundedConnection, idle_check, no_answer_in
+from participants.postgres._connections import (
+    ANSWER_TIMEOUT,
+    BoundedConnection,
+    idle_check,
+    no_answer_in,
+)
 from participants.postgres._log import PostgresDecisionLog
 from participants.postgres._sync.pipeline import Statement, send
 
@@ -105,7 +110,7 @@ class PostgresStorage:
         connect_timeout: float = 5.0,
         lock_timeout_ms: int = 100,
         max_connections: int = 8,
-        answer_timeout: float = 30.0,
+        answer_timeout: float = ANSWER_TIMEOUT,
     ) -> None:
         self._name = check_participant_name(name)
         self._answer_timeout = answer_timeout
