@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -722,6 +722,81 @@ def test_a_close_waits_for_a_transaction_under_way(
         if what == "transaction":
             assert mem.get(first)["payload"] == {"content": "changed"}  # type: ignore[index]
         assert mem.verify().clean
+
+
+@pytest.mark.parametrize("read", ["get", "get_many", "query", "history", "search"])
+def test_a_read_a_close_overtakes_says_the_store_was_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read: str
+) -> None:
+    """A lone read does not hold a close up (a transaction does): one the close overtakes
+    fails with a UsageError saying so, not with the store's own complaint about a closed
+    connection ("Cannot operate on a closed database", "QdrantLocal instance is closed")."""
+    mem = MemoryStore.open(tmp_path / "memory", embedder=HashingEmbedder(16))
+    fid = mem.commit(Fact(type="note", payload={"content": "kept"}))
+    reading, closed = threading.Event(), threading.Event()
+    store = mem.indexes[0] if read == "search" else mem.storage  # the read of that name
+    real = getattr(store, read)
+
+    def overtaken(*args: Any, **kwargs: Any) -> Any:
+        reading.set()
+        assert closed.wait(10)
+        return real(*args, **kwargs)  # on the closed stores
+
+    monkeypatch.setattr(store, read, overtaken)
+    calls: dict[str, Callable[[], object]] = {
+        "get": lambda: mem.get(fid),
+        "get_many": lambda: mem.get_many([fid]),
+        "query": lambda: mem.query("note"),
+        "history": lambda: mem.history(fid),
+        "search": lambda: mem.search("kept"),
+    }
+    errors: list[BaseException] = []
+
+    def agent() -> None:
+        try:
+            calls[read]()
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=agent)
+    worker.start()
+    assert reading.wait(10)
+    mem.close()  # does not wait for the read
+    closed.set()
+    worker.join(10)
+    assert not worker.is_alive() and len(errors) == 1, errors
+    assert isinstance(errors[0], UsageError), repr(errors[0])
+    assert f"{read}(): this memory store was closed while the read ran" in str(errors[0])
+    assert errors[0].__cause__ is not None  # the store's own error, kept for the operator
+    with MemoryStore.open(tmp_path / "memory", embedder=HashingEmbedder(16)) as mem:
+        assert mem.get(fid)["payload"] == {"content": "kept"}  # type: ignore[index]
+
+
+def test_a_close_waits_for_a_verify_under_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify() and repair() read every store at length: a close waits for them."""
+    mem = MemoryStore.open(tmp_path / "memory", embedder=HashingEmbedder(16))
+    mem.commit(Fact(type="note", payload={"content": "kept"}))
+    reading, closing = threading.Event(), threading.Event()
+    real = mem.storage.all_facts
+
+    def slow() -> Any:
+        reading.set()
+        assert closing.wait(10)
+        time.sleep(0.3)  # the close has had time to close the stores
+        return real()
+
+    monkeypatch.setattr(mem.storage, "all_facts", slow)
+    reports: list[Any] = []
+    worker = threading.Thread(target=lambda: reports.append(mem.verify()))
+    worker.start()
+    assert reading.wait(10)
+    closing.set()
+    mem.close()  # returns once verify has
+    worker.join(10)
+    assert not worker.is_alive() and len(reports) == 1
+    assert reports[0].clean and reports[0].facts == 1
 
 
 def test_a_close_waiting_for_a_long_transaction_says_so(
