@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+LC_VENV := .venv-langchain-tests
 
-.PHONY: install demo test lint typecheck gen-check gen-sync unit chaos chaos-long bench bench-quick clean
+.PHONY: install demo test lint typecheck gen-check gen-sync unit langchain-standard chaos chaos-long bench bench-quick clean
 
 $(STAMP): pyproject.toml tools/bootstrap.sh
 	bash tools/bootstrap.sh "$(PYTHON)" "$(VENV)"
@@ -34,7 +35,15 @@ gen-sync: install
 
 test: lint typecheck gen-check
 	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q
+	$(MAKE) --no-print-directory langchain-standard
 	$(MAKE) --no-print-directory chaos
+
+# LangChain's standard vector-store tests, in an environment of their own: langchain-tests
+# brings pytest plugins (pytest-socket, pytest-asyncio...) that do not run beside the suite's.
+langchain-standard: install
+	test -x $(LC_VENV)/bin/python || $(PYTHON) -m venv $(LC_VENV)
+	$(LC_VENV)/bin/python -m pip install --quiet -e '.[embedded,langchain]' 'langchain-tests==1.1.9' 'pytest-asyncio>=1.0'
+	cd tests/langchain_standard && ../../$(LC_VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 # A campaign sized for CI: every fault point of the protocol, then every backend
 # combination with agent and server kills; real processes killed with SIGKILL.
@@ -89,4 +98,4 @@ unit: install
 	$(PY) -m pytest -q tests/unit
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(LC_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -22,6 +22,9 @@ settings.register_profile(
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
+# LangChain's standard tests run in an environment of their own (make langchain-standard).
+collect_ignore = ["langchain_standard"]
+
 
 @pytest.fixture
 def anyio_backend() -> str:

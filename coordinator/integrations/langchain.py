@@ -4,19 +4,21 @@
 one type: ``add_documents`` and ``delete`` are each one transaction over the storage and
 every index (a batch lands whole or not at all, through crashes), and a search returns
 committed, current versions only. It passes LangChain's standard vector-store tests
-(``langchain-tests``). :class:`LangChainEmbedder` lets a store's index embed with a
-LangChain ``Embeddings`` model.
+(``langchain-tests``). On an ``AsyncMemoryStore`` its async methods await the store.
+:class:`LangChainEmbedder` lets a store's index embed with a LangChain ``Embeddings``
+model.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 try:
     from langchain_core.documents import Document
     from langchain_core.embeddings import Embeddings
+    from langchain_core.runnables.config import run_in_executor
     from langchain_core.vectorstores import VectorStore
 except ImportError as missing:  # pragma: no cover - depends on the installation
     raise ImportError(
@@ -24,13 +26,13 @@ except ImportError as missing:  # pragma: no cover - depends on the installation
     ) from missing
 
 from coordinator.errors import UsageError
-from coordinator.integrations import check_store
+from coordinator.integrations._loop import EventLoopBridge
 from coordinator.memory._model import Fact, check_user_type
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from coordinator.memory import MemoryStore
+    from coordinator.memory import AsyncMemoryStore, MemoryStore
 
 
 class LangChainEmbedder:
@@ -54,18 +56,36 @@ class LangChainEmbedder:
 
 
 class LockstepVectorStore(VectorStore):
-    """LangChain's ``VectorStore`` over a :class:`MemoryStore`'s facts of type ``type``.
+    """LangChain's ``VectorStore`` over a memory store's facts of type ``type``.
 
     A document is a fact whose payload holds ``content`` (its text, which the indexes
     embed) and ``metadata``; its id is the fact's id. ``filter`` in the searches compares
     metadata fields for equality (``{"source": "faq"}``). Scores are the indexes' cosine
     similarities (higher is closer); relevance scores map them to 0..1.
+
+    On a :class:`MemoryStore` the async methods run the sync ones in a worker thread, as
+    LangChain's defaults do. On an :class:`AsyncMemoryStore` they await it; make the
+    vector store inside the event loop that uses the memory store: its synchronous methods
+    (a synchronous tool LangGraph runs in a worker thread) run on that loop and wait, and
+    are refused on the loop's own thread, where waiting would stop the loop.
     """
 
-    def __init__(self, store: MemoryStore, *, type: str = "document") -> None:
-        from coordinator.memory import MemoryStore
+    def __init__(self, store: MemoryStore | AsyncMemoryStore, *, type: str = "document") -> None:
+        from coordinator.memory import AsyncMemoryStore, MemoryStore
 
-        check_store("LockstepVectorStore", store, MemoryStore)
+        if isinstance(store, AsyncMemoryStore):
+            self._bridge: EventLoopBridge | None = EventLoopBridge(
+                "LockstepVectorStore on an AsyncMemoryStore",
+                "await its async methods (aadd_documents, asimilarity_search...) on the "
+                "loop, or give it a MemoryStore",
+            )
+        elif isinstance(store, MemoryStore):
+            self._bridge = None
+        else:
+            raise UsageError(
+                "LockstepVectorStore takes a MemoryStore or an AsyncMemoryStore, got "
+                f"{store.__class__.__name__}"
+            )
         check_user_type("type", type)
         if not store.indexes:
             raise UsageError("a vector store needs a memory store with at least one index")
@@ -89,77 +109,159 @@ class LockstepVectorStore(VectorStore):
         **kwargs: Any,
     ) -> list[str]:
         """Add (or replace, by id) the texts in one transaction; their ids."""
-        documents = [
-            Document(page_content=text, metadata=dict(metadatas[i]) if metadatas else {})
-            for i, text in enumerate(texts)
-        ]
-        return self.add_documents(documents, ids=ids, **kwargs)
+        return self.add_documents(_documents("add_texts", texts, metadatas), ids=ids, **kwargs)
+
+    async def aadd_texts(
+        self,
+        texts: Iterable[str],
+        metadatas: list[dict[str, Any]] | None = None,
+        *,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
+        """:meth:`add_texts`, awaited."""
+        documents = _documents("aadd_texts", texts, metadatas)
+        return await self.aadd_documents(documents, ids=ids, **kwargs)
 
     def add_documents(self, documents: list[Document], **kwargs: Any) -> list[str]:
         """Add (or replace, by id) the documents in one transaction; their ids.
 
         ``ids=`` names them (else each document's own ``id``, else a new UUID)."""
-        ids = kwargs.pop("ids", None)
-        if kwargs:
-            raise UsageError(f"add_documents(): unknown arguments {sorted(kwargs)}")
-        if ids is not None and len(ids) != len(documents):
-            raise UsageError(f"add_documents(): {len(ids)} ids for {len(documents)} documents")
-        written = []
-        with self.store.transaction() as tx:
-            for i, document in enumerate(documents):
-                fact_id = (ids[i] if ids else None) or document.id or str(uuid.uuid4())
-                held = tx.get(fact_id)
-                if held is not None and held["type"] != self.type:
-                    raise UsageError(
-                        f"add_documents(): id {fact_id!r} is a {held['type']!r} fact, not a "
-                        f"{self.type!r} document; nothing was added"
-                    )
-                payload = {"content": document.page_content, "metadata": dict(document.metadata)}
-                written.append(tx.commit(Fact(id=fact_id, type=self.type, payload=payload)))
-        return written
+        if self._bridge is not None:
+            return self._bridge.wait(self.aadd_documents(documents, **kwargs))
+        store = self._sync_store()
+        facts = self._facts_for("add_documents", documents, kwargs)
+        with store.transaction() as tx:
+            for fact in facts:
+                self._check_replaceable("add_documents", fact.id, tx.get(fact.id))
+                tx.commit(fact)
+        return [fact.id for fact in facts]
+
+    async def aadd_documents(self, documents: list[Document], **kwargs: Any) -> list[str]:
+        """:meth:`add_documents`, awaited."""
+        if self._bridge is None:
+            return await run_in_executor(None, self.add_documents, documents, **kwargs)
+        store = self._async_store()
+        facts = self._facts_for("aadd_documents", documents, kwargs)
+        async with store.transaction() as tx:
+            for fact in facts:
+                self._check_replaceable("aadd_documents", fact.id, await tx.get(fact.id))
+                await tx.commit(fact)
+        return [fact.id for fact in facts]
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
         """Delete the documents with these ids (unknown ones are skipped), in one
         transaction. ``delete()`` without ids is refused: it would mean every document."""
-        if ids is None:
-            raise UsageError("delete(): give the ids of the documents to delete")
-        if kwargs:
-            raise UsageError(f"delete(): unknown arguments {sorted(kwargs)}")
-        present = self._facts(ids)
-        with self.store.transaction() as tx:
+        if self._bridge is not None:
+            return self._bridge.wait(self.adelete(ids, **kwargs))
+        _check_delete("delete", ids, kwargs)
+        store = self._sync_store()
+        present = self._own(store.get_many(ids or []))
+        with store.transaction() as tx:
             for fact_id in present:
                 tx.delete(fact_id)
+        return True
+
+    async def adelete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
+        """:meth:`delete`, awaited."""
+        if self._bridge is None:
+            return await run_in_executor(None, self.delete, ids, **kwargs)
+        _check_delete("adelete", ids, kwargs)
+        store = self._async_store()
+        present = self._own(await store.get_many(ids or []))
+        async with store.transaction() as tx:
+            for fact_id in present:
+                await tx.delete(fact_id)
         return True
 
     # -- reads --------------------------------------------------------------------------
 
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         """The documents with these ids that exist, in the order given."""
-        return [_document(fact) for fact in self._facts(ids).values()]
+        if self._bridge is not None:
+            return self._bridge.wait(self.aget_by_ids(ids))
+        return [_document(fact) for fact in self._own(self._sync_store().get_many(ids)).values()]
+
+    async def aget_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        """:meth:`get_by_ids`, awaited."""
+        if self._bridge is None:
+            return await run_in_executor(None, self.get_by_ids, ids)
+        found = self._own(await self._async_store().get_many(ids))
+        return [_document(fact) for fact in found.values()]
 
     def similarity_search(
         self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
     ) -> list[Document]:
         return [doc for doc, _ in self.similarity_search_with_score(query, k, filter, **kwargs)]
 
+    async def asimilarity_search(
+        self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
+    ) -> list[Document]:
+        found = await self.asimilarity_search_with_score(query, k, filter, **kwargs)
+        return [doc for doc, _ in found]
+
     def similarity_search_with_score(
         self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
         """The ``k`` closest documents with their cosine similarity, best first."""
-        if kwargs:
-            raise UsageError(f"similarity_search(): unknown arguments {sorted(kwargs)}")
-        filters = {f"payload.metadata.{key}": value for key, value in (filter or {}).items()}
-        hits = self.store.search(query, k, self.type, filters)
+        if self._bridge is not None:
+            return self._bridge.wait(self.asimilarity_search_with_score(query, k, filter, **kwargs))
+        filters = _filters("similarity_search", filter, kwargs)
+        hits = self._sync_store().search(query, k, self.type, filters)
+        return [(_document(hit.fact), hit.score) for hit in hits]
+
+    async def asimilarity_search_with_score(
+        self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        """:meth:`similarity_search_with_score`, awaited."""
+        if self._bridge is None:
+            return await run_in_executor(
+                None, self.similarity_search_with_score, query, k, filter, **kwargs
+            )
+        filters = _filters("asimilarity_search", filter, kwargs)
+        hits = await self._async_store().search(query, k, self.type, filters)
         return [(_document(hit.fact), hit.score) for hit in hits]
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
         # Cosine similarity, -1..1, to 0..1 (clamped: float32 vectors give 1.00000001).
         return lambda similarity: min(1.0, max(0.0, (similarity + 1.0) / 2.0))
 
-    def _facts(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """This store's documents among ``ids``, by id, in the order given (one read)."""
-        found = self.store.get_many(ids)
+    # -- shared by the sync and async methods -------------------------------------------
+
+    def _sync_store(self) -> MemoryStore:
+        return cast("MemoryStore", self.store)
+
+    def _async_store(self) -> AsyncMemoryStore:
+        return cast("AsyncMemoryStore", self.store)
+
+    def _own(self, found: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """This store's documents among facts read by id (other types are not)."""
         return {fact_id: f for fact_id, f in found.items() if f["type"] == self.type}
+
+    def _facts_for(
+        self, method: str, documents: list[Document], kwargs: dict[str, Any]
+    ) -> list[Fact]:
+        """The facts that hold ``documents`` (checked before anything is written)."""
+        ids = kwargs.pop("ids", None)
+        if kwargs:
+            raise UsageError(f"{method}(): unknown arguments {sorted(kwargs)}")
+        if ids is not None and len(ids) != len(documents):
+            raise UsageError(f"{method}(): {len(ids)} ids for {len(documents)} documents")
+        return [
+            Fact(
+                id=(ids[i] if ids else None) or document.id or str(uuid.uuid4()),
+                type=self.type,
+                payload={"content": document.page_content, "metadata": dict(document.metadata)},
+            )
+            for i, document in enumerate(documents)
+        ]
+
+    def _check_replaceable(self, method: str, fact_id: str, held: dict[str, Any] | None) -> None:
+        if held is not None and held["type"] != self.type:
+            raise UsageError(
+                f"{method}(): id {fact_id!r} is a {held['type']!r} fact, not a "
+                f"{self.type!r} document; nothing was added"
+            )
 
     @classmethod
     def from_texts(
@@ -176,17 +278,65 @@ class LockstepVectorStore(VectorStore):
         ``embedding`` must be the model the store's first index embeds with (through a
         :class:`LangChainEmbedder`): the index embeds, so another model would be ignored.
         """
+        vectors = cls._made_for("from_texts", embedding, kwargs)
+        vectors.add_texts(texts, metadatas, ids=ids)
+        return vectors
+
+    @classmethod
+    async def afrom_texts(
+        cls,
+        texts: list[str],
+        embedding: Embeddings,
+        metadatas: list[dict[str, Any]] | None = None,
+        *,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> LockstepVectorStore:
+        """:meth:`from_texts`, awaited (on either kind of memory store)."""
+        vectors = cls._made_for("afrom_texts", embedding, kwargs)
+        await vectors.aadd_texts(texts, metadatas, ids=ids)
+        return vectors
+
+    @classmethod
+    def _made_for(
+        cls, method: str, embedding: Embeddings, kwargs: dict[str, Any]
+    ) -> LockstepVectorStore:
         store = kwargs.pop("store", None)
         if store is None:
-            raise UsageError("from_texts(): pass the memory store as store=")
+            raise UsageError(f"{method}(): pass the memory store as store=")
         vectors = cls(store, **kwargs)
         if embedding is not None and vectors.embeddings is not embedding:
             raise UsageError(
-                "from_texts(): the store's index does not embed with this model; give the "
+                f"{method}(): the store's index does not embed with this model; give the "
                 "index LangChainEmbedder(embedding, dim) or pass embedding=None"
             )
-        vectors.add_texts(texts, metadatas, ids=ids)
         return vectors
+
+
+def _documents(
+    method: str, texts: Iterable[str], metadatas: list[dict[str, Any]] | None
+) -> list[Document]:
+    texts = list(texts)
+    if metadatas is not None and len(metadatas) != len(texts):
+        raise UsageError(f"{method}(): {len(metadatas)} metadatas for {len(texts)} texts")
+    return [
+        Document(page_content=text, metadata=dict(metadatas[i]) if metadatas else {})
+        for i, text in enumerate(texts)
+    ]
+
+
+def _check_delete(method: str, ids: list[str] | None, kwargs: dict[str, Any]) -> None:
+    if ids is None:
+        raise UsageError(f"{method}(): give the ids of the documents to delete")
+    if kwargs:
+        raise UsageError(f"{method}(): unknown arguments {sorted(kwargs)}")
+
+
+def _filters(method: str, filter: dict[str, Any] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A search's metadata filter as the memory API's filters (unknown arguments refused)."""
+    if kwargs:
+        raise UsageError(f"{method}(): unknown arguments {sorted(kwargs)}")
+    return {f"payload.metadata.{key}": value for key, value in (filter or {}).items()}
 
 
 def _document(fact: dict[str, Any]) -> Document:

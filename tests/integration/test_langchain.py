@@ -1,14 +1,16 @@
 """LangChain's ``VectorStore`` on a memory store, on real stores.
 
-The behaviours LangChain's standard vector-store tests check (``langchain-tests``, run
-against this class when it was written: 25 passed), restated here because that package's
-pytest plugins do not run beside this suite's; then what Lockstep adds: a batch lands
-whole or not at all, in the storage, the mirror and the index alike.
+The behaviours LangChain's standard vector-store tests check (``langchain-tests``, which
+run on the embedded stores in ``tests/langchain_standard``, in an environment of their own:
+that package's pytest plugins do not run beside this suite's), restated here on the server
+combinations too; then what Lockstep adds: a batch lands whole or not at all, in the
+storage, the mirror and the index alike, on a ``MemoryStore`` and an ``AsyncMemoryStore``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,11 +18,11 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
 from qdrant_client import QdrantClient
 
-from coordinator import Fact, MemoryStore, UsageError
+from coordinator import AsyncMemoryStore, Fact, MemoryStore, UsageError
 from coordinator.integrations.langchain import LangChainEmbedder, LockstepVectorStore
 from participants.qdrant import QdrantIndex
 from participants.sqlite import SQLiteStorage
-from tests.support.servers import postgres_redis_chroma
+from tests.support.servers import async_postgres_redis_chroma, postgres_redis_chroma
 
 FAKE = DeterministicFakeEmbedding(size=6)  # the model LangChain's standard tests use
 EMBEDDER = LangChainEmbedder(FAKE, 6, name="deterministic-fake-6")
@@ -146,6 +148,100 @@ async def test_the_async_methods_reach_the_same_stores(tmp_path: Path) -> None:
         ids = await vectors.aadd_documents(foo_bar(), ids=["1", "2"])
         found = await vectors.asimilarity_search("foo", k=1)
         assert found == [Document(page_content="foo", metadata={"id": 1}, id="1")]
+        assert await vectors.aadd_texts(["baz"], [{"id": 3}], ids=["3"]) == ["3"]
+        assert [d.id for d in await vectors.aget_by_ids(["3", "1"])] == ["3", "1"]
         await vectors.adelete(ids)
-        assert await vectors.asimilarity_search("foo", k=1) == []
-        assert mem.indexes[0].contents().committed == {}
+        assert await vectors.asimilarity_search("foo", k=1) == [
+            Document(page_content="baz", metadata={"id": 3}, id="3")
+        ]
+        assert mem.indexes[0].contents().committed == {"3": 1}
+
+
+# -- on an AsyncMemoryStore: the async methods await it -----------------------------------
+
+
+@pytest.fixture(params=["embedded", "postgres + redis + chroma server"])
+async def amem(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncMemoryStore]:
+    if request.param == "embedded":
+        store = await AsyncMemoryStore.open(tmp_path / "memory", embedder=EMBEDDER)
+    else:
+        store = async_postgres_redis_chroma(request, EMBEDDER)
+    yield store
+    assert (await store.verify()).clean  # storage, mirror and index agree after every test
+    await store.close()
+
+
+@pytest.mark.anyio
+async def test_on_an_async_store_documents_land_in_every_store(amem: AsyncMemoryStore) -> None:
+    vectors = LockstepVectorStore(amem)
+    assert await vectors.aadd_texts(["foo", "bar"], [{"id": 1}, {"id": 2}], ids=["1", "2"]) == [
+        "1",
+        "2",
+    ]
+    assert await vectors.asimilarity_search("bar", k=2) == [
+        Document(page_content="bar", metadata={"id": 2}, id="2"),
+        Document(page_content="foo", metadata={"id": 1}, id="1"),
+    ]
+    replaced = Document(page_content="new foo", metadata={"id": 1, "other": "x"})
+    await vectors.aadd_documents([replaced], ids=["1"])
+    found = await vectors.asimilarity_search_with_relevance_scores("new foo", k=1)
+    assert [(d.id, d.page_content) for d, _ in found] == [("1", "new foo")]
+    assert found[0][1] == pytest.approx(1.0)
+    assert [d.id for d in await vectors.aget_by_ids(["2", "missing", "1"])] == ["2", "1"]
+    assert [d.id for d in await vectors.asimilarity_search("foo", filter={"id": 2})] == ["2"]
+    await vectors.adelete(["2", "missing"])
+    stored = {f["id"]: f["payload"] for f in await amem.query(typename="document")}
+    assert stored == {"1": {"content": "new foo", "metadata": {"id": 1, "other": "x"}}}
+    assert (await amem.indexes[0].contents()).committed == {"1": 2}
+    for mirror in amem.mirrors:
+        assert [(f.id, f.version) for f in await mirror.all_facts()] == [("1", 2)]
+
+
+@pytest.mark.anyio
+async def test_on_an_async_store_a_bad_batch_writes_nothing(amem: AsyncMemoryStore) -> None:
+    vectors = LockstepVectorStore(amem)
+    await vectors.aadd_documents([Document(page_content="kept")], ids=["kept"])
+    batch = [
+        Document(page_content="first"),
+        Document(page_content="second", metadata={"big": 2**70}),
+    ]
+    with pytest.raises(UsageError, match=r"payload\.metadata\.big"):
+        await vectors.aadd_documents(batch, ids=["a", "b"])
+    await amem.commit(Fact(id="note", type="note", payload={"content": "foo"}))
+    with pytest.raises(UsageError, match="'note' fact, not a 'document'"):
+        await vectors.aadd_texts(["x", "y"], ids=["z", "note"])
+    with pytest.raises(UsageError, match=r"aadd_texts\(\): 1 metadatas for 2 texts"):
+        await vectors.aadd_texts(["x", "y"], [{}])
+    with pytest.raises(UsageError, match="give the ids"):
+        await vectors.adelete()
+    assert sorted(f["id"] for f in await amem.query()) == ["kept", "note"]
+    assert (await amem.indexes[0].contents()).committed == {"kept": 1, "note": 1}
+
+
+@pytest.mark.anyio
+async def test_on_an_async_store_the_sync_methods_run_on_its_loop(amem: AsyncMemoryStore) -> None:
+    """A synchronous caller on another thread (LangGraph runs a synchronous tool so) waits
+    for the store's loop; on the loop's own thread, waiting would stop it: refused."""
+    vectors = LockstepVectorStore(amem)
+    ids = await asyncio.to_thread(vectors.add_texts, ["foo"], [{"id": 1}], ids=["1"])
+    assert ids == ["1"]
+    found = await asyncio.to_thread(vectors.similarity_search, "foo", 1)
+    assert found == [Document(page_content="foo", metadata={"id": 1}, id="1")]
+    assert [d.id for d in await asyncio.to_thread(vectors.get_by_ids, ["1"])] == ["1"]
+    with pytest.raises(UsageError, match="await its async methods"):
+        vectors.similarity_search("foo")
+    await asyncio.to_thread(vectors.delete, ["1"])
+    assert await amem.query() == []
+    made = await LockstepVectorStore.afrom_texts(["made"], FAKE, store=amem, ids=["m"])
+    assert [d.id for d in await made.asimilarity_search("made", k=1)] == ["m"]
+
+
+def test_a_sync_misuse_is_refused_by_name(mem: MemoryStore) -> None:
+    vectors = LockstepVectorStore(mem)
+    with pytest.raises(UsageError, match=r"add_texts\(\): 2 metadatas for 1 texts"):
+        vectors.add_texts(["x"], [{}, {}])
+    with pytest.raises(UsageError, match="unknown arguments"):
+        vectors.similarity_search("x", fetch=3)
+    with pytest.raises(UsageError, match="takes a MemoryStore or an AsyncMemoryStore, got object"):
+        LockstepVectorStore(object())  # type: ignore[arg-type]
+    assert mem.query() == []

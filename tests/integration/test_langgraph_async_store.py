@@ -14,20 +14,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import chromadb
 import pytest
 from langgraph.graph import END, START, StateGraph
 from langgraph.store.base import BaseStore, PutOp
 from langgraph.store.memory import InMemoryStore
 
-from chaos.servers import ChromaServer, PostgresServer, RedisServer
 from coordinator import AsyncMemoryStore, UsageError
 from coordinator.embeddings import HashingEmbedder
 from coordinator.integrations.langgraph import UNINDEXED, AsyncLockstepSaver, AsyncLockstepStore
-from participants.chroma import AsyncChromaIndex
-from participants.postgres import AsyncPostgresStorage
-from participants.redis import AsyncRedisStorage
 from tests.integration.test_langgraph_store import Turn, same_script
+from tests.support.servers import async_postgres_redis_chroma
 
 pytestmark = pytest.mark.anyio
 EMBEDDER = HashingEmbedder(16)
@@ -38,16 +34,7 @@ async def amem(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
     if request.param == "embedded":
         store = await AsyncMemoryStore.open(tmp_path / "memory", embedder=EMBEDDER)
     else:
-        postgres: PostgresServer = request.getfixturevalue("postgres_server")
-        redis_server: RedisServer = request.getfixturevalue("redis_server")
-        chroma: ChromaServer = request.getfixturevalue("chroma_server")
-        tag = uuid.uuid4().hex[:12]
-        client = chromadb.HttpClient(host="127.0.0.1", port=chroma.port)
-        store = AsyncMemoryStore(
-            AsyncPostgresStorage(postgres.create_database(f"t_{tag}")),
-            [AsyncChromaIndex(client, f"c{tag}", "content", embedder=EMBEDDER)],
-            mirrors=[AsyncRedisStorage(redis_server.url, name="copy", prefix=f"m{tag}:")],
-        )
+        store = async_postgres_redis_chroma(request, EMBEDDER)
     yield store
     assert (await store.verify()).clean
     await store.close()

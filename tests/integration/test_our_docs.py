@@ -12,6 +12,7 @@ embedder is the one the examples get: the offline e5 model.
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import sqlite3
@@ -49,6 +50,17 @@ def run(code: str, names: dict[str, Any] | None = None, where: str = "<docs>") -
     """Run ``code`` in ``names`` (a fresh namespace by default); return the namespace."""
     names = {} if names is None else names
     exec(compile(code, where, "exec"), names)  # noqa: S102 - the documentation's own code
+    return names
+
+
+async def run_awaiting(doc: Path, holding: str, names: dict[str, Any]) -> dict[str, Any]:
+    """Run the example of ``doc`` that holds ``holding``, which awaits at its top level as
+    in an async function's body (or a notebook); return the namespace."""
+    where = f"{doc.name}: {holding.strip()}"
+    code = compile(example(doc, holding), where, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    awaiting = eval(code, names)
+    if awaiting is not None:
+        await awaiting
     return names
 
 
@@ -256,3 +268,19 @@ def test_the_guides_langchain_vector_store() -> None:
     assert ns["mem"].get("lyon") is not None
     assert ns["mem"].verify().clean
     ns["mem"].close()
+
+
+@pytest.mark.anyio
+async def test_the_guides_langchain_vector_store_on_an_async_store() -> None:
+    from coordinator.integrations.langchain import LockstepVectorStore
+
+    ns = await run_awaiting(
+        GUIDE,
+        "docs = LockstepVectorStore(amem)  # made inside the loop that uses amem",
+        {"LockstepVectorStore": LockstepVectorStore},
+    )
+    hits = await ns["docs"].asimilarity_search("French cities", k=3)
+    assert [(d.id, d.page_content) for d in hits] == [("lyon", "Lyon is in France")]
+    assert (await ns["amem"].get("lyon"))["payload"]["content"] == "Lyon is in France"
+    assert (await ns["amem"].verify()).clean
+    await ns["amem"].close()

@@ -9,11 +9,11 @@ import chromadb
 import pytest
 
 from chaos.servers import ChromaServer, PostgresServer, RedisServer
-from coordinator import MemoryStore
+from coordinator import AsyncMemoryStore, MemoryStore
 from coordinator.abc import Embedder
-from participants.chroma import ChromaIndex
-from participants.postgres import PostgresStorage
-from participants.redis import RedisStorage
+from participants.chroma import AsyncChromaIndex, ChromaIndex
+from participants.postgres import AsyncPostgresStorage, PostgresStorage
+from participants.redis import AsyncRedisStorage, RedisStorage
 
 
 def postgres_redis_chroma(
@@ -30,4 +30,20 @@ def postgres_redis_chroma(
         PostgresStorage(postgres.create_database(f"t_{tag}")),
         [ChromaIndex(client, f"c{tag}", "content", metadata_fields, embedder=embedder)],
         mirrors=[RedisStorage(redis_server.url, name="copy", prefix=f"m{tag}:")],
+    )
+
+
+def async_postgres_redis_chroma(
+    request: pytest.FixtureRequest, embedder: Embedder
+) -> AsyncMemoryStore:
+    """:func:`postgres_redis_chroma` as an ``AsyncMemoryStore``."""
+    postgres: PostgresServer = request.getfixturevalue("postgres_server")
+    redis_server: RedisServer = request.getfixturevalue("redis_server")
+    chroma: ChromaServer = request.getfixturevalue("chroma_server")
+    tag = uuid.uuid4().hex[:12]
+    client = chromadb.HttpClient(host="127.0.0.1", port=chroma.port)
+    return AsyncMemoryStore(
+        AsyncPostgresStorage(postgres.create_database(f"t_{tag}")),
+        [AsyncChromaIndex(client, f"c{tag}", "content", embedder=embedder)],
+        mirrors=[AsyncRedisStorage(redis_server.url, name="copy", prefix=f"m{tag}:")],
     )

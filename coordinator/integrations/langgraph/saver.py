@@ -16,8 +16,8 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
+from coordinator.integrations._loop import EventLoopBridge
 from coordinator.integrations.langgraph._async.saver import AsyncSaverCore
-from coordinator.integrations.langgraph._loop import EventLoopBridge
 from coordinator.integrations.langgraph._sync.saver import SaverCore
 
 if TYPE_CHECKING:

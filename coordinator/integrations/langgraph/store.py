@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 from langgraph.store.base import BaseStore, Op, Result
 
 from coordinator.integrations import check_store
+from coordinator.integrations._loop import EventLoopBridge
 from coordinator.integrations.langgraph._async.store import AsyncStoreCore
 from coordinator.integrations.langgraph._items import UNINDEXED
-from coordinator.integrations.langgraph._loop import EventLoopBridge
 from coordinator.integrations.langgraph._sync.store import StoreCore
 
 if TYPE_CHECKING:

@@ -1,6 +1,7 @@
-"""The synchronous methods of the async LangGraph store and saver: run on the event loop
-each was made in, from another thread (as LangGraph runs a synchronous tool, or as a
-synchronous web handler calls ``graph.get_state``)."""
+"""The synchronous methods of the integrations made on an async memory store (LangGraph's
+store and saver, LangChain's vector store): run on the event loop each was made in, from
+another thread (as LangGraph runs a synchronous tool, or as a synchronous web handler
+calls ``graph.get_state``)."""
 
 from __future__ import annotations
 
