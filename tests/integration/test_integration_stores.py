@@ -1,6 +1,7 @@
 """Each integration takes the memory store of its own kind, and says so when given the
 other: a synchronous one where awaits are needed (or the reverse) would otherwise fail
-later, far from the mistake, with a coroutine never awaited."""
+later, far from the mistake, with a coroutine never awaited. (LangChain's
+``LockstepVectorStore`` takes either kind: ``tests/integration/test_langchain.py``.)"""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from collections.abc import Callable
 import pytest
 
 from coordinator import AsyncMemoryStore, MemoryStore, UsageError
-from coordinator.integrations.langchain import LockstepVectorStore
 from coordinator.integrations.langgraph import (
     AsyncLockstepSaver,
     AsyncLockstepStore,
@@ -27,7 +27,6 @@ CASES: dict[str, tuple[Callable[[object], object], str]] = {
     "AsyncLockstepSaver": (AsyncLockstepSaver, ASYNC),  # type: ignore[dict-item]
     "LockstepStore": (LockstepStore, SYNC),  # type: ignore[dict-item]
     "AsyncLockstepStore": (AsyncLockstepStore, ASYNC),  # type: ignore[dict-item]
-    "LockstepVectorStore": (LockstepVectorStore, SYNC),  # type: ignore[dict-item]
     "memory_server": (memory_server, ASYNC),  # type: ignore[dict-item]
 }
 
