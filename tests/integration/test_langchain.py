@@ -22,7 +22,7 @@ from coordinator import AsyncMemoryStore, Fact, MemoryStore, UsageError
 from coordinator.integrations.langchain import LangChainEmbedder, LockstepVectorStore
 from participants.qdrant import QdrantIndex
 from participants.sqlite import SQLiteStorage
-from tests.support.servers import async_postgres_redis_chroma, postgres_redis_chroma
+from tests.support.servers import ASYNC_COMBOS, async_memory_store, postgres_redis_chroma
 
 FAKE = DeterministicFakeEmbedding(size=6)  # the model LangChain's standard tests use
 EMBEDDER = LangChainEmbedder(FAKE, 6, name="deterministic-fake-6")
@@ -160,15 +160,10 @@ async def test_the_async_methods_reach_the_same_stores(tmp_path: Path) -> None:
 # -- on an AsyncMemoryStore: the async methods await it -----------------------------------
 
 
-@pytest.fixture(params=["embedded", "postgres + redis + chroma server"])
+@pytest.fixture(params=ASYNC_COMBOS)
 async def amem(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncMemoryStore]:
-    if request.param == "embedded":
-        store = await AsyncMemoryStore.open(tmp_path / "memory", embedder=EMBEDDER)
-    else:
-        store = async_postgres_redis_chroma(request, EMBEDDER)
-    yield store
-    assert (await store.verify()).clean  # storage, mirror and index agree after every test
-    await store.close()
+    async for store in async_memory_store(request, tmp_path, EMBEDDER):
+        yield store
 
 
 @pytest.mark.anyio

@@ -23,21 +23,16 @@ from coordinator import AsyncMemoryStore, UsageError
 from coordinator.embeddings import HashingEmbedder
 from coordinator.integrations.langgraph import UNINDEXED, AsyncLockstepSaver, AsyncLockstepStore
 from tests.integration.test_langgraph_store import Turn, same_script
-from tests.support.servers import async_postgres_redis_chroma
+from tests.support.servers import ASYNC_COMBOS, async_memory_store
 
 pytestmark = pytest.mark.anyio
 EMBEDDER = HashingEmbedder(16)
 
 
-@pytest.fixture(params=["embedded", "postgres + redis + chroma server"])
+@pytest.fixture(params=ASYNC_COMBOS)
 async def amem(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncMemoryStore]:
-    if request.param == "embedded":
-        store = await AsyncMemoryStore.open(tmp_path / "memory", embedder=EMBEDDER)
-    else:
-        store = async_postgres_redis_chroma(request, EMBEDDER)
-    yield store
-    assert (await store.verify()).clean
-    await store.close()
+    async for store in async_memory_store(request, tmp_path, EMBEDDER):
+        yield store
 
 
 async def test_the_async_store_answers_as_langgraphs_own(amem: AsyncMemoryStore) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import chromadb
 import pytest
@@ -47,3 +48,22 @@ def async_postgres_redis_chroma(
         [AsyncChromaIndex(client, f"c{tag}", "content", embedder=embedder)],
         mirrors=[AsyncRedisStorage(redis_server.url, name="copy", prefix=f"m{tag}:")],
     )
+
+
+#: The combinations :func:`async_memory_store` makes (a fixture's ``params``).
+ASYNC_COMBOS = ["embedded", "postgres + redis + chroma server"]
+
+
+async def async_memory_store(
+    request: pytest.FixtureRequest, directory: Path, embedder: Embedder
+) -> AsyncIterator[AsyncMemoryStore]:
+    """The body of a fixture parametrized by :data:`ASYNC_COMBOS`: the embedded default in
+    ``directory`` or :func:`async_postgres_redis_chroma`; after the test, every store agrees
+    with the storage, then the store is closed."""
+    if request.param == "embedded":
+        store = await AsyncMemoryStore.open(directory / "memory", embedder=embedder)
+    else:
+        store = async_postgres_redis_chroma(request, embedder)
+    yield store
+    assert (await store.verify()).clean  # storage, mirror and index agree after every test
+    await store.close()
