@@ -75,9 +75,9 @@ class LockstepVectorStore(VectorStore):
 
         if isinstance(store, AsyncMemoryStore):
             self._bridge: EventLoopBridge | None = EventLoopBridge(
-                "LockstepVectorStore on an AsyncMemoryStore",
-                "await its async methods (aadd_documents, asimilarity_search...) on the "
-                "loop, or give it a MemoryStore",
+                "this LockstepVectorStore",
+                "it is on an AsyncMemoryStore; await its async methods (aadd_documents, "
+                "asimilarity_search...) on the loop, or give it a MemoryStore",
             )
         elif isinstance(store, MemoryStore):
             self._bridge = None
