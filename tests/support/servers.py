@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import chromadb
 import pytest
@@ -17,20 +18,27 @@ from participants.postgres import AsyncPostgresStorage, PostgresStorage
 from participants.redis import AsyncRedisStorage, RedisStorage
 
 
-def postgres_redis_chroma(
-    request: pytest.FixtureRequest, embedder: Embedder, metadata_fields: Sequence[str] = ()
-) -> MemoryStore:
-    """A fresh Postgres database as the storage, a Redis mirror under a fresh prefix and a
-    fresh collection on the Chroma server (the session's private servers)."""
+def _fresh_places(request: pytest.FixtureRequest) -> tuple[str, str, str, Any, str]:
+    """On the session's private servers: a fresh Postgres database (its conninfo), the
+    Redis URL and a fresh key prefix, a Chroma client and a fresh collection name."""
     postgres: PostgresServer = request.getfixturevalue("postgres_server")
     redis_server: RedisServer = request.getfixturevalue("redis_server")
     chroma: ChromaServer = request.getfixturevalue("chroma_server")
     tag = uuid.uuid4().hex[:12]
     client = chromadb.HttpClient(host="127.0.0.1", port=chroma.port)
+    return postgres.create_database(f"t_{tag}"), redis_server.url, f"m{tag}:", client, f"c{tag}"
+
+
+def postgres_redis_chroma(
+    request: pytest.FixtureRequest, embedder: Embedder, metadata_fields: Sequence[str] = ()
+) -> MemoryStore:
+    """A fresh Postgres database as the storage, a Redis mirror under a fresh prefix and a
+    fresh collection on the Chroma server (the session's private servers)."""
+    database, redis_url, prefix, client, collection = _fresh_places(request)
     return MemoryStore(
-        PostgresStorage(postgres.create_database(f"t_{tag}")),
-        [ChromaIndex(client, f"c{tag}", "content", metadata_fields, embedder=embedder)],
-        mirrors=[RedisStorage(redis_server.url, name="copy", prefix=f"m{tag}:")],
+        PostgresStorage(database),
+        [ChromaIndex(client, collection, "content", metadata_fields, embedder=embedder)],
+        mirrors=[RedisStorage(redis_url, name="copy", prefix=prefix)],
     )
 
 
@@ -38,15 +46,11 @@ def async_postgres_redis_chroma(
     request: pytest.FixtureRequest, embedder: Embedder
 ) -> AsyncMemoryStore:
     """:func:`postgres_redis_chroma` as an ``AsyncMemoryStore``."""
-    postgres: PostgresServer = request.getfixturevalue("postgres_server")
-    redis_server: RedisServer = request.getfixturevalue("redis_server")
-    chroma: ChromaServer = request.getfixturevalue("chroma_server")
-    tag = uuid.uuid4().hex[:12]
-    client = chromadb.HttpClient(host="127.0.0.1", port=chroma.port)
+    database, redis_url, prefix, client, collection = _fresh_places(request)
     return AsyncMemoryStore(
-        AsyncPostgresStorage(postgres.create_database(f"t_{tag}")),
-        [AsyncChromaIndex(client, f"c{tag}", "content", embedder=embedder)],
-        mirrors=[AsyncRedisStorage(redis_server.url, name="copy", prefix=f"m{tag}:")],
+        AsyncPostgresStorage(database),
+        [AsyncChromaIndex(client, collection, "content", embedder=embedder)],
+        mirrors=[AsyncRedisStorage(redis_url, name="copy", prefix=prefix)],
     )
 
 
