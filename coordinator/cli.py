@@ -32,10 +32,23 @@ LeaseFactory = Callable[[], AbstractContextManager[daemon.Lease]]
 
 
 def _settings(args: argparse.Namespace) -> LockstepSettings:
-    return LockstepSettings.from_file(args.config) if args.config else LockstepSettings()
+    """The settings file's (or ``lockstep.toml``'s) and ``LOCKSTEP_*`` variables' settings,
+    with ``--path`` in place of their ``path``."""
+    settings = LockstepSettings.from_file(args.config) if args.config else LockstepSettings()
+    path = getattr(args, "path", None)
+    if path is None:
+        return settings
+    if getattr(args, "store", None):
+        raise ConfigurationError("--path names an embedded store; --store names stores by URL")
+    if settings.storage is not None:
+        raise ConfigurationError(
+            f"--path {path} names an embedded store, but the settings name a `storage`; "
+            "pass --config with other settings, or leave out --path"
+        )
+    return settings.model_copy(update={"path": path})
 
 
-def _existing_store(settings: LockstepSettings) -> MemoryStore:
+def _existing_store(settings: LockstepSettings, args: argparse.Namespace) -> MemoryStore:
     """The store the settings name, which must exist: run where there is none, a command
     would create an empty store and report it clean."""
     if settings.storage is None:
@@ -45,13 +58,15 @@ def _existing_store(settings: LockstepSettings) -> MemoryStore:
     else:
         facts = None  # a server: opening it creates nothing
     if facts is not None and not facts.exists():
-        if settings.storage or settings.path:
+        if getattr(args, "path", None) is not None:
+            named = "--path names it"
+        elif settings.storage or settings.path:
             named = f"the settings' `{'storage' if settings.storage else 'path'}` names it"
         else:
             named = "the embedded default's, opened when no settings name a store"
         raise ConfigurationError(
             f"no store at {facts.absolute()} ({named}); run where the store is, or name it "
-            "in lockstep.toml, with --config or with LOCKSTEP_* variables"
+            "with --path DIR, in lockstep.toml, with --config or with LOCKSTEP_* variables"
         )
     return MemoryStore.from_settings(settings)
 
@@ -76,7 +91,7 @@ def _coordinator(args: argparse.Namespace) -> tuple[Coordinator, LeaseFactory | 
         log = cast(DecisionLog, open_decision_log(args.log))
         hook = hook_from_environment()
         return Coordinator(participants, log, policy=policy, fault_hook=hook), _lease_of(log)
-    store = _existing_store(settings)
+    store = _existing_store(settings, args)
     coordinator = store.coordinator_with(in_doubt_timeout=timeout)
     return coordinator, _lease_of(store.log)
 
@@ -169,7 +184,7 @@ def _recover(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    store = _existing_store(_settings(args))
+    store = _existing_store(_settings(args), args)
     try:
         report = store.repair() if args.repair else store.verify()
         if args.json:
@@ -238,6 +253,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--config", metavar="FILE", help="settings file (lockstep.toml)")
     commands = parser.add_subparsers(dest="command", required=True)
+    embedded = argparse.ArgumentParser(add_help=False)
+    embedded.add_argument(
+        "--path",
+        metavar="DIR",
+        help="the embedded store in DIR, as MemoryStore.open(DIR) made it (default: the "
+        f"settings, else ./{DEFAULT_PATH})",
+    )
 
     demo = commands.add_parser(
         "demo", help="inject failures and crashes; compare unsynchronised writes with Lockstep"
@@ -251,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("recover", "resolve in-doubt transactions (once, or --watch as a daemon)"),
         ("status", "decision log, in-doubt branches per participant, oldest pending age"),
     ):
-        sub = commands.add_parser(name, help=help_text)
+        sub = commands.add_parser(name, help=help_text, parents=[embedded])
         sub.add_argument(
             "--store",
             action="append",
@@ -281,10 +303,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser(
         "mcp",
         help="serve the store's memory as MCP tools over stdio (for an MCP host to launch)",
+        parents=[embedded],
     )
 
     verify = commands.add_parser(
-        "verify", help="compare every index and mirror with the storage (exit 1 on drift)"
+        "verify",
+        help="compare every index and mirror with the storage (exit 1 on drift)",
+        parents=[embedded],
     )
     verify.add_argument(
         "--repair", action="store_true", help="rebuild drifted index entries and mirror copies"

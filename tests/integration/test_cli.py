@@ -16,7 +16,9 @@ from participants.sqlite import SQLiteStorage
 from tests.support.crash import upsert
 
 
-def lockstep(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def lockstep(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "coordinator.cli", *args],
         check=False,
@@ -24,8 +26,30 @@ def lockstep(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
         text=True,
         timeout=300,
         cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), **(env or {})},
     )
+
+
+def died_after_the_decision(directory: Path) -> None:
+    """An embedded store in ``directory`` whose agent died right after deciding to commit
+    fact "kept" (embedder ``hashing:16``): the decision is in facts.db, the index's half is
+    left prepared."""
+    from coordinator import Fact, MemoryStore
+    from coordinator.embeddings import HashingEmbedder
+
+    class Crash(BaseException):
+        pass
+
+    def die(point: str) -> None:
+        if point == "after_decision":
+            raise Crash
+
+    mem = MemoryStore.open(directory, embedder=HashingEmbedder(16), fault_hook=die)
+    try:
+        mem.commit(Fact(id="kept", type="note", payload={"content": "decided"}))
+    except Crash:
+        pass
+    mem.indexes[0].close()
 
 
 def test_the_demo_kills_every_writer_and_lockstep_leaves_no_drift() -> None:
@@ -69,23 +93,11 @@ def test_recover_refuses_a_log_that_would_abort_committed_work(tmp_path: Path) -
     """An embedded-default directory whose agent died after a decision: the decision is in
     facts.db. Recovery pointed at a missing or a foreign log would presume abort and undo
     the index's half of a committed transaction; it refuses and changes nothing."""
-    from coordinator import Fact, MemoryStore
+    from coordinator import MemoryStore
     from coordinator.embeddings import HashingEmbedder
 
-    class Crash(BaseException):
-        pass
-
-    def die(point: str) -> None:
-        if point == "after_decision":
-            raise Crash
-
     directory = tmp_path / "memory"
-    mem = MemoryStore.open(directory, embedder=HashingEmbedder(16), fault_hook=die)
-    try:
-        mem.commit(Fact(id="kept", type="note", payload={"content": "decided"}))
-    except Crash:
-        pass
-    mem.indexes[0].close()
+    died_after_the_decision(directory)
     stores = [
         "--store",
         f"facts=sqlite:///{directory / 'facts.db'}",
@@ -133,6 +145,49 @@ def test_a_command_run_where_no_store_is_says_so_and_creates_none(tmp_path: Path
     result = lockstep("verify", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["facts"] == 1
+
+
+def test_path_names_the_embedded_store_a_program_opened(tmp_path: Path) -> None:
+    """``MemoryStore.open("agent-memory/")`` in a program, then the commands on that
+    directory from anywhere: before, only a settings file or ``LOCKSTEP_PATH`` could name
+    it."""
+    from coordinator import MemoryStore
+    from coordinator.embeddings import HashingEmbedder
+
+    directory = tmp_path / "agent-memory"
+    died_after_the_decision(directory)
+    hashing = {"LOCKSTEP_EMBEDDER": "hashing:16"}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    # Each command opens the directory's store, and an open recovers it: the first finishes
+    # the commit, the next find nothing in doubt.
+    recovered = lockstep("recover", "--path", str(directory), "--json", cwd=elsewhere, env=hashing)
+    assert recovered.returncode == 0, recovered.stderr
+    assert json.loads(recovered.stdout)["failed"] == {}
+    status = lockstep("status", "--path", str(directory), "--json", env=hashing)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["in_doubt"] == {"facts": 0, "vectors": 0}
+    verified = lockstep("verify", "--path", str(directory), "--json", env=hashing)
+    assert verified.returncode == 0, verified.stderr
+    assert json.loads(verified.stdout)["facts"] == 1
+    again = MemoryStore.open(directory, embedder=HashingEmbedder(16))
+    assert again.indexes[0].contents().committed == {"kept": 1}
+    again.close()
+
+    missing = lockstep("verify", "--path", str(tmp_path / "nowhere"), env=hashing)
+    assert missing.returncode == 2
+    assert f"no store at {tmp_path}/nowhere/facts.db (--path names it)" in missing.stderr
+    assert not (tmp_path / "nowhere").exists()
+    with_store = lockstep(
+        "recover", "--path", str(directory), "--store", "a=sqlite:///a.db", "--log", "memory://"
+    )
+    assert with_store.returncode == 2 and "--store names stores by URL" in with_store.stderr
+    storage = {**hashing, "LOCKSTEP_STORAGE": f"sqlite:///{tmp_path / 'agent.db'}"}
+    with_settings = lockstep("verify", "--path", str(directory), env=storage)
+    assert with_settings.returncode == 2
+    assert "but the settings name a `storage`" in with_settings.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["agent-memory", "elsewhere"]
 
 
 def test_recover_refuses_another_log_for_a_redis_store_that_keeps_its_own(

@@ -46,8 +46,8 @@ async def test_an_agent_remembers_recalls_changes_and_undoes_through_the_stdio_s
     directory = tmp_path / "memory"
     server = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "coordinator.cli", "mcp"],
-        env={**os.environ, "LOCKSTEP_PATH": str(directory), "LOCKSTEP_EMBEDDER": "hashing:16"},
+        args=["-m", "coordinator.cli", "mcp", "--path", str(directory)],
+        env={**os.environ, "LOCKSTEP_EMBEDDER": "hashing:16"},
     )
     async with Client(server) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}

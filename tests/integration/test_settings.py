@@ -128,6 +128,7 @@ def test_a_relative_chroma_url_opened_again_elsewhere_writes_where_it_now_points
         ({"storage": "sqlite:///x.db", "indexes": ["sqlite:///y.db"]}, "is not a vector index"),
         ({"embedder": "word2vec"}, "embedder 'word2vec' is unknown"),
         ({"mirrors": ["redis://127.0.0.1:1/0"]}, "no storage"),
+        ({"path": "memory", "storage": "sqlite:///x.db"}, "both `path` \\(memory"),
         ({"storage": "sqlite:///x.db", "log": "chroma+local:///x"}, "no decision log for chroma"),
     ],
 )

@@ -210,6 +210,11 @@ class AsyncMemoryStore:
                 policy=settings.policy(),
                 index=settings.embedded_index,
             )
+        if settings.path is not None:
+            raise ConfigurationError(
+                f"settings name both `path` ({settings.path}, the embedded default's "
+                "directory) and `storage`, which would leave `path` unused; name one of them"
+            )
         if settings.embedded_index is not None:
             raise ConfigurationError(
                 "settings name a storage and embedded_index, which picks the embedded "
