@@ -11,8 +11,8 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -71,29 +71,42 @@ def _existing_store(settings: LockstepSettings, args: argparse.Namespace) -> Mem
     return MemoryStore.from_settings(settings)
 
 
-def _coordinator(args: argparse.Namespace) -> tuple[Coordinator, LeaseFactory | None]:
+@contextmanager
+def _opened(args: argparse.Namespace) -> Iterator[tuple[Coordinator, LeaseFactory | None]]:
     """A coordinator over the stores named on the command line or in the settings, and
-    the daemon's lease on their decision log (when the log offers one)."""
+    the daemon's lease on their decision log (when the log offers one); the stores and the
+    log are closed at the end (a pool left open keeps its threads, and so the process,
+    alive after the command is done)."""
     settings = _settings(args)
     timeout = args.in_doubt_timeout or settings.in_doubt_timeout
-    policy = Policy(in_doubt_timeout=timeout, prepare_timeout=settings.prepare_timeout)
-    if args.store:
-        participants: list[Participant] = []
+    if not args.store:
+        store = _existing_store(settings, args)
+        try:
+            yield store.coordinator_with(in_doubt_timeout=timeout), _lease_of(store.log)
+        finally:
+            store.close()
+        return
+    if not args.log:
+        raise SystemExit("--store needs --log URL (the decision log of those stores)")
+    participants: list[Participant] = []
+    try:
         for spec in args.store:
             name, _, url = spec.partition("=")
             if not url:
                 raise SystemExit(f"--store takes NAME=URL, got {spec!r}")
             participants.append(open_participant(url, name=name))
-        if not args.log:
-            raise SystemExit("--store needs --log URL (the decision log of those stores)")
-        for participant in participants:
-            _refuse_foreign_log(participant, args.log)
+            _refuse_foreign_log(participants[-1], args.log)
         log = cast(DecisionLog, open_decision_log(args.log))
-        hook = hook_from_environment()
-        return Coordinator(participants, log, policy=policy, fault_hook=hook), _lease_of(log)
-    store = _existing_store(settings, args)
-    coordinator = store.coordinator_with(in_doubt_timeout=timeout)
-    return coordinator, _lease_of(store.log)
+    except BaseException:
+        for participant in participants:
+            participant.close()
+        raise
+    policy = Policy(in_doubt_timeout=timeout, prepare_timeout=settings.prepare_timeout)
+    coordinator = Coordinator(participants, log, policy=policy, fault_hook=hook_from_environment())
+    try:
+        yield coordinator, _lease_of(log)
+    finally:
+        coordinator.close()
 
 
 def _refuse_foreign_log(participant: object, url: str) -> None:
@@ -139,7 +152,13 @@ def _line(report: RecoveryReport) -> str:
 
 
 def _recover(args: argparse.Namespace) -> int:
-    coordinator, lease = _coordinator(args)
+    with _opened(args) as (coordinator, lease):
+        return _recover_with(coordinator, lease, args)
+
+
+def _recover_with(
+    coordinator: Coordinator, lease: LeaseFactory | None, args: argparse.Namespace
+) -> int:
     if not args.watch:
         report = coordinator.recover()
         if args.json:
@@ -208,7 +227,11 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    coordinator, _ = _coordinator(args)
+    with _opened(args) as (coordinator, _):
+        return _status_of(coordinator, args)
+
+
+def _status_of(coordinator: Coordinator, args: argparse.Namespace) -> int:
     now = time.time()
     in_doubt = {name: p.recover() for name, p in coordinator.participants.items()}
     oldest = min((txid_time(t) for ts in in_doubt.values() for t in ts), default=None)

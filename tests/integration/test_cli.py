@@ -246,3 +246,40 @@ async def test_the_async_storages_name_their_own_log_alike(
         assert await redis_store.decision_log_for(another) == own, another
     await redis_store.close()
     await sqlite_store.close()
+
+
+def test_the_commands_close_the_connections_they_open(
+    request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A command left its Postgres pools open: their threads kept the process alive after
+    the command was done (a daemon told to stop, on Python 3.13, was still there until
+    SIGKILL), and a program calling ``main`` kept the connections."""
+    import psycopg
+
+    from coordinator.cli import main
+    from participants.postgres import PostgresStorage
+
+    postgres = request.getfixturevalue("postgres_server")
+    name = f"cli_{new_txid()[-8:]}"
+    postgres.create_database(name)
+    url = f"postgresql://postgres@127.0.0.1:{postgres.port}/{name}"
+    store = PostgresStorage(url, name="facts")
+    txid = new_txid(now=1.0)  # abandoned long ago
+    store.prepare(txid, [upsert("a", 1)])
+    store.close()
+
+    def sessions() -> int:
+        with psycopg.connect(url, autocommit=True) as conn:
+            query = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> %s"
+            row = conn.execute(query, (name, conn.info.backend_pid)).fetchone()
+        return int(row[0]) if row else -1
+
+    stores = ["--store", f"facts={url}", "--log", url, "--json"]
+    assert main(["status", *stores]) == 0
+    assert json.loads(capsys.readouterr().out)["in_doubt"] == {"facts": 1}
+    assert sessions() == 0
+    assert main(["recover", *stores]) == 0
+    assert json.loads(capsys.readouterr().out)["fenced"] == [txid]
+    assert sessions() == 0
+    assert main(["recover", "--store", f"facts={url}", "--log", "nosuch:///x"]) == 2
+    assert sessions() == 0  # the storage opened before the log was refused is closed
