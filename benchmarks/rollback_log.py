@@ -33,7 +33,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,7 @@ def rollbacks_p50(mem: MemoryStore, fact: str, session: str | None) -> float:
 def without_indexes(store: str, where: str) -> Iterator[None]:
     """The log's rollback indexes dropped for the block (SQLite, Postgres)."""
     if store == "sqlite":
-        with sqlite3.connect(where) as conn:
+        with closing(sqlite3.connect(where)) as conn, conn:  # commits, then closes
             for name in INDEXES:
                 conn.execute(f"DROP INDEX {name}")
         yield
