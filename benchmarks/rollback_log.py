@@ -79,9 +79,9 @@ def rollbacks_p50(mem: MemoryStore, fact: str, session: str | None) -> float:
 def without_indexes(store: str, where: str) -> Iterator[None]:
     """The log's rollback indexes dropped for the block (SQLite, Postgres)."""
     if store == "sqlite":
-        with closing(sqlite3.connect(where)) as conn, conn:  # commits, then closes
+        with closing(sqlite3.connect(where)) as lite, lite:  # commits, then closes
             for name in INDEXES:
-                conn.execute(f"DROP INDEX {name}")
+                lite.execute(f"DROP INDEX {name}")
         yield
         # SQLiteStorage creates them again when opened.
         SQLiteStorage(where).close()
