@@ -19,11 +19,12 @@ Only loopback addresses are used; every thread stops when the proxy is closed.
 from __future__ import annotations
 
 import contextlib
-import select
+import selectors
 import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import cast
 
 Tap = Callable[[int, bool, bytes], None]
 
@@ -100,10 +101,15 @@ class FaultProxy:
 
     def _pump(self, a: socket.socket, b: socket.socket, number: int) -> None:
         peers = {a: b, b: a}
+        # A selector, not select.select: a process with over 1,024 descriptors open (a
+        # long test run) gets numbers select() refuses, and the pump died on them.
+        ready = selectors.DefaultSelector()
         try:
+            for sock in peers:
+                ready.register(sock, selectors.EVENT_READ)
             while not self._closed.is_set():
-                readable, _, _ = select.select(list(peers), [], [], 0.2)
-                for sock in readable:
+                for key, _ in ready.select(0.2):
+                    sock = cast(socket.socket, key.fileobj)
                     data = sock.recv(65536)
                     if not data:
                         return
@@ -117,6 +123,7 @@ class FaultProxy:
         except (OSError, ValueError):
             return
         finally:
+            ready.close()
             for sock in (a, b):
                 with contextlib.suppress(OSError):
                     sock.close()
