@@ -88,21 +88,24 @@ def _opened(args: argparse.Namespace) -> Iterator[tuple[Coordinator, LeaseFactor
         return
     if not args.log:
         raise SystemExit("--store needs --log URL (the decision log of those stores)")
-    participants: list[Participant] = []
+    policy = Policy(in_doubt_timeout=timeout, prepare_timeout=settings.prepare_timeout)
+    opened: list[Participant | DecisionLog] = []  # closed if a later one is refused
     try:
         for spec in args.store:
             name, _, url = spec.partition("=")
             if not url:
                 raise SystemExit(f"--store takes NAME=URL, got {spec!r}")
-            participants.append(open_participant(url, name=name))
-            _refuse_foreign_log(participants[-1], args.log)
+            opened.append(open_participant(url, name=name))
+            _refuse_foreign_log(opened[-1], args.log)
+        participants = cast(list[Participant], list(opened))
         log = cast(DecisionLog, open_decision_log(args.log))
+        opened.append(log)
+        hook = hook_from_environment()
+        coordinator = Coordinator(participants, log, policy=policy, fault_hook=hook)
     except BaseException:
-        for participant in participants:
-            participant.close()
+        for each in opened:
+            each.close()
         raise
-    policy = Policy(in_doubt_timeout=timeout, prepare_timeout=settings.prepare_timeout)
-    coordinator = Coordinator(participants, log, policy=policy, fault_hook=hook_from_environment())
     try:
         yield coordinator, _lease_of(log)
     finally:

@@ -151,8 +151,6 @@ def test_path_names_the_embedded_store_a_program_opened(tmp_path: Path) -> None:
     """``MemoryStore.open("agent-memory/")`` in a program, then the commands on that
     directory from anywhere: before, only a settings file or ``LOCKSTEP_PATH`` could name
     it."""
-    from coordinator import MemoryStore
-    from coordinator.embeddings import HashingEmbedder
 
     directory = tmp_path / "agent-memory"
     died_after_the_decision(directory)
@@ -171,9 +169,6 @@ def test_path_names_the_embedded_store_a_program_opened(tmp_path: Path) -> None:
     verified = lockstep("verify", "--path", str(directory), "--json", env=hashing)
     assert verified.returncode == 0, verified.stderr
     assert json.loads(verified.stdout)["facts"] == 1
-    again = MemoryStore.open(directory, embedder=HashingEmbedder(16))
-    assert again.indexes[0].contents().committed == {"kept": 1}
-    again.close()
 
     missing = lockstep("verify", "--path", str(tmp_path / "nowhere"), env=hashing)
     assert missing.returncode == 2
@@ -283,3 +278,7 @@ def test_the_commands_close_the_connections_they_open(
     assert sessions() == 0
     assert main(["recover", "--store", f"facts={url}", "--log", "nosuch:///x"]) == 2
     assert sessions() == 0  # the storage opened before the log was refused is closed
+    twice = ["--store", f"facts={url}", "--store", f"facts={url}", "--log", url]
+    assert main(["status", *twice]) == 2  # two stores of one name: no coordinator
+    assert "two participants are named 'facts'" in capsys.readouterr().err
+    assert sessions() == 0  # the stores and the log opened before are closed
