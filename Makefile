@@ -2,10 +2,10 @@
 # Both set up everything they need (virtual env, installs) on a fresh machine.
 
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-LC_VENV := .venv-langchain-tests
+LC_VENV ?= $(VENV)-langchain-tests
 
 .PHONY: install demo test lint typecheck gen-check gen-sync unit langchain-standard chaos chaos-long bench bench-quick clean
 

@@ -142,6 +142,9 @@ class SQLiteDecisionLog(DecisionLogBase):
         self._closed = False
         try:
             self._conn = connect(self.path, busy_timeout)
+        except sqlite3.Error as exc:
+            raise DecisionLogError(f"cannot open decision log {self.path}: {exc}") from exc
+        try:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             with self._transaction():
@@ -161,8 +164,11 @@ class SQLiteDecisionLog(DecisionLogBase):
                         f"decision log {self.path} has schema {row[0]}; this version of "
                         f"Lockstep reads schema {SCHEMA_VERSION}"
                     )
-        except sqlite3.Error as exc:
-            raise DecisionLogError(f"cannot open decision log {self.path}: {exc}") from exc
+        except BaseException as exc:
+            self._conn.close()  # a refused file is let go, not held until collected
+            if isinstance(exc, sqlite3.Error):
+                raise DecisionLogError(f"cannot open decision log {self.path}: {exc}") from exc
+            raise
 
     # -- deciding -----------------------------------------------------------------------
 

@@ -160,19 +160,23 @@ class SQLiteStore:
         """The group committer of local commits (``None``: each commits alone)."""
         with self._translated():
             self._conn = connect(self.path, busy_timeout)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            with self._transaction():
-                for statement in _SCHEMA:
-                    self._conn.execute(statement)
-            # Reads of committed data that arrive while a commit holds the connection take
-            # a second one: WAL lets them run beside the commit, so they do not wait for
-            # its fsync. (A private in-memory database is one connection's own: there
-            # they wait.)
-            self._reader, self._read_lock = self._conn, self._lock
-            if self.path != ":memory:":
-                self._reader = connect(self.path, busy_timeout)
-                self._read_lock = threading.RLock()
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=FULL")
+                with self._transaction():
+                    for statement in _SCHEMA:
+                        self._conn.execute(statement)
+                # Reads of committed data that arrive while a commit holds the connection
+                # take a second one: WAL lets them run beside the commit, so they do not
+                # wait for its fsync. (A private in-memory database is one connection's
+                # own: there they wait.)
+                self._reader, self._read_lock = self._conn, self._lock
+                if self.path != ":memory:":
+                    self._reader = connect(self.path, busy_timeout)
+                    self._read_lock = threading.RLock()
+            except BaseException:
+                self._conn.close()  # a refused file is let go, not held until collected
+                raise
 
     # -- the participant contract -------------------------------------------------------
 

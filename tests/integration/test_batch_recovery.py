@@ -4,7 +4,6 @@ in the middle of a batch is finished by the next pass (G5)."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from coordinator.records import DeleteFact, Write
 from participants.qdrant import QdrantIndex
 from participants.sqlite import SQLiteStorage
 from tests.support.crash import CrashAt, SimulatedCrash
+from tests.support.sqlite import rows
 
 
 class BatchRefusingStorage(SQLiteStorage):
@@ -140,10 +140,8 @@ def test_a_batch_releases_each_branchs_locks_through_an_index(tmp_path: Path) ->
     storage = SQLiteStorage(tmp_path / "facts.db")
     storage.prepare(new_txid(), [UpsertFact(FactRecord("a", "note", {"content": "x"}, 1), 0)])
     storage.close()
-    connection = sqlite3.connect(tmp_path / "facts.db")
     for table in ("lockstep_locks", "lockstep_claim_locks", "lockstep_staged"):
-        plan = connection.execute(
-            f"EXPLAIN QUERY PLAN DELETE FROM {table} WHERE txid = ?", ("t",)
-        ).fetchall()
+        plan = rows(
+            tmp_path / "facts.db", f"EXPLAIN QUERY PLAN DELETE FROM {table} WHERE txid = ?", ("t",)
+        )
         assert any("USING" in str(row[-1]) and "INDEX" in str(row[-1]) for row in plan), plan
-    connection.close()

@@ -4,16 +4,16 @@ turn left them, and a child that cannot start says why instead of hanging the ru
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 from pathlib import Path
 
 from benchmarks._common import Child
 from benchmarks.commit_cost import MODULE
+from tests.support.sqlite import sqlite_file
 
 
 def _facts(directory: str) -> list[tuple[str, int]]:
-    with sqlite3.connect(Path(directory) / "facts.db") as conn:
+    with sqlite_file(Path(directory) / "facts.db") as conn:
         rows = conn.execute("SELECT id, version FROM lockstep_facts ORDER BY id").fetchall()
     return [(str(fact_id), int(version)) for fact_id, version in rows]
 

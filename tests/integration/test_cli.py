@@ -13,7 +13,7 @@ import pytest
 from coordinator import new_txid
 from coordinator.log import SQLiteDecisionLog
 from participants.sqlite import SQLiteStorage
-from tests.support.crash import upsert
+from tests.support.crash import abandon, upsert
 
 
 def lockstep(
@@ -49,7 +49,7 @@ def died_after_the_decision(directory: Path) -> None:
         mem.commit(Fact(id="kept", type="note", payload={"content": "decided"}))
     except Crash:
         pass
-    mem.indexes[0].close()
+    abandon(mem)
 
 
 def test_the_demo_kills_every_writer_and_lockstep_leaves_no_drift() -> None:

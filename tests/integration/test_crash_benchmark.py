@@ -5,13 +5,13 @@ reported, not counted as a kill."""
 from __future__ import annotations
 
 import random
-import sqlite3
 import sys
 from pathlib import Path
 
 import pytest
 
 from benchmarks.crash import one_run
+from tests.support.sqlite import rows
 
 
 def _spec(directory: Path, rollbacks: object) -> dict[str, object]:
@@ -30,8 +30,9 @@ def test_a_run_with_rollbacks_kills_the_writer_mid_workload_and_finds_no_drift(
 ) -> None:
     drifted, late = one_run(sys.executable, _spec(tmp_path, 0.3), 3, random.Random(5))
     assert (drifted, late) == (0, 0)
-    with sqlite3.connect(tmp_path / "facts.db") as conn:
-        kinds = [kind for (kind,) in conn.execute("SELECT kind FROM lockstep_transactions")]
+    kinds = [
+        kind for (kind,) in rows(tmp_path / "facts.db", "SELECT kind FROM lockstep_transactions")
+    ]
     # The kill came after at least five operations, some of them rollbacks.
     assert len(kinds) >= 5 and "rollback" in kinds and "write" in kinds
 

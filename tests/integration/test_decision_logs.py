@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -19,23 +19,35 @@ from coordinator.log import MemoryDecisionLog, SQLiteDecisionLog
 from participants.postgres import PostgresDecisionLog
 from participants.redis import RedisDecisionLog
 from participants.sqlite import SQLiteStorage
+from tests.support.sqlite import descriptors_open_on, sqlite_file
 
 LOGS = ["sqlite", "memory", "postgres", "redis"]
 
 
 @pytest.fixture
-def open_log(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], DecisionLog]:
-    def opener(kind: str) -> DecisionLog:
-        if kind == "sqlite":
-            return SQLiteDecisionLog(tmp_path / "log.db")
-        if kind == "postgres":
-            return PostgresDecisionLog(request.getfixturevalue("postgres_dsn"))
-        if kind == "redis":
-            url = request.getfixturevalue("redis_server").url
-            return RedisDecisionLog(url, prefix=f"{tmp_path.name}:")
-        return MemoryDecisionLog()
+def open_log(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[[str], DecisionLog]]:
+    """Opens a log of a kind; every log it opened is closed after the test."""
+    opened: list[DecisionLog] = []
 
-    return opener
+    def opener(kind: str) -> DecisionLog:
+        log: DecisionLog
+        if kind == "sqlite":
+            log = SQLiteDecisionLog(tmp_path / "log.db")
+        elif kind == "postgres":
+            log = PostgresDecisionLog(request.getfixturevalue("postgres_dsn"))
+        elif kind == "redis":
+            url = request.getfixturevalue("redis_server").url
+            log = RedisDecisionLog(url, prefix=f"{tmp_path.name}:")
+        else:
+            log = MemoryDecisionLog()
+        opened.append(log)
+        return log
+
+    yield opener
+    for log in opened:
+        log.close()
 
 
 @pytest.mark.parametrize("kind", LOGS)
@@ -96,6 +108,7 @@ def test_decisions_survive_reopening_and_lazy_ends_flush_on_close(tmp_path: Path
     again = SQLiteDecisionLog(tmp_path / "log.db")
     assert again.records([txid])[txid].participants == ("a", "b")
     assert again.unended() == []
+    again.close()
 
 
 def test_a_lost_lazy_end_only_leaves_the_record_unended(tmp_path: Path) -> None:
@@ -106,6 +119,8 @@ def test_a_lost_lazy_end_only_leaves_the_record_unended(tmp_path: Path) -> None:
     crashed_view = SQLiteDecisionLog(tmp_path / "log.db")
     assert [r.txid for r in crashed_view.unended()] == [txid]
     assert crashed_view.records([txid])[txid].decision is Decision.COMMIT
+    crashed_view.close()
+    log.close()
 
 
 def test_concurrent_decisions_share_forced_writes(tmp_path: Path) -> None:
@@ -125,6 +140,7 @@ def test_concurrent_decisions_share_forced_writes(tmp_path: Path) -> None:
         t.join()
     assert set(log.records(txids)) == set(txids)
     assert log.flushes < len(txids)  # group commit: several decisions per fsync
+    log.close()
 
 
 def test_without_group_commit_every_decision_is_its_own_write(tmp_path: Path) -> None:
@@ -132,6 +148,7 @@ def test_without_group_commit_every_decision_is_its_own_write(tmp_path: Path) ->
     for _ in range(5):
         log.decide(new_txid(), Decision.COMMIT, ["a"])
     assert log.flushes == 5
+    log.close()
 
 
 _RACER = """
@@ -161,22 +178,27 @@ def test_processes_racing_on_one_file_agree_on_every_decision(tmp_path: Path) ->
     answers = [p.communicate(timeout=60)[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert len(set(answers)) == 1, "processes saw different winners"
-    stored = SQLiteDecisionLog(path).records(txids.split(","))
+    with closing(SQLiteDecisionLog(path)) as log:
+        stored = log.records(txids.split(","))
     assert ",".join(stored[t].decision.value for t in txids.split(",")) == answers[0]
 
 
 def test_a_log_from_a_newer_version_is_refused(tmp_path: Path) -> None:
     SQLiteDecisionLog(tmp_path / "log.db").close()
-    with sqlite3.connect(tmp_path / "log.db") as conn:
+    with sqlite_file(tmp_path / "log.db") as conn:
         conn.execute("UPDATE lockstep_meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(DecisionLogError, match="schema 99"):
         SQLiteDecisionLog(tmp_path / "log.db")
 
 
-def test_a_file_that_is_not_a_database_is_a_log_error(tmp_path: Path) -> None:
+def test_a_file_that_is_not_a_database_is_a_log_error_and_let_go(tmp_path: Path) -> None:
     (tmp_path / "log.db").write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(DecisionLogError, match="cannot open"):
         SQLiteDecisionLog(tmp_path / "log.db")
+    assert descriptors_open_on(tmp_path / "log.db") == []  # not held until collected
+    with pytest.raises(ParticipantError, match="not a database"):
+        SQLiteStorage(tmp_path / "log.db")
+    assert descriptors_open_on(tmp_path / "log.db") == []
 
 
 def test_a_closed_log_raises_a_log_error(tmp_path: Path) -> None:

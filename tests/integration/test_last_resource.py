@@ -36,7 +36,7 @@ from participants.postgres import PostgresDecisionLog, PostgresStorage
 from participants.qdrant import QdrantIndex
 from participants.redis import RedisStorage
 from participants.sqlite import SQLiteStorage
-from tests.support.crash import CrashAt, SimulatedCrash
+from tests.support.crash import CrashAt, SimulatedCrash, abandon
 
 LAST = Policy(last_resource="postgres", in_doubt_timeout=0.001, redrive_after=0)
 
@@ -408,7 +408,7 @@ def test_without_a_log_postgres_keeps_decisions_in_its_database_and_commits_last
     assert mem.policy.last_resource == "postgres"
     with pytest.raises(Crash):
         mem.commit(Fact(id="kept", type="note", payload={"content": "decided, then died"}))
-    mem.indexes[0].close()  # the process is gone; its Qdrant directory is free again
+    abandon(mem)
     assert prepared_here(postgres_dsn) == []  # Postgres committed with the decision
 
     # A new process with the same configuration finds the decision in Postgres.

@@ -15,7 +15,6 @@ from __future__ import annotations
 import ast
 import os
 import re
-import sqlite3
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
@@ -31,6 +30,7 @@ from coordinator import Fact, MemoryStore
 from participants._vectors import COMMITTED
 from participants.qdrant import QdrantIndex
 from participants.sqlite import SQLiteStorage
+from tests.support.sqlite import rows
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -144,8 +144,7 @@ def test_the_guide_followed_from_the_quick_start_to_your_own_sql() -> None:
     assert [n["payload"] for n in mem.query(typename="note")] == [{"content": "ordered a lamp"}]
     assert mem.verify().clean
     mem.close()
-    with sqlite3.connect("agent-memory/facts.db") as conn:
-        assert conn.execute("SELECT id, item FROM orders").fetchall() == [(1, "lamp")]
+    assert rows("agent-memory/facts.db", "SELECT id, item FROM orders") == [(1, "lamp")]
 
 
 def test_the_guides_stores_from_objects_then_from_its_settings_file() -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import uuid
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from participants.redis import RedisStorage
 from participants.sqlite import SQLiteStorage
 from participants.sqlite._store import SELECT_UNDOABLE, SELECT_UNDOABLE_IN_SESSION
 from tests.support.crash import upsert
+from tests.support.sqlite import sqlite_file
 
 UNDO_INDEXES = ("lockstep_transactions_undoable", "lockstep_transactions_undoable_session")
 
@@ -55,11 +55,11 @@ def rollbacks_undo_the_right_writes(storage: Storage, quiet: str, busy: list[str
 def test_sqlite_gets_the_index_on_open_and_rollbacks_use_it(tmp_path: Path) -> None:
     path = tmp_path / "facts.db"
     quiet, busy = write_two_sessions(SQLiteStorage(path))
-    with sqlite3.connect(path) as conn:  # the file as an earlier release left it
+    with sqlite_file(path) as conn:  # the file as an earlier release left it
         for name in UNDO_INDEXES:
             conn.execute(f"DROP INDEX {name}")
     storage = SQLiteStorage(path)
-    with sqlite3.connect(path) as conn:
+    with sqlite_file(path) as conn:
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert set(UNDO_INDEXES) <= names
         # The very statements transactions() runs, planned on the index: no walk of the log.

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import functools
 import re
-import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 
@@ -30,6 +29,7 @@ from coordinator.records import FactRecord, UpsertFact
 from participants._sync.combine import WriteCombiner
 from participants.sqlite import SQLiteStorage
 from tests.integration.test_write_combining import queue_behind
+from tests.support.sqlite import rows, sqlite_file
 from tests.support.threads import within
 
 T = TypeVar("T")
@@ -43,11 +43,6 @@ def committer_of(storage: SQLiteStorage) -> WriteCombiner[object]:
     combiner = storage.store.local_commits
     assert combiner is not None
     return combiner  # type: ignore[return-value]
-
-
-def rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(path) as conn:
-        return conn.execute(sql).fetchall()
 
 
 def test_queued_commits_share_one_local_transaction(tmp_path: Path) -> None:
@@ -188,7 +183,7 @@ def test_a_failed_read_names_the_store_and_releases_its_connection(tmp_path: Pat
     path = tmp_path / "facts.db"
     storage = SQLiteStorage(path)
     storage.commit_one_phase(new_txid(), [upsert("a", 1, "kept")])
-    with sqlite3.connect(path) as conn:
+    with sqlite_file(path) as conn:
         conn.execute("ALTER TABLE lockstep_facts RENAME TO hidden")
     for read in (lambda: storage.get("a"), lambda: storage.query("note", {}, None)):
         with pytest.raises(
@@ -197,7 +192,7 @@ def test_a_failed_read_names_the_store_and_releases_its_connection(tmp_path: Pat
             read()
         with pytest.raises(ParticipantError, match="no such table"):
             read_beside_a_commit(storage, read)
-    with sqlite3.connect(path) as conn:
+    with sqlite_file(path) as conn:
         conn.execute("ALTER TABLE hidden RENAME TO lockstep_facts")
     assert storage.get("a") == FactRecord("a", "note", {"content": "kept"}, 1)
     assert read_beside_a_commit(storage, lambda: storage.get("a")) is not None

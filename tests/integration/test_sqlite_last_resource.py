@@ -5,7 +5,6 @@ Every test reads the SQLite file itself (a recoverer fencing the commit first:
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,8 @@ from coordinator.faults import last_resource_points
 from coordinator.log import SQLiteDecisionLog
 from participants.qdrant import QdrantIndex
 from participants.sqlite import SQLiteStorage
+from tests.support.crash import abandon
+from tests.support.sqlite import rows
 
 EMBEDDER = HashingEmbedder(16)
 
@@ -24,11 +25,6 @@ EMBEDDER = HashingEmbedder(16)
 def index(tmp_path: Path) -> QdrantIndex:
     client = QdrantClient(path=str(tmp_path / "vectors"))
     return QdrantIndex(client, "notes", "content", embedder=EMBEDDER, owns_client=True)
-
-
-def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(path) as conn:
-        return conn.execute(sql).fetchall()
 
 
 class Crash(BaseException):
@@ -68,7 +64,7 @@ def test_a_crash_after_the_decision_is_finished_from_the_same_file(tmp_path: Pat
     mem = MemoryStore(SQLiteStorage(facts, name="facts"), [index(tmp_path)], fault_hook=die)
     with pytest.raises(Crash):
         mem.commit(Fact(id="kept", type="note", payload={"content": "decided, then died"}))
-    mem.indexes[0].close()
+    abandon(mem)
     [(txid,)] = rows(facts, "SELECT txid FROM lockstep_decisions WHERE decision = 'commit'")
 
     again = MemoryStore(SQLiteStorage(facts, name="facts"), [index(tmp_path)])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,8 @@ from participants.qdrant import QdrantIndex
 from participants.sqlite import SQLiteStorage
 from tests.integration.test_sqlite_group_commit import committer_of, upsert
 from tests.integration.test_write_combining import queue_behind
+from tests.support.crash import abandon
+from tests.support.sqlite import rows
 
 EMBEDDER = HashingEmbedder(16)
 ORDERS = "CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT NOT NULL UNIQUE)"
@@ -41,11 +42,6 @@ ORDERS = "CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT NOT NULL UNIQUE
 
 class Crash(BaseException):
     """The agent dies here."""
-
-
-def rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(path) as conn:
-        return conn.execute(sql).fetchall()
 
 
 def index(directory: Path) -> QdrantIndex:
@@ -265,8 +261,7 @@ def test_a_crash_at_any_point_keeps_your_row_and_the_memory_together(
             tx.execute("facts", "INSERT INTO orders (item) VALUES ('lamp')")
     except Crash:
         pass
-    mem.indexes[0].close()  # the process is gone: its Qdrant directory is free again
-    mem.storage.close()
+    abandon(mem)
 
     again = MemoryStore.open(directory, embedder=EMBEDDER)  # recovers first
     ordered = rows(facts_db(again), "SELECT item FROM orders") == [("lamp",)]

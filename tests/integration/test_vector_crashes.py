@@ -174,6 +174,7 @@ def test_an_agent_killed_mid_commit_with_an_embedded_index_reopens_in_agreement(
     returned, mem, _ = _kill_and_reopen(tmp_path, [AGENT, str(tmp_path), "10"], kill_at, env)
     # G2: every commit the agent saw return survived its death.
     assert returned and returned <= {f["id"] for f in mem.query()}
+    mem.close()
 
 
 ROLLBACK_AGENT = r"""
@@ -229,6 +230,7 @@ def test_an_agent_killed_mid_rollback_reopens_with_all_of_it_or_none(
         assert contents == {"a": "oolong"}
         assert hits == contents
         assert committed == {"a": 2}
+    mem.close()
 
 
 @pytest.mark.parametrize("deferred", [False, True])
@@ -285,3 +287,4 @@ def test_a_reader_beside_1000_writes_sees_only_committed_current_versions(
     assert problems == []
     assert reads > 10 and aborted > 50
     assert mem.verify().clean
+    mem.close()

@@ -8,6 +8,7 @@ hold nothing staged, and hold the new version exactly when the log says COMMIT.
 from __future__ import annotations
 
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -30,10 +31,14 @@ class World:
         self.tmp = tmp_path
         self.a_backend, self.b_backend = MemoryBackend(), MemoryBackend()
         self.log = SQLiteDecisionLog(tmp_path / "log.db")
+        self.facts: SQLiteStorage | None = None
 
     def coordinator(self, policy: Policy, hook: CrashAt | None = None) -> Coordinator:
+        """The coordinator of a new process: the one before it is gone, its file closed."""
+        self.close_facts()
+        self.facts = SQLiteStorage(self.tmp / "facts.db", name="facts")
         participants: list[Participant] = [
-            SQLiteStorage(self.tmp / "facts.db", name="facts"),
+            self.facts,
             InMemoryStorage("a", self.a_backend),
             InMemoryStorage("b", self.b_backend),
         ]
@@ -63,13 +68,22 @@ class World:
     def staged(self) -> list[list[str]]:
         return [p.recover() for p in self.coordinator(SEQUENTIAL).participants.values()]
 
+    def close_facts(self) -> None:
+        if self.facts is not None:
+            self.facts.close()
+            self.facts = None
+
+    def close(self) -> None:
+        self.close_facts()
+        self.log.close()
+
 
 def reached_points(tmp_path: Path) -> list[str]:
     (tmp_path / "probe").mkdir()
-    world = World(tmp_path / "probe")
-    world.seed()
-    probe = CrashAt(None)
-    world.update(probe)
+    with closing(World(tmp_path / "probe")) as world:
+        world.seed()
+        probe = CrashAt(None)
+        world.update(probe)
     return probe.seen
 
 
@@ -93,19 +107,19 @@ def test_a_crash_at_every_point_then_recovery_leaves_all_three_agreeing(tmp_path
     for i, point in enumerate(points):
         world_dir = tmp_path / f"crash-{i}"
         world_dir.mkdir()
-        world = World(world_dir)
-        world.seed()
-        hook = CrashAt(point)
-        txid = world.update(hook)
-        assert hook.fired, point
-        world.coordinator(RECOVER_NOW).recover()
-        assert_agreed(world, txid)
-        decided = world.log.records([txid]).get(txid)
-        crashed_before_decision = points.index(point) < points.index("after_decision")
-        if crashed_before_decision:
-            assert decided is None or decided.decision is Decision.ABORT, point
-        else:
-            assert decided is not None and decided.decision is Decision.COMMIT, point
+        with closing(World(world_dir)) as world:
+            world.seed()
+            hook = CrashAt(point)
+            txid = world.update(hook)
+            assert hook.fired, point
+            world.coordinator(RECOVER_NOW).recover()
+            assert_agreed(world, txid)
+            decided = world.log.records([txid]).get(txid)
+            crashed_before_decision = points.index(point) < points.index("after_decision")
+            if crashed_before_decision:
+                assert decided is None or decided.decision is Decision.ABORT, point
+            else:
+                assert decided is not None and decided.decision is Decision.COMMIT, point
 
 
 RECOVERY_POINTS = recovery_points(["facts", "a", "b"])
@@ -118,14 +132,14 @@ def test_a_crash_inside_recovery_is_finished_by_the_next_recovery(
     for i, recovery_point in enumerate(RECOVERY_POINTS):
         world_dir = tmp_path / f"r-{i}"
         world_dir.mkdir()
-        world = World(world_dir)
-        world.seed()
-        txid = world.update(CrashAt(commit_point))
-        try:
-            world.coordinator(RECOVER_NOW, CrashAt(recovery_point)).recover()
-        except SimulatedCrash:
-            pass
-        world.coordinator(RECOVER_NOW).recover()
-        assert_agreed(world, txid)
-        again = world.coordinator(RECOVER_NOW).recover()
-        assert again.clean and not again.committed and not again.aborted, recovery_point
+        with closing(World(world_dir)) as world:
+            world.seed()
+            txid = world.update(CrashAt(commit_point))
+            try:
+                world.coordinator(RECOVER_NOW, CrashAt(recovery_point)).recover()
+            except SimulatedCrash:
+                pass
+            world.coordinator(RECOVER_NOW).recover()
+            assert_agreed(world, txid)
+            again = world.coordinator(RECOVER_NOW).recover()
+            assert again.clean and not again.committed and not again.aborted, recovery_point

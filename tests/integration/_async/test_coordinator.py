@@ -6,6 +6,7 @@ and their staged branches.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -57,10 +58,17 @@ class Stores:
     async def staged(self) -> tuple[list[str], list[str]]:
         return await self.sqlite.recover(), await self.mirror.recover()
 
+    async def close(self) -> None:
+        """Let go of the SQLite files; nothing is finished or rolled back."""
+        await self.sqlite.close()
+        await self.log.close()
+
 
 @pytest.fixture
-def stores(tmp_path: Path) -> Stores:
-    return Stores(tmp_path)
+async def stores(tmp_path: Path) -> AsyncIterator[Stores]:
+    made = Stores(tmp_path)
+    yield made
+    await made.close()
 
 
 async def test_a_commit_lands_in_every_store(stores: Stores) -> None:
@@ -87,6 +95,7 @@ async def test_one_phase_can_be_switched_off(tmp_path: Path) -> None:
     outcome = await stores.coordinator.commit({"facts": [upsert("a", 1)]})
     assert not outcome.one_phase
     assert (await stores.log.records([outcome.txid]))[outcome.txid].participants == ("facts",)
+    await stores.close()
 
 
 async def test_a_no_vote_aborts_every_store(stores: Stores) -> None:
@@ -168,8 +177,7 @@ async def test_a_log_failure_at_the_decision_is_in_doubt_then_settled_by_recover
     assert await stores.staged() == ([], [])
 
 
-async def test_a_stalled_coordinator_cannot_revive_a_fenced_transaction(tmp_path: Path) -> None:
-    stores = Stores(tmp_path)
+async def test_a_stalled_coordinator_cannot_revive_a_fenced_transaction(stores: Stores) -> None:
     txid = new_txid(now=1.0)  # prepared "long ago" by a coordinator that then stalled
     await stores.sqlite.prepare(txid, [upsert("a", 1)])
     await stores.mirror.prepare(txid, [upsert("a", 1)])
@@ -223,5 +231,6 @@ async def test_duplicate_or_overlong_participant_names_are_refused(tmp_path: Pat
     log = AsyncSQLiteDecisionLog(tmp_path / "log.db")
     with pytest.raises(UsageError, match="two participants are named 'x'"):
         AsyncCoordinator([AsyncInMemoryStorage("x"), AsyncInMemoryStorage("x")], log)
+    await log.close()
     with pytest.raises(UsageError, match="XA branch limit"):
         AsyncInMemoryStorage("n" * 65)

@@ -8,6 +8,7 @@ and their staged branches.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,10 +60,17 @@ class Stores:
     def staged(self) -> tuple[list[str], list[str]]:
         return self.sqlite.recover(), self.mirror.recover()
 
+    def close(self) -> None:
+        """Let go of the SQLite files; nothing is finished or rolled back."""
+        self.sqlite.close()
+        self.log.close()
+
 
 @pytest.fixture
-def stores(tmp_path: Path) -> Stores:
-    return Stores(tmp_path)
+def stores(tmp_path: Path) -> Iterator[Stores]:
+    made = Stores(tmp_path)
+    yield made
+    made.close()
 
 
 def test_a_commit_lands_in_every_store(stores: Stores) -> None:
@@ -89,6 +97,7 @@ def test_one_phase_can_be_switched_off(tmp_path: Path) -> None:
     outcome = stores.coordinator.commit({"facts": [upsert("a", 1)]})
     assert not outcome.one_phase
     assert (stores.log.records([outcome.txid]))[outcome.txid].participants == ("facts",)
+    stores.close()
 
 
 def test_a_no_vote_aborts_every_store(stores: Stores) -> None:
@@ -166,8 +175,7 @@ def test_a_log_failure_at_the_decision_is_in_doubt_then_settled_by_recovery(
     assert stores.staged() == ([], [])
 
 
-def test_a_stalled_coordinator_cannot_revive_a_fenced_transaction(tmp_path: Path) -> None:
-    stores = Stores(tmp_path)
+def test_a_stalled_coordinator_cannot_revive_a_fenced_transaction(stores: Stores) -> None:
     txid = new_txid(now=1.0)  # prepared "long ago" by a coordinator that then stalled
     stores.sqlite.prepare(txid, [upsert("a", 1)])
     stores.mirror.prepare(txid, [upsert("a", 1)])
@@ -221,5 +229,6 @@ def test_duplicate_or_overlong_participant_names_are_refused(tmp_path: Path) -> 
     log = SQLiteDecisionLog(tmp_path / "log.db")
     with pytest.raises(UsageError, match="two participants are named 'x'"):
         Coordinator([InMemoryStorage("x"), InMemoryStorage("x")], log)
+    log.close()
     with pytest.raises(UsageError, match="XA branch limit"):
         InMemoryStorage("n" * 65)
