@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -80,6 +82,7 @@ def test_recover_resolves_an_abandoned_branch(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["fenced"] == [txid]
     assert store.recover() == [] and store.get("a") is None
+    store.close()
 
 
 def test_an_unknown_store_scheme_is_a_clear_error(tmp_path: Path) -> None:
@@ -223,7 +226,8 @@ async def test_the_async_storages_name_their_own_log_alike(
     from participants.sqlite import AsyncSQLiteStorage
 
     path = tmp_path / "facts.db"
-    SQLiteDecisionLog(path).decide(new_txid(), Decision.COMMIT, ["facts"])
+    with closing(SQLiteDecisionLog(path)) as log:
+        log.decide(new_txid(), Decision.COMMIT, ["facts"])
     other = f"sqlite:///{tmp_path / 'other.db'}"
     sqlite_store = AsyncSQLiteStorage(path, name="facts")
     assert await sqlite_store.decision_log_for(other) == f"sqlite:///{path}"
@@ -264,10 +268,18 @@ def test_the_commands_close_the_connections_they_open(
     store.close()
 
     def sessions() -> int:
-        with psycopg.connect(url, autocommit=True) as conn:
-            query = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> %s"
-            row = conn.execute(query, (name, conn.info.backend_pid)).fetchone()
-        return int(row[0]) if row else -1
+        """The other sessions on the database, waited for up to 10 s: the server process
+        of a connection the client closed leaves pg_stat_activity a moment later (later
+        still on a loaded machine); one left open stays."""
+        deadline = time.monotonic() + 10
+        while True:
+            with psycopg.connect(url, autocommit=True) as conn:
+                query = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> %s"
+                row = conn.execute(query, (name, conn.info.backend_pid)).fetchone()
+            count = int(row[0]) if row else -1
+            if count == 0 or time.monotonic() > deadline:
+                return count
+            time.sleep(0.05)
 
     stores = ["--store", f"facts={url}", "--log", url, "--json"]
     assert main(["status", *stores]) == 0
