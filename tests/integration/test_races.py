@@ -6,6 +6,7 @@ exact, not left to timing.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,9 +35,21 @@ class Race:
             other = Coordinator([self.sqlite, self.mirror], self.log, policy=RECOVER_NOW)
             self.reports.append(other.recover())
 
+    def close(self) -> None:
+        self.sqlite.close()
+        self.log.close()
 
-def test_recovery_before_the_decision_fences_the_coordinator_out(tmp_path: Path) -> None:
-    race = Race(tmp_path, "before_decision")
+
+@pytest.fixture
+def race(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Race]:
+    """A race whose coordinator stalls at the point the test is parametrised with."""
+    made = Race(tmp_path, request.param)
+    yield made
+    made.close()
+
+
+@pytest.mark.parametrize("race", ["before_decision"], indirect=True)
+def test_recovery_before_the_decision_fences_the_coordinator_out(race: Race) -> None:
     txid = new_txid(now=1.0)  # older than any in-doubt timeout
     with pytest.raises(TransactionAborted, match="recovery aborted this transaction"):
         race.coordinator.commit({"facts": [upsert("a", 1)], "mirror": [upsert("a", 1)]}, txid=txid)
@@ -46,8 +59,8 @@ def test_recovery_before_the_decision_fences_the_coordinator_out(tmp_path: Path)
     assert (race.sqlite.recover(), race.mirror.recover()) == ([], [])
 
 
-def test_recovery_after_the_decision_helps_the_coordinator_finish(tmp_path: Path) -> None:
-    race = Race(tmp_path, "after_decision")
+@pytest.mark.parametrize("race", ["after_decision"], indirect=True)
+def test_recovery_after_the_decision_helps_the_coordinator_finish(race: Race) -> None:
     txid = new_txid(now=1.0)
     outcome = race.coordinator.commit(
         {"facts": [upsert("a", 1)], "mirror": [upsert("a", 1)]}, txid=txid
@@ -58,8 +71,8 @@ def test_recovery_after_the_decision_helps_the_coordinator_finish(tmp_path: Path
     assert (race.sqlite.recover(), race.mirror.recover()) == ([], [])
 
 
-def test_a_young_transaction_is_left_to_its_coordinator(tmp_path: Path) -> None:
-    race = Race(tmp_path, "before_decision")
+@pytest.mark.parametrize("race", ["before_decision"], indirect=True)
+def test_a_young_transaction_is_left_to_its_coordinator(race: Race) -> None:
     race.stall_at = "never"
     txid = new_txid()
     race.sqlite.prepare(txid, [upsert("a", 1)])

@@ -84,6 +84,7 @@ def test_a_transaction_has_one_span_with_children_per_phase_and_participant(
     assert all(parent_of(s) == prepare_id for s in per_participant)
     phases = {p.attributes[t.ATTR_PHASE] for p in metric_points("lockstep.phase.duration")}  # type: ignore[attr-defined]
     assert {"prepare", "decide", "commit"} <= phases
+    coord.close()
 
 
 def test_an_abort_is_counted_and_marked_on_the_span(
@@ -100,6 +101,7 @@ def test_an_abort_is_counted_and_marked_on_the_span(
     assert root.attributes is not None and root.attributes[t.ATTR_OUTCOME] == "VoteRejected"
     reasons = [p.attributes[t.ATTR_REASON] for p in metric_points("lockstep.transactions.aborted")]  # type: ignore[attr-defined]
     assert "VoteRejected" in reasons
+    coord.close()
 
 
 def test_recovery_has_its_span_and_counts_what_it_resolved(
@@ -115,3 +117,5 @@ def test_recovery_has_its_span_and_counts_what_it_resolved(
     assert span.attributes is not None and span.attributes["lockstep.recovery.committed"] == 2
     actions = [p.attributes[t.ATTR_ACTION] for p in metric_points("lockstep.recovery.branches")]  # type: ignore[attr-defined]
     assert "commit" in actions
+    facts.close()
+    log.close()

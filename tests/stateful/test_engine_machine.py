@@ -80,6 +80,7 @@ class EngineMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         if hasattr(self, "dir"):
             self.sqlite.close()
+            self.log.close()
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def coordinator(self, policy: Policy = POLICY, **kwargs: object) -> Coordinator:
