@@ -142,33 +142,35 @@ class SQLiteDecisionLog(DecisionLogBase):
         self._closed = False
         try:
             self._conn = connect(self.path, busy_timeout)
+            try:
+                self._set_up()
+            except BaseException:
+                self._conn.close()  # a refused file is let go, not held until collected
+                raise
         except sqlite3.Error as exc:
             raise DecisionLogError(f"cannot open decision log {self.path}: {exc}") from exc
-        try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            with self._transaction():
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self._conn.execute(statement)
-                row = self._conn.execute(
-                    "SELECT value FROM lockstep_meta WHERE key = 'schema_version'"
-                ).fetchone()
-                if row is None:
-                    self._conn.execute(
-                        "INSERT INTO lockstep_meta VALUES ('schema_version', ?)",
-                        (str(SCHEMA_VERSION),),
-                    )
-                elif int(row[0]) > SCHEMA_VERSION:
-                    raise DecisionLogError(
-                        f"decision log {self.path} has schema {row[0]}; this version of "
-                        f"Lockstep reads schema {SCHEMA_VERSION}"
-                    )
-        except BaseException as exc:
-            self._conn.close()  # a refused file is let go, not held until collected
-            if isinstance(exc, sqlite3.Error):
-                raise DecisionLogError(f"cannot open decision log {self.path}: {exc}") from exc
-            raise
+
+    def _set_up(self) -> None:
+        """WAL and full sync on the new connection, the tables, the schema version checked."""
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        with self._transaction():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._conn.execute(statement)
+            row = self._conn.execute(
+                "SELECT value FROM lockstep_meta WHERE key = 'schema_version'"
+            ).fetchone()
+            if row is None:
+                self._conn.execute(
+                    "INSERT INTO lockstep_meta VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise DecisionLogError(
+                    f"decision log {self.path} has schema {row[0]}; this version of "
+                    f"Lockstep reads schema {SCHEMA_VERSION}"
+                )
 
     # -- deciding -----------------------------------------------------------------------
 
